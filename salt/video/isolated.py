@@ -1,0 +1,154 @@
+"""Decoding where a hang or a crash cannot take the run down.
+
+decord ignores signals and can hang or segfault on broken files. An `IsolatedDecoder` runs a
+decode function in a child Python process (plain `subprocess`, so it also works from inside
+daemonic DataLoader workers, which may not fork multiprocessing children) and waits at most
+`timeout` seconds per video. A hang or a crash kills the child, raises `VideoDecodeError`
+naming the file, and the next call starts a fresh child.
+
+Messages are length-prefixed pickles over the child's stdin/stdout; both ends are this
+package, so nothing foreign is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pickle
+import select
+import struct
+import subprocess
+import sys
+import time
+from typing import Any
+
+from salt.video.decode import VideoDecodeError
+
+_HEADER = struct.Struct("<Q")
+DEFAULT_DECODE = "salt.video.decode:decode_views"
+
+
+class IsolatedDecoder:
+    """Call `function(*args)` in a child process with a timeout; one call at a time."""
+
+    def __init__(self, function: str = DEFAULT_DECODE, timeout: float = 60.0):
+        self.function = function
+        self.timeout = timeout
+        self._child: subprocess.Popen | None = None
+
+    def __call__(self, name: str, *args: Any) -> Any:
+        child = self._ensure_child()
+        try:
+            _write_message(child.stdin, (self.function, args))
+            status, payload = _read_message(child.stdout, time.monotonic() + self.timeout)
+        except TimeoutError:
+            self.close()
+            raise VideoDecodeError(name, f"decoding took longer than {self.timeout:g} s; skipped (decoder restarted)") from None
+        except (EOFError, BrokenPipeError, OSError):
+            code = self._reap()
+            raise VideoDecodeError(name, f"the decoder process died ({_describe_exit(code)}) on this file; skipped") from None
+        if status == "ok":
+            return payload
+        kind, message = payload
+        if kind == "VideoDecodeError":
+            raise VideoDecodeError(name, message)
+        raise VideoDecodeError(name, f"{kind}: {message}")
+
+    def close(self) -> None:
+        if self._child is not None:
+            self._child.kill()
+            self._child.wait()
+            self._child = None
+
+    def __enter__(self) -> "IsolatedDecoder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def _ensure_child(self) -> subprocess.Popen:
+        if self._child is None or self._child.poll() is not None:
+            env = dict(os.environ)
+            # The child must import what the parent can (tests pass stub functions by name).
+            env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
+            env.setdefault("OMP_NUM_THREADS", "1")
+            self._child = subprocess.Popen(
+                [sys.executable, "-c", "from salt.video.isolated import _serve; _serve()"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                env=env,
+            )
+        return self._child
+
+    def _reap(self) -> int | None:
+        child, self._child = self._child, None
+        if child is None:
+            return None
+        try:
+            return child.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            return child.wait()
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is None:
+        return "no exit status"
+    if code < 0:
+        return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+def _write_message(stream, message: Any) -> None:
+    data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(_HEADER.pack(len(data)))
+    stream.write(data)
+    stream.flush()
+
+
+def _read_exactly(stream, size: int, deadline: float | None) -> bytes:
+    fd = stream.fileno()
+    chunks, remaining = [], size
+    while remaining:
+        if deadline is not None:
+            wait = deadline - time.monotonic()
+            if wait <= 0 or not select.select([fd], [], [], wait)[0]:
+                raise TimeoutError
+        chunk = os.read(fd, min(remaining, 1 << 20))
+        if not chunk:
+            raise EOFError
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def _read_message(stream, deadline: float | None) -> Any:
+    (size,) = _HEADER.unpack(_read_exactly(stream, _HEADER.size, deadline))
+    return pickle.loads(_read_exactly(stream, size, deadline))
+
+
+def _serve() -> None:
+    """Child side: read (function, args), answer ("ok", result) or ("error", (kind, message))."""
+    requests, replies = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # stray prints must not corrupt the message stream
+    functions: dict[str, Any] = {}
+    while True:
+        try:
+            function_name, args = _read_message(requests, None)
+        except EOFError:
+            return
+        try:
+            if function_name not in functions:
+                module_name, _, attr = function_name.partition(":")
+                functions[function_name] = getattr(importlib.import_module(module_name), attr)
+            reply = ("ok", functions[function_name](*args))
+        except Exception as err:
+            reason = err.reason if isinstance(err, VideoDecodeError) else str(err)
+            reply = ("error", (type(err).__name__, reason))
+        _write_message(replies, reply)

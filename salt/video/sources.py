@@ -1,0 +1,89 @@
+"""Where videos come from: a CSV of `path label` lines (V-JEPA's format) or a folder.
+
+Every video gets a stable integer id (its position in the source), which seeds its views:
+the same source always gives the same ids, so views can be rebuilt and added later.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v")
+
+
+class VideoSourceError(ValueError):
+    """A data source (CSV file or folder) that cannot be read."""
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    video_id: int
+    path: str
+    label: int | None = None
+
+
+def read_csv(csv_path: str | Path) -> list[VideoRecord]:
+    """Read V-JEPA-style lines `path [label]`.
+
+    The label is the last space-separated field when it is an integer, so paths may contain
+    spaces. Relative paths are resolved against the CSV's folder, which keeps a data set
+    movable. Blank lines and lines starting with '#' are skipped.
+    """
+    csv_path = Path(csv_path)
+    if not csv_path.is_file():
+        raise VideoSourceError(f"data file not found: {csv_path}")
+    records: list[VideoRecord] = []
+    for line_number, line in enumerate(csv_path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        path_text, label = line, None
+        head, _, tail = line.rpartition(" ")
+        if head and _is_int(tail):
+            path_text, label = head.strip(), int(tail)
+        if not path_text:
+            raise VideoSourceError(f"{csv_path}:{line_number}: no video path in {line!r}")
+        path = Path(path_text)
+        if not path.is_absolute():
+            path = csv_path.parent / path
+        records.append(VideoRecord(len(records), str(path), label))
+    if not records:
+        raise VideoSourceError(f"{csv_path}: no videos listed")
+    return records
+
+
+def list_folder(folder: str | Path) -> list[VideoRecord]:
+    """All video files under `folder`, sorted; class sub-folders (sorted by name) give labels."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise VideoSourceError(f"data folder not found: {folder}")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+    if not files:
+        raise VideoSourceError(f"{folder}: no video files ({', '.join(VIDEO_EXTENSIONS)})")
+    class_dirs = sorted({p.parent.relative_to(folder).parts[0] for p in files if p.parent != folder})
+    labelled = len(class_dirs) > 0 and all(p.parent != folder for p in files)
+    class_index = {name: i for i, name in enumerate(class_dirs)}
+    records = []
+    for video_id, path in enumerate(files):
+        label = class_index[path.relative_to(folder).parts[0]] if labelled else None
+        records.append(VideoRecord(video_id, str(path), label))
+    return records
+
+
+def load_records(data: str | Path) -> list[VideoRecord]:
+    """A CSV file or a folder of videos."""
+    data = Path(data)
+    if data.is_dir():
+        return list_folder(data)
+    if data.suffix.lower() in (".csv", ".txt") or data.is_file():
+        return read_csv(data)
+    raise VideoSourceError(f"data source not found: {data} (give a CSV of 'path label' lines or a folder)")
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+    except ValueError:
+        return False
+    return True

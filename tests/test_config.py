@@ -1,0 +1,99 @@
+from dataclasses import dataclass, field
+from typing import Literal
+
+import pytest
+import yaml
+
+from salt.config import ConfigError, load_config, save_config, to_dict
+
+
+@dataclass
+class Optim:
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.95)
+
+
+@dataclass
+class Run:
+    name: str = "run"
+    steps: int = 10
+    precision: Literal["fp32", "bf16"] = "bf16"
+    resume: bool = False
+    note: str | None = None
+    optim: Optim = field(default_factory=Optim)
+
+    def validate(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"steps must be >= 1, got {self.steps}")
+
+
+def write(tmp_path, data) -> str:
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def test_loads_nested_values_and_defaults(tmp_path):
+    cfg = load_config(Run, write(tmp_path, {"steps": 5, "optim": {"lr": 2}}))
+    assert cfg.steps == 5 and cfg.optim.lr == 2.0 and isinstance(cfg.optim.lr, float)
+    assert cfg.optim.betas == (0.9, 0.95) and cfg.precision == "bf16"
+
+
+def test_unknown_key_names_key_and_file(tmp_path):
+    path = write(tmp_path, {"optim": {"lrr": 1.0}})
+    with pytest.raises(ConfigError) as err:
+        load_config(Run, path)
+    assert "optim.lrr" in str(err.value) and path in str(err.value) and "lr" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "data, key",
+    [
+        ({"steps": "ten"}, "steps"),
+        ({"steps": 1.5}, "steps"),
+        ({"resume": "yes"}, "resume"),
+        ({"precision": "fp16"}, "precision"),
+        ({"optim": {"betas": [0.9]}}, "optim.betas"),
+        ({"optim": 3}, "optim"),
+    ],
+)
+def test_wrong_types_name_key_and_file(tmp_path, data, key):
+    path = write(tmp_path, data)
+    with pytest.raises(ConfigError) as err:
+        load_config(Run, path)
+    assert key in str(err.value) and path in str(err.value)
+
+
+def test_validate_hook_errors_name_file(tmp_path):
+    path = write(tmp_path, {"steps": 0})
+    with pytest.raises(ConfigError, match="steps must be >= 1") as err:
+        load_config(Run, path)
+    assert path in str(err.value)
+
+
+def test_set_overrides(tmp_path):
+    path = write(tmp_path, {"steps": 5})
+    cfg = load_config(Run, path, ["steps=7", "optim.lr=0.5", "optim.betas=[0.8, 0.9]", "note=hello world"])
+    assert cfg.steps == 7 and cfg.optim.lr == 0.5 and cfg.optim.betas == (0.8, 0.9) and cfg.note == "hello world"
+    with pytest.raises(ConfigError, match="optim.nope"):
+        load_config(Run, path, ["optim.nope=1"])
+    with pytest.raises(ConfigError, match="key.path=value"):
+        load_config(Run, path, ["steps"])
+    with pytest.raises(ConfigError, match="not a section"):
+        load_config(Run, path, ["steps.x=1"])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(Run, tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("steps: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(Run, bad)
+
+
+def test_resolved_config_round_trips(tmp_path):
+    cfg = load_config(Run, write(tmp_path, {"steps": 3}), ["optim.lr=0.1"])
+    saved = save_config(cfg, tmp_path / "out" / "config.yaml")
+    assert load_config(Run, saved) == cfg
+    assert yaml.safe_load(saved.read_text()) == to_dict(cfg)
