@@ -13,6 +13,7 @@ def main() -> None:
 
     \b
     make-synthetic  write the embedded synthetic data set (mp4 + CSV)
+    train-teacher   stage 1: pixel-reconstruction teacher (also under `deepspeed`)
     """
 
 
@@ -38,6 +39,21 @@ def make_synthetic_command(out, videos, seed, size, frames, frame_step, tubelet,
         raise click.UsageError(str(err)) from None
     click.echo(format_summary(summary))
     click.echo(f"wrote {out}/train.csv, {out}/val.csv and {out}/synthetic.json")
+
+
+@main.command("train-teacher")
+@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="YAML config (configs/teacher/…).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value, e.g. optim.steps=50.")
+@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in run.out_dir.")
+def train_teacher_command(config_path, overrides, resume) -> None:
+    """Stage 1 in one process. For several, use `deepspeed --num_gpus N salt/train_teacher.py`."""
+    from salt.training.teacher import run_teacher
+
+    result = run_teacher(config_path, list(overrides), resume)
+    if result.export_path is not None:
+        click.echo(f"exported {result.export_path}")
+    else:
+        click.echo(f"stopped after step {result.step} (run.stop_at); continue with --resume")
 
 
 def run_cli() -> None:

@@ -80,7 +80,7 @@ def from_dict(cls: type[T], data: Any, source: str, prefix: str = "") -> T:
         kwargs[name] = _coerce(hints[name], value, source, _join(prefix, name))
     try:
         instance = cls(**kwargs)
-    except TypeError as err:  # a required field left out
+    except (TypeError, ValueError) as err:  # a required field left out, or __post_init__ checks
         raise ConfigError(f"{source}: {prefix or 'config'}: {err}") from err
     validate = getattr(instance, "validate", None)
     if callable(validate):
@@ -159,6 +159,12 @@ def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
             raise ConfigError(f"{source}: {key} must be an integer, got {_describe(value)}")
         return value
     if hint is float:
+        if isinstance(value, str):
+            # PyYAML reads `2e-3` (no dot) as a string; accept any plain float literal.
+            try:
+                return float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{source}: {key} must be a number, got {_describe(value)}")
         return float(value)

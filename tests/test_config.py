@@ -51,6 +51,7 @@ def test_unknown_key_names_key_and_file(tmp_path):
     [
         ({"steps": "ten"}, "steps"),
         ({"steps": 1.5}, "steps"),
+        ({"optim": {"lr": "fast"}}, "optim.lr"),
         ({"resume": "yes"}, "resume"),
         ({"precision": "fp16"}, "precision"),
         ({"optim": {"betas": [0.9]}}, "optim.betas"),
@@ -73,6 +74,7 @@ def test_validate_hook_errors_name_file(tmp_path):
 
 def test_set_overrides(tmp_path):
     path = write(tmp_path, {"steps": 5})
+    assert load_config(Run, path, ["optim.lr=2e-3"]).optim.lr == 0.002  # YAML 1.1 reads 2e-3 as text
     cfg = load_config(Run, path, ["steps=7", "optim.lr=0.5", "optim.betas=[0.8, 0.9]", "note=hello world"])
     assert cfg.steps == 7 and cfg.optim.lr == 0.5 and cfg.optim.betas == (0.8, 0.9) and cfg.note == "hello world"
     with pytest.raises(ConfigError, match="optim.nope"):

@@ -1,0 +1,113 @@
+"""Stage 1: train the teacher (pixel reconstruction under multi-block masks) or, for probe
+calibration, the supervised objective. `salt train-teacher` and `salt/train_teacher.py`
+(the `deepspeed` launcher's target) both land in `run_teacher`.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from salt.config import ConfigError, load_config
+from salt.models import build_encoder
+from salt.training.config import TeacherConfig
+from salt.training.data import ClipBatches, clip_loader
+from salt.training.loop import TrainResult, init_distributed, train
+from salt.training.objectives import Objective, PixelObjective, SupervisedObjective
+from salt.video.sources import load_records
+
+
+def build_objective(cfg: TeacherConfig) -> Objective:
+    view = cfg.data.view
+    encoder = build_encoder(
+        cfg.encoder.arch,
+        checkpoint_activations=cfg.encoder.checkpoint_activations,
+        **{"img_size": view.size, "num_frames": view.frames, **cfg.encoder.overrides},
+    )
+    if cfg.objective == "pixels":
+        return PixelObjective(
+            encoder, cfg.decoder.width, cfg.decoder.depth, cfg.decoder.num_heads, len(cfg.masks), cfg.pixels.norm_pix
+        )
+    return SupervisedObjective(encoder, cfg.supervised.num_classes, cfg.supervised.head_depth)
+
+
+def check_geometry(cfg: TeacherConfig, source: str) -> tuple[int, int, int]:
+    """Refuse, before step 1, a clip that does not divide into tubelets and patches."""
+    try:
+        encoder_arch = build_encoder(cfg.encoder.arch, **{"img_size": cfg.data.view.size, "num_frames": cfg.data.view.frames, "depth": 0, **cfg.encoder.overrides})
+        return encoder_arch.grid(cfg.data.view.frames, cfg.data.view.size, cfg.data.view.size)
+    except (ValueError, KeyError) as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def compatible_keys(config: dict) -> dict:
+    """What a resumed run must share with its checkpoint: model, geometry, masks, data order."""
+    data = config["data"]
+    return {
+        "objective": config["objective"],
+        "encoder": config["encoder"],
+        "decoder": config["decoder"],
+        "masks": config["masks"],
+        "pixels": config["pixels"],
+        "supervised": config["supervised"],
+        "view": data["view"],
+        "batch_size": data["batch_size"],
+        "train": data["train"],
+        "seed": config["run"]["seed"],
+        "grad_accum": config["optim"]["grad_accum"],
+    }
+
+
+def run_teacher(config_path: str | None, overrides: list[str], resume: bool = False) -> TrainResult:
+    cfg = load_config(TeacherConfig, config_path, overrides)
+    grid = check_geometry(cfg, config_path or "<defaults>")
+    records = load_records(cfg.data.train)
+    dist_info = init_distributed(cfg.engine.timeout_s)
+    objective = build_objective(cfg)
+
+    def make_batches(start_step: int):
+        dataset = ClipBatches(
+            records,
+            cfg.data.view,
+            cfg.data.batch_size,
+            seed=cfg.run.seed,
+            rank=dist_info.rank,
+            world_size=dist_info.world_size,
+            mask_configs=cfg.masks if cfg.objective == "pixels" else None,
+            token_grid=grid,
+            start_step=start_step,
+            decode_timeout=cfg.data.decode_timeout,
+        )
+        return clip_loader(dataset, cfg.data.workers, pin_memory=dist_info.device.type == "cuda")
+
+    return train(
+        config=cfg,
+        optim=cfg.optim,
+        engine_config=cfg.engine,
+        run=cfg.run,
+        objective=objective,
+        make_batches=make_batches,
+        micro_batch=cfg.data.batch_size,
+        dist_info=dist_info,
+        resume=resume,
+        export_name="teacher.pt" if cfg.objective == "pixels" else "supervised.pt",
+        compatible_keys=compatible_keys,
+        max_bad_videos=cfg.data.max_bad_videos,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `deepspeed salt/train_teacher.py` (accepts the launcher's --local_rank)."""
+    parser = argparse.ArgumentParser(description="Stage 1: train the pixel-reconstruction teacher.")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    try:
+        result = run_teacher(args.config, args.overrides, args.resume)
+    except ConfigError as err:
+        raise SystemExit(f"config error: {err}") from None
+    if result.export_path is not None:
+        print(f"exported {result.export_path}")
+    else:
+        print(f"stopped after step {result.step} (run.stop_at); continue with --resume")
