@@ -18,9 +18,19 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-# The whole pipeline on the embedded synthetic data set (grows with each stage).
-demo: $(STAMP)
+TEACHER := runs/teacher_tiny
+
+# The whole pipeline on the embedded synthetic data set (grows with each stage). Each stage
+# is a file target, so a second `make demo` skips what is done and resumes what was cut off.
+demo: $(TEACHER)/teacher.pt
+	@echo "demo: data in $(DEMO), teacher in $(TEACHER)/teacher.pt, metrics in $(TEACHER)/metrics.jsonl"
+
+$(DEMO)/train.csv: | $(STAMP)
 	$(BIN)/salt make-synthetic --out $(DEMO) --videos 160 --size 80 --seed 0
+
+$(TEACHER)/teacher.pt: $(DEMO)/train.csv | $(STAMP)
+	$(BIN)/salt train-teacher --config configs/teacher/vit_tiny.yaml --set run.out_dir=$(TEACHER) \
+		$(if $(wildcard $(TEACHER)/checkpoints/latest),--resume)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

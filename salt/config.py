@@ -32,7 +32,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = yaml.load(path.read_text(), Loader=_StrictLoader)
         except yaml.YAMLError as err:
             raise ConfigError(f"{path}: not valid YAML: {err}") from err
         if loaded is None:
@@ -44,6 +44,21 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.
         apply_override(data, override)
     where = source if not overrides else f"{source} with --set {' '.join(overrides)}"
     return from_dict(cls, data, where)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def apply_override(data: dict[str, Any], override: str) -> None:

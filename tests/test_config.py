@@ -94,6 +94,14 @@ def test_missing_file_and_bad_yaml(tmp_path):
         load_config(Run, bad)
 
 
+def test_duplicate_key_is_an_error(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("steps: 3\noptim:\n  lr: 0.1\n  lr: 0.2\n")
+    with pytest.raises(ConfigError, match="'lr' is given twice") as err:
+        load_config(Run, path)
+    assert str(path) in str(err.value)
+
+
 def test_resolved_config_round_trips(tmp_path):
     cfg = load_config(Run, write(tmp_path, {"steps": 3}), ["optim.lr=0.1"])
     saved = save_config(cfg, tmp_path / "out" / "config.yaml")
