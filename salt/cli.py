@@ -13,6 +13,7 @@ def main() -> None:
 
     \b
     make-synthetic  write the embedded synthetic data set (mp4 + CSV)
+    make-shards     pack videos and labels into WebDataset tar shards
     train-teacher   stage 1: pixel-reconstruction teacher (also under `deepspeed`)
     """
 
@@ -39,6 +40,19 @@ def make_synthetic_command(out, videos, seed, size, frames, frame_step, tubelet,
         raise click.UsageError(str(err)) from None
     click.echo(format_summary(summary))
     click.echo(f"wrote {out}/train.csv, {out}/val.csv and {out}/synthetic.json")
+
+
+@main.command("make-shards")
+@click.option("--data", required=True, type=click.Path(exists=True), help="CSV of 'path label' lines, or a folder of videos.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder, e.g. shards/NAME.")
+@click.option("--shard-size", default=256, help="Videos per tar shard.")
+def make_shards_command(data, out, shard_size) -> None:
+    """Pack videos (bytes untouched) and labels into tar shards that stream; `--data DIR` reads them."""
+    from salt.video.shards import make_shards
+
+    index = make_shards(data, out, shard_size)
+    videos = sum(len(shard["videos"]) for shard in index["shards"])
+    click.echo(f"wrote {len(index['shards'])} shards with {videos} videos to {out} (index: {out}/videos.json)")
 
 
 @main.command("train-teacher")

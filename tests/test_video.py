@@ -8,6 +8,7 @@ from salt.video import (
     VideoDecodeError,
     ViewConfig,
     ViewParams,
+    VideoRecord,
     decode_views,
     load_records,
     read_csv,
@@ -97,7 +98,7 @@ def bad_files(tmp_path, make_video):
 
 
 def test_broken_files_raise_one_clear_error(tmp_path, make_video):
-    with IsolatedDecoder(timeout=30) as decoder:
+    with IsolatedDecoder("salt.video.decode:decode_views", timeout=30) as decoder:
         for kind, path in bad_files(tmp_path, make_video).items():
             start = time.monotonic()
             with pytest.raises(VideoDecodeError) as err:
@@ -107,13 +108,15 @@ def test_broken_files_raise_one_clear_error(tmp_path, make_video):
         # The same decoder still works after the failures.
         good = make_video("good.mp4", frames=24)
         (frames, _), = decoder(str(good), str(good), 0, [0], CFG)
+    with IsolatedDecoder(timeout=30) as decoder:  # the default: decode a VideoRecord
+        (frames, _), = decoder(str(good), VideoRecord(0, str(good)), [0], CFG)
         assert frames.shape == (8, 32, 32, 3)
 
 
 def test_isolated_equals_in_process(make_video):
     path = make_video(frames=24)
     with IsolatedDecoder() as decoder:
-        isolated = decoder(str(path), str(path), 3, [0, 1], CFG)
+        isolated = decoder(str(path), VideoRecord(3, str(path)), [0, 1], CFG)
     direct = decode_views(str(path), 3, [0, 1], CFG)
     for (a, pa), (b, pb) in zip(isolated, direct):
         assert pa == pb
@@ -152,3 +155,27 @@ def test_csv_and_folder_sources(tmp_path, make_video):
     assert folder_records[0] == 1
     labels = {r.path.split("/")[-1]: r.label for r in folder_records[1]}
     assert labels == {"a b é.mp4": None, "y.mp4": None, "z.mp4": None}  # mixed layout: no labels
+
+
+def test_video_shards_read_like_files(tmp_path, synthetic_set):
+    from click.testing import CliRunner
+
+    from salt.cli import main
+
+    out = tmp_path / "shards"
+    result = CliRunner().invoke(main, ["make-shards", "--data", str(synthetic_set / "val.csv"), "--out", str(out), "--shard-size", "5"])
+    assert result.exit_code == 0, result.output
+    files, sharded = load_records(synthetic_set / "val.csv"), load_records(out)
+    assert len(sorted(out.glob("videos-*.tar"))) == -(-len(files) // 5)
+    assert [(r.video_id, r.label) for r in files] == [(r.video_id, r.label) for r in sharded]
+    for plain, packed in zip(files[:3], sharded[:3]):
+        assert packed.read_bytes() == plain.read_bytes()
+        (a, pa), = decode_views(plain.path, plain.video_id, [1], CFG)
+        with IsolatedDecoder() as decoder:
+            (b, pb), = decoder(packed.name, packed, [1], CFG)
+        assert pa == pb
+        np.testing.assert_array_equal(a, b)
+    import tarfile
+
+    with tarfile.open(sorted(out.glob("videos-*.tar"))[0]) as tar:  # plain tar reads it
+        assert len(tar.getnames()) == 10

@@ -83,7 +83,7 @@ class ClipBatches(IterableDataset):
         token_grid: tuple[int, int, int] | None = None,
         start_step: int = 0,
         decode_timeout: float = 60.0,
-        decode_function: str = "salt.video.decode:decode_views",
+        decode_function: str = "salt.video.decode:decode_record_views",
     ):
         super().__init__()
         if not records:
@@ -121,9 +121,9 @@ class ClipBatches(IterableDataset):
             index, epoch = order(position)
             record = self.records[index]
             try:
-                (frames, _params), = decoder(record.path, record.path, record.video_id, [epoch], self.view)
+                (frames, _params), = decoder(record.name, record, [epoch], self.view)
             except VideoDecodeError as err:
-                skipped.append((record.path, err.reason))
+                skipped.append((record.name, err.reason))
                 continue
             clips.append(frames)
             labels.append(-1 if record.label is None else record.label)

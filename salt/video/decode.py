@@ -98,6 +98,12 @@ def decode_views(
     return views
 
 
+def decode_record_views(record, view_indices, cfg: ViewConfig) -> list[tuple[np.ndarray, ViewParams]]:
+    """`decode_views` for a `VideoRecord`: a file by path, a tar-shard member by its bytes."""
+    source = record.path if record.offset is None else record.read_bytes()
+    return decode_views(source, record.video_id, view_indices, cfg, name=record.name)
+
+
 def replay_view(source: VideoSource, params: ViewParams, name: str | None = None) -> np.ndarray:
     """Rebuild a view's frames from the video and its recorded parameters."""
     name = source_name(source, name)

@@ -25,7 +25,7 @@ from typing import Any
 from salt.video.decode import VideoDecodeError
 
 _HEADER = struct.Struct("<Q")
-DEFAULT_DECODE = "salt.video.decode:decode_views"
+DEFAULT_DECODE = "salt.video.decode:decode_record_views"
 
 
 class IsolatedDecoder:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+SHARD_INDEX = "videos.json"  # written by `salt make-shards` beside its tar shards
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v")
 
 
@@ -18,9 +19,27 @@ class VideoSourceError(ValueError):
 
 @dataclass(frozen=True)
 class VideoRecord:
+    """One video: a file, or a member of a tar shard (`offset`/`size` of its bytes in `path`)."""
+
     video_id: int
     path: str
     label: int | None = None
+    member: str | None = None  # name inside the tar shard, when the video lives in one
+    offset: int | None = None
+    size: int | None = None
+
+    @property
+    def name(self) -> str:
+        """How errors and manifests name this video."""
+        return f"{self.path}:{self.member}" if self.member else self.path
+
+    def read_bytes(self) -> bytes:
+        """The video file's bytes (from the tar shard without unpacking it)."""
+        with open(self.path, "rb") as handle:
+            if self.offset is None:
+                return handle.read()
+            handle.seek(self.offset)
+            return handle.read(self.size)
 
 
 def read_csv(csv_path: str | Path) -> list[VideoRecord]:
@@ -72,8 +91,12 @@ def list_folder(folder: str | Path) -> list[VideoRecord]:
 
 
 def load_records(data: str | Path) -> list[VideoRecord]:
-    """A CSV file or a folder of videos."""
+    """A CSV file, a folder of videos, or a folder of video shards from `salt make-shards`."""
     data = Path(data)
+    if data.is_dir() and (data / SHARD_INDEX).is_file():
+        from salt.video.shards import read_shard_index
+
+        return read_shard_index(data)
     if data.is_dir():
         return list_folder(data)
     if data.suffix.lower() in (".csv", ".txt") or data.is_file():
