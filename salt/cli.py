@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import click
 
 from salt.config import ConfigError
@@ -15,6 +17,7 @@ def main() -> None:
     make-synthetic  write the embedded synthetic data set (mp4 + CSV)
     make-shards     pack videos and labels into WebDataset tar shards
     train-teacher   stage 1: pixel-reconstruction teacher (also under `deepspeed`)
+    cache-latents   process 1: the frozen teacher's latents into a WebDataset / Zarr cache
     """
 
 
@@ -70,12 +73,125 @@ def train_teacher_command(config_path, overrides, resume) -> None:
         click.echo(f"stopped after step {result.step} (run.stop_at); continue with --resume")
 
 
+def _env_int(*names: str) -> int | None:
+    import os
+
+    for name in names:
+        if os.environ.get(name):
+            return int(os.environ[name])
+    return None
+
+
+def _parse_arch(pairs) -> dict | None:
+    import yaml
+
+    arch = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise click.BadParameter(f"{pair!r} must look like key=value", param_hint="--arch")
+        arch[key.strip()] = yaml.safe_load(value)
+    return arch or None
+
+
+@main.command("cache-latents")
+@click.option("--teacher", required=True, type=click.Path(), help="Encoder checkpoint: SALT .pt, safetensors, V-JEPA or VideoMAE.")
+@click.option("--data", required=True, type=click.Path(), help="CSV of 'path label' lines, a folder of videos, or make-shards output.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Cache folder, e.g. cache/NAME.")
+@click.option("--views", default=1, help="Augmented views per video (a larger value later adds the missing ones).")
+@click.option("--format", "formats", type=click.Choice(["wds", "zarr", "both"]), default="wds")
+@click.option("--dtype", type=click.Choice(["fp16", "bf16", "int8"]), default="fp16", help="Stored latent dtype (int8: per-channel scales).")
+@click.option("--codec", type=click.Choice(["blosc-zstd", "blosc-lz4", "zstd", "none"]), default="blosc-zstd", help="Compression of the latents.")
+@click.option("--frames-codec", type=click.Choice(["jpeg", "png"]), default="jpeg")
+@click.option("--jpeg-quality", default=90)
+@click.option("--batch-size", default=16, help="Views per teacher forward.")
+@click.option("--workers", default=2, help="Decoding worker processes.")
+@click.option("--max-videos", default=0, help="Use only the first N videos (0: all).")
+@click.option("--shard-videos", default=32, help="Videos per shard.")
+@click.option("--seed", default=0, help="Views are seeded by (seed, video, view).")
+@click.option("--frame-step", default=4)
+@click.option("--frames", default=0, help="Frames per clip (0: the teacher's).")
+@click.option("--size", default=0, help="Clip height and width (0: the teacher's).")
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", help="Teacher forward precision.")
+@click.option("--decode-timeout", default=60.0, help="Seconds per video before its decoder is killed and the video skipped.")
+@click.option("--arch", "arch_pairs", multiple=True, metavar="KEY=VALUE", help="Architecture facts weights cannot tell (e.g. num_heads=16).")
+@click.option("--rank", type=int, default=None, help="This writer's rank (default: $RANK or $SLURM_PROCID, else 0).")
+@click.option("--world-size", type=int, default=None, help="Number of writers (default: $WORLD_SIZE or $SLURM_NTASKS, else 1).")
+@click.option("--merge", "merge_only", is_flag=True, help="Only write manifest.json if every shard is done.")
+@click.option("--overwrite", is_flag=True, help="Replace a cache made with other settings.")
+@click.option("--no-progress", is_flag=True)
+def cache_latents_command(**options) -> None:
+    """Precompute teacher latents over augmented views into compressed shards."""
+    from salt.cache_latents import CacheJob, command_line, run_cache
+
+    rank = options.pop("rank")
+    world = options.pop("world_size")
+    formats = options.pop("formats")
+    job = CacheJob(
+        **{k: v for k, v in options.items() if k not in ("arch_pairs", "no_progress")},
+        formats=("wds", "zarr") if formats == "both" else (formats,),
+        arch=_parse_arch(options["arch_pairs"]),
+        rank=rank if rank is not None else (_env_int("RANK", "SLURM_PROCID") or 0),
+        world_size=world if world is not None else (_env_int("WORLD_SIZE", "SLURM_NTASKS") or 1),
+        progress=not options["no_progress"],
+        command=command_line(),
+    )
+    if not 0 <= job.rank < job.world_size:
+        raise click.BadParameter(f"rank {job.rank} is not in [0, {job.world_size})", param_hint="--rank")
+    manifest = run_cache(job)
+    if manifest is None:
+        click.echo(f"rank {job.rank}/{job.world_size}: shards done; manifest.json follows when every rank has finished")
+    else:
+        summary = json.loads(manifest.read_text())
+        click.echo(
+            f"cache {job.out}: {summary['sample_count']} views of {summary['num_videos']} videos, "
+            f"{len(summary['skipped'])} skipped; manifest {manifest}"
+        )
+
+
+@main.group("bench")
+def bench_group() -> None:
+    """Benchmarks: tables on stdout, JSON records under benchmarks/results/."""
+
+
+@bench_group.command("cache")
+@click.option("--videos", default=8)
+@click.option("--views", default=4)
+@click.option("--arch", default="vit_tiny")
+@click.option("--size", default=64)
+@click.option("--frames", default=16)
+@click.option("--workers", default=2)
+@click.option("--batch-size", default=16)
+@click.option("--seconds", default=4, help="Length of each 640x360 benchmark video.")
+@click.option("--results", default="benchmarks/results", type=click.Path(file_okay=False))
+def bench_cache_command(videos, views, arch, size, frames, workers, batch_size, seconds, results) -> None:
+    """cache-latents views/s vs. decode alone and teacher alone; bytes per view by dtype and codec."""
+    from salt.bench import bench_cache, format_cache
+
+    click.echo(format_cache(bench_cache(videos, views, arch, size, frames, workers, batch_size, seconds, results)))
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors that describe bad input: shown as one line, not a traceback."""
+    from salt.cache_latents import CacheWriteError
+    from salt.latents import CacheError
+    from salt.models import CheckpointError
+    from salt.training.loop import TrainingError
+    from salt.video import VideoDecodeError, VideoSourceError
+
+    return (CacheError, CacheWriteError, CheckpointError, TrainingError, VideoDecodeError, VideoSourceError)
+
+
 def run_cli() -> None:
-    """Entry point that turns config errors into one clear line instead of a traceback."""
+    """Entry point that turns bad-input errors into one clear line instead of a traceback."""
     try:
         main(standalone_mode=True)
     except ConfigError as err:
         raise SystemExit(f"config error: {err}") from None
+    except Exception as err:
+        if isinstance(err, _user_errors()):
+            raise SystemExit(f"error: {err}") from None
+        raise
 
 
 if __name__ == "__main__":

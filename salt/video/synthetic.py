@@ -134,6 +134,22 @@ def make_synthetic(out: str | Path, spec: SyntheticSpec) -> dict:
     return summary
 
 
+def make_benchmark_videos(folder: str | Path, videos: int, seconds: int, width: int = 640, height: int = 360) -> Path:
+    """Wide H.264 clips of smooth moving texture for decode benchmarks; returns their CSV."""
+    folder = Path(folder)
+    spec = SyntheticSpec(videos=max(videos, len(CLASSES)), size=height)
+    lines = []
+    for index in range(videos):
+        frames, label = render_video(spec, index)  # one clip window, square
+        wide = np.concatenate([frames, frames[:, :, ::-1]], axis=2)[:, :, :width]
+        length = seconds * spec.fps
+        clip = np.concatenate([wide, wide[::-1]] * (length // (2 * len(wide)) + 1))[:length]
+        write_mp4(folder / f"{index:05d}.mp4", clip, spec.fps)
+        lines.append(f"{index:05d}.mp4 {label}")
+    (folder / "videos.csv").write_text("\n".join(lines) + "\n")
+    return folder / "videos.csv"
+
+
 def format_summary(summary: dict) -> str:
     spec = summary["spec"]
     lines = [

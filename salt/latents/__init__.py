@@ -1,0 +1,46 @@
+"""The latent cache: the only contract between the teacher process and student training.
+
+Writers: LatentCodec + encode_frames -> write_wds_shard / ZarrCacheWriter.write_shard, then a
+Manifest written with write_json_atomic. Readers: open_cache -> LatentCache (get, stream),
+verify, apply_target_norm. See DESIGN.md, "The cache".
+"""
+
+from salt.latents.codecs import (
+    DEFAULT_COMPRESSOR,
+    FRAME_EXT,
+    LatentCodec,
+    StoredLatents,
+    crc32,
+    decode_frames,
+    decode_meta,
+    encode_frames,
+    encode_meta,
+    frames_decoder_id,
+    roundtrip_frames,
+    sample_checksum,
+)
+from salt.latents.errors import CacheError
+from salt.latents.manifest import (
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    WDS_DIR,
+    ZARR_DIR,
+    Manifest,
+    ShardRecord,
+    load_manifest,
+    write_json_atomic,
+)
+from salt.latents.reader import LatentCache, apply_target_norm, normalise_targets, open_cache, verify
+from salt.latents.samples import CacheSample, EncodedSample, Problem, ShardId, parse_key, sample_key
+from salt.latents.wds import ShardFiles, WdsShardReader, complete_shard_files, split_members, write_wds_shard
+from salt.latents.zarr_store import ZarrCacheReader, ZarrCacheWriter
+
+__all__ = [
+    "CacheError", "CacheSample", "DEFAULT_COMPRESSOR", "EncodedSample", "FORMAT_VERSION", "FRAME_EXT",
+    "LatentCache", "LatentCodec", "MANIFEST_NAME", "Manifest", "Problem", "ShardFiles", "ShardId",
+    "ShardRecord", "StoredLatents", "WDS_DIR", "WdsShardReader", "ZARR_DIR", "ZarrCacheReader",
+    "ZarrCacheWriter", "apply_target_norm", "complete_shard_files", "crc32", "decode_frames", "decode_meta",
+    "encode_frames", "encode_meta", "frames_decoder_id", "load_manifest", "normalise_targets", "open_cache", "parse_key",
+    "roundtrip_frames", "sample_checksum", "sample_key", "split_members", "verify", "write_json_atomic",
+    "write_wds_shard",
+]

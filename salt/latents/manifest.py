@@ -1,0 +1,256 @@
+"""manifest.json: everything a student needs to read a cache without the teacher."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from salt.latents.codecs import FRAME_EXT, STORED_NUMPY_DTYPE, LatentCodec
+from salt.latents.errors import CacheError
+from salt.latents.samples import ShardId
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+WDS_DIR = "wds"
+ZARR_DIR = "cache.zarr"
+FORMATS = ("wds", "zarr")
+TARGET_NORMS = ("layer_norm", "none")
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> None:
+    """Write JSON so that readers see the old file or the new one, never a torn one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=1, sort_keys=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    fsync_directory(path.parent)
+
+
+def fsync_directory(directory: Path) -> None:
+    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class ShardRecord:
+    """One written shard: its rectangle, sample count, bytes per format, tar checksum."""
+
+    name: str
+    video_start: int
+    video_end: int
+    view_start: int
+    view_end: int
+    samples: int
+    bytes: dict[str, int] = field(default_factory=dict)  # per format: {"wds": ..., "zarr": ...}
+    sha256: str | None = None  # of the WebDataset tar; None when only Zarr was written
+
+    @property
+    def shard_id(self) -> ShardId:
+        return ShardId(self.video_start, self.video_end, self.view_start, self.view_end)
+
+    @classmethod
+    def for_shard(
+        cls, shard: ShardId, samples: int, wds_bytes: int | None = None, wds_sha256: str | None = None,
+        zarr_bytes: int | None = None,
+    ) -> ShardRecord:
+        sizes = {name: size for name, size in (("wds", wds_bytes), ("zarr", zarr_bytes)) if size is not None}
+        return cls(shard.name, shard.video_start, shard.video_end, shard.view_start, shard.view_end,
+                   samples, sizes, wds_sha256)
+
+
+@dataclass(kw_only=True)
+class Manifest:
+    format_version: int = FORMAT_VERSION
+    teacher: dict[str, Any]  # fingerprint (sha256 of weights), arch, source path
+    stored_output: str = "final_norm_tokens"
+    target_norm: str = "layer_norm"  # what the reader applies: layer_norm over D, no affine, eps 1e-6
+    grid: tuple[int, int, int]  # (T', H', W') tokens
+    dim: int
+    geometry: dict[str, Any]  # frames, frame_step, size, patch, tubelet
+    input_mean: tuple[float, float, float]
+    input_std: tuple[float, float, float]
+    frames_codec: str = "jpeg"
+    jpeg_quality: int = 90
+    frames_decoder: str
+    views: int  # views per video requested
+    latent_dtype: str
+    compressor: dict[str, Any] | None
+    formats: list[str]
+    num_videos: int  # planned
+    shards: list[ShardRecord] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)  # {video, path, reason}
+    sample_count: int = 0
+    latent_bytes: int = 0
+    frame_bytes: int = 0
+    command: str = ""
+    created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    seed: int = 0
+    view_config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokens(self) -> int:
+        return math.prod(self.grid)
+
+    @property
+    def codec(self) -> LatentCodec:
+        return LatentCodec(self.latent_dtype, self.compressor)
+
+    @property
+    def skipped_videos(self) -> frozenset[int]:
+        return frozenset(int(entry["video"]) for entry in self.skipped)
+
+    def to_json(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["grid"] = list(self.grid)
+        data["input_mean"] = list(self.input_mean)
+        data["input_std"] = list(self.input_std)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], source: str = "manifest") -> Manifest:
+        """Parse and check a manifest dict; every error names `source`."""
+        if not isinstance(data, dict):
+            raise CacheError(f"{source}: expected a JSON object, got {type(data).__name__}")
+        version = data.get("format_version")
+        if not isinstance(version, int):
+            raise CacheError(f"{source}: no integer format_version; not a SALT latent cache manifest")
+        if version > FORMAT_VERSION:
+            raise CacheError(f"{source}: made by a newer SALT (format {version} > {FORMAT_VERSION}); upgrade SALT to read it")
+        if version < 1:
+            raise CacheError(f"{source}: unknown format_version {version}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        required = {f.name for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        missing = sorted(required - data.keys())
+        unknown = sorted(data.keys() - names)
+        if missing or unknown:
+            raise CacheError(f"{source}: missing fields {missing}, unknown fields {unknown}")
+        values = dict(data)
+        try:
+            values["grid"] = tuple(int(v) for v in data["grid"])
+            values["input_mean"] = tuple(float(v) for v in data["input_mean"])
+            values["input_std"] = tuple(float(v) for v in data["input_std"])
+            values["shards"] = [ShardRecord(**record) for record in data.get("shards", [])]
+        except (TypeError, ValueError) as error:
+            raise CacheError(f"{source}: malformed field: {error}") from error
+        manifest = cls(**values)
+        manifest.validate(source)
+        return manifest
+
+    def validate(self, source: str = "manifest") -> None:
+        """Raise CacheError naming `source` for any inconsistency a reader would trip on."""
+
+        def fail(message: str) -> None:
+            raise CacheError(f"{source}: {message}")
+
+        for name in ("dim", "views", "num_videos", "sample_count", "latent_bytes", "frame_bytes", "jpeg_quality"):
+            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
+                fail(f"{name} must be an integer, got {getattr(self, name)!r}")
+        if len(self.grid) != 3 or any(not isinstance(g, int) or g <= 0 for g in self.grid):
+            fail(f"grid must be 3 positive integers (T', H', W'), got {list(self.grid)}")
+        if not isinstance(self.dim, int) or self.dim <= 0:
+            fail(f"dim must be a positive integer, got {self.dim!r}")
+        if len(self.input_mean) != 3 or len(self.input_std) != 3:
+            fail("input_mean and input_std must have 3 values (RGB)")
+        if self.latent_dtype not in STORED_NUMPY_DTYPE:
+            fail(f"latent_dtype {self.latent_dtype!r} is not one of {sorted(STORED_NUMPY_DTYPE)}")
+        try:
+            self.codec
+        except CacheError as error:
+            fail(str(error))
+        if self.frames_codec not in FRAME_EXT:
+            fail(f"frames_codec {self.frames_codec!r} is not one of {sorted(FRAME_EXT)}")
+        if self.target_norm not in TARGET_NORMS:
+            fail(f"target_norm {self.target_norm!r} is not one of {TARGET_NORMS}")
+        if not self.formats or any(f not in FORMATS for f in self.formats):
+            fail(f"formats must be a non-empty subset of {FORMATS}, got {self.formats}")
+        if self.views <= 0 or self.num_videos <= 0:
+            fail(f"views ({self.views}) and num_videos ({self.num_videos}) must be positive")
+        skipped = self.skipped_videos
+        names: set[str] = set()
+        for record in self.shards:
+            try:
+                shard = record.shard_id
+            except CacheError as error:
+                fail(f"shard {record.name}: {error}")
+            if record.name != shard.name or record.name in names:
+                fail(f"shard {record.name}: name does not match its range or is listed twice")
+            names.add(record.name)
+            if shard.video_end > self.num_videos or shard.view_end > self.views:
+                fail(f"shard {record.name} lies outside {self.num_videos} videos x {self.views} views")
+            expected = len(shard.sample_ids(skipped))
+            if record.samples != expected:
+                fail(f"shard {record.name} records {record.samples} samples, its range minus skipped videos holds {expected}")
+            if "wds" in self.formats and not record.sha256:
+                fail(f"shard {record.name} has no sha256 although the cache has WebDataset shards")
+        total = sum(record.samples for record in self.shards)
+        if self.sample_count != total:
+            fail(f"sample_count {self.sample_count} != {total}, the sum over shards")
+        self._check_no_overlap(fail)
+
+    def _check_no_overlap(self, fail) -> None:
+        # Two shards overlap when both their video and their view ranges intersect; either
+        # would then hold a sample twice. Shards come in a few view ranges (one per
+        # "add views" run), so compare groups of equal view range, each sorted by video.
+        groups: dict[tuple[int, int], list[ShardRecord]] = {}
+        for record in self.shards:
+            groups.setdefault((record.view_start, record.view_end), []).append(record)
+        for records in groups.values():
+            records.sort(key=lambda r: r.video_start)
+        ranges = sorted(groups)
+        for i, a_range in enumerate(ranges):
+            for b_range in ranges[i:]:
+                if b_range != a_range and b_range[0] >= a_range[1]:
+                    break
+                a_list, b_list = groups[a_range], groups[b_range]
+                j = 0
+                for a in a_list:  # two-pointer sweep over video intervals
+                    while j < len(b_list) and b_list[j].video_end <= a.video_start:
+                        j += 1
+                    k = j
+                    while k < len(b_list) and b_list[k].video_start < a.video_end:
+                        if b_list[k] is not a:
+                            fail(f"shards {a.name} and {b_list[k].name} overlap")
+                        k += 1
+
+
+def load_manifest(path_or_dir: str | Path) -> Manifest:
+    """Read `manifest.json` (or `<dir>/manifest.json`) with clear errors for every failure."""
+    path = Path(path_or_dir)
+    if path.is_dir() or path.name != MANIFEST_NAME:
+        path = path / MANIFEST_NAME
+    if not path.is_file():
+        raise CacheError(
+            f"no {MANIFEST_NAME} in {path.parent}: not a cache, or its writer has not finished; "
+            "run salt cache-latents again to finish it"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CacheError(f"{path}: not valid JSON ({error}); the file is damaged, rewrite it with salt cache-latents") from error
+    return Manifest.from_json(data, source=str(path))

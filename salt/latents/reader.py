@@ -1,0 +1,232 @@
+"""Reading a cache: random access, deterministic sharded streaming, verification."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterator, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from salt.latents.codecs import StoredLatents, decode_frames, decode_meta
+from salt.latents.errors import CacheError
+from salt.latents.manifest import WDS_DIR, ZARR_DIR, Manifest, ShardRecord, load_manifest
+from salt.latents.samples import MAX_VIEWS, CacheSample, Problem, parse_key, sample_key
+from salt.latents.wds import WdsShardReader, split_members, verify_wds_shard
+from salt.latents.zarr_store import ZarrCacheReader
+
+Format = Literal["auto", "wds", "zarr"]
+TARGET_NORM_EPS = 1e-6
+
+
+def apply_target_norm(latents: torch.Tensor, manifest: Manifest) -> torch.Tensor:
+    """The normalisation the manifest names for the student's targets (over the last dim D)."""
+    return normalise_targets(latents, manifest.target_norm)
+
+
+def normalise_targets(latents: torch.Tensor, kind: str = "layer_norm") -> torch.Tensor:
+    if kind == "layer_norm":
+        return F.layer_norm(latents.float(), (latents.shape[-1],), eps=TARGET_NORM_EPS)
+    if kind == "none":
+        return latents
+    raise CacheError(f"unknown target_norm {kind!r}")
+
+
+def open_cache(path: str | Path, format: Format = "auto") -> LatentCache:
+    """Open `cache/<name>/`. "auto" streams from WebDataset shards and reads single samples
+    from the Zarr store when both exist; "wds"/"zarr" use that format for both."""
+    return LatentCache(path, format)
+
+
+class LatentCache:
+    def __init__(self, path: str | Path, format: Format = "auto") -> None:
+        self.path = Path(path)
+        self.manifest = load_manifest(self.path)
+        present = [f for f in self.manifest.formats if (self.path / (WDS_DIR if f == "wds" else ZARR_DIR)).exists()]
+        if format == "auto":
+            if not present:
+                raise CacheError(f"{self.path}: none of the formats {self.manifest.formats} is on disk")
+            self.stream_format = "wds" if "wds" in present else "zarr"
+            self.random_format = "zarr" if "zarr" in present else "wds"
+        elif format in ("wds", "zarr"):
+            if format not in self.manifest.formats:
+                raise CacheError(f"{self.path}: this cache has no {format} samples (formats: {self.manifest.formats})")
+            self.stream_format = self.random_format = format
+        else:
+            raise CacheError(f"format must be 'auto', 'wds' or 'zarr', got {format!r}")
+        self.codec = self.manifest.codec
+        self.shape = (self.manifest.tokens, self.manifest.dim)
+        self.skipped: list[Problem] = []  # what stream(on_error="skip") left out
+        self._skipped_videos = self.manifest.skipped_videos
+        # Samples are numbered video * MAX_VIEWS + view (the key order) in numpy arrays, not
+        # lists of tuples: a million samples cost 16 MB and pickle quickly into workers.
+        codes, owners = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
+        skipped = np.array(sorted(self._skipped_videos), dtype=np.int64)
+        for i, record in enumerate(self.manifest.shards):
+            videos = np.arange(record.video_start, record.video_end, dtype=np.int64)
+            videos = videos[~np.isin(videos, skipped)]
+            views = np.arange(record.view_start, record.view_end, dtype=np.int64)
+            codes.append((videos[:, None] * MAX_VIEWS + views[None, :]).reshape(-1))
+            owners.append(np.full(codes[-1].size, i, dtype=np.int64))
+        codes_all, owners_all = np.concatenate(codes), np.concatenate(owners)
+        order = np.argsort(codes_all, kind="stable")
+        self._sorted_codes, self._sorted_owner = codes_all[order], owners_all[order]
+        self._zarr = ZarrCacheReader(self.path / ZARR_DIR)
+
+    def _shard_samples(self, shard_index: int) -> list[tuple[int, int]]:
+        """(video, view) of one shard in key order, as the writer stored them."""
+        return self.manifest.shards[shard_index].shard_id.sample_ids(self._skipped_videos)
+
+    def __len__(self) -> int:
+        return len(self._sorted_codes)
+
+    def keys(self) -> list[str]:
+        return [sample_key(*divmod(int(c), MAX_VIEWS)) for c in self._sorted_codes]
+
+    def shard_paths(self) -> list[Path]:
+        """WebDataset tar files, in manifest order (for a plain webdataset pipeline)."""
+        return [self.path / WDS_DIR / f"{r.name}.tar" for r in self.manifest.shards]
+
+    # -- random access ---------------------------------------------------------------------
+    def get(self, index_or_key: int | str) -> CacheSample:
+        if isinstance(index_or_key, str):
+            video, view = parse_key(index_or_key)
+            code = video * MAX_VIEWS + view
+            position = int(np.searchsorted(self._sorted_codes, code))
+            if position == len(self) or self._sorted_codes[position] != code:
+                raise CacheError(f"{self.path}: no sample {index_or_key}")
+        else:
+            position = int(index_or_key)
+            if not -len(self) <= position < len(self):
+                raise IndexError(f"sample index {index_or_key} out of range for {len(self)} samples")
+            position %= len(self)
+        video, view = divmod(int(self._sorted_codes[position]), MAX_VIEWS)
+        record = self.manifest.shards[int(self._sorted_owner[position])]
+        if self.random_format == "zarr":
+            return self._read_zarr(record, video, view)
+        with WdsShardReader(self.path / WDS_DIR, record.name) as shard:
+            return self._read_wds(shard, video, view)
+
+    def _read_wds(self, shard: WdsShardReader, video: int, view: int) -> CacheSample:
+        key = sample_key(video, view)
+        meta, fields, frames = split_members(shard.read_members(key))
+        return self._decode(shard.name, video, view, lambda: self.codec.decode(fields, self.shape), frames, meta)
+
+    def _read_zarr(self, record: ShardRecord, video: int, view: int) -> CacheSample:
+        stored, frames, meta = self._zarr.read_sample(record.name, video, view)
+        return self._decode(record.name, video, view, lambda: stored, frames, meta)
+
+    def _decode(self, shard: str, video: int, view: int, stored_latents: Callable[[], StoredLatents],
+                frames: list[bytes], meta: bytes) -> CacheSample:
+        """Decode checked bytes; `stored_latents` is called inside the error handling."""
+        key = sample_key(video, view)
+        expected_frames = self.manifest.geometry.get("frames", len(frames))
+        try:
+            if len(frames) != expected_frames:
+                raise CacheError(f"{len(frames)} frames, the manifest says {expected_frames}")
+            stored = stored_latents()
+            latents = self.codec.from_stored(stored.values, stored.scales)
+            return CacheSample(key, video, view, decode_frames(frames), latents, decode_meta(meta))
+        except CacheError as error:
+            raise CacheError(f"shard {shard}: sample {key}: {error}") from error
+
+    # -- streaming ---------------------------------------------------------------------------
+    def _split_shards(self, seed: int, epoch: int, rank: int, world_size: int, worker: int, num_workers: int) -> list[int]:
+        splits = world_size * num_workers
+        if not (0 <= rank < world_size and 0 <= worker < num_workers):
+            raise CacheError(f"rank {rank} / worker {worker} out of range for {world_size} ranks x {num_workers} workers")
+        num_shards = len(self.manifest.shards)
+        if num_shards < splits:
+            # A rank or worker without a shard would end at once and hang a collective later.
+            raise CacheError(
+                f"{num_shards} shards cannot feed {world_size} ranks × {num_workers} workers; "
+                "make shards smaller (--shard-videos) or use fewer workers"
+            )
+        order = np.random.default_rng([seed, epoch]).permutation(num_shards)
+        return [int(i) for i in order[rank * num_workers + worker::splits]]
+
+    def split_len(self, seed: int, epoch: int, rank: int = 0, world_size: int = 1, worker: int = 0, num_workers: int = 1) -> int:
+        """How many samples `stream` yields for this split (before skipped errors)."""
+        shards = self._split_shards(seed, epoch, rank, world_size, worker, num_workers)
+        return sum(self.manifest.shards[i].samples for i in shards)
+
+    def stream(self, seed: int, epoch: int, rank: int = 0, world_size: int = 1, worker: int = 0,
+               num_workers: int = 1, start: int = 0, on_error: Literal["raise", "skip"] = "raise") -> Iterator[CacheSample]:
+        """This split's samples in an order fixed by (seed, epoch): shards shuffled, then split
+        round-robin over rank × worker, then each shard's samples shuffled (a buffer of one
+        shard). `start` skips that many samples of the split without reading them; a skipped
+        sample (on_error="skip") still counts as a position, so resuming stays exact."""
+        if on_error not in ("raise", "skip"):
+            raise CacheError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        shards = self._split_shards(seed, epoch, rank, world_size, worker, num_workers)
+        return self._stream(seed, epoch, shards, max(0, int(start)), on_error)
+
+    def _stream(self, seed: int, epoch: int, shards: list[int], skip: int, on_error: str) -> Iterator[CacheSample]:
+        for shard_index in shards:
+            ids = self._shard_samples(shard_index)
+            if skip >= len(ids):
+                skip -= len(ids)
+                continue
+            # Seeded per shard, so a resume computes this order without replaying earlier shards.
+            order = np.random.default_rng([seed, epoch, shard_index]).permutation(len(ids))[skip:]
+            skip = 0
+            record = self.manifest.shards[shard_index]
+            shard = None
+            try:
+                if self.stream_format == "wds":
+                    shard = WdsShardReader(self.path / WDS_DIR, record.name)
+            except CacheError as error:
+                if on_error == "raise":
+                    raise
+                self.skipped.extend(Problem(record.name, sample_key(*ids[i]), str(error)) for i in order)
+                continue
+            try:
+                for i in order:
+                    video, view = ids[i]
+                    try:
+                        if shard is not None:
+                            sample = self._read_wds(shard, video, view)
+                        else:
+                            sample = self._read_zarr(record, video, view)
+                    except CacheError as error:
+                        if on_error == "raise":
+                            raise
+                        self.skipped.append(Problem(record.name, sample_key(video, view), str(error)))
+                        continue
+                    yield sample
+            finally:
+                if shard is not None:
+                    shard.close()
+
+
+def verify(cache: LatentCache) -> list[Problem]:
+    """Check every format listed in the manifest: files, checksums, and every sample decoded.
+    An empty list means the cache is healthy."""
+    problems: list[Problem] = []
+    manifest = cache.manifest
+    for shard_index, record in enumerate(manifest.shards):
+        ids = cache._shard_samples(shard_index)
+        keys = [sample_key(v, k) for v, k in ids]
+        if "wds" in manifest.formats:
+            directory = cache.path / WDS_DIR
+            file_problems = verify_wds_shard(directory, record.name, record.sha256, keys)
+            problems += [Problem(record.name, None, f"[wds] {reason}") for reason in file_problems]
+            try:
+                shard = WdsShardReader(directory, record.name)
+            except CacheError:
+                shard = None  # already reported above
+            if shard is not None:
+                with shard:
+                    for (video, view), key in zip(ids, keys):
+                        try:
+                            cache._read_wds(shard, video, view)
+                        except CacheError as error:
+                            problems.append(Problem(record.name, key, f"[wds] {error}"))
+        if "zarr" in manifest.formats:
+            for (video, view), key in zip(ids, keys):
+                try:
+                    cache._read_zarr(record, video, view)
+                except CacheError as error:
+                    problems.append(Problem(record.name, key, f"[zarr] {error}"))
+    return problems
