@@ -22,8 +22,10 @@ TEACHER := runs/teacher_tiny
 
 # The whole pipeline on the embedded synthetic data set (grows with each stage). Each stage
 # is a file target, so a second `make demo` skips what is done and resumes what was cut off.
-demo: $(TEACHER)/teacher.pt
-	@echo "demo: data in $(DEMO), teacher in $(TEACHER)/teacher.pt, metrics in $(TEACHER)/metrics.jsonl"
+CACHE := cache/demo
+
+demo: $(CACHE)/manifest.json
+	@echo "demo: data in $(DEMO), teacher in $(TEACHER)/teacher.pt (metrics: $(TEACHER)/metrics.jsonl), latent cache in $(CACHE)"
 
 $(DEMO)/train.csv: | $(STAMP)
 	$(BIN)/salt make-synthetic --out $(DEMO) --videos 160 --size 80 --seed 0
@@ -31,6 +33,12 @@ $(DEMO)/train.csv: | $(STAMP)
 $(TEACHER)/teacher.pt: $(DEMO)/train.csv | $(STAMP)
 	$(BIN)/salt train-teacher --config configs/teacher/vit_tiny.yaml --set run.out_dir=$(TEACHER) \
 		$(if $(wildcard $(TEACHER)/checkpoints/latest),--resume)
+
+# Process 1: the frozen teacher's latents, 4 views per video, in both formats. A cut-off run
+# resumes by running the same command again.
+$(CACHE)/manifest.json: $(TEACHER)/teacher.pt
+	$(BIN)/salt cache-latents --teacher $(TEACHER)/teacher.pt --data $(DEMO)/train.csv --out $(CACHE) \
+		--views 4 --format both --workers 2
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

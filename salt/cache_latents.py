@@ -270,6 +270,7 @@ def _write_shards(job, out, shards, records, view, encoder, codec, zarr_writer, 
     batch: list[tuple[int, VideoRecord, dict]] = []
     writes: list[concurrent.futures.Future] = []
     progress = _progress(job, len(items), sum((s.video_end - s.video_start) * (s.view_end - s.view_start) for s in shards))
+    views_done, skipped, started = 0, 0, time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as writer:
 
         def flush_batch() -> None:
@@ -299,9 +300,12 @@ def _write_shards(job, out, shards, records, view, encoder, codec, zarr_writer, 
                     flush_batch()
             pending[index]["videos_left"] -= 1
             finish_ready()
+            views_done += len(item["views"])
+            skipped += "skipped" in item
             if progress is not None:
                 progress.update(1)
-                progress.set_postfix(views=len(item["views"]), skipped=sum(len(p["skipped"]) for p in pending.values()))
+                rate = views_done / max(time.perf_counter() - started, 1e-9)
+                progress.set_postfix({"views/s": f"{rate:.1f}", "skipped": skipped}, refresh=False)
         flush_batch()
         finish_ready()
         for future in writes:
@@ -415,7 +419,8 @@ def _progress(job: CacheJob, videos: int, views: int):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=videos, desc=f"cache rank {job.rank}/{job.world_size} ({views} views)", unit="video", dynamic_ncols=True)
+    return tqdm(total=videos, desc=f"cache rank {job.rank}/{job.world_size} ({views} views)", unit="video",
+                dynamic_ncols=True, mininterval=1.0)
 
 
 def command_line() -> str:
