@@ -115,3 +115,54 @@ class TeacherConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+
+@dataclass
+class CacheSourceConfig:
+    path: str = "cache/demo"
+    format: Literal["auto", "wds", "zarr"] = "auto"
+    on_error: Literal["raise", "skip"] = "raise"  # a corrupt sample: stop naming it, or skip and count
+
+
+@dataclass
+class GeometryConfig:
+    """The clip geometry the student expects; checked against the cache's manifest before step 1."""
+
+    frames: int = 16
+    frame_step: int = 4
+    size: int = 64
+
+
+@dataclass
+class StudentDataConfig:
+    batch_size: int = 16  # micro-batch per rank
+    workers: int = 2  # DataLoader workers per rank reading the cache
+
+    def validate(self) -> None:
+        if self.batch_size < 1 or self.workers < 0:
+            raise ValueError("data: batch_size >= 1 and workers >= 0 are required")
+
+
+@dataclass
+class EmaConfig:
+    momentum_start: float = 0.998  # V-JEPA's schedule, linear to momentum_final
+    momentum_final: float = 1.0
+
+
+@dataclass
+class StudentConfig:
+    """Stage 2: a student predicts the frozen teacher's latents at masked positions."""
+
+    targets: Literal["cache", "teacher", "ema"] = "cache"
+    cache: CacheSourceConfig = field(default_factory=CacheSourceConfig)
+    teacher: str = ""  # checkpoint for `targets: teacher` (never read with `targets: cache`)
+    geometry: GeometryConfig = field(default_factory=GeometryConfig)
+    data: StudentDataConfig = field(default_factory=StudentDataConfig)
+    encoder: EncoderConfig = field(default_factory=lambda: EncoderConfig(arch="vit_small"))
+    predictor: PredictorConfig = field(default_factory=PredictorConfig)
+    masks: list[MaskConfig] = field(default_factory=default_masks)
+    ema: EmaConfig = field(default_factory=EmaConfig)
+    health_every: int = 50  # micro-steps between feature-health numbers (0: never)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    run: RunConfig = field(default_factory=lambda: RunConfig(out_dir="runs/student"))

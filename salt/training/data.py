@@ -37,20 +37,40 @@ class ClipBatch:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (video, reason) replaced in this batch
 
     def to(self, device, non_blocking: bool = False) -> "ClipBatch":
-        return ClipBatch(
-            self.step,
-            self.frames.to(device, non_blocking=non_blocking),
-            self.labels.to(device, non_blocking=non_blocking),
-            self.video_ids.to(device, non_blocking=non_blocking),
-            [m.to(device, non_blocking=non_blocking) for m in self.masks],
-            self.skipped,
-        )
+        return _map_tensors(self, lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> "ClipBatch":
-        return ClipBatch(
-            self.step, self.frames.pin_memory(), self.labels.pin_memory(), self.video_ids.pin_memory(),
-            [m.pin_memory() for m in self.masks], self.skipped,
-        )
+        return _map_tensors(self, lambda t: t.pin_memory())
+
+
+@dataclass
+class CacheBatch:
+    """One micro-batch read from a latent cache: the frames the teacher saw and its latents."""
+
+    step: int
+    frames: torch.Tensor  # uint8 [B, T, H, W, 3]
+    targets: torch.Tensor  # float32 [B, N, D]: stored latents, not yet normalised
+    keys: list[str]
+    masks: list[MaskPair] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (shard/key, reason) skipped (on_error: skip)
+
+    def to(self, device, non_blocking: bool = False) -> "CacheBatch":
+        return _map_tensors(self, lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> "CacheBatch":
+        return _map_tensors(self, lambda t: t.pin_memory())
+
+
+def _map_tensors(batch, fn):
+    """A copy of a batch dataclass with `fn` applied to its tensors and its masks' tensors."""
+    values = {}
+    for name, value in vars(batch).items():
+        if isinstance(value, torch.Tensor):
+            value = fn(value)
+        elif name == "masks":
+            value = [MaskPair(fn(m.context_idx), fn(m.target_idx), m.num_tokens, fn(m.masked_fraction_before)) for m in value]
+        values[name] = value
+    return type(batch)(**values)
 
 
 class SampleOrder:
@@ -149,7 +169,78 @@ class ClipBatches(IterableDataset):
         )
 
 
-def clip_loader(dataset: ClipBatches, workers: int, pin_memory: bool = False) -> DataLoader:
+class CacheBatches(IterableDataset):
+    """Endless batches for one rank from a latent cache; masks drawn online, per step.
+
+    The batch of step `s` holds the next samples of cache split `s mod K` (K workers), streamed
+    epoch after epoch in an order fixed by seed and epoch. Resuming at `start_step` skips, by
+    arithmetic, the samples each split already delivered; nothing is read to be thrown away.
+    """
+
+    def __init__(self, cache_path: str, cache_format: str, batch_size: int, seed: int, rank: int, world_size: int,
+                 num_workers: int, mask_configs: list[MaskConfig], token_grid: tuple[int, int, int], start_step: int = 0,
+                 on_error: str = "raise"):
+        super().__init__()
+        self.cache_path, self.cache_format = cache_path, cache_format
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
+        self.num_workers = max(1, num_workers)
+        self.mask_configs, self.token_grid = mask_configs, token_grid
+        self.start_step, self.on_error = start_step, on_error
+
+    def __iter__(self):
+        from salt.latents import open_cache
+
+        info = get_worker_info()
+        worker = info.id if info is not None else 0
+        cache = open_cache(self.cache_path, self.cache_format)
+        masker = MultiBlockMasker(self.token_grid, self.mask_configs, seed=self.seed * 1_000_003 + self.rank)
+        # The DataLoader asks worker 0 first, so worker w makes steps start+w, start+w+K, …; the
+        # samples of step s always come from cache split s mod K, whichever worker builds it.
+        first_step = self.start_step + worker
+        split = first_step % self.num_workers
+        delivered = (first_step - split) // self.num_workers * self.batch_size
+        samples = self._samples(cache, split, delivered)
+        for step in itertools.count(first_step, self.num_workers):
+            taken, skipped = self._take(cache, samples)
+            frames = torch.from_numpy(np.stack([s.frames for s in taken]))
+            targets = torch.stack([s.latents for s in taken])
+            yield CacheBatch(step, frames, targets, [s.key for s in taken], masker(len(taken), step), skipped)
+
+    def _samples(self, cache, split_index: int, skip: int):
+        """One split's samples, epoch after epoch, starting `skip` positions in."""
+        split = dict(rank=self.rank, world_size=self.world_size, worker=split_index, num_workers=self.num_workers)
+        epoch = 0
+        while skip >= (length := cache.split_len(self.seed, epoch, **split)):
+            skip, epoch = skip - length, epoch + 1
+        while True:
+            yield from cache.stream(self.seed, epoch, start=skip, on_error=self.on_error, **split)
+            skip, epoch = 0, epoch + 1
+
+    def _take(self, cache, samples) -> tuple[list, list[tuple[str, str]]]:
+        """The next `batch_size` positions; a skipped (corrupt) one is replaced by repeating a
+        good sample of the same batch, so positions, and with them resume, stay exact."""
+        taken, skipped, used = [], [], 0
+        while used < self.batch_size:
+            before = len(cache.skipped)
+            if getattr(self, "_held", None) is not None:
+                sample, self._held = self._held, None
+            else:
+                sample = next(samples)
+                new = cache.skipped[before:]
+                skipped += [(f"{p.shard}/{p.key}", p.reason) for p in new]
+                used += len(new)
+                if used >= self.batch_size:
+                    self._held = sample  # belongs to the next batch
+                    break
+            taken.append(sample)
+            used += 1
+        if not taken:
+            raise VideoDecodeError("cache", f"{self.batch_size} consecutive samples are corrupt (first: {skipped[0]})")
+        taken += [taken[i % len(taken)] for i in range(self.batch_size - len(taken))]
+        return taken, skipped
+
+
+def clip_loader(dataset: IterableDataset, workers: int, pin_memory: bool = False) -> DataLoader:
     """A DataLoader over whole batches; workers start with spawn-safe 'forkserver'."""
     return DataLoader(
         dataset,

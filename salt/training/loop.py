@@ -111,15 +111,17 @@ def param_groups(module: torch.nn.Module) -> list[dict[str, Any]]:
 
 
 def measure_flops(objective: Objective, batch) -> tuple[float, float]:
-    """Forward FLOPs of the trained parts and of the frozen target computation, once."""
+    """Forward FLOPs of the trained parts and of the frozen target computation, once.
+
+    `forward` includes making the targets; `frozen_forward` is that part alone."""
     from torch.utils.flop_counter import FlopCounterMode
 
     # With autograd on: the counter's module hooks expect it (its graph is dropped unused).
-    with FlopCounterMode(display=False) as trained:
+    with FlopCounterMode(display=False) as total:
         objective(batch)
     with torch.no_grad(), FlopCounterMode(display=False) as frozen:
         objective.frozen_forward(batch)
-    return float(trained.get_total_flops()), float(frozen.get_total_flops())
+    return float(total.get_total_flops() - frozen.get_total_flops()), float(frozen.get_total_flops())
 
 
 class MetricsLog:
@@ -184,7 +186,6 @@ def train(
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, out_dir / "config.yaml")
     precision = resolve_precision(engine_config.precision)
-    torch.manual_seed(run.seed)  # same initial weights on every rank
 
     optimizer = torch.optim.AdamW(param_groups(objective), lr=optim.lr_start, betas=optim.betas, eps=optim.eps)
     engine, optimizer, _, _ = deepspeed.initialize(
@@ -211,7 +212,7 @@ def train(
     progress = _progress_bar(run, rank, start_step, optim.steps)
     batches = iter(make_batches(start_step * optim.grad_accum))
     flops_per_step = None
-    cumulative_flops = 0.0
+    cumulative_flops = {"trained": 0.0, "frozen": 0.0}
     bad_videos: dict[str, str] = {}
     window = {"time": 0.0, "wait": 0.0, "samples": 0, "losses": [], "metrics": {}}
     last_step = min(optim.steps, run.stop_at) if run.stop_at > 0 else optim.steps
@@ -236,8 +237,11 @@ def train(
                 if flops_per_step is None:
                     trained, frozen = measure_flops(engine.module, batch)
                     # Backward costs about twice the forward; frozen parts run forward only.
-                    flops_per_step = (3 * trained + frozen) * optim.grad_accum * world
-                loss, metrics = engine(batch)
+                    flops_per_step = {"trained": 3 * trained * optim.grad_accum * world, "frozen": frozen * optim.grad_accum * world}
+                try:
+                    loss, metrics = engine(batch)
+                except FloatingPointError as err:  # non-finite targets, named by the objective
+                    raise TrainingError(f"step {step}: {err}; the run stops (last checkpoint in {checkpoint_dir})") from None
                 if not _all_finite(loss):
                     _save(engine, checkpoint_dir, step, client, rank, run.keep_checkpoints)
                     raise TrainingError(
@@ -251,7 +255,8 @@ def train(
                     window["metrics"].setdefault(key, []).append(value)
                 window["samples"] += micro_batch * world
             engine.module.after_step(step)
-            cumulative_flops += flops_per_step
+            for source, flops in flops_per_step.items():
+                cumulative_flops[source] += flops
             window["time"] += time.perf_counter() - step_start
             done = step + 1
             if progress is not None:
@@ -294,11 +299,12 @@ def _resume(engine, checkpoint_dir: Path, client: dict) -> int:
     if differences:
         raise TrainingError(f"--resume: {checkpoint_dir / tag} was made with other settings: " + "; ".join(differences))
     try:
-        path, _ = engine.load_checkpoint(str(checkpoint_dir), tag=tag)
+        path, client_state = engine.load_checkpoint(str(checkpoint_dir), tag=tag)
     except Exception as err:
         raise TrainingError(f"--resume: checkpoint {checkpoint_dir / tag} cannot be loaded ({type(err).__name__}: {err})") from err
     if path is None:
         raise TrainingError(f"--resume: checkpoint {checkpoint_dir / tag} is missing or incomplete")
+    engine.module.load_extra_state(client_state.get("objective_state", {}))
     return int(saved["step"])
 
 
@@ -314,7 +320,9 @@ def _differences(saved: Any, now: Any, prefix: str = "") -> list[str]:
 def _save(engine, checkpoint_dir: Path, step: int, client: dict, rank: int, keep: int) -> None:
     """DeepSpeed checkpoint on all ranks; `latest` moves only once every file is written."""
     tag = f"step{step}"
-    engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state={**client, "step": step})
+    # The objective's own state (e.g. an EMA encoder kept outside the engine) rides along.
+    state = {**client, "step": step, "objective_state": engine.module.extra_state()}
+    engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state=state)
     if rank == 0:
         (checkpoint_dir / tag / RUN_STATE).write_text(json.dumps({**client, "step": step}, indent=1))
     dist.barrier()
@@ -340,7 +348,7 @@ def _export(engine, objective: Objective, checkpoint_dir: Path, tag: str, path: 
     dist.barrier()
 
 
-def _summarise(window: dict, step: int, lr: float, wd: float, engine, flops: float, bad_videos: int) -> dict[str, Any]:
+def _summarise(window: dict, step: int, lr: float, wd: float, engine, flops: dict, bad_videos: int) -> dict[str, Any]:
     grad_norm = engine.get_global_grad_norm()
     record = {
         "step": step,
@@ -351,7 +359,9 @@ def _summarise(window: dict, step: int, lr: float, wd: float, engine, flops: flo
         "samples_per_s": window["samples"] / max(window["time"], 1e-9),
         "steps_per_s": len(window["losses"]) / max(window["time"], 1e-9) / max(1, engine.gradient_accumulation_steps()),
         "data_wait_share": window["wait"] / max(window["time"], 1e-9),
-        "flops": flops,
+        "flops": flops["trained"] + flops["frozen"],
+        "flops_trained": flops["trained"],  # student/encoder + predictor, forward and backward
+        "flops_frozen": flops["frozen"],  # target computation: online teacher or EMA encoder
         "bad_videos": bad_videos,
     }
     for key, values in window["metrics"].items():

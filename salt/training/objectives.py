@@ -8,6 +8,7 @@ optimiser step (e.g. an EMA update); `encoder` is what gets exported.
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 
 import torch
@@ -30,10 +31,18 @@ class Objective(nn.Module, ABC):
         """Loss (a scalar tensor) and metrics (plain floats) of one micro-batch."""
 
     def frozen_forward(self, batch: ClipBatch) -> None:
-        """Target computation without gradients; nothing for objectives whose targets are data."""
+        """The target computation inside `forward` (no gradients), alone: counted separately in
+        FLOPs. Nothing for objectives whose targets are data."""
 
     def after_step(self, step: int) -> None:
         """Hook after each optimiser step."""
+
+    def extra_state(self) -> dict:
+        """State kept outside the engine's parameters that checkpoints must carry."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        """Restore what `extra_state` returned."""
 
 
 def pixel_targets(frames: torch.Tensor, tubelet: int, patch: int, normalise: bool = True) -> torch.Tensor:
@@ -97,3 +106,94 @@ class SupervisedObjective(Objective):
         logits = self.head(self.encoder(clip)).float()
         loss = F.cross_entropy(logits, batch.labels)
         return loss, {"accuracy": (logits.argmax(1) == batch.labels).float().mean().item()}
+
+
+class StudentObjective(Objective):
+    """Stage 2 (and the V-JEPA baseline): predict normalised target latents at masked tokens.
+
+    The student sees the context tokens of each mask configuration; the predictor predicts the
+    targets at the masked positions; L1, averaged over configurations. Where the targets come
+    from is the only difference between the three sources:
+    - "cache": read from the cache (batch.targets); no network involved.
+    - "teacher": a frozen teacher runs on the same frames, online.
+    - "ema": an EMA copy of the student encoder (V-JEPA), updated after each optimiser step.
+    The teacher and the EMA encoder are kept outside the module's parameters, in fp32, so the
+    engine neither trains nor casts them (an EMA step of 1e-3 would vanish in bf16).
+    """
+
+    kind = "student"
+
+    def __init__(self, encoder: VideoViT, predictor: Predictor, source: str, target_norm: str = "layer_norm",
+                 frozen: VideoViT | None = None, momentum=None, precision: str = "fp32", health_every: int = 0):
+        super().__init__()
+        self.encoder = encoder
+        self.predictor = predictor
+        self.source = source
+        self.target_norm = target_norm
+        self.momentum = momentum  # a schedule: step -> momentum (ema only)
+        self.precision = precision
+        self.health_every = health_every
+        if source == "ema":
+            frozen = copy.deepcopy(encoder)
+        if frozen is not None:
+            frozen.float().eval().requires_grad_(False)
+        object.__setattr__(self, "frozen", frozen)  # not a submodule: see the class docstring
+
+    def forward(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
+        clip = to_model_input(batch.frames)
+        targets = self._targets(batch, clip)
+        if not bool(torch.isfinite(targets).all()):
+            bad = [key for key, row in zip(batch.keys, targets) if not bool(torch.isfinite(row).all())]
+            raise FloatingPointError(f"non-finite targets from {self.source} in samples {bad[:5]}")
+        student_clip = clip.to(self.encoder.patch_embed.proj.weight.dtype)
+        grid = self.encoder.grid(*clip.shape[2:])
+        losses, metrics = [], {}
+        for mask_index, mask in enumerate(batch.masks):
+            context = self.encoder(student_clip, keep=mask.context_idx)
+            predicted = self.predictor(context, mask.context_idx, mask.target_idx, grid, mask_index=mask_index)
+            losses.append(F.l1_loss(predicted.float(), apply_masks(targets, mask.target_idx)))
+            if mask_index == 0 and self.health_every and batch.step % self.health_every == 0:
+                metrics.update(feature_health(context.detach()))
+        loss = torch.stack(losses).mean()
+        metrics.update({f"loss_mask{i}": l.item() for i, l in enumerate(losses)})
+        return loss, metrics
+
+    def frozen_forward(self, batch) -> None:
+        if self.frozen is not None:
+            self._targets(batch, to_model_input(batch.frames))
+
+    def _targets(self, batch, clip: torch.Tensor) -> torch.Tensor:
+        from salt.latents import normalise_targets
+
+        if self.frozen is None:
+            return normalise_targets(batch.targets.float(), self.target_norm)
+        if next(self.frozen.parameters()).device != clip.device:
+            self.frozen.to(clip.device)
+        with torch.no_grad(), torch.autocast(clip.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            return normalise_targets(self.frozen(clip).float(), "layer_norm")
+
+    def after_step(self, step: int) -> None:
+        if self.source != "ema":
+            return
+        m = self.momentum(step)
+        with torch.no_grad():
+            for target, online in zip(self.frozen.parameters(), self.encoder.parameters()):
+                target.mul_(m).add_(online.detach().float(), alpha=1 - m)
+
+    def extra_state(self) -> dict:
+        return {"ema_encoder": self.frozen.state_dict()} if self.source == "ema" else {}
+
+    def load_extra_state(self, state: dict) -> None:
+        if self.source == "ema":
+            if "ema_encoder" not in state:
+                raise ValueError("the checkpoint has no EMA encoder state: it was not made with targets: ema")
+            self.frozen.load_state_dict(state["ema_encoder"], strict=True)
+
+
+def feature_health(tokens: torch.Tensor) -> dict[str, float]:
+    """Collapse signals on features [B, N, D]: mean per-channel std and effective rank (RankMe)."""
+    features = tokens.float().flatten(0, 1)
+    std = features.std(dim=0).mean().item()
+    singular = torch.linalg.svdvals(features - features.mean(0))
+    p = singular / singular.sum().clamp_min(1e-12) + 1e-12
+    return {"feature_std": std, "feature_rank": float(torch.exp(-(p * p.log()).sum()))}

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+import torch
+
 from salt.config import ConfigError, load_config
 from salt.models import build_encoder
 from salt.training.config import TeacherConfig
@@ -62,6 +64,7 @@ def run_teacher(config_path: str | None, overrides: list[str], resume: bool = Fa
     grid = check_geometry(cfg, config_path or "<defaults>")
     records = load_records(cfg.data.train)
     dist_info = init_distributed(cfg.engine.timeout_s)
+    torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank and every run
     objective = build_objective(cfg)
 
     def make_batches(start_step: int):

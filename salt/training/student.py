@@ -1,0 +1,113 @@
+"""Stage 2, process 2: train a student from a latent cache. It never opens the teacher.
+
+`deepspeed salt/train_student.py --config …` and `python salt/train_student.py …` land in
+`run_student`. With `targets: cache` only the cache's manifest and samples are read; with
+`targets: teacher` the teacher runs online on the same frames (to check the cache and to
+measure what it saves); with `targets: ema` the V-JEPA baseline trains on the same data.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+from salt.config import ConfigError, load_config
+from salt.latents import load_manifest
+from salt.models import Predictor, build_encoder, load_encoder
+from salt.training.config import StudentConfig
+from salt.training.data import CacheBatches, clip_loader
+from salt.training.loop import TrainResult, TrainingError, init_distributed, resolve_precision, train
+from salt.training.objectives import StudentObjective
+from salt.training.schedules import Linear
+
+
+def check_against_manifest(cfg: StudentConfig, manifest, source: str) -> tuple[int, int, int]:
+    """Refuse, before step 1, a student whose clips or tokens differ from the cache's."""
+    encoder = build_encoder(cfg.encoder.arch, **{"img_size": cfg.geometry.size, "num_frames": cfg.geometry.frames,
+                                                  "depth": 0, **cfg.encoder.overrides})
+    try:
+        grid = encoder.grid(cfg.geometry.frames, cfg.geometry.size, cfg.geometry.size)
+    except ValueError as err:
+        raise ConfigError(f"{source}: {err}") from None
+    ours = {"frames": cfg.geometry.frames, "frame_step": cfg.geometry.frame_step, "size": cfg.geometry.size,
+            "patch": encoder.patch_size, "tubelet": encoder.tubelet_size, "grid": list(grid)}
+    theirs = {**{k: manifest.geometry.get(k) for k in ("frames", "frame_step", "size", "patch", "tubelet")}, "grid": list(manifest.grid)}
+    mismatched = [f"{k}: config {ours[k]}, cache {theirs[k]}" for k in ours if ours[k] != theirs[k]]
+    if mismatched:
+        raise ConfigError(f"{source}: the student does not fit the cache {cfg.cache.path}: " + "; ".join(mismatched)
+                          + ". Set geometry/encoder to the cache's values, or cache the data again for this geometry.")
+    return grid
+
+
+def compatible_keys(config: dict) -> dict:
+    return {key: config[key] for key in ("targets", "cache", "teacher", "geometry", "data", "encoder", "predictor", "masks", "ema")} | {
+        "seed": config["run"]["seed"], "grad_accum": config["optim"]["grad_accum"]}
+
+
+def run_student(config_path: str | None, overrides: list[str], resume: bool = False) -> TrainResult:
+    cfg = load_config(StudentConfig, config_path, overrides)
+    source = config_path or "<defaults>"
+    manifest = load_manifest(cfg.cache.path)
+    grid = check_against_manifest(cfg, manifest, source)
+    if cfg.targets == "ema" and cfg.engine.zero_stage == 3:
+        raise ConfigError(f"{source}: targets: ema needs the whole student on every rank to update its EMA copy; "
+                          "ZeRO-3 partitions it. Use engine.zero_stage 1 or 2.")
+    if cfg.targets == "teacher" and not cfg.teacher:
+        raise ConfigError(f"{source}: targets: teacher needs `teacher:` (a checkpoint path)")
+    dist_info = init_distributed(cfg.engine.timeout_s)
+    precision = resolve_precision(cfg.engine.precision)
+    torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank and every run
+    encoder = build_encoder(cfg.encoder.arch, checkpoint_activations=cfg.encoder.checkpoint_activations,
+                            **{"img_size": cfg.geometry.size, "num_frames": cfg.geometry.frames, **cfg.encoder.overrides})
+    predictor = Predictor(encoder.embed_dim, manifest.dim, width=cfg.predictor.width, depth=cfg.predictor.depth,
+                          num_heads=cfg.predictor.num_heads, num_mask_tokens=len(cfg.masks),
+                          checkpoint_activations=cfg.encoder.checkpoint_activations)
+    frozen = None
+    if cfg.targets == "teacher":
+        frozen, _ = load_encoder(cfg.teacher)
+        from salt.models import fingerprint
+
+        if fingerprint(frozen.state_dict()) != manifest.teacher["fingerprint"]:
+            raise TrainingError(f"{cfg.teacher} is not the teacher that made {cfg.cache.path} (fingerprints differ)")
+    objective = StudentObjective(
+        encoder, predictor, cfg.targets, target_norm=manifest.target_norm, frozen=frozen,
+        momentum=Linear(cfg.ema.momentum_start, cfg.ema.momentum_final, cfg.optim.steps),
+        precision=precision, health_every=cfg.health_every,
+    )
+
+    def make_batches(start_step: int):
+        dataset = CacheBatches(cfg.cache.path, cfg.cache.format, cfg.data.batch_size, cfg.run.seed, dist_info.rank,
+                               dist_info.world_size, cfg.data.workers, cfg.masks, grid, start_step, cfg.cache.on_error)
+        return clip_loader(dataset, cfg.data.workers, pin_memory=dist_info.device.type == "cuda")
+
+    # Fewer shards than ranks × workers would leave a reader without data: refuse now, not hang later.
+    splits = dist_info.world_size * max(1, cfg.data.workers)
+    if len(manifest.shards) < splits:
+        raise TrainingError(f"{cfg.cache.path} has {len(manifest.shards)} shards for {dist_info.world_size} ranks × "
+                            f"{max(1, cfg.data.workers)} workers; use fewer workers or cache with smaller --shard-videos")
+    return train(
+        config=cfg, optim=cfg.optim, engine_config=cfg.engine, run=cfg.run, objective=objective,
+        make_batches=make_batches, micro_batch=cfg.data.batch_size, dist_info=dist_info, resume=resume,
+        export_name="student.pt", compatible_keys=compatible_keys,
+        max_bad_videos=10**9 if cfg.cache.on_error == "skip" else 0,
+        client_extra={"cache_teacher_fingerprint": manifest.teacher["fingerprint"], "workers": cfg.data.workers},
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of `deepspeed salt/train_student.py` (accepts the launcher's --local_rank)."""
+    parser = argparse.ArgumentParser(description="Stage 2: train a student from a latent cache.")
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    try:
+        result = run_student(args.config, args.overrides, args.resume)
+    except ConfigError as err:
+        raise SystemExit(f"config error: {err}") from None
+    if result.export_path is not None:
+        print(f"exported {result.export_path}")
+    else:
+        print(f"stopped after step {result.step} (run.stop_at); continue with --resume")
