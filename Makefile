@@ -23,9 +23,11 @@ TEACHER := runs/teacher_tiny
 # The whole pipeline on the embedded synthetic data set (grows with each stage). Each stage
 # is a file target, so a second `make demo` skips what is done and resumes what was cut off.
 CACHE := cache/demo
+STUDENT := runs/student_tiny
 
-demo: $(CACHE)/manifest.json
-	@echo "demo: data in $(DEMO), teacher in $(TEACHER)/teacher.pt (metrics: $(TEACHER)/metrics.jsonl), latent cache in $(CACHE)"
+demo: $(STUDENT)/student.pt
+	@echo "demo: data in $(DEMO), teacher in $(TEACHER)/teacher.pt, latent cache in $(CACHE), student in $(STUDENT)/student.pt"
+	@echo "      metrics: $(TEACHER)/metrics.jsonl, $(STUDENT)/metrics.jsonl"
 
 $(DEMO)/train.csv: | $(STAMP)
 	$(BIN)/salt make-synthetic --out $(DEMO) --videos 160 --size 80 --seed 0
@@ -39,6 +41,11 @@ $(TEACHER)/teacher.pt: $(DEMO)/train.csv | $(STAMP)
 $(CACHE)/manifest.json: $(TEACHER)/teacher.pt
 	$(BIN)/salt cache-latents --teacher $(TEACHER)/teacher.pt --data $(DEMO)/train.csv --out $(CACHE) \
 		--views 4 --format both --workers 2
+
+# Process 2: two DeepSpeed ranks (gloo on CPU) stream the cache; the teacher is never loaded.
+$(STUDENT)/student.pt: $(CACHE)/manifest.json
+	PATH=$(abspath $(BIN)):$$PATH deepspeed --num_gpus 2 salt/train_student.py --config configs/student/vit_tiny.yaml \
+		--set run.out_dir=$(STUDENT) $(if $(wildcard $(STUDENT)/checkpoints/latest),--resume)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -148,3 +148,91 @@ def format_cache(report: dict) -> str:
         lines.append(f"{row['dtype']:<6}{row['codec']:<12}{row['bytes_per_view'] / 1e3:>10.1f}{row['compression_ratio']:>8.2f}"
                      f"{row['mean_abs_err_layernormed']:>25.5f}")
     return "\n".join(lines)
+
+
+def _run_student(config: Path, overrides: list[str]) -> list[dict]:
+    """One student run in a fresh process (clean RSS); returns its metric records."""
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "salt.cli", "train-student", "--config", str(config), *[a for o in overrides for a in ("--set", o)]],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"student run failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
+    out_dir = next(o.split("=", 1)[1] for o in overrides if o.startswith("run.out_dir="))
+    return [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def bench_student(steps: int, batch_size: int, results_dir: str) -> dict:
+    """Step time with targets from the cache, from the online teacher, and from one in-memory
+    batch; data-wait share with 0/1/2 workers; peak RSS with a small and a larger teacher's cache."""
+    import yaml
+
+    from salt.cache_latents import CacheJob, run_cache
+    from salt.models import build_encoder, save_encoder
+    from salt.video.synthetic import SyntheticSpec, make_synthetic
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        make_synthetic(tmp / "data", SyntheticSpec(videos=32, size=80))
+        caches = {}
+        for name, arch in (("small", "vit_tiny"), ("large", "vit_small")):
+            torch.manual_seed(0)
+            teacher = build_encoder(arch, img_size=64, num_frames=16)
+            save_encoder(tmp / f"{name}.pt", teacher, kind="teacher")
+            run_cache(CacheJob(teacher=str(tmp / f"{name}.pt"), data=str(tmp / "data" / "train.csv"), out=str(tmp / name),
+                               views=2, shard_videos=4, workers=2, progress=False))
+            caches[name] = {"path": tmp / name, "teacher": tmp / f"{name}.pt", "dim": teacher.embed_dim,
+                            "teacher_params_mb": sum(p.numel() for p in teacher.parameters()) * 4 / 2**20}
+        config = tmp / "student.yaml"
+        config.write_text(yaml.safe_dump({
+            "geometry": {"frames": 16, "frame_step": 4, "size": 64},
+            "encoder": {"arch": "vit_tiny"}, "predictor": {"width": 128, "depth": 4, "num_heads": 4},
+            "optim": {"steps": steps, "warmup_steps": 5}, "engine": {"zero_stage": 1},
+            "run": {"log_every": max(1, steps // 4), "checkpoint_every": 10**6, "progress": False}}))
+        base = [f"data.batch_size={batch_size}", f"cache.path={caches['small']['path']}", f"teacher={caches['small']['teacher']}"]
+
+        def measure(label: str, extra: list[str]) -> dict:
+            rows = _run_student(config, base + extra + [f"run.out_dir={tmp / label}"])[1:]  # drop the warm-up window
+            return {"step_s": float(np.mean([1 / r["steps_per_s"] for r in rows])),
+                    "data_wait_share": float(np.mean([r["data_wait_share"] for r in rows])),
+                    "peak_rss_mb": rows[-1]["peak_rss_mb"]}
+
+        step_time = {
+            "cache": measure("cache", ["targets=cache", "data.workers=2"]),
+            "teacher": measure("teacher", ["targets=teacher", "data.workers=2"]),
+            "in_memory": measure("memory", ["targets=cache", "data.workers=0", "data.reuse_first_batch=true"]),
+        }
+        workers = {w: measure(f"workers{w}", ["targets=cache", f"data.workers={w}"]) for w in (0, 1, 2)}
+        rss = {}
+        for name, cache in caches.items():
+            rss[name] = {**measure(f"rss_{name}", ["targets=cache", "data.workers=0", f"cache.path={cache['path']}"]),
+                         "teacher_dim": cache["dim"], "teacher_weights_mb": cache["teacher_params_mb"]}
+    # What the larger teacher's dim should add: the predictor's output layer (weights, grads,
+    # two Adam moments, fp32) and the target tensors of a batch.
+    extra_dim = rss["large"]["teacher_dim"] - rss["small"]["teacher_dim"]
+    expected_mb = (129 * extra_dim * 4 * 4 + batch_size * 128 * extra_dim * 4 * 3) / 2**20
+    results = {"step_time": step_time, "workers": {str(k): v for k, v in workers.items()}, "rss": rss,
+               "cache_vs_in_memory": step_time["cache"]["step_s"] / step_time["in_memory"]["step_s"],
+               "teacher_minus_cache_s": step_time["teacher"]["step_s"] - step_time["cache"]["step_s"],
+               "rss_difference_mb": rss["large"]["peak_rss_mb"] - rss["small"]["peak_rss_mb"],
+               "rss_difference_expected_mb": expected_mb}
+    settings = {"steps": steps, "batch_size": batch_size, "student": "vit_tiny (predictor 128x4)", "geometry": "16x64²",
+                "teachers": {"small": "vit_tiny (dim 128)", "large": "vit_small (dim 384)"}}
+    save_record("student", settings, results, results_dir)
+    return {"settings": settings, "results": results}
+
+
+def format_student(report: dict) -> str:
+    s, r = report["settings"], report["results"]
+    lines = [f"salt bench student: {s['student']} at {s['geometry']}, batch {s['batch_size']}, {s['steps']} steps per run"]
+    lines.append(f"{'targets':<22}{'ms/step':>9}{'data wait':>11}")
+    for name, row in r["step_time"].items():
+        lines.append(f"{name:<22}{row['step_s'] * 1000:>9.1f}{row['data_wait_share']:>11.1%}")
+    lines.append(f"cache / in-memory step time: {r['cache_vs_in_memory']:.3f}; teacher − cache: {r['teacher_minus_cache_s'] * 1000:.1f} ms")
+    lines.append(f"{'cache workers':<22}{'ms/step':>9}{'data wait':>11}")
+    for name, row in r["workers"].items():
+        lines.append(f"{name:<22}{row['step_s'] * 1000:>9.1f}{row['data_wait_share']:>11.1%}")
+    for name, row in r["rss"].items():
+        lines.append(f"peak RSS, {name} teacher's cache (dim {row['teacher_dim']}, weights {row['teacher_weights_mb']:.1f} MB): {row['peak_rss_mb']:.0f} MB")
+    lines.append(f"RSS difference {r['rss_difference_mb']:.0f} MB; predictor output layer + target buffers predict {r['rss_difference_expected_mb']:.1f} MB")
+    return "\n".join(lines)

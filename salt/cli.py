@@ -18,6 +18,8 @@ def main() -> None:
     make-shards     pack videos and labels into WebDataset tar shards
     train-teacher   stage 1: pixel-reconstruction teacher (also under `deepspeed`)
     cache-latents   process 1: the frozen teacher's latents into a WebDataset / Zarr cache
+    train-student   process 2: a student from the cache (also `deepspeed salt/train_student.py`)
+    bench           benchmarks (cache, student)
     """
 
 
@@ -58,19 +60,26 @@ def make_shards_command(data, out, shard_size) -> None:
     click.echo(f"wrote {len(index['shards'])} shards with {videos} videos to {out} (index: {out}/videos.json)")
 
 
-@main.command("train-teacher")
-@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help="YAML config (configs/teacher/…).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value, e.g. optim.steps=50.")
-@click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in run.out_dir.")
-def train_teacher_command(config_path, overrides, resume) -> None:
-    """Stage 1 in one process. For several, use `deepspeed --num_gpus N salt/train_teacher.py`."""
-    from salt.training.teacher import run_teacher
+def _training_command(name: str, stage: str, config_dir: str):
+    """`salt train-teacher` / `salt train-student`: the same options, one process."""
 
-    result = run_teacher(config_path, list(overrides), resume)
-    if result.export_path is not None:
-        click.echo(f"exported {result.export_path}")
-    else:
-        click.echo(f"stopped after step {result.step} (run.stop_at); continue with --resume")
+    @main.command(name, help=f"{stage} in one process. For several, use `deepspeed --num_gpus N salt/{name.replace('-', '_')}.py`.")
+    @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help=f"YAML config ({config_dir}…).")
+    @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value, e.g. optim.steps=50.")
+    @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in run.out_dir.")
+    def command(config_path, overrides, resume) -> None:
+        from salt.training.loop import describe
+        from salt.training.student import run_student
+        from salt.training.teacher import run_teacher
+
+        run_stage = run_teacher if name == "train-teacher" else run_student
+        click.echo(describe(run_stage(config_path, list(overrides), resume)))
+
+    return command
+
+
+train_teacher_command = _training_command("train-teacher", "Stage 1: the pixel-reconstruction teacher", "configs/teacher/")
+train_student_command = _training_command("train-student", "Stage 2: a student from a latent cache", "configs/student/")
 
 
 def _env_int(*names: str) -> int | None:
@@ -169,6 +178,17 @@ def bench_cache_command(videos, views, arch, size, frames, workers, batch_size, 
     from salt.bench import bench_cache, format_cache
 
     click.echo(format_cache(bench_cache(videos, views, arch, size, frames, workers, batch_size, seconds, results)))
+
+
+@bench_group.command("student")
+@click.option("--steps", default=40, help="Optimiser steps per measured run.")
+@click.option("--batch-size", default=16)
+@click.option("--results", default="benchmarks/results", type=click.Path(file_okay=False))
+def bench_student_command(steps, batch_size, results) -> None:
+    """Student step time with cache / online-teacher / in-memory targets; data wait by workers; peak RSS."""
+    from salt.bench import bench_student, format_student
+
+    click.echo(format_student(bench_student(steps, batch_size, results)))
 
 
 def _user_errors() -> tuple[type[Exception], ...]:

@@ -137,6 +137,7 @@ class GeometryConfig:
 class StudentDataConfig:
     batch_size: int = 16  # micro-batch per rank
     workers: int = 2  # DataLoader workers per rank reading the cache
+    reuse_first_batch: bool = False  # benchmarks only: train on the first batch forever (no loader cost)
 
     def validate(self) -> None:
         if self.batch_size < 1 or self.workers < 0:

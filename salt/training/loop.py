@@ -11,6 +11,7 @@ import datetime
 import json
 import math
 import os
+import resource
 import shutil
 import socket
 import time
@@ -49,6 +50,31 @@ class Distributed:
     world_size: int
     local_rank: int
     device: torch.device
+
+
+def describe(result: TrainResult) -> str:
+    """The last line a training command prints."""
+    if result.export_path is not None:
+        return f"exported {result.export_path}"
+    return f"stopped after step {result.step} (run.stop_at); continue with --resume"
+
+
+def launcher_main(description: str, run_stage: Callable[[str, list[str], bool], TrainResult], argv: list[str] | None = None) -> None:
+    """Entry point for `deepspeed salt/train_*.py`: --config, --set, --resume, and the launcher's --local_rank."""
+    import argparse
+
+    from salt.config import ConfigError
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    try:
+        print(describe(run_stage(args.config, args.overrides, args.resume)))
+    except (ConfigError, TrainingError) as err:
+        raise SystemExit(f"error: {err}") from None
 
 
 def init_distributed(timeout_s: int) -> Distributed:
@@ -363,6 +389,7 @@ def _summarise(window: dict, step: int, lr: float, wd: float, engine, flops: dic
         "flops_trained": flops["trained"],  # student/encoder + predictor, forward and backward
         "flops_frozen": flops["frozen"],  # target computation: online teacher or EMA encoder
         "bad_videos": bad_videos,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # this process (Linux: KiB)
     }
     for key, values in window["metrics"].items():
         record[key] = sum(values) / len(values)

@@ -8,7 +8,7 @@ measure what it saves); with `targets: ema` the V-JEPA baseline trains on the sa
 
 from __future__ import annotations
 
-import argparse
+import itertools
 
 import torch
 
@@ -17,7 +17,7 @@ from salt.latents import load_manifest
 from salt.models import Predictor, build_encoder, load_encoder
 from salt.training.config import StudentConfig
 from salt.training.data import CacheBatches, clip_loader
-from salt.training.loop import TrainResult, TrainingError, init_distributed, resolve_precision, train
+from salt.training.loop import TrainResult, TrainingError, init_distributed, launcher_main, resolve_precision, train
 from salt.training.objectives import StudentObjective
 from salt.training.schedules import Linear
 
@@ -79,7 +79,11 @@ def run_student(config_path: str | None, overrides: list[str], resume: bool = Fa
     def make_batches(start_step: int):
         dataset = CacheBatches(cfg.cache.path, cfg.cache.format, cfg.data.batch_size, cfg.run.seed, dist_info.rank,
                                dist_info.world_size, cfg.data.workers, cfg.masks, grid, start_step, cfg.cache.on_error)
-        return clip_loader(dataset, cfg.data.workers, pin_memory=dist_info.device.type == "cuda")
+        loader = clip_loader(dataset, cfg.data.workers, pin_memory=dist_info.device.type == "cuda")
+        if cfg.data.reuse_first_batch:
+            first = next(iter(loader))
+            return itertools.repeat(first)
+        return loader
 
     # Fewer shards than ranks × workers would leave a reader without data: refuse now, not hang later.
     splits = dist_info.world_size * max(1, cfg.data.workers)
@@ -97,17 +101,4 @@ def run_student(config_path: str | None, overrides: list[str], resume: bool = Fa
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `deepspeed salt/train_student.py` (accepts the launcher's --local_rank)."""
-    parser = argparse.ArgumentParser(description="Stage 2: train a student from a latent cache.")
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    try:
-        result = run_student(args.config, args.overrides, args.resume)
-    except ConfigError as err:
-        raise SystemExit(f"config error: {err}") from None
-    if result.export_path is not None:
-        print(f"exported {result.export_path}")
-    else:
-        print(f"stopped after step {result.step} (run.stop_at); continue with --resume")
+    launcher_main("Stage 2: train a student from a latent cache.", run_student, argv)

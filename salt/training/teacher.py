@@ -5,7 +5,6 @@ calibration, the supervised objective. `salt train-teacher` and `salt/train_teac
 
 from __future__ import annotations
 
-import argparse
 
 import torch
 
@@ -13,7 +12,7 @@ from salt.config import ConfigError, load_config
 from salt.models import build_encoder
 from salt.training.config import TeacherConfig
 from salt.training.data import ClipBatches, clip_loader
-from salt.training.loop import TrainResult, init_distributed, train
+from salt.training.loop import TrainResult, init_distributed, launcher_main, train
 from salt.training.objectives import Objective, PixelObjective, SupervisedObjective
 from salt.video.sources import load_records
 
@@ -100,17 +99,4 @@ def run_teacher(config_path: str | None, overrides: list[str], resume: bool = Fa
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `deepspeed salt/train_teacher.py` (accepts the launcher's --local_rank)."""
-    parser = argparse.ArgumentParser(description="Stage 1: train the pixel-reconstruction teacher.")
-    parser.add_argument("--config", required=True)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    try:
-        result = run_teacher(args.config, args.overrides, args.resume)
-    except ConfigError as err:
-        raise SystemExit(f"config error: {err}") from None
-    if result.export_path is not None:
-        print(f"exported {result.export_path}")
-    else:
-        print(f"stopped after step {result.step} (run.stop_at); continue with --resume")
+    launcher_main("Stage 1: train the pixel-reconstruction teacher.", run_teacher, argv)
