@@ -83,6 +83,8 @@ class CacheJob:
     size: int = 0  # 0: the teacher's
     precision: str = "auto"
     decode_timeout: float = 60.0
+    eval_clips: int = 0  # > 0: deterministic evaluation views (clips × spatial crops), as probes use
+    eval_spatial: int = 0
     arch: dict | None = None
     rank: int = 0
     world_size: int = 1
@@ -216,8 +218,10 @@ def run_cache(job: CacheJob) -> Path | None:
     device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
     encoder = encoder.float().eval().requires_grad_(False).to(device)
     view = ViewConfig(
-        frames=job.frames or arch["num_frames"], frame_step=job.frame_step, size=job.size or arch["img_size"], seed=job.seed
+        frames=job.frames or arch["num_frames"], frame_step=job.frame_step, size=job.size or arch["img_size"], seed=job.seed,
+        eval_clips=job.eval_clips, eval_spatial=job.eval_spatial,
     )
+    view.validate()
     grid = encoder.grid(view.frames, view.size, view.size)
     records = load_records(job.data)
     if job.max_videos:

@@ -19,6 +19,8 @@ def main() -> None:
     train-teacher   stage 1: pixel-reconstruction teacher (also under `deepspeed`)
     cache-latents   process 1: the frozen teacher's latents into a WebDataset / Zarr cache
     train-student   process 2: a student from the cache (also `deepspeed salt/train_student.py`)
+    probe           frozen attentive probe of any encoder (or --random-init ARCH)
+    inspect         offline inspection of a latent cache
     bench           benchmarks (cache, student)
     """
 
@@ -158,6 +160,31 @@ def cache_latents_command(**options) -> None:
         )
 
 
+@main.command("probe")
+@click.option("--encoder", type=click.Path(dir_okay=False), help="Encoder checkpoint (SALT .pt, safetensors, V-JEPA, VideoMAE).")
+@click.option("--random-init", help="Probe a randomly initialised encoder of this size instead (the floor).")
+@click.option("--train", "train_data", required=True, type=click.Path(exists=True), help="Labelled training videos (CSV, folder, shards).")
+@click.option("--val", "val_data", required=True, type=click.Path(exists=True), help="Labelled validation videos.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML (configs/probe/default.yaml).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option("--arch", "arch_pairs", multiple=True, metavar="KEY=VALUE", help="Architecture facts (e.g. img_size=64).")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the results as JSON here.")
+@click.option("--work-dir", type=click.Path(file_okay=False), help="Keep the stored token maps here (default: a temporary folder).")
+def probe_command(encoder, random_init, train_data, val_data, config_path, overrides, arch_pairs, out, work_dir) -> None:
+    """Frozen attentive probe: token maps computed once, an lr x wd grid of heads, multi-view evaluation."""
+    from salt.config import load_config
+    from salt.probe import ProbeConfig, format_probe, run_probe, save_report
+
+    if bool(encoder) == bool(random_init):
+        raise click.UsageError("give exactly one of --encoder and --random-init")
+    cfg = load_config(ProbeConfig, config_path, list(overrides))
+    report = run_probe(encoder, random_init, train_data, val_data, cfg, work_dir, _parse_arch(arch_pairs))
+    click.echo(format_probe(report))
+    if out:
+        save_report(report, out)
+        click.echo(f"wrote {out}")
+
+
 @main.group("bench")
 def bench_group() -> None:
     """Benchmarks: tables on stdout, JSON records under benchmarks/results/."""
@@ -189,6 +216,28 @@ def bench_student_command(steps, batch_size, results) -> None:
     from salt.bench import bench_student, format_student
 
     click.echo(format_student(bench_student(steps, batch_size, results)))
+
+
+@main.command("inspect")
+@click.argument("cache_path", metavar="CACHE", type=click.Path())
+@click.option("--verify", "run_verify", is_flag=True, help="Check every shard and sample; exit code 1 on any problem.")
+@click.option("--pictures", type=click.Path(file_okay=False), help="Write PNGs (samples and statistics) into this folder.")
+@click.option("--samples", default=64, help="Samples for the statistics (evenly spaced over the keys; 0: none).")
+@click.option("--compare", type=click.Path(), help="Another cache of the same views: compare targets key by key.")
+@click.option("--format", "format_", type=click.Choice(["auto", "wds", "zarr"]), default="auto", help="Which stored format to read.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
+def inspect_command(cache_path, run_verify, pictures, samples, compare, format_, json_out) -> None:
+    """Describe a latent cache: manifest, integrity, target statistics, comparison, pictures."""
+    from pathlib import Path
+
+    from salt.inspection import format_report, inspect_cache
+
+    report = inspect_cache(cache_path, format_, samples, run_verify, compare, pictures)
+    click.echo(format_report(report))
+    if json_out:
+        Path(json_out).write_text(json.dumps(report, indent=1) + "\n")
+    if report.get("problems"):
+        raise SystemExit(1)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:

@@ -179,3 +179,12 @@ def test_video_shards_read_like_files(tmp_path, synthetic_set):
 
     with tarfile.open(sorted(out.glob("videos-*.tar"))[0]) as tar:  # plain tar reads it
         assert len(tar.getnames()) == 10
+
+
+def test_evaluation_views_are_fixed_crops_and_even_windows():
+    cfg = ViewConfig(frames=4, frame_step=2, size=16, eval_clips=2, eval_spatial=3)
+    views = [sample_view(9, k, num_frames=50, height=30, width=60, cfg=cfg) for k in range(6)]
+    assert [v.frame_indices[0] for v in views] == [0, 0, 0, 43, 43, 43]  # windows at the ends
+    assert [v.crop for v in views[:3]] == [(0, 0, 30, 30), (0, 15, 30, 30), (0, 30, 30, 30)]
+    assert not any(v.flip for v in views)
+    assert [v.crop for v in views] == [v.crop for v in (sample_view(1, k, 50, 30, 60, cfg) for k in range(6))]

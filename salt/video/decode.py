@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from salt.video.views import ViewConfig, ViewParams, render_view, sample_frame_indices, sample_view, view_rng
+from salt.video.views import ViewConfig, ViewParams, render_view, sample_view, view_frame_indices
 
 VideoSource = str | os.PathLike | bytes
 
@@ -83,9 +83,9 @@ def decode_views(
     name = source_name(source, name)
     reader = open_reader(source, name)
     num_frames = len(reader)
-    # Frame indices are the first draws of each view's generator, so they are known before the
-    # frame size is; the crop is drawn once the decoded frames tell the size.
-    windows = [sample_frame_indices(num_frames, cfg, view_rng(cfg.seed, video_id, v)) for v in view_indices]
+    # A view's frames are known from the frame count alone; its crop is drawn once the decoded
+    # frames tell the size.
+    windows = [view_frame_indices(video_id, v, num_frames, cfg) for v in view_indices]
     needed = sorted({i for window in windows for i in window})
     frames = read_frames(reader, needed, name)
     height, width = frames.shape[1:3]

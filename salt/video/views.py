@@ -31,6 +31,11 @@ class ViewConfig:
     crop_ratio: tuple[float, float] = (0.75, 1.35)
     flip_prob: float = 0.5
     seed: int = 0
+    # Evaluation views (deterministic, no flip): view k is temporal clip k // eval_spatial of
+    # eval_clips evenly spaced windows, and spatial crop k % eval_spatial of eval_spatial square
+    # crops spread along the long side. 0 = random training views.
+    eval_clips: int = 0
+    eval_spatial: int = 0
 
     def validate(self) -> None:
         if self.frames < 1 or self.frame_step < 1 or self.size < 1:
@@ -42,6 +47,12 @@ class ViewConfig:
             raise ValueError(f"view.crop_ratio must satisfy 0 < min <= max, got {self.crop_ratio}")
         if not 0 <= self.flip_prob <= 1:
             raise ValueError(f"view.flip_prob must be in [0, 1], got {self.flip_prob}")
+        if (self.eval_clips > 0) != (self.eval_spatial > 0):
+            raise ValueError("view.eval_clips and view.eval_spatial must both be set (> 0) or both be 0")
+
+    @property
+    def evaluation(self) -> bool:
+        return self.eval_clips > 0
 
     @property
     def window(self) -> int:
@@ -123,13 +134,32 @@ def sample_crop(height: int, width: int, cfg: ViewConfig, rng: np.random.Generat
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def view_frame_indices(video_id: int, view_index: int, num_frames: int, cfg: ViewConfig) -> tuple[int, ...]:
+    """The frames a view uses; known from the frame count alone (before any frame is decoded)."""
+    if not cfg.evaluation:
+        return sample_frame_indices(num_frames, cfg, view_rng(cfg.seed, video_id, view_index))
+    clip = view_index // cfg.eval_spatial
+    if num_frames < cfg.window:
+        return tuple(min(k * cfg.frame_step, num_frames - 1) for k in range(cfg.frames))
+    starts = np.linspace(0, num_frames - cfg.window, cfg.eval_clips)
+    start = int(round(starts[min(clip, cfg.eval_clips - 1)]))
+    return tuple(start + k * cfg.frame_step for k in range(cfg.frames))
+
+
 def sample_view(
     video_id: int, view_index: int, num_frames: int, height: int, width: int, cfg: ViewConfig
 ) -> ViewParams:
-    rng = view_rng(cfg.seed, video_id, view_index)
-    frame_indices = sample_frame_indices(num_frames, cfg, rng)
-    crop = sample_crop(height, width, cfg, rng)
-    flip = bool(rng.random() < cfg.flip_prob)
+    if cfg.evaluation:
+        side = min(height, width)
+        position = (view_index % cfg.eval_spatial) / max(1, cfg.eval_spatial - 1) if cfg.eval_spatial > 1 else 0.5
+        top, left = int(round((height - side) * position)), int(round((width - side) * position))
+        crop, flip = (top, left, side, side), False
+        frame_indices = view_frame_indices(video_id, view_index, num_frames, cfg)
+    else:
+        rng = view_rng(cfg.seed, video_id, view_index)
+        frame_indices = sample_frame_indices(num_frames, cfg, rng)
+        crop = sample_crop(height, width, cfg, rng)
+        flip = bool(rng.random() < cfg.flip_prob)
     return ViewParams(
         video_id=video_id,
         view_index=view_index,

@@ -1,0 +1,176 @@
+"""`salt probe`: frozen attentive probe of any encoder.
+
+The encoder is frozen, so its token maps are computed once per fixed clip and view and stored
+through `salt/latents` (the cache format: `salt cache-latents` with the encoder as the
+"teacher"); the heads then train on the stored tokens. Training views are K random augmented
+views per video; evaluation views are `clips × spatial` fixed crops whose predictions are
+averaged per video. Several heads (an lr × weight-decay grid, as V-JEPA 2 does) train at once;
+the best by validation accuracy is reported and all are listed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from salt.models.heads import AttentiveClassifier
+
+
+@dataclass
+class ProbeConfig:
+    frames: int = 0  # 0: the encoder's
+    frame_step: int = 4
+    size: int = 0  # 0: the encoder's
+    train_views: int = 4  # augmented views per training video, computed once
+    eval_clips: int = 2
+    eval_spatial: int = 3
+    epochs: int = 20
+    batch_size: int = 32
+    head_depth: int = 1  # self-attention blocks before the cross-attention pooler
+    head_heads: int = 4
+    lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-4])
+    weight_decays: list[float] = field(default_factory=lambda: [0.01, 0.1])
+    warmup_epochs: float = 1.0
+    seed: int = 0
+    workers: int = 2  # decoding workers for feature extraction
+    feature_dtype: str = "fp16"
+
+
+def extract_features(encoder_path: Path, data: str, out: Path, cfg: ProbeConfig, evaluation: bool) -> tuple[dict, float]:
+    """Token maps of every (video, view) through the cache writer; returns arrays and seconds."""
+    from salt.cache_latents import CacheJob, run_cache
+    from salt.latents import open_cache
+
+    start = time.perf_counter()
+    views = cfg.eval_clips * cfg.eval_spatial if evaluation else cfg.train_views
+    run_cache(CacheJob(
+        teacher=str(encoder_path), data=data, out=str(out), views=views, dtype=cfg.feature_dtype, workers=cfg.workers,
+        frames=cfg.frames, size=cfg.size, frame_step=cfg.frame_step, seed=cfg.seed, progress=False,
+        eval_clips=cfg.eval_clips if evaluation else 0, eval_spatial=cfg.eval_spatial if evaluation else 0,
+    ))
+    seconds = time.perf_counter() - start
+    cache = open_cache(out)
+    samples = [cache.get(key) for key in cache.keys()]
+    labels = [s.meta["label"] for s in samples]
+    if any(label is None for label in labels):
+        raise ValueError(f"{data}: every video needs a label for probing")
+    features = {
+        "tokens": torch.stack([s.latents for s in samples]),  # [S, N, D], the encoder's output
+        "labels": torch.tensor(labels),
+        "videos": torch.tensor([s.video for s in samples]),
+    }
+    return features, seconds
+
+
+def train_heads(train: dict, val: dict, num_classes: int, cfg: ProbeConfig) -> dict:
+    """Train one attentive head per (lr, wd) on frozen tokens; evaluate with view averaging."""
+    torch.manual_seed(cfg.seed)
+    dim = train["tokens"].shape[-1]
+    grid = [(lr, wd) for lr in cfg.lrs for wd in cfg.weight_decays]
+    heads = torch.nn.ModuleList(AttentiveClassifier(dim, num_classes, num_heads=cfg.head_heads, depth=cfg.head_depth) for _ in grid)
+    optimizer = torch.optim.AdamW([{"params": head.parameters(), "lr": lr, "weight_decay": wd, "peak": lr}
+                                   for head, (lr, wd) in zip(heads, grid)], betas=(0.9, 0.999))
+    samples = train["tokens"].shape[0]
+    steps_per_epoch = max(1, math.ceil(samples / cfg.batch_size))
+    total, warmup = cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    step = 0
+    start = time.perf_counter()
+    for _ in range(cfg.epochs):
+        for batch in torch.randperm(samples, generator=generator).split(cfg.batch_size):
+            scale = (step + 1) / max(1, warmup) if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+            for group in optimizer.param_groups:
+                group["lr"] = group["peak"] * scale
+            tokens, labels = train["tokens"][batch], train["labels"][batch]
+            loss = sum(F.cross_entropy(head(tokens), labels) for head in heads)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+    train_seconds = time.perf_counter() - start
+    results = []
+    with torch.no_grad():
+        for head, (lr, wd) in zip(heads, grid):
+            head.eval()
+            probabilities = torch.cat([head(chunk).softmax(-1) for chunk in val["tokens"].split(256)])
+            results.append({"lr": lr, "weight_decay": wd, **view_averaged_accuracy(probabilities, val["labels"], val["videos"])})
+    best = max(range(len(results)), key=lambda i: results[i]["top1"])
+    return {"heads": results, "best": results[best], "head_train_seconds": train_seconds, "steps": total}
+
+
+def view_averaged_accuracy(probabilities: torch.Tensor, labels: torch.Tensor, videos: torch.Tensor) -> dict:
+    """Average the class probabilities of all views of a video, then score per video."""
+    unique, inverse = torch.unique(videos, return_inverse=True)
+    summed = torch.zeros(len(unique), probabilities.shape[1]).index_add_(0, inverse, probabilities)
+    video_labels = torch.zeros(len(unique), dtype=torch.long).index_copy_(0, inverse, labels)
+    ranked = summed.argsort(dim=1, descending=True)
+    result = {"top1": (ranked[:, 0] == video_labels).float().mean().item(), "videos": len(unique)}
+    if probabilities.shape[1] > 5:
+        result["top5"] = (ranked[:, :5] == video_labels[:, None]).any(1).float().mean().item()
+    return result
+
+
+def run_probe(encoder: str | None, random_init: str | None, train_data: str, val_data: str, cfg: ProbeConfig,
+              work_dir: str | None = None, arch: dict | None = None) -> dict:
+    from salt.models import build_encoder, fingerprint, load_encoder, save_encoder
+
+    with tempfile.TemporaryDirectory() as scratch:
+        work = Path(work_dir) if work_dir else Path(scratch)
+        work.mkdir(parents=True, exist_ok=True)
+        if random_init:
+            torch.manual_seed(cfg.seed)
+            model = build_encoder(random_init, **{k: v for k, v in (arch or {}).items()})
+            encoder_path = work / f"random_{random_init}_seed{cfg.seed}.pt"
+            save_encoder(encoder_path, model, kind="random-init")
+        else:
+            encoder_path = Path(encoder)
+            model, _ = load_encoder(encoder_path, arch)
+        encoder_fingerprint = fingerprint(model.state_dict())
+        train, train_seconds = extract_features(encoder_path, train_data, work / "features_train", cfg, evaluation=False)
+        val, val_seconds = extract_features(encoder_path, val_data, work / "features_val", cfg, evaluation=True)
+        num_classes = int(max(train["labels"].max(), val["labels"].max()).item()) + 1
+        heads = train_heads(train, val, num_classes, cfg)
+    # Without the stored tokens, every epoch would decode and run the encoder over the training
+    # views again: that is what the feature cache saves.
+    per_epoch_heads = heads["head_train_seconds"] / cfg.epochs
+    cached_total = train_seconds + val_seconds + heads["head_train_seconds"]
+    online_total = cfg.epochs * (train_seconds + per_epoch_heads) + val_seconds
+    return {
+        "encoder": str(encoder) if encoder else f"random-init {random_init}",
+        "fingerprint": encoder_fingerprint,
+        "config": asdict(cfg),
+        "classes": num_classes,
+        "train_samples": int(train["tokens"].shape[0]),
+        "val_videos": heads["best"]["videos"],
+        **heads,
+        "seconds": {"train_features": train_seconds, "val_features": val_seconds, "heads": heads["head_train_seconds"]},
+        "feature_cache_speedup": online_total / cached_total,
+    }
+
+
+def format_probe(report: dict) -> str:
+    lines = [f"probe of {report['encoder']} (fingerprint {report['fingerprint'][:12]}), {report['classes']} classes, "
+             f"{report['train_samples']} training views, {report['val_videos']} val videos × "
+             f"{report['config']['eval_clips']}×{report['config']['eval_spatial']} views, seed {report['config']['seed']}",
+             f"{'lr':>9}{'wd':>7}{'top-1':>8}{'top-5':>8}"]
+    for head in report["heads"]:
+        top5 = f"{head['top5']:.1%}" if "top5" in head else "-"
+        marker = "  <- best" if head is report["best"] or head == report["best"] else ""
+        lines.append(f"{head['lr']:>9.0e}{head['weight_decay']:>7.2f}{head['top1']:>8.1%}{top5:>8}{marker}")
+    s = report["seconds"]
+    lines.append(f"features: train {s['train_features']:.1f} s, val {s['val_features']:.1f} s; heads {s['heads']:.1f} s; "
+                 f"feature cache speed-up vs. encoding every epoch: {report['feature_cache_speedup']:.1f}x")
+    return "\n".join(lines)
+
+
+def save_report(report: dict, path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(report, indent=1))
