@@ -24,10 +24,14 @@ TEACHER := runs/teacher_tiny
 # is a file target, so a second `make demo` skips what is done and resumes what was cut off.
 CACHE := cache/demo
 STUDENT := runs/student_tiny
+PROBES := runs/probes
+INSPECT := runs/inspect
+PROBE = $(BIN)/salt probe --train $(DEMO)/train.csv --val $(DEMO)/val.csv --config configs/probe/demo.yaml
 
-demo: $(STUDENT)/student.pt
+demo: $(PROBES)/random.json $(PROBES)/teacher.json $(PROBES)/student.json $(INSPECT)/summary.json
 	@echo "demo: data in $(DEMO), teacher in $(TEACHER)/teacher.pt, latent cache in $(CACHE), student in $(STUDENT)/student.pt"
-	@echo "      metrics: $(TEACHER)/metrics.jsonl, $(STUDENT)/metrics.jsonl"
+	@echo "      metrics: $(TEACHER)/metrics.jsonl, $(STUDENT)/metrics.jsonl; probe results: $(PROBES)/*.json"
+	@echo "      pictures of the cache: $(INSPECT)/*.png"
 
 $(DEMO)/train.csv: | $(STAMP)
 	$(BIN)/salt make-synthetic --out $(DEMO) --videos 160 --size 80 --seed 0
@@ -46,6 +50,18 @@ $(CACHE)/manifest.json: $(TEACHER)/teacher.pt
 $(STUDENT)/student.pt: $(CACHE)/manifest.json
 	PATH=$(abspath $(BIN)):$$PATH deepspeed --num_gpus 2 salt/train_student.py --config configs/student/vit_tiny.yaml \
 		--set run.out_dir=$(STUDENT) $(if $(wildcard $(STUDENT)/checkpoints/latest),--resume)
+
+# Frozen attentive probes: a random-init encoder (the floor), the teacher and the student.
+$(PROBES)/random.json: $(DEMO)/train.csv | $(STAMP)
+	$(PROBE) --random-init vit_tiny --arch img_size=64 --arch num_frames=16 --out $@
+$(PROBES)/teacher.json: $(TEACHER)/teacher.pt
+	$(PROBE) --encoder $< --out $@
+$(PROBES)/student.json: $(STUDENT)/student.pt
+	$(PROBE) --encoder $< --out $@
+
+# Offline look inside the cache: integrity, statistics, pictures.
+$(INSPECT)/summary.json: $(CACHE)/manifest.json
+	$(BIN)/salt inspect $(CACHE) --verify --pictures $(INSPECT) --json $@
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -1,0 +1,373 @@
+"""`salt inspect`: what a latent cache holds, whether it is intact, and whether its targets look sane.
+
+Everything here reads the cache through `salt.latents` only, so it works on WebDataset and Zarr
+caches alike and never needs the teacher. Statistics are computed on the student's targets (the
+manifest's normalisation applied) and on the raw stored latents: the targets are what training
+sees, the raw latents show what the normalisation hides (token norms, outlier channels).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from salt.latents import CacheError, CacheSample, LatentCache, apply_target_norm, open_cache, verify
+from salt.latents.codecs import STORED_NUMPY_DTYPE
+
+RANK_TOKENS = 8192  # tokens pooled for an effective rank: enough for D <= 2048, one quick eigensolve
+PICTURE_SAMPLES = 4
+STATS_SAMPLES = 64
+DPI = 100
+SUMMARY_FIGSIZE = (11.0, 7.0)  # inches
+PERCENTILES = (1, 5, 50, 95, 99)
+
+
+def evenly_spaced_keys(keys: list[str], count: int) -> list[str]:
+    """`count` keys spread over the whole key range (all videos, not just the first shard)."""
+    if count <= 0 or not keys:
+        return []
+    positions = np.unique(np.linspace(0, len(keys) - 1, min(count, len(keys))).round().astype(int))
+    return [keys[i] for i in positions]
+
+
+def load_samples(cache: LatentCache, keys: list[str]) -> tuple[list[CacheSample], list[dict[str, str]]]:
+    """Readable samples, and {key, reason} for those that fail (corruption is --verify's job to
+    report in full; statistics should still describe the rest)."""
+    samples, unreadable = [], []
+    for key in keys:
+        try:
+            samples.append(cache.get(key))
+        except CacheError as error:
+            unreadable.append({"key": key, "reason": str(error)})
+    return samples, unreadable
+
+
+def arch_name(arch: dict[str, Any]) -> str:
+    """The size's name in the registry (vit_base, ...), else "custom": the manifest stores numbers."""
+    from salt.models import ARCHS
+
+    shape = (arch.get("embed_dim"), arch.get("depth"), arch.get("num_heads"))
+    return next((name for name, a in ARCHS.items() if (a["embed_dim"], a["depth"], a["num_heads"]) == shape), "custom")
+
+
+def summarise(cache: LatentCache) -> dict[str, Any]:
+    """The manifest, flattened into what a person wants to know first."""
+    m = cache.manifest
+    views_stored = max(m.sample_count, 1)
+    # Bytes the latents would take uncompressed in their stored dtype (+ int8's float32 scales).
+    raw_per_view = m.tokens * m.dim * STORED_NUMPY_DTYPE[m.latent_dtype].itemsize + (4 * m.dim if m.latent_dtype == "int8" else 0)
+    latent_per_view = m.latent_bytes / views_stored
+    arch = m.teacher.get("arch", {})
+    return {
+        "path": str(cache.path),
+        "teacher": {"fingerprint": m.teacher.get("fingerprint", ""), "arch_name": arch_name(arch), "arch": arch,
+                    "source": m.teacher.get("source", "")},
+        "geometry": dict(m.geometry), "grid": list(m.grid), "tokens": m.tokens, "dim": m.dim,
+        "latent_dtype": m.latent_dtype, "compressor": m.compressor, "target_norm": m.target_norm,
+        "frames_codec": m.frames_codec, "jpeg_quality": m.jpeg_quality, "frames_decoder": m.frames_decoder,
+        "formats": list(m.formats), "samples": len(cache), "videos": m.num_videos - len(m.skipped_videos),
+        "planned_videos": m.num_videos, "views_per_video": m.views, "shards": len(m.shards), "skipped": list(m.skipped),
+        "latent_bytes_per_view": latent_per_view, "raw_latent_bytes_per_view": raw_per_view,
+        "frame_bytes_per_view": m.frame_bytes / views_stored,
+        "compression_ratio": raw_per_view / latent_per_view if latent_per_view else None,
+        "created": m.created, "command": m.command,
+    }
+
+
+def effective_rank(matrix: torch.Tensor | np.ndarray) -> float:
+    """RankMe (Garrido et al. 2023): exp of the entropy of the normalised singular values of the
+    centred matrix [tokens, D]. Equals r for r equal non-zero singular values, 1 when collapsed."""
+    centred = np.asarray(matrix, dtype=np.float64)
+    centred = centred - centred.mean(axis=0)
+    # Singular values from the smaller Gram matrix: an eigensolve of D x D instead of an SVD of
+    # 8192 x D, ten times faster for ViT-B (numpy's LAPACK: steadier here than torch's).
+    gram = centred.T @ centred if centred.shape[0] >= centred.shape[1] else centred @ centred.T
+    eigenvalues = np.linalg.eigvalsh(gram)
+    if eigenvalues[-1] <= 0:
+        return 0.0
+    # Eigenvalues below 1e-12 of the largest are rounding noise (singular values below 1e-6 of
+    # the largest); their square roots would otherwise add a spurious ~1e-4 to a collapsed rank.
+    singular = np.sqrt(eigenvalues[eigenvalues > 1e-12 * eigenvalues[-1]])
+    p = singular / singular.sum()
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
+def mean_token_cosine(tokens: torch.Tensor) -> float:
+    """Mean cosine similarity over pairs of distinct tokens [N, D]: near 1 means the tokens
+    all point the same way (collapse); near 0 means they are spread out."""
+    unit = torch.nn.functional.normalize(tokens.double(), dim=-1)
+    n = unit.shape[0]
+    if n < 2:
+        return 1.0  # one token agrees with itself: no pair to tell spread from collapse
+    # sum over all pairs of u_i . u_j = |sum u_i|^2; take away the n self-pairs (each 1).
+    return float((unit.sum(dim=0).square().sum() - n) / (n * (n - 1)))
+
+
+def _pooled_rank(tokens: torch.Tensor, generator: torch.Generator) -> float:
+    if tokens.shape[0] > RANK_TOKENS:
+        tokens = tokens[torch.randperm(tokens.shape[0], generator=generator)[:RANK_TOKENS]]
+    return effective_rank(tokens)
+
+
+def token_statistics(latent_list: list[torch.Tensor], grid: tuple[int, int, int], seed: int = 0) -> dict[str, Any]:
+    """Statistics of a list of [N, D] token matrices laid out on `grid` (T', H', W')."""
+    x = torch.stack([latents.float() for latents in latent_list])  # [S, N, D]
+    samples, tokens, dim = x.shape
+    steps = grid[0]
+    flat = x.reshape(-1, dim)
+    norms = flat.double().norm(dim=-1).numpy()
+    low, high = norms.min(), norms.max()
+    if high - low < 1e-6 * max(1.0, high):  # layer-normed targets: every norm is sqrt(D)
+        low, high = low - 0.5, high + 0.5
+    counts, edges = np.histogram(norms, bins=40, range=(low, high))
+    channel_mean, channel_std = flat.mean(dim=0), flat.std(dim=0)
+    cosines = [mean_token_cosine(sample) for sample in x]
+    per_step = x.reshape(samples, steps, tokens // steps, dim)
+    generator = torch.Generator().manual_seed(seed)  # the same token subsample on every run
+    return {
+        "samples": samples, "tokens": samples * tokens, "rank_tokens": min(samples * tokens, RANK_TOKENS),
+        "max_rank": min(dim, samples * tokens),
+        "norm": {"mean": float(norms.mean()), "std": float(norms.std()), "min": float(norms.min()), "max": float(norms.max()),
+                 **{f"p{q}": float(v) for q, v in zip(PERCENTILES, np.percentile(norms, PERCENTILES))}},
+        "norm_histogram": {"counts": counts.tolist(), "edges": edges.tolist()},
+        "channel": {"mean_abs_mean": float(channel_mean.abs().mean()), "min_std": float(channel_std.min()),
+                    "max_std": float(channel_std.max()), "std": channel_std.tolist()},
+        "effective_rank": _pooled_rank(flat, generator),
+        "cosine": {"mean": float(np.mean(cosines)), "max": float(np.max(cosines))},
+        "rank_per_step": [_pooled_rank(per_step[:, t].reshape(-1, dim), generator) for t in range(steps)],
+        "cosine_per_step": [float(np.mean([mean_token_cosine(s[t]) for s in per_step])) for t in range(steps)],
+    }
+
+
+def sample_statistics(cache: LatentCache, count: int) -> dict[str, Any]:
+    """Statistics over `count` evenly spaced samples: on the targets and on the raw latents."""
+    samples, unreadable = load_samples(cache, evenly_spaced_keys(cache.keys(), count))
+    result: dict[str, Any] = {"requested": count, "read": len(samples), "unreadable": unreadable}
+    if samples:
+        grid = cache.manifest.grid
+        result["targets"] = token_statistics([apply_target_norm(s.latents, cache.manifest) for s in samples], grid)
+        result["raw"] = token_statistics([s.latents for s in samples], grid)
+    return result
+
+
+def compare_caches(a: LatentCache, b: LatentCache, samples: int | None = None) -> dict[str, Any]:
+    """Targets of two caches of the same views, sample by sample (over `samples` evenly spaced
+    keys of the intersection, or all of it)."""
+    ma, mb = a.manifest, b.manifest
+    for name, left, right in (("geometry", ma.geometry, mb.geometry), ("grid", ma.grid, mb.grid), ("dim", ma.dim, mb.dim)):
+        if left != right:
+            raise CacheError(f"cannot compare {a.path} and {b.path}: {name} differs ({left} vs {right})")
+    keys_a, keys_b = set(a.keys()), set(b.keys())
+    common = sorted(keys_a & keys_b)
+    if not common:
+        raise CacheError(f"cannot compare {a.path} and {b.path}: no sample key in common")
+    chosen = common if samples is None else evenly_spaced_keys(common, samples)
+    cosines, deltas, same_frames = [], [], 0
+    for key in chosen:
+        sa, sb = a.get(key), b.get(key)
+        ta, tb = apply_target_norm(sa.latents, ma).flatten(), apply_target_norm(sb.latents, mb).flatten()
+        # Layer-normed tokens all have norm sqrt(D), so this flat cosine is also the mean token cosine.
+        cosines.append(float(torch.nn.functional.cosine_similarity(ta, tb, dim=0)))
+        deltas.append(float((ta - tb).abs().mean()))
+        same_frames += bool(np.array_equal(sa.frames, sb.frames))
+    return {
+        "a": str(a.path), "b": str(b.path), "same_teacher": ma.teacher.get("fingerprint") == mb.teacher.get("fingerprint"),
+        "matched": len(common), "only_in_a": len(keys_a - keys_b),
+        "only_in_b": len(keys_b - keys_a), "compared": len(chosen), "identical_frames": same_frames,
+        **{name: {"mean": float(np.mean(v)), "min": float(np.min(v)), "max": float(np.max(v))}
+           for name, v in (("cosine", cosines), ("mean_abs_diff", deltas))},
+        "worst_key": chosen[int(np.argmin(cosines))],
+    }
+
+
+def _pca_rgb(target_list: list[torch.Tensor]) -> list[np.ndarray]:
+    """Each sample's tokens projected on the top 3 principal components of all of them, scaled
+    to [0, 1] with shared percentiles so a colour means the same thing in every figure."""
+    centred = torch.cat(target_list).double().numpy()
+    centred -= centred.mean(axis=0)
+    _, vectors = np.linalg.eigh(centred.T @ centred)
+    projected = centred @ vectors[:, :-4:-1]  # eigh sorts ascending: the last columns explain the most
+    low, high = np.percentile(projected, 1, axis=0), np.percentile(projected, 99, axis=0)
+    colours = np.clip((projected - low) / np.maximum(high - low, 1e-12), 0, 1)
+    return np.split(colours, len(target_list))
+
+
+def sample_figsize(steps: int) -> tuple[float, float]:
+    """Inches of one sample's figure: a column per time step, three rows, room for labels."""
+    return 1.5 * steps + 1.2, 5.2
+
+
+def write_pictures(cache: LatentCache, out_dir: str | Path, samples: int = PICTURE_SAMPLES,
+                   stats: dict[str, Any] | None = None) -> list[Path]:
+    """One PNG per shown sample (frames, PCA colours, token norms per time step) and one of the
+    statistics; returns the paths written."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display on a training node
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = cache.manifest
+    steps, height, width = manifest.grid
+    tubelet = int(manifest.geometry.get("tubelet", 1))
+    shown, _ = load_samples(cache, evenly_spaced_keys(cache.keys(), samples))
+    written = []
+    if shown:
+        colours = _pca_rgb([apply_target_norm(s.latents, manifest) for s in shown])
+        norms = [s.latents.norm(dim=-1).reshape(steps, height, width).numpy() for s in shown]
+        norm_range = (min(n.min() for n in norms), max(n.max() for n in norms))
+        for sample, colour, norm in zip(shown, colours, norms):
+            frame_h, frame_w = sample.frames.shape[1:3]
+            colour = colour.reshape(steps, height, width, 3)
+            fig, axes = plt.subplots(3, steps, figsize=sample_figsize(steps), squeeze=False, layout="constrained")
+            for t in range(steps):
+                axes[0, t].imshow(sample.frames[min(t * tubelet, len(sample.frames) - 1)])
+                # Nearest upsampling to the frame's pixels: one flat square per token.
+                axes[1, t].imshow(colour[t].repeat(frame_h // height, 0).repeat(frame_w // width, 1), interpolation="nearest")
+                image = axes[2, t].imshow(norm[t], cmap="magma", vmin=norm_range[0], vmax=norm_range[1], interpolation="nearest")
+                axes[0, t].set_title(f"t'={t} (frame {t * tubelet})", fontsize=8)
+            for row, label in enumerate(("frames", "teacher PCA\n(targets)", "token norm\n(raw)")):
+                axes[row, 0].set_ylabel(label, fontsize=9)
+            for ax in axes.flat:
+                ax.set(xticks=[], yticks=[])
+            colorbar = fig.colorbar(image, ax=axes[2, :].tolist(), shrink=0.9, pad=0.01, label="L2 norm")
+            colorbar.ax.ticklabel_format(useOffset=False)  # norms differ in the 3rd digit: show them whole
+            params = sample.meta.get("view_params", {})
+            fig.suptitle(f"{sample.key}: {Path(str(sample.meta.get('source', '?'))).name}, view {sample.view}, "
+                         f"label {sample.meta.get('label')}, flip {params.get('flip', '?')}", fontsize=10)
+            path = out_dir / f"sample_{sample.key}.png"
+            fig.savefig(path, dpi=DPI)
+            plt.close(fig)
+            written.append(path)
+    stats = stats if stats is not None else sample_statistics(cache, STATS_SAMPLES)
+    if "targets" in stats:
+        written.append(_summary_figure(plt, stats, out_dir / "statistics.png"))
+    return written
+
+
+def _summary_figure(plt, stats: dict[str, Any], path: Path) -> Path:
+    raw, targets = stats["raw"], stats["targets"]
+    fig, axes = plt.subplots(2, 2, figsize=SUMMARY_FIGSIZE, layout="constrained")
+    edges, counts = np.array(raw["norm_histogram"]["edges"]), raw["norm_histogram"]["counts"]
+    axes[0, 0].stairs(counts, edges, fill=True, alpha=0.7)
+    axes[0, 0].set(title=f"raw token norm over {raw['tokens']} tokens (targets: all {targets['norm']['mean']:.2f})",
+                   xlabel="L2 norm", ylabel="tokens")
+    # Dashed raw over solid targets: when the teacher's final norm already normalises its tokens
+    # the two coincide, and both must stay visible.
+    for name, s, style, marker in (("targets", targets, "-", "o"), ("raw", raw, "--", "x")):
+        axes[0, 1].plot(sorted(s["channel"]["std"]), style, label=name)
+        axes[1, 0].plot(s["rank_per_step"], style, marker=marker, label=f"{name} (pooled {s['effective_rank']:.1f})")
+        axes[1, 1].plot(s["cosine_per_step"], style, marker=marker, label=f"{name} (per sample {s['cosine']['mean']:.3f})")
+    axes[0, 1].set(title="per-channel std (sorted)", xlabel="channel rank", ylabel="std", yscale="log")
+    axes[1, 0].axhline(raw["max_rank"], color="grey", linestyle=":", label=f"max {raw['max_rank']}")
+    axes[1, 0].set(title="effective rank (RankMe) per time step", xlabel="t'", ylabel="rank", ylim=(0, None))
+    lowest = min(min(raw["cosine_per_step"]), min(targets["cosine_per_step"]), 0.0)
+    axes[1, 1].set(title="mean token cosine within a sample (1 = collapsed)", xlabel="t'", ylabel="cosine",
+                   ylim=(lowest, 1.02))  # the whole scale up to collapse, not a zoom on noise
+    for ax in axes.flat[1:]:
+        ax.legend(fontsize=8)
+    fig.suptitle(f"statistics over {raw['samples']} samples")
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def inspect_cache(path: str | Path, format: str = "auto", samples: int = STATS_SAMPLES, run_verify: bool = False,
+                  compare: str | Path | None = None, pictures: str | Path | None = None) -> dict[str, Any]:
+    """Everything `salt inspect` reports, as one JSON-able dict."""
+    cache = open_cache(path, format)
+    report: dict[str, Any] = {"summary": summarise(cache)}
+    if run_verify:
+        report["problems"] = [problem._asdict() for problem in verify(cache)]
+    if samples > 0:
+        report["statistics"] = sample_statistics(cache, samples)
+    if compare is not None:
+        report["compare"] = compare_caches(cache, open_cache(compare), samples if samples > 0 else None)
+    if pictures is not None:
+        report["pictures"] = [str(p) for p in write_pictures(cache, pictures, PICTURE_SAMPLES, report.get("statistics"))]
+    return report
+
+
+def _size(num_bytes: float) -> str:
+    return f"{num_bytes / 1e6:.2f} MB" if num_bytes >= 1e6 else f"{num_bytes / 1e3:.1f} kB"
+
+
+def _format_summary(s: dict[str, Any]) -> list[str]:
+    arch, g = s["teacher"]["arch"], s["geometry"]
+    codec = "none" if not s["compressor"] else " ".join(f"{k}={v}" for k, v in s["compressor"].items())
+    ratio = f"{s['compression_ratio']:.2f}x" if s["compression_ratio"] else "n/a"
+    lines = [
+        f"cache       {s['path']}  (formats: {', '.join(s['formats'])})",
+        f"teacher     {s['teacher']['fingerprint'][:12]}  {s['teacher']['arch_name']} (dim {arch.get('embed_dim')}, depth "
+        f"{arch.get('depth')}, heads {arch.get('num_heads')})  from {s['teacher']['source']}",
+        f"geometry    {g.get('frames')} frames step {g.get('frame_step')}, {g.get('size')}px, patch {g.get('patch')}, "
+        f"tubelet {g.get('tubelet')}",
+        f"tokens      grid {'x'.join(map(str, s['grid']))} = {s['tokens']} tokens x dim {s['dim']}",
+        f"latents     {s['latent_dtype']}, codec {codec}; targets = {s['target_norm']}",
+        f"frames      {s['frames_codec']} (quality {s['jpeg_quality']}), decoder {s['frames_decoder']}",
+        f"samples     {s['samples']} = {s['videos']} videos x {s['views_per_video']} views, {s['shards']} shards, "
+        f"{len(s['skipped'])} of {s['planned_videos']} videos skipped",
+        f"per view    latents {_size(s['latent_bytes_per_view'])} (raw {_size(s['raw_latent_bytes_per_view'])}, "
+        f"compression {ratio}), frames {_size(s['frame_bytes_per_view'])}",
+        f"created     {s['created']}: {s['command']}",
+    ]
+    lines += [f"  skipped video {e.get('video')}: {e.get('path', '')}: {e.get('reason', '')}" for e in s["skipped"]]
+    return lines
+
+
+def _format_statistics(st: dict[str, Any], dtype: str) -> list[str]:
+    lines = [f"statistics over {st['read']} samples" + (f" ({len(st['unreadable'])} unreadable)" if st["unreadable"] else "")]
+    lines += [f"  unreadable {u['key']}: {u['reason']}" for u in st["unreadable"][:5]]
+    if "targets" not in st:
+        return lines
+    t, r = st["targets"], st["raw"]
+    rows = [
+        ("token norm mean +- std", lambda s: f"{s['norm']['mean']:.3f} +- {s['norm']['std']:.3f}"),
+        ("token norm p1/p50/p99", lambda s: f"{s['norm']['p1']:.2f} / {s['norm']['p50']:.2f} / {s['norm']['p99']:.2f}"),
+        ("channel mean |mean|", lambda s: f"{s['channel']['mean_abs_mean']:.4f}"),
+        ("channel std min/max", lambda s: f"{s['channel']['min_std']:.4f} / {s['channel']['max_std']:.4f}"),
+        (f"effective rank (max {t['max_rank']})", lambda s: f"{s['effective_rank']:.1f}"),
+        ("token cosine mean/max", lambda s: f"{s['cosine']['mean']:.4f} / {s['cosine']['max']:.4f}"),
+    ]
+    lines.append(f"  {'':28}{'targets':>24}{'raw ' + dtype:>24}")
+    lines += [f"  {name:28}{show(t):>24}{show(r):>24}" for name, show in rows]
+    lines.append("  per time step t'     " + "".join(f"{i:>8}" for i in range(len(t["rank_per_step"]))))
+    for label, key, fmt in (("rank", "rank_per_step", "{:8.1f}"), ("cosine", "cosine_per_step", "{:8.3f}")):
+        for name, s in (("targets", t), ("raw", r)):
+            lines.append(f"  {label + ' ' + name:21}" + "".join(fmt.format(v) for v in s[key]))
+    lines.append(f"  (rank over {t['rank_tokens']} of {t['tokens']} pooled tokens; cosine between tokens of one sample)")
+    return lines
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """The report of `inspect_cache` as text for a terminal."""
+    lines = _format_summary(report["summary"])
+    if "problems" in report:
+        problems, summary = report["problems"], report["summary"]
+        if problems:
+            lines.append(f"verify: {len(problems)} problems")
+            for shard in dict.fromkeys(p["shard"] for p in problems):
+                lines.append(f"  shard {shard}")
+                for p in (p for p in problems if p["shard"] == shard):  # the reader's reasons repeat shard and key
+                    reason = p["reason"].replace(f"shard {shard}: ", "").replace(f"sample {p['key']}: ", "")
+                    lines.append(f"    {p['key'] or '(whole shard)'}: {reason}")
+        else:
+            lines.append(f"OK: {summary['samples']} samples in {summary['shards']} shards verified")
+    if "statistics" in report:
+        lines += _format_statistics(report["statistics"], report["summary"]["latent_dtype"])
+    if "compare" in report:
+        c = report["compare"]
+        teachers = "the same teacher" if c["same_teacher"] else "different teachers"
+        lines.append(f"compare with {c['b']} ({teachers}): {c['matched']} keys matched ({c['only_in_a']} only here, {c['only_in_b']} "
+                     f"only there); {c['compared']} compared, {c['identical_frames']} with identical frames")
+        for name in ("cosine", "mean_abs_diff"):
+            lines.append(f"  target {name:14} mean {c[name]['mean']:.5f}  min {c[name]['min']:.5f}  max {c[name]['max']:.5f}")
+        if c["cosine"]["min"] < c["cosine"]["max"]:
+            lines.append(f"  lowest cosine: {c['worst_key']}")
+    if report.get("pictures"):
+        lines.append(f"pictures: {len(report['pictures'])} PNGs in {Path(report['pictures'][0]).parent}")
+    return "\n".join(lines)
