@@ -22,6 +22,7 @@ def main() -> None:
     probe           frozen attentive probe of any encoder (or --random-init ARCH)
     inspect         offline inspection of a latent cache
     bench           benchmarks (cache, student)
+    flops           compute planner: FLOPs per stage and the teacher/student split
     """
 
 
@@ -183,6 +184,31 @@ def probe_command(encoder, random_init, train_data, val_data, config_path, overr
     if out:
         save_report(report, out)
         click.echo(f"wrote {out}")
+
+
+@main.command("flops")
+@click.option("--teacher-config", type=click.Path(exists=True, dir_okay=False), help="Stage-1 config (omit for V-JEPA / EMA).")
+@click.option("--student-config", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--teacher-steps", default=0)
+@click.option("--student-steps", required=True, type=int)
+@click.option("--batch", type=int, default=None, help="Global batch of both stages (default: each config's micro-batch x grad_accum x --gpus).")
+@click.option("--gpus", default=1, help="Data-parallel ranks, for the default global batch.")
+@click.option("--targets", type=click.Choice(["cache", "teacher", "ema"]), default=None, help="Override the student's targets.")
+@click.option("--views", default=8, help="Cached views per video (targets: cache).")
+@click.option("--videos", default=660_000, help="Videos in the cache (default: about Kinetics-710).")
+@click.option("--teacher-set", multiple=True, metavar="KEY=VALUE", help="Override the teacher config.")
+@click.option("--student-set", multiple=True, metavar="KEY=VALUE", help="Override the student config.")
+def flops_command(teacher_config, student_config, teacher_steps, student_steps, batch, gpus, targets, views, videos, teacher_set, student_set) -> None:
+    """FLOPs per stage counted the paper's way (6ND trained, 2ND frozen) and by torch's counter."""
+    from salt.config import load_config
+    from salt.flops import format_plan, plan
+    from salt.training.config import StudentConfig, TeacherConfig
+
+    teacher = load_config(TeacherConfig, teacher_config, list(teacher_set)) if teacher_config else None
+    student = load_config(StudentConfig, student_config, list(student_set) + ([f"targets={targets}"] if targets else []))
+    teacher_batch = batch or (teacher.data.batch_size * teacher.optim.grad_accum * gpus if teacher else 0)
+    student_batch = batch or student.data.batch_size * student.optim.grad_accum * gpus
+    click.echo(format_plan(plan(teacher, student, teacher_steps, student_steps, teacher_batch, student_batch, views, videos)))
 
 
 @main.group("bench")

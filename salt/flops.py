@@ -1,0 +1,157 @@
+"""`salt flops`: how a compute budget splits between teacher and student.
+
+Counted the paper's way: 6·N·D for trained parts (forward + backward) and 2·N·D for a frozen
+forward, with N the part's parameters and D the tokens it processes, using the token shares
+*after* mask equalisation at the configured micro-batch (the share falls as the micro-batch
+grows). Each part is also counted by torch's FLOP counter on one clip on the meta device (no
+memory, no compute), which includes attention's quadratic term that 6·N·D leaves out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from salt.masks import MultiBlockMasker
+from salt.models import Predictor, build_encoder, count_params
+
+
+@dataclass
+class Part:
+    stage: str
+    name: str
+    params: int
+    tokens_per_clip: float  # tokens the part processes per clip, summed over mask configurations
+    trained: bool
+    clips: float  # clips over the whole stage
+    counted_per_clip: float  # torch FLOP counter, forward, one clip
+
+    @property
+    def flops(self) -> float:
+        return (6 if self.trained else 2) * self.params * self.tokens_per_clip * self.clips
+
+    @property
+    def counted(self) -> float:
+        return (3 if self.trained else 1) * self.counted_per_clip * self.clips
+
+
+def token_shares(grid, masks, micro_batch: int, steps: int = 16) -> list[tuple[float, float]]:
+    """(context, target) share of the tokens per mask configuration after equalisation."""
+    masker = MultiBlockMasker(tuple(grid), list(masks), seed=0)
+    shares = [[0.0, 0.0] for _ in masks]
+    for step in range(steps):
+        for i, pair in enumerate(masker(micro_batch, step)):
+            shares[i][0] += pair.context_ratio / steps
+            shares[i][1] += pair.target_ratio / steps
+    return [tuple(s) for s in shares]
+
+
+def _count(fn) -> float:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:  # a fresh counter: entering one again resets it
+        fn()
+    return float(counter.get_total_flops())
+
+
+def _counted(encoder_arch: dict, predictor: dict | None, shares, frames: int, size: int, full_clip: bool) -> tuple[float, float]:
+    """Forward FLOPs of one clip for (encoder, predictor) from torch's counter on the meta device."""
+    with torch.device("meta"):
+        encoder = build_encoder(encoder_arch)
+        clip = torch.empty(1, 3, frames, size, size)
+        if full_clip:
+            return _count(lambda: encoder(clip)), 0.0
+        grid = encoder.grid(frames, size, size)
+        tokens = grid[0] * grid[1] * grid[2]
+        model = Predictor(encoder.embed_dim, **predictor)
+        encoder_flops = predictor_flops = 0.0
+        for index, (context, target) in enumerate(shares):
+            keep = torch.arange(max(1, round(context * tokens))).unsqueeze(0)
+            wanted = torch.arange(max(1, round(target * tokens))).unsqueeze(0)
+            context_tokens = encoder(clip, keep=keep)
+            encoder_flops += _count(lambda: encoder(clip, keep=keep))
+            predictor_flops += _count(lambda: model(context_tokens, keep, wanted, grid, mask_index=index))
+    return encoder_flops, predictor_flops
+
+
+def masked_training_parts(stage: str, encoder_arch: dict, predictor: dict, masks, micro_batch: int, frames: int, size: int,
+                          clips: float) -> list[Part]:
+    """Encoder on the context tokens + predictor on context and mask tokens, per configuration."""
+    grid = build_encoder(encoder_arch, depth=0).grid(frames, size, size)
+    tokens = grid[0] * grid[1] * grid[2]
+    shares = token_shares(grid, masks, micro_batch)
+    encoder_count, predictor_count = _counted(encoder_arch, predictor, shares, frames, size, full_clip=False)
+    predictor_params = sum(p.numel() for p in Predictor(encoder_arch["embed_dim"], **predictor).parameters())
+    return [
+        Part(stage, f"encoder {encoder_arch['embed_dim']}x{encoder_arch['depth']} on context", count_params(encoder_arch),
+             tokens * sum(c for c, _ in shares), True, clips, encoder_count),
+        Part(stage, f"predictor {predictor['width']}x{predictor['depth']} on context + masked", predictor_params,
+             tokens * sum(c + t for c, t in shares), True, clips, predictor_count),
+    ]
+
+
+def frozen_forward_part(stage: str, name: str, arch: dict, frames: int, size: int, clips: float) -> Part:
+    grid = build_encoder(arch, depth=0).grid(frames, size, size)
+    tokens = grid[0] * grid[1] * grid[2]
+    counted, _ = _counted(arch, None, [], frames, size, full_clip=True)
+    return Part(stage, name, count_params(arch), tokens, False, clips, counted)
+
+
+def plan(teacher_cfg, student_cfg, teacher_steps: int, student_steps: int, teacher_batch: int, student_batch: int,
+         cache_views: int = 0, cache_videos: int = 0, bytes_per_view: float = 0.0) -> dict:
+    """Every part of a SALT (or V-JEPA, with student targets 'ema') run, with FLOPs."""
+    from salt.models import resolve_arch
+
+    parts: list[Part] = []
+    teacher_arch = None
+    if teacher_cfg is not None and teacher_steps > 0:
+        view = teacher_cfg.data.view
+        teacher_arch = resolve_arch(teacher_cfg.encoder.arch, img_size=view.size, num_frames=view.frames, **teacher_cfg.encoder.overrides)
+        pixels = teacher_arch["tubelet_size"] * teacher_arch["patch_size"] ** 2 * 3
+        decoder = {"out_dim": pixels, "width": teacher_cfg.decoder.width, "depth": teacher_cfg.decoder.depth,
+                   "num_heads": teacher_cfg.decoder.num_heads, "num_mask_tokens": len(teacher_cfg.masks)}
+        parts += masked_training_parts("1 teacher", teacher_arch, decoder, teacher_cfg.masks, teacher_cfg.data.batch_size,
+                                       view.frames, view.size, teacher_steps * teacher_batch)
+    geometry = student_cfg.geometry
+    student_arch = resolve_arch(student_cfg.encoder.arch, img_size=geometry.size, num_frames=geometry.frames, **student_cfg.encoder.overrides)
+    target_arch = teacher_arch or student_arch
+    target_dim = target_arch["embed_dim"]
+    predictor = {"out_dim": target_dim, "width": student_cfg.predictor.width, "depth": student_cfg.predictor.depth,
+                 "num_heads": student_cfg.predictor.num_heads, "num_mask_tokens": len(student_cfg.masks)}
+    student_clips = student_steps * student_batch
+    parts += masked_training_parts("2 student", student_arch, predictor, student_cfg.masks, student_cfg.data.batch_size,
+                                   geometry.frames, geometry.size, student_clips)
+    if student_cfg.targets == "teacher":
+        parts.append(frozen_forward_part("2 student", "teacher forward, online (frozen)", target_arch, geometry.frames, geometry.size, student_clips))
+    elif student_cfg.targets == "ema":
+        parts.append(frozen_forward_part("2 student", "EMA target encoder forward", student_arch, geometry.frames, geometry.size, student_clips))
+    else:
+        parts.append(frozen_forward_part("1b cache", f"teacher forward, once ({cache_views} views x {cache_videos} videos)",
+                                         target_arch, geometry.frames, geometry.size, cache_views * cache_videos))
+    total = sum(p.flops for p in parts)
+    teacher_share = sum(p.flops for p in parts if not p.stage.startswith("2")) / total
+    grid = build_encoder(student_arch, depth=0).grid(geometry.frames, geometry.size, geometry.size)
+    cache = None
+    if student_cfg.targets == "cache":
+        tokens = grid[0] * grid[1] * grid[2]
+        per_view = bytes_per_view or tokens * target_dim * 2 / 1.09 + 150e3  # fp16 at 1.09x + ~150 kB of JPEG frames
+        cache = {"views": cache_views * cache_videos, "bytes_per_view": per_view, "bytes": per_view * cache_views * cache_videos,
+                 "bytes_per_step": per_view * student_batch, "epochs_over_views": student_clips / max(1, cache_views * cache_videos)}
+    return {"parts": parts, "total": total, "teacher_share": teacher_share, "cache": cache,
+            "counted_total": sum(p.counted for p in parts)}
+
+
+def format_plan(result: dict) -> str:
+    lines = [f"{'stage':<10}{'part':<62}{'params':>9}{'tokens/clip':>12}{'clips':>10}{'6ND/2ND':>11}{'counter':>11}"]
+    for p in result["parts"]:
+        lines.append(f"{p.stage:<10}{p.name:<62}{p.params / 1e6:>8.1f}M{p.tokens_per_clip:>12.0f}{p.clips:>10.3g}"
+                     f"{p.flops:>11.3g}{p.counted:>11.3g}")
+    lines.append(f"total: {result['total']:.3g} FLOPs the paper's way (6ND/2ND), {result['counted_total']:.3g} by torch's counter "
+                 f"(with attention); teacher side (stage 1 + caching or online teacher): {result['teacher_share']:.1%}")
+    cache = result["cache"]
+    if cache:
+        lines.append(f"cache: {cache['views']:.3g} views x {cache['bytes_per_view'] / 1e6:.2f} MB = {cache['bytes'] / 1e12:.2f} TB; "
+                     f"reads {cache['bytes_per_step'] / 1e9:.2f} GB per student step; the student sees each view "
+                     f"{cache['epochs_over_views']:.1f} times")
+    return "\n".join(lines)

@@ -1,0 +1,46 @@
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from salt.cli import main
+from salt.config import load_config
+from salt.flops import plan, token_shares
+from salt.masks import DEFAULT_MASKS, MultiBlockMasker
+from salt.training.config import StudentConfig, TeacherConfig
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+def test_token_shares_are_the_maskers_ratios_after_equalisation():
+    shares = token_shares((8, 14, 14), DEFAULT_MASKS, micro_batch=24, steps=4)
+    pairs = [MultiBlockMasker((8, 14, 14), list(DEFAULT_MASKS), seed=0)(24, s) for s in range(4)]
+    for i, (context, target) in enumerate(shares):
+        assert abs(context - sum(p[i].context_ratio for p in pairs) / 4) < 1e-9
+        assert abs(target - sum(p[i].target_ratio for p in pairs) / 4) < 1e-9
+
+
+def test_paper_budget_is_reproduced():
+    """ViT-L teacher 80k + ViT-L student 160k steps, batch 3072, 16x224², online teacher: ~1.19e21."""
+    teacher = load_config(TeacherConfig, CONFIGS / "teacher/vit_large.yaml", ["data.batch_size=64"])
+    student = load_config(StudentConfig, CONFIGS / "student/vit_large.yaml", ["geometry.size=224", "data.batch_size=64", "targets=teacher"])
+    result = plan(teacher, student, 80_000, 160_000, 3072, 3072)
+    assert 0.9 * 1.19e21 < result["total"] < 1.1 * 1.19e21, result["total"]
+    for part in result["parts"]:  # the counter includes attention, which 6ND leaves out
+        assert part.flops <= part.counted < 1.6 * part.flops, part
+
+
+def test_cached_targets_replace_the_online_teacher_with_a_one_off_cost():
+    student = load_config(StudentConfig, CONFIGS / "student/vit_tiny.yaml", [])
+    online = plan(None, load_config(StudentConfig, CONFIGS / "student/vit_tiny.yaml", ["targets=teacher"]), 0, 100, 32, 32)
+    cached = plan(None, student, 0, 100, 32, 32, cache_views=4, cache_videos=10)
+    teacher_online = [p for p in online["parts"] if "online" in p.name][0]
+    teacher_once = [p for p in cached["parts"] if "once" in p.name][0]
+    assert teacher_online.clips == 3200 and teacher_once.clips == 40
+    assert abs(teacher_once.flops / teacher_online.flops - 40 / 3200) < 1e-9
+    assert cached["cache"]["epochs_over_views"] == 80
+
+
+def test_flops_command():
+    result = CliRunner().invoke(main, ["flops", "--student-config", str(CONFIGS / "student/vit_tiny.yaml"), "--student-steps", "10", "--targets", "ema"])
+    assert result.exit_code == 0, result.output
+    assert "EMA target encoder forward" in result.output and "total:" in result.output
