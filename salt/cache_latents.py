@@ -215,7 +215,9 @@ def run_cache(job: CacheJob) -> Path | None:
     out = Path(job.out)
     encoder, arch = load_encoder(job.teacher, job.arch)
     teacher_fingerprint = fingerprint(encoder.state_dict())
-    device = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    # One GPU per rank on a node: torchrun sets LOCAL_RANK, srun SLURM_LOCALID.
+    local = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")))
+    device = torch.device("cuda", local % torch.cuda.device_count()) if torch.cuda.is_available() else torch.device("cpu")
     encoder = encoder.float().eval().requires_grad_(False).to(device)
     view = ViewConfig(
         frames=job.frames or arch["num_frames"], frame_step=job.frame_step, size=job.size or arch["img_size"], seed=job.seed,
