@@ -29,6 +29,8 @@ INSPECT := runs/inspect
 PROBE = $(BIN)/salt probe --train $(DEMO)/train.csv --val $(DEMO)/val.csv --config configs/probe/demo.yaml
 
 demo: $(PROBES)/random.json $(PROBES)/teacher.json $(PROBES)/student.json $(INSPECT)/summary.json
+	$(BIN)/salt report --teacher-run $(TEACHER) --cache $(CACHE) --student-run $(STUDENT) \
+		--probe $(PROBES)/random.json --probe $(PROBES)/teacher.json --probe $(PROBES)/student.json
 	@echo "demo: data in $(DEMO), teacher in $(TEACHER)/teacher.pt, latent cache in $(CACHE), student in $(STUDENT)/student.pt"
 	@echo "      metrics: $(TEACHER)/metrics.jsonl, $(STUDENT)/metrics.jsonl; probe results: $(PROBES)/*.json"
 	@echo "      pictures of the cache: $(INSPECT)/*.png"

@@ -23,6 +23,7 @@ def main() -> None:
     inspect         offline inspection of a latent cache
     bench           benchmarks (cache, student)
     flops           compute planner: FLOPs per stage and the teacher/student split
+    report          one table for a pipeline run (teacher, cache, student, probes)
     """
 
 
@@ -209,6 +210,18 @@ def flops_command(teacher_config, student_config, teacher_steps, student_steps, 
     teacher_batch = batch or (teacher.data.batch_size * teacher.optim.grad_accum * gpus if teacher else 0)
     student_batch = batch or student.data.batch_size * student.optim.grad_accum * gpus
     click.echo(format_plan(plan(teacher, student, teacher_steps, student_steps, teacher_batch, student_batch, views, videos)))
+
+
+@main.command("report")
+@click.option("--teacher-run", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--cache", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--student-run", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--probe", "probes", multiple=True, type=click.Path(exists=True, dir_okay=False), help="Probe JSON (repeatable).")
+def report_command(teacher_run, cache, student_run, probes) -> None:
+    """Probe accuracies, cache size and bytes per view, time and FLOPs per stage."""
+    from salt.report import pipeline_report
+
+    click.echo(pipeline_report(teacher_run, cache, student_run, list(probes)))
 
 
 @main.group("bench")

@@ -242,6 +242,7 @@ def train(
     bad_videos: dict[str, str] = {}
     window = {"time": 0.0, "wait": 0.0, "samples": 0, "losses": [], "metrics": {}}
     last_step = min(optim.steps, run.stop_at) if run.stop_at > 0 else optim.steps
+    started = time.perf_counter()
     try:
         for step in range(start_step, last_step):
             step_start = time.perf_counter()
@@ -289,6 +290,7 @@ def train(
                 progress.update(1)
             if done % run.log_every == 0 or done == last_step:
                 record = _summarise(window, done, lr_at(step), wd_at(step), engine, cumulative_flops, len(bad_videos))
+                record["elapsed_s"] = time.perf_counter() - started  # wall time of this invocation
                 log.write(record)
                 if progress is not None:
                     progress.set_postfix(loss=f"{record['loss']:.4f}", sps=f"{record['samples_per_s']:.1f}", wait=f"{record['data_wait_share']:.0%}")

@@ -1,0 +1,22 @@
+import json
+
+import torch
+
+from salt.cache_latents import CacheJob, run_cache
+from salt.models import build_encoder, save_encoder
+from salt.report import pipeline_report
+
+
+def test_pipeline_report_lists_every_stage(tmp_path, synthetic_set):
+    torch.manual_seed(0)
+    save_encoder(tmp_path / "t.pt", build_encoder("vit_tiny", img_size=32, num_frames=8, depth=1), kind="teacher")
+    run_cache(CacheJob(teacher=str(tmp_path / "t.pt"), data=str(synthetic_set / "train.csv"), out=str(tmp_path / "cache"),
+                       max_videos=2, workers=0, progress=False))
+    for run in ("teacher", "student"):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "metrics.jsonl").write_text(json.dumps({"step": 5, "loss": 0.5, "elapsed_s": 12.0, "flops": 3e9}) + "\n")
+    probe = tmp_path / "probe.json"
+    probe.write_text(json.dumps({"encoder": "random-init vit_tiny", "classes": 8, "best": {"top1": 0.25, "top5": 0.75},
+                                 "seconds": {"train_features": 1.0, "val_features": 1.0, "heads": 2.0}}))
+    text = pipeline_report(str(tmp_path / "teacher"), str(tmp_path / "cache"), str(tmp_path / "student"), [str(probe)])
+    assert "loss 0.5000 at step 5" in text and "2 views" in text and "25.0%" in text and "12.5%" in text
