@@ -6,6 +6,7 @@ numbers) to `benchmarks/results/<name>.jsonl`.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import platform
@@ -235,4 +236,66 @@ def format_student(report: dict) -> str:
     for name, row in r["rss"].items():
         lines.append(f"peak RSS, {name} teacher's cache (dim {row['teacher_dim']}, weights {row['teacher_weights_mb']:.1f} MB): {row['peak_rss_mb']:.0f} MB")
     lines.append(f"RSS difference {r['rss_difference_mb']:.0f} MB; predictor output layer + target buffers predict {r['rss_difference_expected_mb']:.1f} MB")
+    return "\n".join(lines)
+
+
+def bench_loader(videos: int, seconds: int, size: int, samples: int, results_dir: str) -> dict:
+    """Samples/s of one worker: the student's cache reader vs. a V-JEPA-style online pipeline,
+    on the same 640x360 H.264 videos, side by side in one process."""
+    from salt.cache_latents import CacheJob, run_cache
+    from salt.latents import open_cache
+    from salt.models import build_encoder, save_encoder
+    from salt.video.decode import decode_views
+    from salt.video.sources import load_records
+    from salt.video.synthetic import make_benchmark_videos
+    from salt.video.views import ViewConfig, to_model_input
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        csv = make_benchmark_videos(tmp / "videos", videos, seconds)
+        records = load_records(csv)
+        view = ViewConfig(frames=16, frame_step=4, size=size)
+        teacher = build_encoder("vit_tiny", img_size=size, num_frames=16)
+        save_encoder(tmp / "teacher.pt", teacher, kind="teacher")
+        run_cache(CacheJob(teacher=str(tmp / "teacher.pt"), data=str(csv), out=str(tmp / "cache"), views=2,
+                           shard_videos=max(1, videos // 2), workers=2, progress=False))
+        cache = open_cache(tmp / "cache", "wds")
+        per_view_bytes = (cache.manifest.latent_bytes + cache.manifest.frame_bytes) / cache.manifest.sample_count
+
+        def endless():
+            for epoch in itertools.count():
+                yield from cache.stream(seed=0, epoch=epoch)
+
+        def cache_reader():
+            stream = endless()
+            for _ in range(samples):
+                sample = next(stream)
+                torch.from_numpy(sample.frames), sample.latents  # uint8 frames + targets, as the loader hands them over
+
+        def online():
+            for i in range(samples):
+                record = records[i % len(records)]
+                frames, _ = decode_views(record.path, record.video_id, [i], view)[0]  # decode + random resized crop + flip
+                to_model_input(torch.from_numpy(frames)[None])  # normalise
+
+        rates = {}
+        for name, fn in (("cache reader", cache_reader), ("online decode + augment", online)):
+            torch.set_num_threads(1)  # one worker = one core
+            start = time.perf_counter()
+            fn()
+            rates[name] = samples / (time.perf_counter() - start)
+        torch.set_num_threads(os.cpu_count() or 1)
+    results = {"samples_per_s_per_worker": rates, "speedup": rates["cache reader"] / rates["online decode + augment"],
+               "cache_bytes_per_view": per_view_bytes}
+    settings = {"videos": videos, "video": f"640x360 H.264, {seconds} s", "clip": f"16 frames step 4 at {size}²",
+                "samples": samples, "teacher for the cache": "vit_tiny (dim 128), fp16, blosc-zstd, JPEG q90"}
+    save_record("loader", settings, results, results_dir)
+    return {"settings": settings, "results": results}
+
+
+def format_loader(report: dict) -> str:
+    s, r = report["settings"], report["results"]
+    lines = [f"salt bench loader: {s['videos']} videos ({s['video']}), {s['clip']}, {s['samples']} samples per pipeline, one core each"]
+    lines += [f"{name:<28}{rate:>8.1f} samples/s" for name, rate in r["samples_per_s_per_worker"].items()]
+    lines.append(f"cache reader / online pipeline: {r['speedup']:.1f}x (goal >= 20x); cache {r['cache_bytes_per_view'] / 1e3:.0f} kB per view")
     return "\n".join(lines)

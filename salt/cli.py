@@ -21,7 +21,7 @@ def main() -> None:
     train-student   process 2: a student from the cache (also `deepspeed salt/train_student.py`)
     probe           frozen attentive probe of any encoder (or --random-init ARCH)
     inspect         offline inspection of a latent cache
-    bench           benchmarks (cache, student)
+    bench           benchmarks (cache, student, loader)
     flops           compute planner: FLOPs per stage and the teacher/student split
     report          one table for a pipeline run (teacher, cache, student, probes)
     """
@@ -277,6 +277,19 @@ def inspect_command(cache_path, run_verify, pictures, samples, compare, format_,
         Path(json_out).write_text(json.dumps(report, indent=1) + "\n")
     if report.get("problems"):
         raise SystemExit(1)
+
+
+@bench_group.command("loader")
+@click.option("--videos", default=8)
+@click.option("--seconds", default=10, help="Length of each 640x360 benchmark video.")
+@click.option("--size", default=224)
+@click.option("--samples", default=64, help="Samples drawn from each pipeline.")
+@click.option("--results", default="benchmarks/results", type=click.Path(file_okay=False))
+def bench_loader_command(videos, seconds, size, samples, results) -> None:
+    """Samples/s per worker: the student's cache reader vs. V-JEPA-style online decoding."""
+    from salt.bench import bench_loader, format_loader
+
+    click.echo(format_loader(bench_loader(videos, seconds, size, samples, results)))
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
