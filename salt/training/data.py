@@ -200,6 +200,7 @@ class CacheBatches(IterableDataset):
         split = first_step % self.num_workers
         delivered = (first_step - split) // self.num_workers * self.batch_size
         samples = self._samples(cache, split, delivered)
+        self._held = None  # a sample read past the end of the previous batch
         for step in itertools.count(first_step, self.num_workers):
             taken, skipped = self._take(cache, samples)
             frames = torch.from_numpy(np.stack([s.frames for s in taken]))
@@ -222,7 +223,7 @@ class CacheBatches(IterableDataset):
         taken, skipped, used = [], [], 0
         while used < self.batch_size:
             before = len(cache.skipped)
-            if getattr(self, "_held", None) is not None:
+            if self._held is not None:
                 sample, self._held = self._held, None
             else:
                 sample = next(samples)
