@@ -83,9 +83,6 @@ def teacher_forward(arch: str, batch: int, iters: int, compile_model: bool) -> d
         flops = count_flops(lambda: encoder(clip[:1])) * batch  # forward FLOPs of one batch
     result = {"arch": arch, "batch": batch, "compiled": compile_model, "s_per_batch": seconds,
               "views_per_s": batch / seconds, "tflop_per_view": flops / batch / 1e12, "mfu": flops / seconds / peak_flops()}
-    del encoder, model
-    if DEVICE == "cuda":
-        torch.cuda.empty_cache()
     return result
 
 

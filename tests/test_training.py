@@ -19,7 +19,6 @@ from salt.models import load_encoder
 from salt.training.loop import TrainingError
 from salt.training.objectives import PixelObjective, pixel_targets
 from salt.training.teacher import run_teacher
-from salt.video.synthetic import write_mp4
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -84,7 +83,7 @@ def test_resume_equals_uninterrupted_and_export_matches(tmp_path, synthetic_set)
     full_dir.mkdir(), split_dir.mkdir()
     full = tiny_config(full_dir, synthetic_set / "train.csv")
     split = tiny_config(split_dir, synthetic_set / "train.csv")
-    full_result = run_teacher(str(full), [])
+    run_teacher(str(full), [])
     stopped = run_teacher(str(split), ["run.stop_at=3"])
     assert stopped.export_path is None and stopped.step == 3
     resumed = run_teacher(str(split), [], resume=True)
