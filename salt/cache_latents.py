@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import shlex
+import shutil
 import socket
 import sys
 import time
@@ -404,8 +405,6 @@ def _check_settings(out: Path, settings: dict, overwrite: bool) -> None:
             for child in ("wds", "cache.zarr", "done", "manifest.json"):
                 target = out / child
                 if target.is_dir():
-                    import shutil
-
                     shutil.rmtree(target)
                 elif target.exists():
                     target.unlink()

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from salt.masks import MultiBlockMasker
-from salt.models import Predictor, build_encoder, count_params
+from salt.models import Predictor, build_encoder, count_params, token_grid
 
 
 @dataclass
@@ -78,7 +78,7 @@ def _counted(encoder_arch: dict, predictor: dict | None, shares, frames: int, si
 def masked_training_parts(stage: str, encoder_arch: dict, predictor: dict, masks, micro_batch: int, frames: int, size: int,
                           clips: float) -> list[Part]:
     """Encoder on the context tokens + predictor on context and mask tokens, per configuration."""
-    grid = build_encoder(encoder_arch, depth=0).grid(frames, size, size)
+    grid = token_grid(encoder_arch, frames, size, size)
     tokens = grid[0] * grid[1] * grid[2]
     shares = token_shares(grid, masks, micro_batch)
     encoder_count, predictor_count = _counted(encoder_arch, predictor, shares, frames, size, full_clip=False)
@@ -92,7 +92,7 @@ def masked_training_parts(stage: str, encoder_arch: dict, predictor: dict, masks
 
 
 def frozen_forward_part(stage: str, name: str, arch: dict, frames: int, size: int, clips: float) -> Part:
-    grid = build_encoder(arch, depth=0).grid(frames, size, size)
+    grid = token_grid(arch, frames, size, size)
     tokens = grid[0] * grid[1] * grid[2]
     counted, _ = _counted(arch, None, [], frames, size, full_clip=True)
     return Part(stage, name, count_params(arch), tokens, False, clips, counted)
@@ -131,7 +131,7 @@ def plan(teacher_cfg, student_cfg, teacher_steps: int, student_steps: int, teach
                                          target_arch, geometry.frames, geometry.size, cache_views * cache_videos))
     total = sum(p.flops for p in parts)
     teacher_share = sum(p.flops for p in parts if not p.stage.startswith("2")) / total
-    grid = build_encoder(student_arch, depth=0).grid(geometry.frames, geometry.size, geometry.size)
+    grid = token_grid(student_arch, geometry.frames, geometry.size, geometry.size)
     cache = None
     if student_cfg.targets == "cache":
         tokens = grid[0] * grid[1] * grid[2]

@@ -141,7 +141,7 @@ def test_sigkill_mid_run_then_rerun_gives_every_sample_once(tmp_path, teacher, s
     out = tmp_path / "c"
     args = [sys.executable, "-m", "salt.cli", "cache-latents", "--teacher", str(teacher), "--data", str(synthetic_set / "train.csv"),
             "--out", str(out), "--views", "2", "--max-videos", "12", "--shard-videos", "2", "--workers", "0", "--no-progress",
-            "--precision", "fp32"]
+            "--precision", "fp32", "--batch-size", "2"]  # small teacher batches: shards finish one by one, the kill lands mid-run
     process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while not list((out / "done").glob("*.json")) and time.monotonic() < deadline and process.poll() is None:

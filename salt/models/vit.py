@@ -213,12 +213,7 @@ class VideoViT(nn.Module):
 
     def grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
         """Token grid (T', H', W') of a clip; ValueError if it does not divide evenly."""
-        t, p = self.tubelet_size, self.patch_size
-        if frames % t or height % p or width % p or min(frames, height, width) <= 0:
-            raise ValueError(
-                f"clip of {frames} frames x {height}x{width} pixels does not divide into "
-                f"tubelets of {t} frames and patches of {p}x{p} pixels")
-        return frames // t, height // p, width // p
+        return token_grid(self.arch, frames, height, width)
 
     def forward(self, x: torch.Tensor, keep: torch.Tensor | None = None) -> torch.Tensor:
         """x [B, C, T, H, W] -> tokens [B, N, D] (or [B, K, D] with ``keep`` [B, K])."""
@@ -269,6 +264,16 @@ def complete_arch(arch: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"nominal clip {a['num_frames']}x{a['img_size']}x{a['img_size']} does not "
                          f"divide into tubelets of {a['tubelet_size']} and patches of {a['patch_size']}")
     return a
+
+
+def token_grid(arch: Mapping[str, Any], frames: int, height: int, width: int) -> tuple[int, int, int]:
+    """Token grid (T', H', W') of a clip for an arch dict, without building the model."""
+    t, p = arch["tubelet_size"], arch["patch_size"]
+    if frames % t or height % p or width % p or min(frames, height, width) <= 0:
+        raise ValueError(
+            f"clip of {frames} frames x {height}x{width} pixels does not divide into "
+            f"tubelets of {t} frames and patches of {p}x{p} pixels")
+    return frames // t, height // p, width // p
 
 
 def resolve_arch(name_or_arch: str | Mapping[str, Any], **overrides: Any) -> dict[str, Any]:

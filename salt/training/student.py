@@ -14,7 +14,7 @@ import torch
 
 from salt.config import ConfigError, load_config
 from salt.latents import load_manifest
-from salt.models import Predictor, build_encoder, load_encoder
+from salt.models import Predictor, build_encoder, load_encoder, resolve_arch, token_grid
 from salt.training.config import StudentConfig
 from salt.training.data import CacheBatches, clip_loader
 from salt.training.loop import TrainResult, TrainingError, init_distributed, launcher_main, resolve_precision, train
@@ -24,14 +24,14 @@ from salt.training.schedules import Linear
 
 def check_against_manifest(cfg: StudentConfig, manifest, source: str) -> tuple[int, int, int]:
     """Refuse, before step 1, a student whose clips or tokens differ from the cache's."""
-    encoder = build_encoder(cfg.encoder.arch, **{"img_size": cfg.geometry.size, "num_frames": cfg.geometry.frames,
-                                                  "depth": 0, **cfg.encoder.overrides})
     try:
-        grid = encoder.grid(cfg.geometry.frames, cfg.geometry.size, cfg.geometry.size)
+        arch = resolve_arch(cfg.encoder.arch, **{"img_size": cfg.geometry.size, "num_frames": cfg.geometry.frames,
+                                                 **cfg.encoder.overrides})
+        grid = token_grid(arch, cfg.geometry.frames, cfg.geometry.size, cfg.geometry.size)
     except ValueError as err:
         raise ConfigError(f"{source}: {err}") from None
     ours = {"frames": cfg.geometry.frames, "frame_step": cfg.geometry.frame_step, "size": cfg.geometry.size,
-            "patch": encoder.patch_size, "tubelet": encoder.tubelet_size, "grid": list(grid)}
+            "patch": arch["patch_size"], "tubelet": arch["tubelet_size"], "grid": list(grid)}
     theirs = {**{k: manifest.geometry.get(k) for k in ("frames", "frame_step", "size", "patch", "tubelet")}, "grid": list(manifest.grid)}
     mismatched = [f"{k}: config {ours[k]}, cache {theirs[k]}" for k in ours if ours[k] != theirs[k]]
     if mismatched:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from salt.config import ConfigError, load_config
-from salt.models import build_encoder
+from salt.models import build_encoder, resolve_arch, token_grid
 from salt.training.config import TeacherConfig
 from salt.training.data import ClipBatches, clip_loader
 from salt.training.loop import TrainResult, init_distributed, launcher_main, train
@@ -33,9 +33,10 @@ def build_objective(cfg: TeacherConfig) -> Objective:
 
 def check_geometry(cfg: TeacherConfig, source: str) -> tuple[int, int, int]:
     """Refuse, before step 1, a clip that does not divide into tubelets and patches."""
+    view = cfg.data.view
     try:
-        encoder_arch = build_encoder(cfg.encoder.arch, **{"img_size": cfg.data.view.size, "num_frames": cfg.data.view.frames, "depth": 0, **cfg.encoder.overrides})
-        return encoder_arch.grid(cfg.data.view.frames, cfg.data.view.size, cfg.data.view.size)
+        arch = resolve_arch(cfg.encoder.arch, **{"img_size": view.size, "num_frames": view.frames, **cfg.encoder.overrides})
+        return token_grid(arch, view.frames, view.size, view.size)
     except (ValueError, KeyError) as err:
         raise ConfigError(f"{source}: {err}") from None
 
