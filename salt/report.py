@@ -18,7 +18,7 @@ def pipeline_report(teacher_run: str, cache: str, student_run: str, probes: list
     for name, run_dir in (("stage 1: teacher", teacher_run), ("stage 2: student (from the cache)", student_run)):
         last = _last_metrics(Path(run_dir))
         lines.append(f"{name:<34}{'loss ' + format(last.get('loss', float('nan')), '.4f') + ' at step ' + str(last.get('step')):<34}"
-                     f"{last.get('elapsed_s', 0):>8.0f}s{last.get('flops', 0):>11.3g}")
+                     f"{_seconds(last.get('elapsed_s')):>9}{last.get('flops', 0):>11.3g}")
     manifest = load_manifest(cache)
     per_view = (manifest.latent_bytes + manifest.frame_bytes) / max(1, manifest.sample_count)
     lines.append(f"{'process 1: cache ' + cache:<34}{f'{manifest.sample_count} views, {per_view / 1e3:.1f} kB/view':<34}{'':>9}"
@@ -33,6 +33,11 @@ def pipeline_report(teacher_run: str, cache: str, student_run: str, probes: list
         lines.append(f"  {report['encoder']:<32}{report['best']['top1']:<12.1%}{top5:<10}{1 / report['classes']:<12.1%}{seconds:>8.0f}s")
     lines.append("FLOPs: training stages by torch's counter (forward x3, attention included); the cache by 2·N·D of the teacher")
     return "\n".join(lines)
+
+
+def _seconds(value) -> str:
+    """Runs logged before `elapsed_s` existed show '-', not a made-up 0 s."""
+    return "-" if value is None else f"{value:.0f}s"
 
 
 def _teacher_forward_flops(manifest) -> float:
