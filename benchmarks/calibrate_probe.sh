@@ -1,22 +1,31 @@
 #!/usr/bin/env bash
 # Probe-benchmark calibration (issue 8, step 0): the random-init floor over 3 seeds vs. a
-# supervised ceiling (same encoder size, same probe). DATA defaults to `make demo`'s synthetic
-# set; OUT to runs/calibration. About 10 minutes on 2 CPU cores for the demo set.
+# supervised ceiling (same encoder size, same probe). Everything is set by environment:
+#   DATA (default data/synthetic), OUT (runs/calibration), FRAMES/SIZE (clip geometry, 16/64),
+#   STEPS/BATCH/LR (supervised run, 1500/16/1e-3), HEAD_DEPTH (self-attention blocks in the
+#   probe and the supervised head, 1), PROBE_CONFIG (configs/probe/demo.yaml).
 #   DATA=data/synthetic_1k OUT=runs/calibration_1k bash benchmarks/calibrate_probe.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=.venv/bin
 DATA=${DATA:-data/synthetic}
 OUT=${OUT:-runs/calibration}
+FRAMES=${FRAMES:-16}
+SIZE=${SIZE:-64}
 STEPS=${STEPS:-1500}
-PROBE="$BIN/salt probe --train $DATA/train.csv --val $DATA/val.csv --config configs/probe/demo.yaml"
+BATCH=${BATCH:-16}
+LR=${LR:-1.0e-3}
+HEAD_DEPTH=${HEAD_DEPTH:-1}
+PROBE="$BIN/salt probe --train $DATA/train.csv --val $DATA/val.csv --config ${PROBE_CONFIG:-configs/probe/demo.yaml} --set head_depth=$HEAD_DEPTH"
 mkdir -p $OUT
 for seed in 0 1 2; do
-  [ -f $OUT/random_seed$seed.json ] || $PROBE --random-init vit_tiny --arch img_size=64 --arch num_frames=16 \
+  [ -f $OUT/random_seed$seed.json ] || $PROBE --random-init vit_tiny --arch img_size=$SIZE --arch num_frames=$FRAMES \
       --set seed=$seed --out $OUT/random_seed$seed.json
 done
 [ -f $OUT/supervised/supervised.pt ] || $BIN/salt train-teacher --config configs/teacher/vit_tiny.yaml \
-    --set objective=supervised --set data.train=$DATA/train.csv --set optim.steps=$STEPS --set optim.warmup_steps=100 \
+    --set objective=supervised --set supervised.head_depth=$HEAD_DEPTH --set data.train=$DATA/train.csv \
+    --set data.view.frames=$FRAMES --set data.view.size=$SIZE --set data.batch_size=$BATCH \
+    --set optim.steps=$STEPS --set optim.warmup_steps=$((STEPS / 15)) --set optim.lr_peak=$LR \
     --set optim.wd_start=0.01 --set optim.wd_final=0.01 --set run.out_dir=$OUT/supervised --set run.checkpoint_every=500 \
     $( [ -f $OUT/supervised/checkpoints/latest ] && echo --resume )
 [ -f $OUT/supervised.json ] || $PROBE --encoder $OUT/supervised/supervised.pt --out $OUT/supervised.json

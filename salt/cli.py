@@ -36,12 +36,14 @@ def main() -> None:
 @click.option("--frame-step", default=4, help="Frame step of the clips the set is made for.")
 @click.option("--tubelet", default=2, help="Tubelet size of the models the set is made for.")
 @click.option("--val-fraction", default=0.25, help="Share of videos in val.csv.")
-def make_synthetic_command(out, videos, seed, size, frames, frame_step, tubelet, val_fraction) -> None:
+@click.option("--motion", default=1.0, help="Scale of every class's motion per tubelet (shift, spin, zoom rate).")
+def make_synthetic_command(out, videos, seed, size, frames, frame_step, tubelet, val_fraction, motion) -> None:
     """Write a synthetic motion-classification set: videos/*.mp4, train.csv, val.csv."""
     from salt.video.synthetic import SyntheticSpec, format_summary, make_synthetic
 
     spec = SyntheticSpec(
-        videos=videos, seed=seed, size=size, frames=frames, frame_step=frame_step, tubelet=tubelet, val_fraction=val_fraction
+        videos=videos, seed=seed, size=size, frames=frames, frame_step=frame_step, tubelet=tubelet, val_fraction=val_fraction,
+        motion=motion,
     )
     try:
         summary = make_synthetic(out, spec)
@@ -224,6 +226,18 @@ def report_command(teacher_run, cache, student_run, probes) -> None:
     click.echo(pipeline_report(teacher_run, cache, student_run, list(probes)))
 
 
+@main.command("reproduce")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML (configs/reproduce/small.yaml).")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+def reproduce_command(config_path, overrides) -> None:
+    """The paper's claims at small scale: a resumable chain of runs and a claims table.
+
+    Finished steps are kept; run the same command again to resume after a stop."""
+    from salt.reproduce import format_table, reproduce
+
+    click.echo(format_table(reproduce(config_path, list(overrides), click.echo)))
+
+
 @main.group("bench")
 def bench_group() -> None:
     """Benchmarks: tables on stdout, JSON records under benchmarks/results/."""
@@ -297,10 +311,11 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from salt.cache_latents import CacheWriteError
     from salt.latents import CacheError
     from salt.models import CheckpointError
+    from salt.reproduce import ReproduceError
     from salt.training.loop import TrainingError
     from salt.video import VideoDecodeError, VideoSourceError
 
-    return (CacheError, CacheWriteError, CheckpointError, TrainingError, VideoDecodeError, VideoSourceError)
+    return (CacheError, CacheWriteError, CheckpointError, ReproduceError, TrainingError, VideoDecodeError, VideoSourceError)
 
 
 def run_cli() -> None:

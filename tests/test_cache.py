@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from salt.cache_latents import CacheJob, CacheWriteError, OutputLock, plan_missing, run_cache
-from salt.latents import ShardId, open_cache
+from salt.latents import CacheError, ShardId, open_cache
 from salt.models import build_encoder, save_encoder
 from salt.video import replay_view, to_model_input
 from salt.video.views import ViewParams
@@ -82,6 +82,15 @@ def test_adding_views_keeps_old_samples_byte_identical(tmp_path, teacher, synthe
     cache = open_cache(out)
     assert len(cache) == 18 and json.loads((out / "manifest.json").read_text())["views"] == 3
     assert sorted({k[-3:] for k in cache.keys()}) == ["000", "001", "002"]
+    # The cache grew as views 0..0, then 1..2: the first view alone is a set of whole shards,
+    # the first two are not (view 1 shares its shards with view 2).
+    first = open_cache(out, views=1)
+    assert len(first) == 6 and {k[-3:] for k in first.keys()} == {"000"}
+    assert {s.view for s in first.stream(seed=0, epoch=0)} == {0}
+    with pytest.raises(CacheError, match="views 1..2 together"):
+        open_cache(out, views=2)
+    with pytest.raises(CacheError, match="fewer than 4 views"):
+        open_cache(out, views=4)
 
 
 def test_broken_videos_are_skipped_and_recorded(tmp_path, teacher, synthetic_set):

@@ -86,10 +86,18 @@ def test_resume_equals_uninterrupted_and_export_matches(tmp_path, synthetic_set)
     run_teacher(str(full), [])
     stopped = run_teacher(str(split), ["run.stop_at=3"])
     assert stopped.export_path is None and stopped.step == 3
+    # As if killed after logging steps past the checkpoint (and mid-line): those records go.
+    with open(split_dir / "run" / "metrics.jsonl", "a") as handle:
+        handle.write(json.dumps({"step": 4, "loss": 99.0}) + "\n" + '{"step": 5, "lo')
     resumed = run_teacher(str(split), [], resume=True)
     a, b = losses(full_dir / "run"), losses(split_dir / "run")
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
+    assert len((split_dir / "run" / "metrics.jsonl").read_text().splitlines()) == 6
     np.testing.assert_allclose([b[s] for s in range(1, 7)], [a[s] for s in range(1, 7)], rtol=1e-5)
+    last = [json.loads(line) for line in ((d / "run" / "metrics.jsonl").read_text().splitlines()[-1] for d in (full_dir, split_dir))]
+    # Counted from step 0 after a resume (per-step FLOPs come from the first batch each
+    # invocation sees, and mask sizes vary by step, hence the tolerance; half would be wrong).
+    assert last[1]["flops"] == pytest.approx(last[0]["flops"], rel=0.1)
 
     # The exported teacher.pt gives the in-training encoder's outputs (fp32 run: exact weights).
     encoder, arch = load_encoder(resumed.export_path)

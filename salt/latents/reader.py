@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Callable, Iterator, Literal
 
@@ -33,16 +34,33 @@ def normalise_targets(latents: torch.Tensor, kind: str = "layer_norm") -> torch.
     raise CacheError(f"unknown target_norm {kind!r}")
 
 
-def open_cache(path: str | Path, format: Format = "auto") -> LatentCache:
+def open_cache(path: str | Path, format: Format = "auto", views: int = 0) -> LatentCache:
     """Open `cache/<name>/`. "auto" streams from WebDataset shards and reads single samples
-    from the Zarr store when both exist; "wds"/"zarr" use that format for both."""
-    return LatentCache(path, format)
+    from the Zarr store when both exist; "wds"/"zarr" use that format for both. `views` > 0
+    uses only the first that many views of every video (see `first_views`)."""
+    return LatentCache(path, format, views)
+
+
+def first_views(manifest: Manifest, views: int, path: str | Path = "") -> Manifest:
+    """The manifest restricted to views [0, views) of every video. Shards cover view ranges, so
+    this works when the cache was grown with `--views` equal to `views` at some point (e.g. 1,
+    then 2, 4, 8): one cache then serves students trained on K = 1, 2, 4 or 8 views."""
+    if views <= 0:
+        return manifest
+    crossing = sorted({(r.view_start, r.view_end) for r in manifest.shards if r.view_start < views < r.view_end})
+    if crossing:
+        raise CacheError(f"{path}: shards hold views {crossing[0][0]}..{crossing[0][1] - 1} together, so the first {views} "
+                         f"cannot be taken alone; cache with `--views {views}` first and grow it later")
+    kept = [r for r in manifest.shards if r.view_end <= views]
+    if not kept or max(r.view_end for r in kept) < views:
+        raise CacheError(f"{path}: the cache holds fewer than {views} views per video; grow it with `salt cache-latents --views {views}`")
+    return dataclasses.replace(manifest, shards=kept, views=views)
 
 
 class LatentCache:
-    def __init__(self, path: str | Path, format: Format = "auto") -> None:
+    def __init__(self, path: str | Path, format: Format = "auto", views: int = 0) -> None:
         self.path = Path(path)
-        self.manifest = load_manifest(self.path)
+        self.manifest = first_views(load_manifest(self.path), views, self.path)
         present = [f for f in self.manifest.formats if (self.path / (WDS_DIR if f == "wds" else ZARR_DIR)).exists()]
         if format == "auto":
             if not present:

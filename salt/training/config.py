@@ -122,6 +122,7 @@ class CacheSourceConfig:
     path: str = "cache/demo"
     format: Literal["auto", "wds", "zarr"] = "auto"
     on_error: Literal["raise", "skip"] = "raise"  # a corrupt sample: stop naming it, or skip and count
+    views: int = 0  # train on the first N cached views of every video only (0: all of them)
 
 
 @dataclass

@@ -179,8 +179,9 @@ class CacheBatches(IterableDataset):
 
     def __init__(self, cache_path: str, cache_format: str, batch_size: int, seed: int, rank: int, world_size: int,
                  num_workers: int, mask_configs: list[MaskConfig], token_grid: tuple[int, int, int], start_step: int = 0,
-                 on_error: str = "raise"):
+                 on_error: str = "raise", views: int = 0):
         super().__init__()
+        self.views = views
         self.cache_path, self.cache_format = cache_path, cache_format
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         self.num_workers = max(1, num_workers)
@@ -192,7 +193,7 @@ class CacheBatches(IterableDataset):
 
         info = get_worker_info()
         worker = info.id if info is not None else 0
-        cache = open_cache(self.cache_path, self.cache_format)
+        cache = open_cache(self.cache_path, self.cache_format, self.views)
         masker = MultiBlockMasker(self.token_grid, self.mask_configs, seed=self.seed * 1_000_003 + self.rank)
         # The DataLoader asks worker 0 first, so worker w makes steps start+w, start+w+K, …; the
         # samples of step s always come from cache split s mod K, whichever worker builds it.

@@ -151,10 +151,24 @@ def measure_flops(objective: Objective, batch) -> tuple[float, float]:
 
 
 class MetricsLog:
-    """JSONL metrics on rank 0 (appended, so a resumed run continues the same file)."""
+    """JSONL metrics on rank 0. A resumed run continues the same file; records past the step
+    it resumes from (written after the last checkpoint, about to be redone) are dropped first,
+    so the file never holds a step twice."""
 
-    def __init__(self, path: Path, enabled: bool, tensorboard: bool):
+    def __init__(self, path: Path, enabled: bool, tensorboard: bool, start_step: int = 0):
         self.enabled = enabled
+        if enabled and path.exists():
+            kept = []
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # a line cut off by a kill
+                    continue
+                if record.get("step", 0) <= start_step:
+                    kept.append(line)
+            partial = path.with_name(path.name + ".partial")
+            partial.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            os.replace(partial, path)
         self.file = open(path, "a", encoding="utf-8") if enabled else None
         self.writer = None
         if enabled and tensorboard:
@@ -234,7 +248,7 @@ def train(
     if start_step >= optim.steps:
         raise TrainingError(f"the checkpoint in {checkpoint_dir} is already at step {start_step} of {optim.steps}: nothing to train")
 
-    log = MetricsLog(out_dir / "metrics.jsonl", enabled=rank == 0, tensorboard=run.tensorboard)
+    log = MetricsLog(out_dir / "metrics.jsonl", enabled=rank == 0, tensorboard=run.tensorboard, start_step=start_step)
     progress = _progress_bar(run, rank, start_step, optim.steps)
     batches = iter(make_batches(start_step * optim.grad_accum))
     flops_per_step = None
@@ -265,6 +279,8 @@ def train(
                     trained, frozen = measure_flops(engine.module, batch)
                     # Backward costs about twice the forward; frozen parts run forward only.
                     flops_per_step = {"trained": 3 * trained * optim.grad_accum * world, "frozen": frozen * optim.grad_accum * world}
+                    # Counted from step 0, so a resumed run reports the whole run's FLOPs.
+                    cumulative_flops = {source: flops * start_step for source, flops in flops_per_step.items()}
                 try:
                     loss, metrics = engine(batch)
                 except FloatingPointError as err:  # non-finite targets, named by the objective

@@ -13,7 +13,7 @@ import itertools
 import torch
 
 from salt.config import ConfigError, load_config
-from salt.latents import load_manifest
+from salt.latents import CacheError, first_views, load_manifest
 from salt.models import Predictor, build_encoder, load_encoder, resolve_arch, token_grid
 from salt.training.config import StudentConfig
 from salt.training.data import CacheBatches, clip_loader
@@ -49,6 +49,10 @@ def run_student(config_path: str | None, overrides: list[str], resume: bool = Fa
     cfg = load_config(StudentConfig, config_path, overrides)
     source = config_path or "<defaults>"
     manifest = load_manifest(cfg.cache.path)
+    try:
+        manifest = first_views(manifest, cfg.cache.views, cfg.cache.path)
+    except CacheError as err:
+        raise ConfigError(f"{source}: cache.views: {err}") from None
     grid = check_against_manifest(cfg, manifest, source)
     if cfg.targets == "ema" and cfg.engine.zero_stage == 3:
         raise ConfigError(f"{source}: targets: ema needs the whole student on every rank to update its EMA copy; "
@@ -78,7 +82,8 @@ def run_student(config_path: str | None, overrides: list[str], resume: bool = Fa
 
     def make_batches(start_step: int):
         dataset = CacheBatches(cfg.cache.path, cfg.cache.format, cfg.data.batch_size, cfg.run.seed, dist_info.rank,
-                               dist_info.world_size, cfg.data.workers, cfg.masks, grid, start_step, cfg.cache.on_error)
+                               dist_info.world_size, cfg.data.workers, cfg.masks, grid, start_step, cfg.cache.on_error,
+                               cfg.cache.views)
         loader = clip_loader(dataset, cfg.data.workers, pin_memory=dist_info.device.type == "cuda")
         if cfg.data.reuse_first_batch:
             first = next(iter(loader))

@@ -37,6 +37,7 @@ class SyntheticSpec:
     tubelet: int = 2
     fps: int = 30
     val_fraction: float = 0.25
+    motion: float = 1.0  # scales every class's motion per hold period (shift, spin, zoom rate)
 
     def validate(self) -> None:
         if self.size % 2 or self.size < 16:
@@ -45,6 +46,8 @@ class SyntheticSpec:
             raise ValueError(f"need at least {len(CLASSES)} videos (one per class), got {self.videos}")
         if self.frames % self.tubelet:
             raise ValueError(f"frames ({self.frames}) must be a multiple of tubelet ({self.tubelet})")
+        if self.motion <= 0:
+            raise ValueError(f"motion must be > 0, got {self.motion}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
 
@@ -64,7 +67,7 @@ def render_video(spec: SyntheticSpec, video_index: int) -> tuple[np.ndarray, int
     label = video_index % len(CLASSES)
     scene = _random_scene(rng)
     periods = math.ceil(spec.video_frames / spec.hold)
-    motion = _motion(CLASSES[label], periods, spec.size, rng)
+    motion = _motion(CLASSES[label], periods, spec.size, rng, spec.motion)
     grid = np.arange(spec.size, dtype=np.float64) + 0.5
     ys, xs = np.meshgrid(grid, grid, indexing="ij")
     centre = spec.size / 2
@@ -232,15 +235,15 @@ def _shade(scene: dict, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def _motion(kind: str, periods: int, size: int, rng: np.random.Generator) -> list[tuple[float, float, float, float]]:
+def _motion(kind: str, periods: int, size: int, rng: np.random.Generator, amount: float = 1.0) -> list[tuple[float, float, float, float]]:
     """(angle, scale, shift_y, shift_x) per period; every class shares the same marginals."""
     centre_period = (periods - 1) / 2
-    zoom_rate = rng.uniform(1.06, 1.10)
+    zoom_rate = rng.uniform(1.06, 1.10) ** amount
     angle0 = rng.uniform(0, 2 * np.pi)
     shift0 = rng.uniform(0, size, size=2)
     static_scale = zoom_rate ** rng.uniform(-centre_period, centre_period)
-    speed = size * rng.uniform(0.07, 0.11)  # pixels per period
-    spin = rng.choice((-1.0, 1.0)) * rng.uniform(0.12, 0.2)  # radians per period
+    speed = amount * size * rng.uniform(0.07, 0.11)  # pixels per period
+    spin = amount * rng.choice((-1.0, 1.0)) * rng.uniform(0.12, 0.2)  # radians per period
     sideways_sign = rng.choice((-1.0, 1.0))
     steps = []
     for p in range(periods):

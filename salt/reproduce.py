@@ -1,0 +1,373 @@
+"""`salt reproduce`: the paper's claims at small scale, as a resumable chain of runs.
+
+Every step of the chain is an ordinary `salt` command (make-synthetic, train-teacher,
+cache-latents, train-student, probe) run as a subprocess with its log under `<out>/logs/`.
+A step is finished when its marker `<out>/done/<step>` exists; a restart skips finished steps
+and resumes an interrupted training run from its last checkpoint, so a long chain can be
+stopped at any moment. At the end the claims table goes to `<out>/claims.md` and `.json`.
+
+Claims (DESIGN "Small-scale evidence"; issue 8):
+  calibration         random-init floor (several init seeds) vs. a supervised ceiling
+  student_vs_teacher  the student's probe accuracy exceeds its teacher's
+  matched_flops       SALT vs. the V-JEPA EMA baseline trained for the same FLOPs
+  weak_teacher        a teacher with a fraction of the stage-1 steps, and its students
+  views               students trained on the first K cached views per video
+  dtype               students trained on int8 (or other) cached targets
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import mean, stdev
+from typing import Callable
+
+from salt.config import ConfigError, load_config
+
+CLAIMS = ("calibration", "student_vs_teacher", "matched_flops", "weak_teacher", "views", "dtype")
+
+
+@dataclass
+class SyntheticSetConfig:
+    videos: int = 2000
+    size: int = 40  # stored videos; clips are cropped from them to `size` below
+    seed: int = 3
+    motion: float = 1.0  # salt make-synthetic --motion
+
+
+@dataclass
+class ReproduceConfig:
+    out_dir: str = "runs/reproduce"
+    data: SyntheticSetConfig = field(default_factory=SyntheticSetConfig)
+    frames: int = 8
+    frame_step: int = 4
+    size: int = 32
+    arch: str = "vit_tiny"  # teacher, student, EMA baseline and supervised ceiling alike
+    batch_size: int = 64
+    workers: int = 2
+    lr_peak: float = 1.5e-3
+    supervised_steps: int = 1500
+    teacher_steps: int = 2000
+    student_steps: int = 2000
+    seeds: list[int] = field(default_factory=lambda: [0, 1])  # student / EMA training seeds
+    floor_seeds: list[int] = field(default_factory=lambda: [0, 1, 2])  # random-init encoders
+    views: int = 4  # cached views per video for the main students
+    weak_fraction: float = 0.25  # weak teacher: this share of teacher_steps
+    views_sweep: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
+    dtypes: list[str] = field(default_factory=lambda: ["int8"])  # besides the main cache's fp16
+    claims: list[str] = field(default_factory=lambda: list(CLAIMS))
+    probe_config: str = "configs/probe/demo.yaml"
+    probe_head_depth: int = 0  # no self-attention in the probe: motion must come from the encoder
+    probe_overrides: list[str] = field(default_factory=list)  # KEY=VALUE for the probe config
+    shard_videos: int = 32  # videos per cache shard (a student needs >= workers shards)
+    teacher_config: str = "configs/teacher/vit_tiny.yaml"
+    student_config: str = "configs/student/vit_tiny.yaml"
+
+    def validate(self) -> None:
+        unknown = [c for c in self.claims if c not in CLAIMS]
+        if unknown:
+            raise ValueError(f"claims: unknown {unknown}; choose from {list(CLAIMS)}")
+        if not self.seeds or not self.floor_seeds:
+            raise ValueError("seeds and floor_seeds need at least one seed each")
+        if min([self.teacher_steps, self.student_steps, self.supervised_steps, self.views, *self.views_sweep]) < 1:
+            raise ValueError("steps and views must be >= 1")
+        if not 0 < self.weak_fraction < 1:
+            raise ValueError("weak_fraction must lie in (0, 1)")
+
+
+@dataclass
+class Step:
+    name: str
+    argv: list[str]
+    run_dir: str = ""  # a training run: resumed from its checkpoint after an interruption
+
+
+class ReproduceError(RuntimeError):
+    pass
+
+
+class Chain:
+    """Runs steps in order; a step whose marker exists is skipped."""
+
+    def __init__(self, out: Path, echo: Callable[[str], None] = print):
+        self.out, self.echo = out, echo
+        (out / "done").mkdir(parents=True, exist_ok=True)
+        (out / "logs").mkdir(exist_ok=True)
+
+    def done(self, name: str) -> bool:
+        return (self.out / "done" / name).exists()
+
+    def run(self, step: Step) -> None:
+        if self.done(step.name):
+            self.echo(f"  kept     {step.name}")
+            return
+        argv = list(step.argv)
+        if step.run_dir and (Path(step.run_dir) / "checkpoints" / "latest").exists():
+            argv.append("--resume")
+        log = self.out / "logs" / f"{step.name}.log"
+        started = time.perf_counter()
+        self.echo(f"  running  {step.name}: {shlex.join(argv)}")
+        with open(log, "a") as handle:
+            handle.write(f"$ {shlex.join(argv)}\n")
+            handle.flush()
+            code = subprocess.run(argv, stdout=handle, stderr=subprocess.STDOUT).returncode
+        if code != 0:
+            tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-15:])
+            raise ReproduceError(f"step {step.name} failed (exit {code}); the log is {log}. Its end:\n{tail}\n"
+                                 "Fix the cause and run the same command again: finished steps are kept.")
+        seconds = time.perf_counter() - started
+        (self.out / "done" / step.name).write_text(json.dumps({"argv": argv, "seconds": seconds}) + "\n")
+        self.echo(f"  finished {step.name} in {seconds:.0f} s")
+
+
+def _salt(*args: str) -> list[str]:
+    return [sys.executable, "-m", "salt.cli", *args]
+
+
+class Reproduction:
+    """Builds the chain's steps from the config and the claims table from their outputs."""
+
+    def __init__(self, cfg: ReproduceConfig, echo: Callable[[str], None] = print):
+        self.cfg, self.echo = cfg, echo
+        self.out = Path(cfg.out_dir)
+        self.chain = Chain(self.out, echo)
+        self.data = self.out / "data"
+
+    # -- steps ---------------------------------------------------------------------------
+    def _teacher_step(self, name: str, steps: int, objective: str = "pixels") -> Step:
+        cfg, run_dir = self.cfg, self.out / name
+        sets = [f"objective={objective}", f"data.train={self.data / 'train.csv'}", f"data.view.frames={cfg.frames}",
+                f"data.view.frame_step={cfg.frame_step}", f"data.view.size={cfg.size}", f"data.batch_size={cfg.batch_size}",
+                f"data.workers={cfg.workers}", f"encoder.arch={cfg.arch}", f"optim.steps={steps}",
+                f"optim.warmup_steps={max(1, steps // 15)}", f"optim.lr_peak={cfg.lr_peak}", f"run.out_dir={run_dir}",
+                f"run.checkpoint_every={max(1, steps // 4)}"]
+        if objective == "supervised":
+            sets += ["supervised.head_depth=" + str(cfg.probe_head_depth), "optim.wd_start=0.01", "optim.wd_final=0.01"]
+        return Step(name, _salt("train-teacher", "--config", cfg.teacher_config, *_sets(sets)), str(run_dir))
+
+    def _student_sets(self, name: str, cache: Path, seed: int, steps: int, targets: str = "cache", views: int = 0) -> list[str]:
+        cfg = self.cfg
+        return [f"targets={targets}", f"cache.path={cache}", f"cache.views={views}", f"geometry.frames={cfg.frames}",
+                f"geometry.frame_step={cfg.frame_step}", f"geometry.size={cfg.size}", f"data.batch_size={cfg.batch_size}",
+                f"data.workers={cfg.workers}", f"encoder.arch={cfg.arch}", f"optim.steps={steps}",
+                f"optim.warmup_steps={max(1, steps // 15)}", f"optim.lr_peak={cfg.lr_peak}", f"run.seed={seed}",
+                f"run.out_dir={self.out / name}", f"run.checkpoint_every={max(1, steps // 4)}"]
+
+    def _student_step(self, name: str, cache: Path, seed: int, steps: int, targets: str = "cache", views: int = 0) -> Step:
+        sets = self._student_sets(name, cache, seed, steps, targets, views)
+        return Step(name, _salt("train-student", "--config", self.cfg.student_config, *_sets(sets)), str(self.out / name))
+
+    def _cache_step(self, name: str, teacher: Path, views: int, dtype: str = "fp16") -> Step:
+        cfg = self.cfg
+        return Step(f"{name}_views{views}", _salt(
+            "cache-latents", "--teacher", str(teacher), "--data", str(self.data / "train.csv"), "--out", str(self.out / name),
+            "--views", str(views), "--dtype", dtype, "--frames", str(cfg.frames), "--frame-step", str(cfg.frame_step),
+            "--size", str(cfg.size), "--batch-size", str(cfg.batch_size), "--workers", str(cfg.workers),
+            "--shard-videos", str(cfg.shard_videos), "--no-progress"))
+
+    def _probe_step(self, name: str, encoder: Path | None) -> Step:
+        cfg = self.cfg
+        argv = _salt("probe", "--train", str(self.data / "train.csv"), "--val", str(self.data / "val.csv"),
+                     "--config", cfg.probe_config, *_sets([f"head_depth={cfg.probe_head_depth}", *cfg.probe_overrides]),
+                     "--out", str(self.out / "probes" / f"{name}.json"))
+        if encoder is None:  # name is floor_seed<N>
+            seed = name.removeprefix("floor_seed")
+            argv += ["--random-init", cfg.arch, "--arch", f"img_size={cfg.size}", "--arch", f"num_frames={cfg.frames}",
+                     "--set", f"seed={seed}"]
+        else:
+            argv += ["--encoder", str(encoder)]
+        return Step(f"probe_{name}", argv)
+
+    def _train_and_probe(self, step: Step, export: str) -> None:
+        self.chain.run(step)
+        self.chain.run(self._probe_step(step.name, self.out / step.name / export))
+
+    def run(self) -> dict:
+        cfg, chain = self.cfg, self.chain
+        (self.out / "probes").mkdir(parents=True, exist_ok=True)
+        chain.run(Step("data", _salt("make-synthetic", "--out", str(self.data), "--videos", str(cfg.data.videos),
+                                     "--size", str(cfg.data.size), "--seed", str(cfg.data.seed), "--motion", str(cfg.data.motion), "--frames", str(cfg.frames),
+                                     "--frame-step", str(cfg.frame_step))))
+        claims = set(cfg.claims)
+        if "calibration" in claims:
+            for seed in cfg.floor_seeds:
+                chain.run(self._probe_step(f"floor_seed{seed}", None))
+            self._train_and_probe(self._teacher_step("supervised", cfg.supervised_steps, "supervised"), "supervised.pt")
+        if claims & {"student_vs_teacher", "matched_flops", "views", "dtype"}:
+            self._teacher_and_students("teacher", cfg.teacher_steps)
+        if "matched_flops" in claims:
+            ema_steps = self.matched_ema_steps()
+            for seed in cfg.seeds:
+                self._train_and_probe(self._student_step(f"ema_seed{seed}", self.out / "cache", seed, ema_steps, "ema"), "student.pt")
+        if "weak_teacher" in claims:
+            self._teacher_and_students("weak_teacher", max(1, round(cfg.teacher_steps * cfg.weak_fraction)))
+        if "views" in claims:
+            for views in sorted(set(cfg.views_sweep)):
+                if views == cfg.views:
+                    continue  # the main students are this row
+                self._grow_cache(self.out / "teacher" / "teacher.pt", "cache", views)
+                self._train_and_probe(self._student_step(f"student_views{views}", self.out / "cache", cfg.seeds[0],
+                                                         cfg.student_steps, views=views), "student.pt")
+        if "dtype" in claims:
+            for dtype in cfg.dtypes:
+                chain.run(self._cache_step(f"cache_{dtype}", self.out / "teacher" / "teacher.pt", cfg.views, dtype))
+                self._train_and_probe(self._student_step(f"student_{dtype}", self.out / f"cache_{dtype}", cfg.seeds[0],
+                                                         cfg.student_steps), "student.pt")
+        return self.write_table()
+
+    def _grow_cache(self, teacher: Path, name: str, views: int) -> None:
+        """Grow the cache one view count at a time, so each K is a set of whole shards."""
+        for k in sorted({*(v for v in self.cfg.views_sweep if v <= views), views}):
+            self.chain.run(self._cache_step(name, teacher, k))
+
+    def _teacher_and_students(self, name: str, steps: int) -> None:
+        self._train_and_probe(self._teacher_step(name, steps), "teacher.pt")
+        cache = "cache" if name == "teacher" else f"cache_{name}"
+        self._grow_cache(self.out / name / "teacher.pt", cache, self.cfg.views)
+        prefix = "student" if name == "teacher" else f"{name}_student"
+        for seed in self.cfg.seeds:
+            self._train_and_probe(self._student_step(f"{prefix}_seed{seed}", self.out / cache, seed, self.cfg.student_steps,
+                                                     views=self.cfg.views), "student.pt")
+
+    # -- FLOPs -----------------------------------------------------------------------------
+    def _configs(self, targets: str, steps: int):
+        from salt.training.config import StudentConfig, TeacherConfig
+
+        teacher = load_config(TeacherConfig, self.cfg.teacher_config, [
+            f"data.view.frames={self.cfg.frames}", f"data.view.size={self.cfg.size}", f"data.batch_size={self.cfg.batch_size}",
+            f"encoder.arch={self.cfg.arch}"])
+        student = load_config(StudentConfig, self.cfg.student_config, self._student_sets("flops", self.out / "cache", 0, steps, targets))
+        return teacher, student
+
+    def planned_flops(self, targets: str, teacher_steps: int, student_steps: int, views: int = 0, videos: int = 0) -> dict:
+        """torch-counter FLOPs (the unit of the runs' metrics) of a chain row, from the planner."""
+        from salt.flops import plan
+
+        teacher, student = self._configs(targets, student_steps)
+        batch = self.cfg.batch_size
+        result = plan(teacher if teacher_steps else None, student, teacher_steps, student_steps, batch, batch, views, videos)
+        by_stage: dict[str, float] = {}
+        for part in result["parts"]:
+            by_stage[part.stage] = by_stage.get(part.stage, 0.0) + part.counted
+        return {"total": result["counted_total"], "by_stage": by_stage}
+
+    def matched_ema_steps(self) -> int:
+        """EMA steps whose FLOPs equal SALT's with the teacher forward counted online."""
+        salt_total = self.planned_flops("teacher", self.cfg.teacher_steps, self.cfg.student_steps)["total"]
+        ema_step = self.planned_flops("ema", 0, 1)["total"]
+        return max(1, round(salt_total / ema_step))
+
+    # -- table ------------------------------------------------------------------------------
+    def _probe(self, name: str) -> float | None:
+        path = self.out / "probes" / f"{name}.json"
+        return json.loads(path.read_text())["best"]["top1"] if path.exists() else None
+
+    def _measured_flops(self, name: str) -> float:
+        path = self.out / name / "metrics.jsonl"
+        lines = path.read_text().splitlines() if path.exists() else []
+        return json.loads(lines[-1]).get("flops", 0.0) if lines else 0.0
+
+    def _train_videos(self) -> int:
+        return sum(1 for line in (self.data / "train.csv").read_text().splitlines() if line.strip())
+
+    def write_table(self) -> dict:
+        cfg, rows = self.cfg, []
+        forward = self.planned_flops("teacher", 0, 1)["by_stage"].get("2 student", 0.0)  # per step, incl. online teacher
+        student_only = self.planned_flops("cache", 0, 1, cfg.views, 1)
+        teacher_forward_per_clip = student_only["by_stage"].get("1b cache", 0.0) / cfg.views
+        online_per_step = forward - student_only["by_stage"].get("2 student", 0.0)
+
+        def add(group: str, row: str, names: list[str], flops_online: float | None = None, flops_cache: float | None = None):
+            accs = [a for a in (self._probe(n) for n in names) if a is not None]
+            if not accs:
+                return
+            measured = mean(self._measured_flops(n) for n in names)
+            rows.append({"group": group, "row": row, "runs": names, "top1": accs, "mean": mean(accs),
+                         "spread": stdev(accs) if len(accs) > 1 else 0.0,
+                         "flops": flops_online if flops_online is not None else measured, "flops_with_cache": flops_cache})
+
+        add("calibration", "random-init floor", [f"floor_seed{s}" for s in cfg.floor_seeds])
+        add("calibration", "supervised ceiling", ["supervised"])
+        for teacher in ("teacher", "weak_teacher"):
+            prefix = "student" if teacher == "teacher" else f"{teacher}_student"
+            teacher_flops = self._measured_flops(teacher)
+            add(teacher, f"{teacher.replace('_', ' ')} ({'pixels'})", [teacher], teacher_flops)
+            students = [f"{prefix}_seed{s}" for s in cfg.seeds]
+            if (self.out / "probes" / f"{students[0]}.json").exists():
+                trained = mean(self._measured_flops(n) for n in students)
+                online = teacher_flops + trained + online_per_step * cfg.student_steps
+                cached = teacher_flops + trained + teacher_forward_per_clip * cfg.views * self._train_videos()
+                add(teacher, f"SALT student of the {teacher.replace('_', ' ')}", students, online, cached)
+        add("matched_flops", "V-JEPA EMA baseline (same FLOPs as SALT online)", [f"ema_seed{s}" for s in cfg.seeds])
+        for views in sorted(set(cfg.views_sweep) - {cfg.views}):
+            add("views", f"SALT student, K = {views} views per video", [f"student_views{views}"])
+        for dtype in cfg.dtypes:
+            add("dtype", f"SALT student, {dtype} targets", [f"student_{dtype}"])
+        result = {"config": _plain(cfg), "rows": rows, "verdicts": self.verdicts(rows)}
+        (self.out / "claims.json").write_text(json.dumps(result, indent=2) + "\n")
+        (self.out / "claims.md").write_text(format_table(result))
+        return result
+
+    def verdicts(self, rows: list[dict]) -> list[str]:
+        by_row = {r["row"]: r for r in rows}
+
+        def get(row: str):
+            return by_row.get(row)
+
+        lines = []
+        floor, ceiling = get("random-init floor"), get("supervised ceiling")
+        if floor and ceiling:
+            gap = ceiling["mean"] - floor["mean"]
+            lines.append(f"calibration: ceiling - floor = {gap * 100:+.1f} points "
+                         f"({'usable' if gap >= 0.20 else 'below the 20 points needed; the claims below cannot be judged'})")
+        teacher, student = get("teacher (pixels)"), get("SALT student of the teacher")
+        if teacher and student:
+            lines.append(f"1. student > teacher: {student['mean']:.1%} vs {teacher['mean']:.1%} -> "
+                         f"{'holds' if student['mean'] > teacher['mean'] else 'does not hold'}")
+        ema = get("V-JEPA EMA baseline (same FLOPs as SALT online)")
+        if student and ema:
+            lines.append(f"2. SALT >= V-JEPA at matched FLOPs: {student['mean']:.1%} vs {ema['mean']:.1%} -> "
+                         f"{'holds' if student['mean'] >= ema['mean'] else 'does not hold'}")
+        weak = get("SALT student of the weak teacher")
+        if student and weak:
+            diff, noise = student["mean"] - weak["mean"], max(student["spread"], weak["spread"])
+            lines.append(f"3. weak teacher's student within 2 points: {weak['mean']:.1%} vs {student['mean']:.1%} "
+                         f"(difference {diff * 100:+.1f}, seed spread {noise * 100:.1f}) -> "
+                         f"{'holds' if abs(diff) <= 0.02 else 'does not hold'}")
+        return lines
+
+
+def format_table(result: dict) -> str:
+    lines = ["| group | row | probe top-1 (mean) | per seed / run | FLOPs (teacher online) | FLOPs (with cache) |",
+             "|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        cached = f"{r['flops_with_cache']:.3g}" if r["flops_with_cache"] else "-"
+        lines.append(f"| {r['group']} | {r['row']} | {r['mean']:.1%} | {' / '.join(f'{a:.1%}' for a in r['top1'])} "
+                     f"| {r['flops']:.3g} | {cached} |")
+    return "\n".join(lines + [""] + [f"- {v}" for v in result["verdicts"]]) + "\n"
+
+
+def _sets(pairs: list[str]) -> list[str]:
+    return [item for pair in pairs for item in ("--set", pair)]
+
+
+def _plain(cfg) -> dict:
+    from dataclasses import asdict
+
+    return asdict(cfg)
+
+
+def reproduce(config_path: str | None, overrides: list[str], echo: Callable[[str], None] = print) -> dict:
+    cfg = load_config(ReproduceConfig, config_path, overrides)
+    try:
+        cfg.validate()
+    except ValueError as err:
+        raise ConfigError(f"{config_path or '<defaults>'}: {err}") from None
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    return Reproduction(cfg, echo).run()
