@@ -291,6 +291,9 @@ def _write_shards(job, out, shards, records, view, encoder, codec, zarr_writer, 
             batch.clear()
 
         def finish_ready() -> None:
+            for future in writes:
+                if future.done():
+                    future.result()  # a failed write (e.g. a full disk) stops the run now, not at the end
             for index in sorted(pending):
                 state = pending[index]
                 if state["videos_left"] == 0 and not any(i == index for i, _, _ in batch):
@@ -332,11 +335,17 @@ def _store_shard(out: Path, shard: ShardId, state: dict, codec: LatentCodec, zar
         encoded.append(EncodedSample(key=sample_key(record.video_id, params.view_index), frames=view_item["encoded"],
                                      frame_ext=FRAME_EXT[job.frames_codec], latents=codec.encode(stored), meta=meta))
         zarr_samples.append((record.video_id, params.view_index, stored, view_item["encoded"], meta))
-    wds_files = write_wds_shard(out / "wds", shard, encoded) if "wds" in job.formats else None
-    zarr_bytes = None
-    if zarr_writer is not None:
-        # A shard that starts inside a Zarr shard (videos added later) shares it with a done one.
-        zarr_bytes = zarr_writer.write_shard(shard, zarr_samples, allow_partial_zarr_shard=shard.video_start % job.shard_videos != 0)
+    try:
+        wds_files = write_wds_shard(out / "wds", shard, encoded) if "wds" in job.formats else None
+        zarr_bytes = None
+        if zarr_writer is not None:
+            # A shard that starts inside a Zarr shard (videos added later) shares it with a done one.
+            zarr_bytes = zarr_writer.write_shard(shard, zarr_samples, allow_partial_zarr_shard=shard.video_start % job.shard_videos != 0)
+    except OSError as err:  # a full disk, a lost mount: the shard is not marked done, so a rerun redoes it
+        raise CacheWriteError(
+            f"{out}: writing shard {shard.name} failed: {err.strerror or err}. Its partial tar was removed and it is not "
+            "marked done; free space (or fix the disk) and run the same command again: finished shards are kept."
+        ) from err
     record = ShardRecord.for_shard(shard, len(encoded), wds_bytes=wds_files.bytes if wds_files else None,
                                    wds_sha256=wds_files.sha256 if wds_files else None, zarr_bytes=zarr_bytes)
     done = {"record": asdict(record), "skipped": state["skipped"],

@@ -93,22 +93,26 @@ def write_wds_shard(directory: str | Path, shard: ShardId, samples: list[Encoded
     tar_path = directory / f"{shard.name}.tar"
     tmp_path = directory / f"{shard.name}.tar.tmp"
     index: dict[str, list[int]] = {}
-    with open(tmp_path, "wb") as raw:
-        sink = _HashingWriter(raw)
-        with tarfile.open(fileobj=sink, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-            for sample in ordered:
-                for member, data in _sample_members(sample):
-                    tar.addfile(_tar_info(member, len(data)), io.BytesIO(data))
-                    # tar.offset now points past the data and its padding to a 512-byte block.
-                    data_offset = tar.offset - -(-len(data) // BLOCK) * BLOCK
-                    index[member] = [data_offset, len(data), crc32(data)]
-        raw.flush()
-        os.fsync(raw.fileno())
-    files = ShardFiles(shard.name, tar_path, sink.count, sink.sha256.hexdigest(), len(ordered))
-    write_json_atomic(directory / f"{shard.name}{INDEX_SUFFIX}", {
-        "shard": shard.name, "bytes": files.bytes, "sha256": files.sha256, "keys": keys, "members": index,
-    })
-    os.replace(tmp_path, tar_path)
+    try:
+        with open(tmp_path, "wb") as raw:
+            sink = _HashingWriter(raw)
+            with tarfile.open(fileobj=sink, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+                for sample in ordered:
+                    for member, data in _sample_members(sample):
+                        tar.addfile(_tar_info(member, len(data)), io.BytesIO(data))
+                        # tar.offset now points past the data and its padding to a 512-byte block.
+                        data_offset = tar.offset - -(-len(data) // BLOCK) * BLOCK
+                        index[member] = [data_offset, len(data), crc32(data)]
+            raw.flush()
+            os.fsync(raw.fileno())
+        files = ShardFiles(shard.name, tar_path, sink.count, sink.sha256.hexdigest(), len(ordered))
+        write_json_atomic(directory / f"{shard.name}{INDEX_SUFFIX}", {
+            "shard": shard.name, "bytes": files.bytes, "sha256": files.sha256, "keys": keys, "members": index,
+        })
+        os.replace(tmp_path, tar_path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)  # e.g. a full disk: no partial shard stays behind
+        raise
     fsync_directory(directory)
     return files
 

@@ -202,6 +202,7 @@ class CacheBatches(IterableDataset):
         delivered = (first_step - split) // self.num_workers * self.batch_size
         samples = self._samples(cache, split, delivered)
         self._held = None  # a sample read past the end of the previous batch
+        self._last_good = None  # fills a batch whose samples are all corrupt (on_error: skip)
         for step in itertools.count(first_step, self.num_workers):
             taken, skipped = self._take(cache, samples)
             frames = torch.from_numpy(np.stack([s.frames for s in taken]))
@@ -220,7 +221,8 @@ class CacheBatches(IterableDataset):
 
     def _take(self, cache, samples) -> tuple[list, list[tuple[str, str]]]:
         """The next `batch_size` positions; a skipped (corrupt) one is replaced by repeating a
-        good sample of the same batch, so positions, and with them resume, stay exact."""
+        good sample of the same batch (or the last good one), so positions, and with them
+        resume, stay exact."""
         taken, skipped, used = [], [], 0
         while used < self.batch_size:
             before = len(cache.skipped)
@@ -236,8 +238,12 @@ class CacheBatches(IterableDataset):
                     break
             taken.append(sample)
             used += 1
-        if not taken:
-            raise VideoDecodeError("cache", f"{self.batch_size} consecutive samples are corrupt (first: {skipped[0]})")
+        if not taken:  # a whole batch corrupt (e.g. a deleted shard): repeat the last good sample
+            if self._last_good is None:
+                raise VideoDecodeError("cache", f"{self.batch_size} consecutive samples are corrupt before any good one "
+                                                f"(first: {skipped[0]}); run `salt inspect --verify` on the cache")
+            taken = [self._last_good]
+        self._last_good = taken[-1]
         taken += [taken[i % len(taken)] for i in range(self.batch_size - len(taken))]
         return taken, skipped
 

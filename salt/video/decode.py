@@ -60,7 +60,7 @@ def open_reader(source: VideoSource, name: str | None = None, num_threads: int =
     return reader
 
 
-def read_frames(reader, indices, name: str = "<video>") -> np.ndarray:
+def read_frames(reader, indices, name: str = "<video>", source: VideoSource | None = None) -> np.ndarray:
     """Frames at `indices` (any order, repeats allowed) as uint8 `[len(indices),H,W,3]`.
 
     The sorted unique set is decoded in one call; repeats and order are restored after.
@@ -70,10 +70,34 @@ def read_frames(reader, indices, name: str = "<video>") -> np.ndarray:
     try:
         decoded = reader.get_batch(unique.tolist()).asnumpy()
     except Exception as err:
-        raise VideoDecodeError(name, f"decoding frames failed ({type(err).__name__}: {_first_line(err)})") from None
+        # decord 0.6 cannot copy out frames of some widths (e.g. 1, 2, 24, 48 px: its row
+        # padding breaks "DECORDArrayCopyFromTo"); PyAV decodes those files correctly.
+        if source is None or "DECORDArrayCopyFromTo" not in str(err):
+            raise VideoDecodeError(name, f"decoding frames failed ({type(err).__name__}: {_first_line(err)})") from None
+        decoded = _read_frames_pyav(source, unique, name)
     if decoded.ndim != 4 or decoded.shape[0] != len(unique) or decoded.shape[-1] != 3:
         raise VideoDecodeError(name, f"decoder returned frames of shape {decoded.shape}")
     return decoded[inverse]
+
+
+def _read_frames_pyav(source: VideoSource, indices: np.ndarray, name: str) -> np.ndarray:
+    """Frames at sorted unique `indices`, decoded in order with PyAV (the fallback above)."""
+    import av
+
+    wanted, frames = set(int(i) for i in indices), {}
+    try:
+        with av.open(io.BytesIO(source) if isinstance(source, (bytes, bytearray)) else str(source)) as container:
+            for position, frame in enumerate(container.decode(video=0)):
+                if position in wanted:
+                    frames[position] = frame.to_ndarray(format="rgb24")
+                if position >= indices[-1]:
+                    break
+    except Exception as err:  # PyAV raises its own error family
+        raise VideoDecodeError(name, f"decoding frames failed ({type(err).__name__}: {_first_line(err)})") from None
+    missing = [int(i) for i in indices if int(i) not in frames]
+    if missing:
+        raise VideoDecodeError(name, f"frames {missing[:5]} could not be decoded")
+    return np.stack([frames[int(i)] for i in indices])
 
 
 def decode_views(
@@ -87,7 +111,7 @@ def decode_views(
     # frames tell the size.
     windows = [view_frame_indices(video_id, v, num_frames, cfg) for v in view_indices]
     needed = sorted({i for window in windows for i in window})
-    frames = read_frames(reader, needed, name)
+    frames = read_frames(reader, needed, name, source)
     height, width = frames.shape[1:3]
     position = {frame_index: row for row, frame_index in enumerate(needed)}
     views = []
@@ -108,7 +132,7 @@ def replay_view(source: VideoSource, params: ViewParams, name: str | None = None
     """Rebuild a view's frames from the video and its recorded parameters."""
     name = source_name(source, name)
     reader = open_reader(source, name)
-    frames = read_frames(reader, params.frame_indices, name)
+    frames = read_frames(reader, params.frame_indices, name, source)
     found = (len(reader), *frames.shape[1:3])
     recorded = (params.source_frames, *params.source_size)
     if found != recorded:

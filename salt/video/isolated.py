@@ -26,6 +26,7 @@ from salt.video.decode import VideoDecodeError
 
 _HEADER = struct.Struct("<Q")
 DEFAULT_DECODE = "salt.video.decode:decode_record_views"
+STARTUP_TIMEOUT_S = 300.0
 
 
 class IsolatedDecoder:
@@ -79,11 +80,23 @@ class IsolatedDecoder:
             env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
             env.setdefault("OMP_NUM_THREADS", "1")
             self._child = subprocess.Popen(
-                [sys.executable, "-c", "from salt.video.isolated import _serve; _serve()"],
+                [sys.executable, "-c", "from salt.video.isolated import _serve; _serve()", self.function],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 env=env,
             )
+            # Start-up (Python, numpy, decord imports) can take seconds on a loaded machine; it
+            # must not count against the first video's timeout, or a good video is skipped.
+            try:
+                status, payload = _read_message(self._child.stdout, time.monotonic() + STARTUP_TIMEOUT_S)
+            except (TimeoutError, EOFError, OSError):
+                code = self._child.poll()
+                self.close()
+                why = _describe_exit(code) if code is not None else f"no reply in {STARTUP_TIMEOUT_S:g} s"
+                raise RuntimeError(f"the decoder process for {self.function} did not start ({why})") from None
+            if status != "ready":
+                self.close()
+                raise RuntimeError(f"the decoder process cannot load {self.function}: {payload[0]}: {payload[1]}")
         return self._child
 
     def _reap(self) -> int | None:
@@ -138,6 +151,13 @@ def _serve() -> None:
     requests, replies = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # stray prints must not corrupt the message stream
     functions: dict[str, Any] = {}
+    try:  # load the function before saying ready: its imports are start-up, not decoding
+        module_name, _, attr = sys.argv[1].partition(":")
+        functions[sys.argv[1]] = getattr(importlib.import_module(module_name), attr)
+        _write_message(replies, ("ready", None))
+    except Exception as err:
+        _write_message(replies, ("error", (type(err).__name__, str(err))))
+        return
     while True:
         try:
             function_name, args = _read_message(requests, None)

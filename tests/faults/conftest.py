@@ -1,0 +1,42 @@
+"""Fixtures of the fault suite: a tiny teacher and helpers that run `salt` in a subprocess
+with a bounded time, as users (and schedulers) run it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from salt.models import build_encoder, save_encoder
+
+REPO = Path(__file__).resolve().parents[2]
+BOUND_S = 300  # every command in the suite finishes (or is killed) within this
+
+
+@pytest.fixture(scope="package")
+def teacher(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("faults_teacher") / "teacher.pt"
+    save_encoder(path, build_encoder("vit_tiny", img_size=32, num_frames=8, depth=2), kind="teacher")
+    return path
+
+
+def salt(*args: str, fault: str | None = None, timeout: float = BOUND_S, cwd: Path = REPO) -> subprocess.CompletedProcess:
+    """`salt ARGS` (or with a fault injected by tests/faults/inject.py); never hangs the suite."""
+    head = [sys.executable, "-m", "tests.faults.inject", fault] if fault else [sys.executable, "-m", "salt.cli"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    return subprocess.run([*head, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def cache_args(teacher: Path, data: Path, out: Path, *extra: str, views: int = 2, videos: int = 8) -> list[str]:
+    return ["cache-latents", "--teacher", str(teacher), "--data", str(data), "--out", str(out), "--views", str(views),
+            "--max-videos", str(videos), "--shard-videos", "2", "--workers", "0", "--batch-size", "2", "--precision", "fp32",
+            "--no-progress", *extra]
+
+
+def killed(result: subprocess.CompletedProcess) -> bool:
+    return result.returncode in (-9, 137)

@@ -1,0 +1,62 @@
+"""Run a `salt` command with a fault injected at a named point (for tests/faults):
+
+    python -m tests.faults.inject FAULT salt-args...
+
+kill-before-first-shard   SIGKILL when the first shard is about to be written (teacher ran)
+kill-mid-shard            SIGKILL after a few members of a shard's tar (a partial .tar.tmp stays)
+kill-in-manifest-write    SIGKILL while manifest.json is written (its half-written temp file stays)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def install(fault: str) -> None:
+    import salt.cache_latents as cache_latents
+
+    if fault == "kill-before-first-shard":
+        cache_latents._store_shard = lambda *args, **kwargs: _die()
+    elif fault == "kill-mid-shard":
+        import tarfile
+
+        real_addfile, members = tarfile.TarFile.addfile, [0]
+
+        def addfile(self, *args, **kwargs):
+            members[0] += 1
+            if members[0] > 3:
+                _die()
+            return real_addfile(self, *args, **kwargs)
+
+        tarfile.TarFile.addfile = addfile
+    elif fault == "kill-in-manifest-write":
+        real_write = cache_latents.write_json_atomic
+
+        def write(path, obj):
+            path = Path(path)
+            if path.name == "manifest.json":
+                text = json.dumps(obj)
+                # What write_json_atomic leaves when killed inside json.dump: a partial temp file.
+                (path.parent / f".manifest.json.killed.tmp").write_text(text[: len(text) // 2])
+                _die()
+            return real_write(path, obj)
+
+        cache_latents.write_json_atomic = write
+    else:
+        raise SystemExit(f"unknown fault {fault!r}")
+
+
+if __name__ == "__main__":
+    install(sys.argv[1])
+    from salt.cli import main
+
+    sys.argv = ["salt", *sys.argv[2:]]
+    main()
