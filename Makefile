@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO := data/synthetic
 
-.PHONY: demo test install clean gpu-wheels
+.PHONY: demo test test-faults install clean gpu-wheels
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -67,6 +67,10 @@ $(INSPECT)/summary.json: $(CACHE)/manifest.json
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# Only the fault-injection suite (`make test` runs it too).
+test-faults: $(STAMP)
+	$(BIN)/python -m pytest -q tests/faults
 
 clean:
 	rm -rf $(VENV) .pytest_cache
