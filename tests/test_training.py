@@ -110,6 +110,21 @@ def test_resume_equals_uninterrupted_and_export_matches(tmp_path, synthetic_set)
     assert isinstance(resumed.objective, PixelObjective)
 
 
+def test_resume_skips_a_checkpoint_cut_off_before_its_run_state(tmp_path, synthetic_set):
+    full_dir, split_dir = tmp_path / "full", tmp_path / "split"
+    full_dir.mkdir(), split_dir.mkdir()
+    run_teacher(str(tiny_config(full_dir, synthetic_set / "train.csv")), [])
+    split = tiny_config(split_dir, synthetic_set / "train.csv")
+    run_teacher(str(split), ["run.stop_at=3", "run.keep_checkpoints=2"])
+    run_teacher(str(split), ["run.stop_at=5", "run.keep_checkpoints=2"], resume=True)
+    # As if killed after DeepSpeed wrote step5 and `latest` but before our run-state file.
+    (split_dir / "run" / "checkpoints" / "step5" / "salt_run_state.json").unlink()
+    run_teacher(str(split), ["run.keep_checkpoints=2"], resume=True)  # from step 3
+    a, b = losses(full_dir / "run"), losses(split_dir / "run")
+    assert sorted(b) == [1, 2, 3, 4, 5, 6]
+    np.testing.assert_allclose([b[s] for s in range(1, 7)], [a[s] for s in range(1, 7)], rtol=1e-5)
+
+
 def test_resume_refuses_other_settings_and_missing_checkpoint(tmp_path, synthetic_set):
     config = tiny_config(tmp_path, synthetic_set / "train.csv")
     with pytest.raises(TrainingError, match="no checkpoint"):

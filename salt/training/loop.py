@@ -332,6 +332,13 @@ def _resume(engine, checkpoint_dir: Path, client: dict) -> int:
         raise TrainingError(f"--resume: no checkpoint in {checkpoint_dir} (no 'latest' file); drop --resume to start fresh")
     tag = (checkpoint_dir / "latest").read_text().strip()
     state_file = checkpoint_dir / tag / RUN_STATE
+    if not state_file.is_file():
+        # Killed between DeepSpeed's `latest` and our state file: the previous complete
+        # checkpoint is still on disk (old ones are removed only after the new one is whole).
+        complete = sorted((p for p in checkpoint_dir.glob("step*") if (p / RUN_STATE).is_file()), key=lambda p: int(p.name[4:]))
+        if complete:
+            print(f"--resume: {checkpoint_dir / tag} is incomplete; resuming from {complete[-1].name}", flush=True)
+            tag, state_file = complete[-1].name, complete[-1] / RUN_STATE
     try:
         saved = json.loads(state_file.read_text())
     except (OSError, ValueError) as err:
