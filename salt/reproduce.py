@@ -23,7 +23,7 @@ import shlex
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from statistics import mean, stdev
 from typing import Callable
@@ -192,8 +192,8 @@ class Reproduction:
         cfg, chain = self.cfg, self.chain
         (self.out / "probes").mkdir(parents=True, exist_ok=True)
         chain.run(Step("data", _salt("make-synthetic", "--out", str(self.data), "--videos", str(cfg.data.videos),
-                                     "--size", str(cfg.data.size), "--seed", str(cfg.data.seed), "--motion", str(cfg.data.motion), "--frames", str(cfg.frames),
-                                     "--frame-step", str(cfg.frame_step))))
+                                     "--size", str(cfg.data.size), "--seed", str(cfg.data.seed), "--motion", str(cfg.data.motion),
+                                     "--frames", str(cfg.frames), "--frame-step", str(cfg.frame_step))))
         claims = set(cfg.claims)
         if "calibration" in claims:
             for seed in cfg.floor_seeds:
@@ -204,7 +204,8 @@ class Reproduction:
         if "matched_flops" in claims:
             ema_steps = self.matched_ema_steps()
             for seed in cfg.seeds:
-                self._train_and_probe(self._student_step(f"ema_seed{seed}", self.out / "cache", seed, ema_steps, "ema"), "student.pt")
+                ema = self._student_step(f"ema_seed{seed}", self.out / "cache", seed, ema_steps, "ema", views=cfg.views)
+                self._train_and_probe(ema, "student.pt")  # the same cached frames as SALT's students
         if "weak_teacher" in claims:
             self._teacher_and_students("weak_teacher", max(1, round(cfg.teacher_steps * cfg.weak_fraction)))
         if "views" in claims:
@@ -297,7 +298,7 @@ class Reproduction:
         for teacher in ("teacher", "weak_teacher"):
             prefix = "student" if teacher == "teacher" else f"{teacher}_student"
             teacher_flops = self._measured_flops(teacher)
-            add(teacher, f"{teacher.replace('_', ' ')} ({'pixels'})", [teacher], teacher_flops)
+            add(teacher, f"{teacher.replace('_', ' ')} (pixels)", [teacher], teacher_flops)
             students = [f"{prefix}_seed{s}" for s in cfg.seeds]
             if (self.out / "probes" / f"{students[0]}.json").exists():
                 trained = mean(self._measured_flops(n) for n in students)
@@ -309,7 +310,7 @@ class Reproduction:
             add("views", f"SALT student, K = {views} views per video", [f"student_views{views}"])
         for dtype in cfg.dtypes:
             add("dtype", f"SALT student, {dtype} targets", [f"student_{dtype}"])
-        result = {"config": _plain(cfg), "rows": rows, "verdicts": self.verdicts(rows)}
+        result = {"config": asdict(cfg), "rows": rows, "verdicts": self.verdicts(rows)}
         (self.out / "claims.json").write_text(json.dumps(result, indent=2) + "\n")
         (self.out / "claims.md").write_text(format_table(result))
         return result
@@ -355,12 +356,6 @@ def format_table(result: dict) -> str:
 
 def _sets(pairs: list[str]) -> list[str]:
     return [item for pair in pairs for item in ("--set", pair)]
-
-
-def _plain(cfg) -> dict:
-    from dataclasses import asdict
-
-    return asdict(cfg)
 
 
 def reproduce(config_path: str | None, overrides: list[str], echo: Callable[[str], None] = print) -> dict:

@@ -45,7 +45,7 @@ def install(fault: str) -> None:
             if path.name == "manifest.json":
                 text = json.dumps(obj)
                 # What write_json_atomic leaves when killed inside json.dump: a partial temp file.
-                (path.parent / f".manifest.json.killed.tmp").write_text(text[: len(text) // 2])
+                (path.parent / ".manifest.json.killed.tmp").write_text(text[: len(text) // 2])
                 _die()
             return real_write(path, obj)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import functools
 import json
-import pickle
 import shutil
 from pathlib import Path
 
