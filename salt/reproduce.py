@@ -323,24 +323,29 @@ class Reproduction:
 
         lines = []
         floor, ceiling = get("random-init floor"), get("supervised ceiling")
+        caveat = " (benchmark not calibrated: no evidence either way)"
         if floor and ceiling:
             gap = ceiling["mean"] - floor["mean"]
+            caveat = "" if gap >= 0.20 else caveat
             lines.append(f"calibration: ceiling - floor = {gap * 100:+.1f} points "
                          f"({'usable' if gap >= 0.20 else 'below the 20 points needed; the claims below cannot be judged'})")
+        else:
+            lines.append("calibration: not in this run; the verdicts below count only where a calibration on the same data "
+                         "shows ceiling - floor >= 20 points")
         teacher, student = get("teacher (pixels)"), get("SALT student of the teacher")
         if teacher and student:
             lines.append(f"1. student > teacher: {student['mean']:.1%} vs {teacher['mean']:.1%} -> "
-                         f"{'holds' if student['mean'] > teacher['mean'] else 'does not hold'}")
+                         f"{'holds' if student['mean'] > teacher['mean'] else 'does not hold'}{caveat}")
         ema = get("V-JEPA EMA baseline (same FLOPs as SALT online)")
         if student and ema:
             lines.append(f"2. SALT >= V-JEPA at matched FLOPs: {student['mean']:.1%} vs {ema['mean']:.1%} -> "
-                         f"{'holds' if student['mean'] >= ema['mean'] else 'does not hold'}")
+                         f"{'holds' if student['mean'] >= ema['mean'] else 'does not hold'}{caveat}")
         weak = get("SALT student of the weak teacher")
         if student and weak:
             diff, noise = student["mean"] - weak["mean"], max(student["spread"], weak["spread"])
             lines.append(f"3. weak teacher's student within 2 points: {weak['mean']:.1%} vs {student['mean']:.1%} "
                          f"(difference {diff * 100:+.1f}, seed spread {noise * 100:.1f}) -> "
-                         f"{'holds' if abs(diff) <= 0.02 else 'does not hold'}")
+                         f"{'holds' if abs(diff) <= 0.02 else 'does not hold'}{caveat}")
         return lines
 
 
