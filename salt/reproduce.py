@@ -171,13 +171,12 @@ class Reproduction:
             "--size", str(cfg.size), "--batch-size", str(cfg.batch_size), "--workers", str(cfg.workers),
             "--shard-videos", str(cfg.shard_videos), "--no-progress"))
 
-    def _probe_step(self, name: str, encoder: Path | None) -> Step:
+    def _probe_step(self, name: str, encoder: Path | None, seed: int = 0) -> Step:
         cfg = self.cfg
         argv = _salt("probe", "--train", str(self.data / "train.csv"), "--val", str(self.data / "val.csv"),
                      "--config", cfg.probe_config, *_sets([f"head_depth={cfg.probe_head_depth}", *cfg.probe_overrides]),
                      "--out", str(self.out / "probes" / f"{name}.json"))
-        if encoder is None:  # name is floor_seed<N>
-            seed = name.removeprefix("floor_seed")
+        if encoder is None:  # a random-init encoder, the floor
             argv += ["--random-init", cfg.arch, "--arch", f"img_size={cfg.size}", "--arch", f"num_frames={cfg.frames}",
                      "--set", f"seed={seed}"]
         else:
@@ -197,7 +196,7 @@ class Reproduction:
         claims = set(cfg.claims)
         if "calibration" in claims:
             for seed in cfg.floor_seeds:
-                chain.run(self._probe_step(f"floor_seed{seed}", None))
+                chain.run(self._probe_step(f"floor_seed{seed}", None, seed))
             self._train_and_probe(self._teacher_step("supervised", cfg.supervised_steps, "supervised"), "supervised.pt")
         if claims & {"student_vs_teacher", "matched_flops", "views", "dtype"}:
             self._teacher_and_students("teacher", cfg.teacher_steps)
@@ -246,23 +245,27 @@ class Reproduction:
         student = load_config(StudentConfig, self.cfg.student_config, self._student_sets("flops", self.out / "cache", 0, steps, targets))
         return teacher, student
 
-    def planned_flops(self, targets: str, teacher_steps: int, student_steps: int, views: int = 0, videos: int = 0) -> dict:
+    def planned_flops(self, targets: str, teacher_steps: int, student_steps: int) -> float:
         """torch-counter FLOPs (the unit of the runs' metrics) of a chain row, from the planner."""
         from salt.flops import plan
 
         teacher, student = self._configs(targets, student_steps)
         batch = self.cfg.batch_size
-        result = plan(teacher if teacher_steps else None, student, teacher_steps, student_steps, batch, batch, views, videos)
-        by_stage: dict[str, float] = {}
-        for part in result["parts"]:
-            by_stage[part.stage] = by_stage.get(part.stage, 0.0) + part.counted
-        return {"total": result["counted_total"], "by_stage": by_stage}
+        return plan(teacher if teacher_steps else None, student, teacher_steps, student_steps, batch, batch)["counted_total"]
 
     def matched_ema_steps(self) -> int:
         """EMA steps whose FLOPs equal SALT's with the teacher forward counted online."""
-        salt_total = self.planned_flops("teacher", self.cfg.teacher_steps, self.cfg.student_steps)["total"]
-        ema_step = self.planned_flops("ema", 0, 1)["total"]
-        return max(1, round(salt_total / ema_step))
+        salt_total = self.planned_flops("teacher", self.cfg.teacher_steps, self.cfg.student_steps)
+        return max(1, round(salt_total / self.planned_flops("ema", 0, 1)))
+
+    def teacher_forward_per_clip(self) -> float:
+        """torch-counter FLOPs of one frozen teacher forward: per student clip online, per view cached."""
+        from salt.flops import frozen_forward_part
+        from salt.models import resolve_arch
+
+        teacher, _ = self._configs("cache", 1)
+        arch = resolve_arch(teacher.encoder.arch, img_size=self.cfg.size, num_frames=self.cfg.frames, **teacher.encoder.overrides)
+        return frozen_forward_part("1b cache", "teacher forward", arch, self.cfg.frames, self.cfg.size, clips=1).counted
 
     # -- table ------------------------------------------------------------------------------
     def _probe(self, name: str) -> float | None:
@@ -279,10 +282,7 @@ class Reproduction:
 
     def write_table(self) -> dict:
         cfg, rows = self.cfg, []
-        forward = self.planned_flops("teacher", 0, 1)["by_stage"].get("2 student", 0.0)  # per step, incl. online teacher
-        student_only = self.planned_flops("cache", 0, 1, cfg.views, 1)
-        teacher_forward_per_clip = student_only["by_stage"].get("1b cache", 0.0) / cfg.views
-        online_per_step = forward - student_only["by_stage"].get("2 student", 0.0)
+        teacher_forward = self.teacher_forward_per_clip()
 
         def add(group: str, row: str, names: list[str], flops_online: float | None = None, flops_cache: float | None = None):
             accs = [a for a in (self._probe(n) for n in names) if a is not None]
@@ -302,8 +302,8 @@ class Reproduction:
             students = [f"{prefix}_seed{s}" for s in cfg.seeds]
             if (self.out / "probes" / f"{students[0]}.json").exists():
                 trained = mean(self._measured_flops(n) for n in students)
-                online = teacher_flops + trained + online_per_step * cfg.student_steps
-                cached = teacher_flops + trained + teacher_forward_per_clip * cfg.views * self._train_videos()
+                online = teacher_flops + trained + teacher_forward * cfg.batch_size * cfg.student_steps
+                cached = teacher_flops + trained + teacher_forward * cfg.views * self._train_videos()
                 add(teacher, f"SALT student of the {teacher.replace('_', ' ')}", students, online, cached)
         add("matched_flops", "V-JEPA EMA baseline (same FLOPs as SALT online)", [f"ema_seed{s}" for s in cfg.seeds])
         for views in sorted(set(cfg.views_sweep) - {cfg.views}):
@@ -316,11 +316,7 @@ class Reproduction:
         return result
 
     def verdicts(self, rows: list[dict]) -> list[str]:
-        by_row = {r["row"]: r for r in rows}
-
-        def get(row: str):
-            return by_row.get(row)
-
+        get = {r["row"]: r for r in rows}.get
         lines = []
         floor, ceiling = get("random-init floor"), get("supervised ceiling")
         caveat = " (benchmark not calibrated: no evidence either way)"

@@ -181,8 +181,7 @@ class CacheBatches(IterableDataset):
                  num_workers: int, mask_configs: list[MaskConfig], token_grid: tuple[int, int, int], start_step: int = 0,
                  on_error: str = "raise", views: int = 0):
         super().__init__()
-        self.views = views
-        self.cache_path, self.cache_format = cache_path, cache_format
+        self.cache_path, self.cache_format, self.views = cache_path, cache_format, views
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         self.num_workers = max(1, num_workers)
         self.mask_configs, self.token_grid = mask_configs, token_grid

@@ -5,7 +5,6 @@ calibration, the supervised objective. `salt train-teacher` and `salt/train_teac
 
 from __future__ import annotations
 
-
 import torch
 
 from salt.config import ConfigError, load_config

@@ -151,7 +151,7 @@ def sample_view(
 ) -> ViewParams:
     if cfg.evaluation:
         side = min(height, width)
-        position = (view_index % cfg.eval_spatial) / max(1, cfg.eval_spatial - 1) if cfg.eval_spatial > 1 else 0.5
+        position = (view_index % cfg.eval_spatial) / (cfg.eval_spatial - 1) if cfg.eval_spatial > 1 else 0.5
         top, left = int(round((height - side) * position)), int(round((width - side) * position))
         crop, flip = (top, left, side, side), False
         frame_indices = view_frame_indices(video_id, view_index, num_frames, cfg)
