@@ -27,20 +27,23 @@ STUDENT := runs/student_tiny
 PROBES := runs/probes
 INSPECT := runs/inspect
 PROBE = $(BIN)/salt probe --train $(DEMO)/train.csv --val $(DEMO)/val.csv --config configs/probe/demo.yaml
+# Every encoder is probed by both protocols; the second reuses the token maps of the first.
+PROBED := random teacher student
+PROBE_JSONS := $(foreach e,$(PROBED),$(PROBES)/$(e).linear.json $(PROBES)/$(e).attentive.json)
 
-demo: $(PROBES)/random.json $(PROBES)/teacher.json $(PROBES)/student.json $(INSPECT)/summary.json
-	$(BIN)/salt report --teacher-run $(TEACHER) --cache $(CACHE) --student-run $(STUDENT) \
-		--probe $(PROBES)/random.json --probe $(PROBES)/teacher.json --probe $(PROBES)/student.json
+demo: $(PROBE_JSONS) $(INSPECT)/summary.json
+	$(BIN)/salt report --teacher-run $(TEACHER) --cache $(CACHE) --student-run $(STUDENT) $(foreach j,$(PROBE_JSONS),--probe $(j))
 	@echo "demo: data in $(DEMO), teacher in $(TEACHER)/teacher.pt, latent cache in $(CACHE), student in $(STUDENT)/student.pt"
 	@echo "      metrics: $(TEACHER)/metrics.jsonl, $(STUDENT)/metrics.jsonl; probe results: $(PROBES)/*.json"
 	@echo "      pictures of the cache: $(INSPECT)/*.png"
 
+# The calibrated benchmark's generator (docs/results.md, "Calibration"): 600 train / 200 val videos.
 $(DEMO)/train.csv: | $(STAMP)
-	$(BIN)/salt make-synthetic --out $(DEMO) --videos 160 --size 80 --seed 0
+	$(BIN)/salt make-synthetic --out $(DEMO) --videos 800 --size 40 --frames 8 --tubelet 1 --waves 2 --blobs 0 --seed 0
 
 $(TEACHER)/teacher.pt: $(DEMO)/train.csv | $(STAMP)
 	$(BIN)/salt train-teacher --config configs/teacher/vit_tiny.yaml --set run.out_dir=$(TEACHER) \
-		$(if $(wildcard $(TEACHER)/checkpoints/latest),--resume)
+		$(if $(wildcard $(TEACHER)/config.yaml),--resume)
 
 # Process 1: the frozen teacher's latents, 4 views per video, in both formats. A cut-off run
 # resumes by running the same command again.
@@ -51,15 +54,16 @@ $(CACHE)/manifest.json: $(TEACHER)/teacher.pt
 # Process 2: two DeepSpeed ranks (gloo on CPU) stream the cache; the teacher is never loaded.
 $(STUDENT)/student.pt: $(CACHE)/manifest.json
 	PATH=$(abspath $(BIN)):$$PATH deepspeed --num_gpus 2 salt/train_student.py --config configs/student/vit_tiny.yaml \
-		--set run.out_dir=$(STUDENT) $(if $(wildcard $(STUDENT)/checkpoints/latest),--resume)
+		--set run.out_dir=$(STUDENT) $(if $(wildcard $(STUDENT)/config.yaml),--resume)
 
-# Frozen attentive probes: a random-init encoder (the floor), the teacher and the student.
-$(PROBES)/random.json: $(DEMO)/train.csv | $(STAMP)
-	$(PROBE) --random-init vit_tiny --arch img_size=64 --arch num_frames=16 --out $@
-$(PROBES)/teacher.json: $(TEACHER)/teacher.pt
-	$(PROBE) --encoder $< --out $@
-$(PROBES)/student.json: $(STUDENT)/student.pt
-	$(PROBE) --encoder $< --out $@
+# Frozen probes, linear and attentive: a random-init encoder (the floor), the teacher, the student.
+$(PROBES)/random.%.json: $(DEMO)/train.csv | $(STAMP)
+	$(PROBE) --protocol $* --work-dir $(PROBES)/features/random --random-init vit_tiny \
+		--arch img_size=32 --arch num_frames=8 --arch patch_size=8 --out $@
+$(PROBES)/teacher.%.json: $(TEACHER)/teacher.pt
+	$(PROBE) --protocol $* --work-dir $(PROBES)/features/teacher --encoder $< --out $@
+$(PROBES)/student.%.json: $(STUDENT)/student.pt
+	$(PROBE) --protocol $* --work-dir $(PROBES)/features/student --encoder $< --out $@
 
 # Offline look inside the cache: integrity, statistics, pictures.
 $(INSPECT)/summary.json: $(CACHE)/manifest.json

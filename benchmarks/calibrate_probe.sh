@@ -27,7 +27,7 @@ done
     --set data.view.frames=$FRAMES --set data.view.size=$SIZE --set data.batch_size=$BATCH \
     --set optim.steps=$STEPS --set optim.warmup_steps=$((STEPS / 15)) --set optim.lr_peak=$LR \
     --set optim.wd_start=0.01 --set optim.wd_final=0.01 --set run.out_dir=$OUT/supervised --set run.checkpoint_every=500 \
-    $( [ -f $OUT/supervised/checkpoints/latest ] && echo --resume )
+    $( [ -f $OUT/supervised/config.yaml ] && echo --resume )
 [ -f $OUT/supervised.json ] || $PROBE --encoder $OUT/supervised/supervised.pt --out $OUT/supervised.json
 python3 - "$OUT" <<'PY'
 import json, sys, pathlib

@@ -63,7 +63,7 @@ def bench_cache(videos: int, views: int, arch: str, size: int, frames: int, work
     from salt.cache_latents import CODECS, CacheJob, VideoViews, run_cache
     from salt.latents import LatentCodec, normalise_targets
     from salt.models import build_encoder, save_encoder
-    from salt.training.loop import resolve_precision
+    from salt.precision import resolve_precision
     from salt.video.sources import load_records
     from salt.video.synthetic import make_benchmark_videos
     from salt.video.views import ViewConfig, to_model_input

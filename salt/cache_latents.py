@@ -44,6 +44,7 @@ from salt.latents import (
     write_json_atomic,
     write_wds_shard,
 )
+from salt.latents.errors import CacheWriteError
 from salt.models import fingerprint, load_encoder
 from salt.video.decode import VideoDecodeError
 from salt.video.isolated import IsolatedDecoder
@@ -57,10 +58,6 @@ CODECS = {
     "zstd": {"id": "zstd", "level": 3},
     "none": None,
 }
-
-
-class CacheWriteError(RuntimeError):
-    """The output cannot be written as asked (locked, made with other settings, …)."""
 
 
 @dataclass
@@ -421,11 +418,9 @@ def _check_settings(out: Path, settings: dict, overwrite: bool) -> None:
 
 
 def _precision(precision: str) -> str:
-    if precision != "auto":
-        return precision
-    from salt.training.loop import resolve_precision
+    from salt.precision import resolve_precision
 
-    return resolve_precision("auto")
+    return resolve_precision(precision)
 
 
 def _progress(job: CacheJob, videos: int, views: int):

@@ -6,8 +6,6 @@ import json
 
 import click
 
-from salt.config import ConfigError
-
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 def main() -> None:
@@ -19,7 +17,7 @@ def main() -> None:
     train-teacher   stage 1: pixel-reconstruction teacher (also under `deepspeed`)
     cache-latents   process 1: the frozen teacher's latents into a WebDataset / Zarr cache
     train-student   process 2: a student from the cache (also `deepspeed salt/train_student.py`)
-    probe           frozen attentive probe of any encoder (or --random-init ARCH)
+    probe           frozen attentive or linear probe of any encoder (or --random-init ARCH)
     inspect         offline inspection of a latent cache
     bench           benchmarks (cache, student, loader)
     flops           compute planner: FLOPs per stage and the teacher/student split
@@ -37,13 +35,15 @@ def main() -> None:
 @click.option("--tubelet", default=2, help="Tubelet size of the models the set is made for.")
 @click.option("--val-fraction", default=0.25, help="Share of videos in val.csv.")
 @click.option("--motion", default=1.0, help="Scale of every class's motion per tubelet (shift, spin, zoom rate).")
-def make_synthetic_command(out, videos, seed, size, frames, frame_step, tubelet, val_fraction, motion) -> None:
+@click.option("--waves", default=6, help="Sinusoids in each scene's texture.")
+@click.option("--blobs", default=3, help="Soft blobs on each scene.")
+def make_synthetic_command(out, videos, seed, size, frames, frame_step, tubelet, val_fraction, motion, waves, blobs) -> None:
     """Write a synthetic motion-classification set: videos/*.mp4, train.csv, val.csv."""
     from salt.video.synthetic import SyntheticSpec, format_summary, make_synthetic
 
     spec = SyntheticSpec(
         videos=videos, seed=seed, size=size, frames=frames, frame_step=frame_step, tubelet=tubelet, val_fraction=val_fraction,
-        motion=motion,
+        motion=motion, waves=waves, blobs=blobs,
     )
     try:
         summary = make_synthetic(out, spec)
@@ -173,15 +173,18 @@ def cache_latents_command(**options) -> None:
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
 @click.option("--arch", "arch_pairs", multiple=True, metavar="KEY=VALUE", help="Architecture facts (e.g. img_size=64).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the results as JSON here.")
-@click.option("--work-dir", type=click.Path(file_okay=False), help="Keep the stored token maps here (default: a temporary folder).")
-def probe_command(encoder, random_init, train_data, val_data, config_path, overrides, arch_pairs, out, work_dir) -> None:
-    """Frozen attentive probe: token maps computed once, an lr x wd grid of heads, multi-view evaluation."""
+@click.option("--work-dir", type=click.Path(file_okay=False),
+              help="Keep the stored token maps here (default: a temporary folder); a later probe with the same folder reuses them.")
+@click.option("--protocol", type=click.Choice(["attentive", "linear"]), default=None,
+              help="attentive (the paper's) or linear (mean-pooled tokens, MAE's protocol); default: the config's.")
+def probe_command(encoder, random_init, train_data, val_data, config_path, overrides, arch_pairs, out, work_dir, protocol) -> None:
+    """Frozen probe: token maps computed once, an lr x wd grid of heads, multi-view evaluation."""
     from salt.config import load_config
     from salt.probe import ProbeConfig, format_probe, run_probe, save_report
 
     if bool(encoder) == bool(random_init):
         raise click.UsageError("give exactly one of --encoder and --random-init")
-    cfg = load_config(ProbeConfig, config_path, list(overrides))
+    cfg = load_config(ProbeConfig, config_path, list(overrides) + ([f"protocol={protocol}"] if protocol else []))
     report = run_probe(encoder, random_init, train_data, val_data, cfg, work_dir, _parse_arch(arch_pairs))
     click.echo(format_probe(report))
     if out:
@@ -233,7 +236,8 @@ def reproduce_command(config_path, overrides) -> None:
     """The paper's claims at small scale: a resumable chain of runs and a claims table.
 
     Finished steps are kept; run the same command again to resume after a stop."""
-    from salt.reproduce import format_table, reproduce
+    from salt.claims import format_table
+    from salt.reproduce import reproduce
 
     click.echo(format_table(reproduce(config_path, list(overrides), click.echo)))
 
@@ -306,28 +310,12 @@ def bench_loader_command(videos, seconds, size, samples, results) -> None:
     click.echo(format_loader(bench_loader(videos, seconds, size, samples, results)))
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-    """Errors that describe bad input: shown as one line, not a traceback."""
-    from salt.cache_latents import CacheWriteError
-    from salt.latents import CacheError
-    from salt.models import CheckpointError
-    from salt.reproduce import ReproduceError
-    from salt.training.loop import TrainingError
-    from salt.video import VideoDecodeError, VideoSourceError
-
-    return (CacheError, CacheWriteError, CheckpointError, ReproduceError, TrainingError, VideoDecodeError, VideoSourceError)
-
-
 def run_cli() -> None:
     """Entry point that turns bad-input errors into one clear line instead of a traceback."""
-    try:
+    from salt.errors import one_line_errors
+
+    with one_line_errors():
         main(standalone_mode=True)
-    except ConfigError as err:
-        raise SystemExit(f"config error: {err}") from None
-    except Exception as err:
-        if isinstance(err, _user_errors()):
-            raise SystemExit(f"error: {err}") from None
-        raise
 
 
 if __name__ == "__main__":

@@ -1,8 +1,17 @@
-"""`salt probe`: frozen attentive probe of any encoder.
+"""`salt probe`: frozen probe of any encoder, by one of two protocols.
+
+- `attentive` (the paper's, V-JEPA 2's): self-attention blocks, cross-attention from one
+  learnable query, a linear layer, over all of the encoder's tokens.
+- `linear` (MAE / VideoMAE's linear protocol): the tokens mean-pooled, standardised without
+  affine parameters, one linear layer. The attentive head can compare tokens across time, so it
+  reads motion even off a random-init encoder (its floor is high); a linear layer on the pooled
+  tokens sees only what the encoder itself made linearly readable, which keeps a random-init
+  encoder near chance (docs/results.md, "Calibration").
 
 The encoder is frozen, so its token maps are computed once per fixed clip and view and stored
 through `salt/latents` (the cache format: `salt cache-latents` with the encoder as the
-"teacher"); the heads then train on the stored tokens. Training views are K random augmented
+"teacher"); the heads then train on the stored tokens, and a second probe with the same
+`--work-dir` (the other protocol, say) reuses them. Training views are K random augmented
 views per video; evaluation views are `clips × spatial` fixed crops whose predictions are
 averaged per video. Several heads (an lr × weight-decay grid, as V-JEPA 2 does) train at once;
 the best by validation accuracy is reported and all are listed.
@@ -16,6 +25,7 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -24,13 +34,26 @@ from salt.models.heads import AttentiveClassifier
 
 
 @dataclass
+class LinearProbeConfig:
+    """Head training of the linear protocol (a linear layer is cheap: many epochs, larger lrs)."""
+
+    epochs: int = 100
+    batch_size: int = 64
+    lrs: list[float] = field(default_factory=lambda: [1e-2, 1e-3])
+    weight_decays: list[float] = field(default_factory=lambda: [1e-4, 1e-2])
+    warmup_epochs: float = 5.0
+
+
+@dataclass
 class ProbeConfig:
+    protocol: Literal["attentive", "linear"] = "attentive"
     frames: int = 0  # 0: the encoder's
     frame_step: int = 4
     size: int = 0  # 0: the encoder's
     train_views: int = 4  # augmented views per training video, computed once
     eval_clips: int = 2
     eval_spatial: int = 3
+    # Head training of the attentive protocol (the linear one reads `linear` below).
     epochs: int = 20
     batch_size: int = 32
     head_depth: int = 1  # self-attention blocks before the cross-attention pooler
@@ -41,6 +64,38 @@ class ProbeConfig:
     seed: int = 0
     workers: int = 2  # decoding workers for feature extraction
     feature_dtype: str = "fp16"
+    linear: LinearProbeConfig = field(default_factory=LinearProbeConfig)
+
+    def validate(self) -> None:
+        for name, grid in (("lrs", self.lrs), ("weight_decays", self.weight_decays),
+                           ("linear.lrs", self.linear.lrs), ("linear.weight_decays", self.linear.weight_decays)):
+            if not grid:
+                raise ValueError(f"probe: {name} needs at least one value")
+        if min(self.epochs, self.batch_size, self.linear.epochs, self.linear.batch_size, self.train_views) < 1:
+            raise ValueError("probe: epochs, batch_size (both protocols) and train_views must be >= 1")
+
+
+class LinearClassifier(torch.nn.Module):
+    """Mean-pooled tokens, standardised by fixed training-set statistics (MAE's BatchNorm
+    without affine parameters, with the statistics of the whole frozen training set instead of
+    running batch estimates), then one linear layer."""
+
+    def __init__(self, mean: torch.Tensor, std: torch.Tensor, num_classes: int):
+        super().__init__()
+        self.register_buffer("mean", mean)
+        self.register_buffer("std", std)
+        self.linear = torch.nn.Linear(mean.numel(), num_classes)
+        torch.nn.init.trunc_normal_(self.linear.weight, std=0.01)  # MAE's linear-probe init
+        torch.nn.init.zeros_(self.linear.bias)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        """pooled [B, D] (tokens already averaged: see `pool_tokens`) → logits [B, num_classes]."""
+        return self.linear((pooled - self.mean) / self.std)
+
+
+def pool_tokens(features: dict) -> dict:
+    """The linear protocol's input: each view's tokens averaged, once, in fp32."""
+    return {**features, "tokens": features["tokens"].float().mean(dim=1)}
 
 
 def extract_features(encoder_path: Path, data: str, out: Path, cfg: ProbeConfig, evaluation: bool) -> tuple[dict, float]:
@@ -71,21 +126,29 @@ def extract_features(encoder_path: Path, data: str, out: Path, cfg: ProbeConfig,
 
 
 def train_heads(train: dict, val: dict, num_classes: int, cfg: ProbeConfig) -> dict:
-    """Train one attentive head per (lr, wd) on frozen tokens; evaluate with view averaging."""
+    """Train one head of `cfg.protocol` per (lr, wd) on frozen tokens; evaluate with view averaging."""
     torch.manual_seed(cfg.seed)
-    dim = train["tokens"].shape[-1]
-    grid = [(lr, wd) for lr in cfg.lrs for wd in cfg.weight_decays]
-    heads = torch.nn.ModuleList(AttentiveClassifier(dim, num_classes, num_heads=cfg.head_heads, depth=cfg.head_depth) for _ in grid)
+    if cfg.protocol == "linear":
+        train, val = pool_tokens(train), pool_tokens(val)
+        mean, std = train["tokens"].mean(0), train["tokens"].std(0) + 1e-6
+        schedule = cfg.linear
+        make_head = lambda: LinearClassifier(mean, std, num_classes)  # noqa: E731
+    else:
+        dim = train["tokens"].shape[-1]
+        schedule = cfg
+        make_head = lambda: AttentiveClassifier(dim, num_classes, num_heads=cfg.head_heads, depth=cfg.head_depth)  # noqa: E731
+    grid = [(lr, wd) for lr in schedule.lrs for wd in schedule.weight_decays]
+    heads = torch.nn.ModuleList(make_head() for _ in grid)
     optimizer = torch.optim.AdamW([{"params": head.parameters(), "lr": lr, "weight_decay": wd, "peak": lr}
                                    for head, (lr, wd) in zip(heads, grid)], betas=(0.9, 0.999))
     samples = train["tokens"].shape[0]
-    steps_per_epoch = max(1, math.ceil(samples / cfg.batch_size))
-    total, warmup = cfg.epochs * steps_per_epoch, int(cfg.warmup_epochs * steps_per_epoch)
+    steps_per_epoch = max(1, math.ceil(samples / schedule.batch_size))
+    total, warmup = schedule.epochs * steps_per_epoch, int(schedule.warmup_epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(cfg.seed)
     step = 0
     start = time.perf_counter()
-    for _ in range(cfg.epochs):
-        for batch in torch.randperm(samples, generator=generator).split(cfg.batch_size):
+    for _ in range(schedule.epochs):
+        for batch in torch.randperm(samples, generator=generator).split(schedule.batch_size):
             scale = (step + 1) / max(1, warmup) if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
             for group in optimizer.param_groups:
                 group["lr"] = group["peak"] * scale
@@ -101,9 +164,16 @@ def train_heads(train: dict, val: dict, num_classes: int, cfg: ProbeConfig) -> d
         for head, (lr, wd) in zip(heads, grid):
             head.eval()
             probabilities = torch.cat([head(chunk).softmax(-1) for chunk in val["tokens"].split(256)])
-            results.append({"lr": lr, "weight_decay": wd, **view_averaged_accuracy(probabilities, val["labels"], val["videos"])})
+            scores = view_averaged_accuracy(probabilities, val["labels"], val["videos"])
+            results.append({"lr": lr, "weight_decay": wd, **scores, "top1_se": binomial_se(scores["top1"], scores["videos"])})
     best = max(range(len(results)), key=lambda i: results[i]["top1"])
-    return {"heads": results, "best": results[best], "head_train_seconds": train_seconds, "steps": total}
+    return {"heads": results, "best": results[best], "head_train_seconds": train_seconds, "steps": total,
+            "epochs": schedule.epochs}
+
+
+def binomial_se(accuracy: float, count: int) -> float:
+    """Standard error of an accuracy measured on `count` independent videos."""
+    return math.sqrt(accuracy * (1 - accuracy) / max(1, count))
 
 
 def view_averaged_accuracy(probabilities: torch.Tensor, labels: torch.Tensor, videos: torch.Tensor) -> dict:
@@ -140,11 +210,12 @@ def run_probe(encoder: str | None, random_init: str | None, train_data: str, val
         heads = train_heads(train, val, num_classes, cfg)
     # Without the stored tokens, every epoch would decode and run the encoder over the training
     # views again: that is what the feature cache saves.
-    per_epoch_heads = heads["head_train_seconds"] / cfg.epochs
+    per_epoch_heads = heads["head_train_seconds"] / heads["epochs"]
     cached_total = train_seconds + val_seconds + heads["head_train_seconds"]
-    online_total = cfg.epochs * (train_seconds + per_epoch_heads) + val_seconds
+    online_total = heads["epochs"] * (train_seconds + per_epoch_heads) + val_seconds
     return {
         "encoder": str(encoder) if encoder else f"random-init {random_init}",
+        "protocol": cfg.protocol,
         "fingerprint": encoder_fingerprint,
         "config": asdict(cfg),
         "classes": num_classes,
@@ -157,14 +228,14 @@ def run_probe(encoder: str | None, random_init: str | None, train_data: str, val
 
 
 def format_probe(report: dict) -> str:
-    lines = [f"probe of {report['encoder']} (fingerprint {report['fingerprint'][:12]}), {report['classes']} classes, "
+    lines = [f"{report['protocol']} probe of {report['encoder']} (fingerprint {report['fingerprint'][:12]}), {report['classes']} classes, "
              f"{report['train_samples']} training views, {report['val_videos']} val videos × "
              f"{report['config']['eval_clips']}×{report['config']['eval_spatial']} views, seed {report['config']['seed']}",
-             f"{'lr':>9}{'wd':>7}{'top-1':>8}{'top-5':>8}"]
+             f"{'lr':>9}{'wd':>9}{'top-1':>8}{'± s.e.':>8}{'top-5':>8}"]
     for head in report["heads"]:
         top5 = f"{head['top5']:.1%}" if "top5" in head else "-"
         marker = "  <- best" if head is report["best"] or head == report["best"] else ""
-        lines.append(f"{head['lr']:>9.0e}{head['weight_decay']:>7.2f}{head['top1']:>8.1%}{top5:>8}{marker}")
+        lines.append(f"{head['lr']:>9.0e}{head['weight_decay']:>9.0e}{head['top1']:>8.1%}{head['top1_se']:>8.1%}{top5:>8}{marker}")
     s = report["seconds"]
     lines.append(f"features: train {s['train_features']:.1f} s, val {s['val_features']:.1f} s; heads {s['heads']:.1f} s; "
                  f"feature cache speed-up vs. encoding every epoch: {report['feature_cache_speedup']:.1f}x")

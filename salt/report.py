@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 
@@ -25,14 +26,48 @@ def pipeline_report(teacher_run: str, cache: str, student_run: str, probes: list
                  f"{_teacher_forward_flops(manifest):>11.3g}")
     lines.append(f"  cache on disk: latents {manifest.latent_bytes / 1e6:.1f} MB + frames {manifest.frame_bytes / 1e6:.1f} MB per format "
                  f"({', '.join(manifest.formats)}); {len(manifest.skipped)} videos skipped")
-    lines.append(f"{'probe (frozen, attentive)':<34}{'best top-1':<12}{'top-5':<10}{'chance':<12}{'time':>9}")
-    for path in probes:
-        report = json.loads(Path(path).read_text())
-        seconds = sum(report["seconds"].values())
-        top5 = f"{report['best'].get('top5', float('nan')):.1%}"
-        lines.append(f"  {report['encoder']:<32}{report['best']['top1']:<12.1%}{top5:<10}{1 / report['classes']:<12.1%}{seconds:>8.0f}s")
+    lines += probe_table([json.loads(Path(path).read_text()) for path in probes])
     lines.append("FLOPs: training stages by torch's counter (forward x3, attention included); the cache by 2·N·D of the teacher")
     return "\n".join(lines)
+
+
+def probe_table(reports: list[dict]) -> list[str]:
+    """One row per encoder, one column per probe protocol: val top-1 ± its standard error, and
+    each encoder's margin over the random-init floor of the same protocol."""
+    if not reports:
+        return []
+    protocols = sorted({r.get("protocol", "attentive") for r in reports}, key=lambda p: p != "linear")
+    rows: dict[str, dict[str, dict]] = {}
+    for report in reports:  # records made before protocols existed were attentive
+        rows.setdefault(report["encoder"], {})[report.get("protocol", "attentive")] = report
+    floor = next((name for name in rows if name.startswith("random-init")), None)
+    chance = 1 / reports[0]["classes"]
+    lines = [f"{'frozen probes: val top-1 ± s.e.':<34}" + "".join(f"{p:<22}" for p in protocols) + f"{'chance':<9}{'time':>7}"]
+    for name, by_protocol in rows.items():
+        cells = []
+        for protocol in protocols:
+            report = by_protocol.get(protocol)
+            if report is None:
+                cells.append(f"{'-':<22}")
+                continue
+            top1, margin = report["best"]["top1"], ""
+            if floor and name != floor and protocol in rows[floor]:
+                margin = f" ({(top1 - rows[floor][protocol]['best']['top1']) * 100:+.1f})"
+            cells.append(f"{_with_se(report) + margin:<22}")
+        seconds = sum(sum(r["seconds"].values()) for r in by_protocol.values())
+        label = f"{name} (floor)" if name == floor else name
+        lines.append(f"  {label[:31]:<32}" + "".join(cells) + f"{chance:<9.1%}{seconds:>6.0f}s")
+    if floor:
+        lines.append("  (in brackets: points above the random-init floor of the same protocol)")
+    return lines
+
+
+def _with_se(report: dict) -> str:
+    best = report["best"]
+    se = best.get("top1_se")
+    if se is None and "val_videos" in report:
+        se = math.sqrt(best["top1"] * (1 - best["top1"]) / max(1, report["val_videos"]))
+    return f"{best['top1']:.1%}" + (f" ± {se * 100:.1f}" if se is not None else "")
 
 
 def _seconds(value) -> str:

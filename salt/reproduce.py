@@ -4,13 +4,16 @@ Every step of the chain is an ordinary `salt` command (make-synthetic, train-tea
 cache-latents, train-student, probe) run as a subprocess with its log under `<out>/logs/`.
 A step is finished when its marker `<out>/done/<step>` exists; a restart skips finished steps
 and resumes an interrupted training run from its last checkpoint, so a long chain can be
-stopped at any moment. At the end the claims table goes to `<out>/claims.md` and `.json`.
+stopped at any moment. Every encoder is probed by each protocol in `protocols` (linear and
+attentive), from token maps computed once per encoder. At the end the claims table goes to
+`<out>/claims.md` and `.json` (salt/claims.py: standard errors and verdicts).
 
-Claims (DESIGN "Small-scale evidence"; issue 8):
+Claims (docs/results.md, "Calibration" and "The claims at CPU scale"):
   calibration         random-init floor (several init seeds) vs. a supervised ceiling
   student_vs_teacher  the student's probe accuracy exceeds its teacher's
   matched_flops       SALT vs. the V-JEPA EMA baseline trained for the same FLOPs
   weak_teacher        a teacher with a fraction of the stage-1 steps, and its students
+  random_teacher      control: students of a random-init frozen teacher (the floor's encoder)
   views               students trained on the first K cached views per video
   dtype               students trained on int8 (or other) cached targets
 """
@@ -25,12 +28,13 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from statistics import mean, stdev
+from statistics import mean
 from typing import Callable
 
 from salt.config import ConfigError, load_config
 
-CLAIMS = ("calibration", "student_vs_teacher", "matched_flops", "weak_teacher", "views", "dtype")
+CLAIMS = ("calibration", "student_vs_teacher", "matched_flops", "weak_teacher", "random_teacher", "views", "dtype")
+PROTOCOLS = ("linear", "attentive")
 
 
 @dataclass
@@ -39,6 +43,9 @@ class SyntheticSetConfig:
     size: int = 40  # stored videos; clips are cropped from them to `size` below
     seed: int = 3
     motion: float = 1.0  # salt make-synthetic --motion
+    tubelet: int = 1  # clip frames the scene holds still (1: motion visible inside a tubelet of 2)
+    waves: int = 2  # sinusoids per scene texture
+    blobs: int = 0
 
 
 @dataclass
@@ -49,6 +56,7 @@ class ReproduceConfig:
     frame_step: int = 4
     size: int = 32
     arch: str = "vit_tiny"  # teacher, student, EMA baseline and supervised ceiling alike
+    patch_size: int = 8  # 32² clips at patch 8: 4×4×4 = 64 tokens
     batch_size: int = 64
     workers: int = 2
     lr_peak: float = 1.5e-3
@@ -63,7 +71,8 @@ class ReproduceConfig:
     dtypes: list[str] = field(default_factory=lambda: ["int8"])  # besides the main cache's fp16
     claims: list[str] = field(default_factory=lambda: list(CLAIMS))
     probe_config: str = "configs/probe/demo.yaml"
-    probe_head_depth: int = 0  # no self-attention in the probe: motion must come from the encoder
+    protocols: list[str] = field(default_factory=lambda: list(PROTOCOLS))
+    probe_head_depth: int = 0  # attentive protocol: no self-attention in the probe
     probe_overrides: list[str] = field(default_factory=list)  # KEY=VALUE for the probe config
     shard_videos: int = 32  # videos per cache shard (a student needs >= workers shards)
     teacher_config: str = "configs/teacher/vit_tiny.yaml"
@@ -79,6 +88,8 @@ class ReproduceConfig:
             raise ValueError("steps and views must be >= 1")
         if not 0 < self.weak_fraction < 1:
             raise ValueError("weak_fraction must lie in (0, 1)")
+        if not self.protocols or set(self.protocols) - set(PROTOCOLS):
+            raise ValueError(f"protocols: choose one or more of {list(PROTOCOLS)}, got {self.protocols}")
 
 
 @dataclass
@@ -108,7 +119,7 @@ class Chain:
             self.echo(f"  kept     {step.name}")
             return
         argv = list(step.argv)
-        if step.run_dir and (Path(step.run_dir) / "checkpoints" / "latest").exists():
+        if step.run_dir and (Path(step.run_dir) / "config.yaml").exists():  # started: resume (from step 0 if nothing was committed)
             argv.append("--resume")
         log = self.out / "logs" / f"{step.name}.log"
         started = time.perf_counter()
@@ -144,19 +155,20 @@ class Reproduction:
         cfg, run_dir = self.cfg, self.out / name
         sets = [f"objective={objective}", f"data.train={self.data / 'train.csv'}", f"data.view.frames={cfg.frames}",
                 f"data.view.frame_step={cfg.frame_step}", f"data.view.size={cfg.size}", f"data.batch_size={cfg.batch_size}",
-                f"data.workers={cfg.workers}", f"encoder.arch={cfg.arch}", f"optim.steps={steps}",
-                f"optim.warmup_steps={max(1, steps // 15)}", f"optim.lr_peak={cfg.lr_peak}", f"run.out_dir={run_dir}",
-                f"run.checkpoint_every={max(1, steps // 4)}"]
-        if objective == "supervised":
-            sets += ["supervised.head_depth=" + str(cfg.probe_head_depth), "optim.wd_start=0.01", "optim.wd_final=0.01"]
+                f"data.workers={cfg.workers}", f"encoder.arch={cfg.arch}", f"encoder.overrides.patch_size={cfg.patch_size}",
+                f"optim.steps={steps}", f"optim.warmup_steps={max(1, steps // 15)}", f"optim.lr_peak={cfg.lr_peak}",
+                f"run.out_dir={run_dir}", f"run.checkpoint_every={max(1, steps // 4)}"]
+        if objective == "supervised":  # what learned fastest from scratch (docs/results.md, "Calibration")
+            sets += ["supervised.head=mean_pool", "optim.wd_start=0.05", "optim.wd_final=0.05", "optim.lr_peak=1e-3",
+                     "optim.betas=[0.9, 0.999]", "optim.grad_clip=0"]
         return Step(name, _salt("train-teacher", "--config", cfg.teacher_config, *_sets(sets)), str(run_dir))
 
     def _student_sets(self, name: str, cache: Path, seed: int, steps: int, targets: str = "cache", views: int = 0) -> list[str]:
         cfg = self.cfg
         return [f"targets={targets}", f"cache.path={cache}", f"cache.views={views}", f"geometry.frames={cfg.frames}",
                 f"geometry.frame_step={cfg.frame_step}", f"geometry.size={cfg.size}", f"data.batch_size={cfg.batch_size}",
-                f"data.workers={cfg.workers}", f"encoder.arch={cfg.arch}", f"optim.steps={steps}",
-                f"optim.warmup_steps={max(1, steps // 15)}", f"optim.lr_peak={cfg.lr_peak}", f"run.seed={seed}",
+                f"data.workers={cfg.workers}", f"encoder.arch={cfg.arch}", f"encoder.overrides.patch_size={cfg.patch_size}",
+                f"optim.steps={steps}", f"optim.warmup_steps={max(1, steps // 15)}", f"optim.lr_peak={cfg.lr_peak}", f"run.seed={seed}",
                 f"run.out_dir={self.out / name}", f"run.checkpoint_every={max(1, steps // 4)}"]
 
     def _student_step(self, name: str, cache: Path, seed: int, steps: int, targets: str = "cache", views: int = 0) -> Step:
@@ -171,32 +183,51 @@ class Reproduction:
             "--size", str(cfg.size), "--batch-size", str(cfg.batch_size), "--workers", str(cfg.workers),
             "--shard-videos", str(cfg.shard_videos), "--no-progress"))
 
-    def _probe_step(self, name: str, encoder: Path | None, seed: int = 0) -> Step:
+    def _probe_steps(self, name: str, encoder: Path | None, seed: int = 0) -> list[Step]:
+        """One probe per protocol; they share the encoder's stored token maps (`--work-dir`)."""
         cfg = self.cfg
-        argv = _salt("probe", "--train", str(self.data / "train.csv"), "--val", str(self.data / "val.csv"),
-                     "--config", cfg.probe_config, *_sets([f"head_depth={cfg.probe_head_depth}", *cfg.probe_overrides]),
-                     "--out", str(self.out / "probes" / f"{name}.json"))
-        if encoder is None:  # a random-init encoder, the floor
-            argv += ["--random-init", cfg.arch, "--arch", f"img_size={cfg.size}", "--arch", f"num_frames={cfg.frames}",
-                     "--set", f"seed={seed}"]
-        else:
-            argv += ["--encoder", str(encoder)]
-        return Step(f"probe_{name}", argv)
+        steps = []
+        for protocol in cfg.protocols:
+            argv = _salt("probe", "--train", str(self.data / "train.csv"), "--val", str(self.data / "val.csv"),
+                         "--config", cfg.probe_config, "--protocol", protocol, "--work-dir", str(self.out / "features" / name),
+                         *_sets([f"head_depth={cfg.probe_head_depth}", *cfg.probe_overrides]),
+                         "--out", str(self.out / "probes" / f"{name}.{protocol}.json"))
+            if encoder is None:  # a random-init encoder, the floor (kept in its work dir)
+                argv += ["--random-init", cfg.arch, *self._arch_args(), "--set", f"seed={seed}"]
+            else:
+                argv += ["--encoder", str(encoder)]
+            steps.append(Step(f"probe_{name}_{protocol}", argv))
+        return steps
+
+    def _arch_args(self) -> list[str]:
+        cfg = self.cfg
+        return ["--arch", f"img_size={cfg.size}", "--arch", f"num_frames={cfg.frames}", "--arch", f"patch_size={cfg.patch_size}"]
+
+    def floor_encoder(self, seed: int) -> Path:
+        """The random-init encoder `salt probe --random-init` probed (and kept in its work dir)."""
+        return self.out / "features" / f"floor_seed{seed}" / f"random_{self.cfg.arch}_seed{seed}.pt"
+
+    def _probe(self, name: str, encoder: Path | None, seed: int = 0) -> None:
+        for step in self._probe_steps(name, encoder, seed):
+            self.chain.run(step)
 
     def _train_and_probe(self, step: Step, export: str) -> None:
         self.chain.run(step)
-        self.chain.run(self._probe_step(step.name, self.out / step.name / export))
+        self._probe(step.name, self.out / step.name / export)
 
     def run(self) -> dict:
         cfg, chain = self.cfg, self.chain
         (self.out / "probes").mkdir(parents=True, exist_ok=True)
         chain.run(Step("data", _salt("make-synthetic", "--out", str(self.data), "--videos", str(cfg.data.videos),
                                      "--size", str(cfg.data.size), "--seed", str(cfg.data.seed), "--motion", str(cfg.data.motion),
-                                     "--frames", str(cfg.frames), "--frame-step", str(cfg.frame_step))))
+                                     "--tubelet", str(cfg.data.tubelet), "--waves", str(cfg.data.waves),
+                                     "--blobs", str(cfg.data.blobs), "--frames", str(cfg.frames),
+                                     "--frame-step", str(cfg.frame_step))))
         claims = set(cfg.claims)
-        if "calibration" in claims:
+        if claims & {"calibration", "random_teacher"}:
             for seed in cfg.floor_seeds:
-                chain.run(self._probe_step(f"floor_seed{seed}", None, seed))
+                self._probe(f"floor_seed{seed}", None, seed)
+        if "calibration" in claims:
             self._train_and_probe(self._teacher_step("supervised", cfg.supervised_steps, "supervised"), "supervised.pt")
         if claims & {"student_vs_teacher", "matched_flops", "views", "dtype"}:
             self._teacher_and_students("teacher", cfg.teacher_steps)
@@ -207,6 +238,8 @@ class Reproduction:
                 self._train_and_probe(ema, "student.pt")  # the same cached frames as SALT's students
         if "weak_teacher" in claims:
             self._teacher_and_students("weak_teacher", max(1, round(cfg.teacher_steps * cfg.weak_fraction)))
+        if "random_teacher" in claims:  # the floor's first encoder, frozen, as the teacher
+            self._students("random_teacher", self.floor_encoder(cfg.floor_seeds[0]))
         if "views" in claims:
             for views in sorted(set(cfg.views_sweep)):
                 if views == cfg.views:
@@ -228,8 +261,11 @@ class Reproduction:
 
     def _teacher_and_students(self, name: str, steps: int) -> None:
         self._train_and_probe(self._teacher_step(name, steps), "teacher.pt")
+        self._students(name, self.out / name / "teacher.pt")
+
+    def _students(self, name: str, teacher: Path) -> None:
         cache = "cache" if name == "teacher" else f"cache_{name}"
-        self._grow_cache(self.out / name / "teacher.pt", cache, self.cfg.views)
+        self._grow_cache(teacher, cache, self.cfg.views)
         prefix = "student" if name == "teacher" else f"{name}_student"
         for seed in self.cfg.seeds:
             self._train_and_probe(self._student_step(f"{prefix}_seed{seed}", self.out / cache, seed, self.cfg.student_steps,
@@ -241,7 +277,7 @@ class Reproduction:
 
         teacher = load_config(TeacherConfig, self.cfg.teacher_config, [
             f"data.view.frames={self.cfg.frames}", f"data.view.size={self.cfg.size}", f"data.batch_size={self.cfg.batch_size}",
-            f"encoder.arch={self.cfg.arch}"])
+            f"encoder.arch={self.cfg.arch}", f"encoder.overrides.patch_size={self.cfg.patch_size}"])
         student = load_config(StudentConfig, self.cfg.student_config, self._student_sets("flops", self.out / "cache", 0, steps, targets))
         return teacher, student
 
@@ -268,9 +304,14 @@ class Reproduction:
         return frozen_forward_part("1b cache", "teacher forward", arch, self.cfg.frames, self.cfg.size, clips=1).counted
 
     # -- table ------------------------------------------------------------------------------
-    def _probe(self, name: str) -> float | None:
-        path = self.out / "probes" / f"{name}.json"
-        return json.loads(path.read_text())["best"]["top1"] if path.exists() else None
+    def _probe_records(self, names: list[str]) -> dict[str, dict[str, dict]]:
+        records = {}
+        for name in names:
+            for protocol in self.cfg.protocols:
+                path = self.out / "probes" / f"{name}.{protocol}.json"
+                if path.exists():
+                    records.setdefault(name, {})[protocol] = json.loads(path.read_text())
+        return records
 
     def _measured_flops(self, name: str) -> float:
         path = self.out / name / "metrics.jsonl"
@@ -281,78 +322,42 @@ class Reproduction:
         return sum(1 for line in (self.data / "train.csv").read_text().splitlines() if line.strip())
 
     def write_table(self) -> dict:
+        from salt.claims import format_table, row, verdicts
+
         cfg, rows = self.cfg, []
         teacher_forward = self.teacher_forward_per_clip()
 
-        def add(group: str, row: str, names: list[str], flops_online: float | None = None, flops_cache: float | None = None):
-            accs = [a for a in (self._probe(n) for n in names) if a is not None]
-            if not accs:
-                return
-            measured = mean(self._measured_flops(n) for n in names)
-            rows.append({"group": group, "row": row, "runs": names, "top1": accs, "mean": mean(accs),
-                         "spread": stdev(accs) if len(accs) > 1 else 0.0,
-                         "flops": flops_online if flops_online is not None else measured, "flops_with_cache": flops_cache})
+        def add(group: str, name: str, runs: list[str], flops_online: float | None = None, flops_cache: float | None = None):
+            measured = mean(self._measured_flops(n) for n in runs)
+            found = row(group, name, runs, self._probe_records(runs), flops_online if flops_online is not None else measured,
+                        flops_cache)
+            if found is not None:
+                rows.append(found)
 
-        add("calibration", "random-init floor", [f"floor_seed{s}" for s in cfg.floor_seeds])
+        add("calibration", "random-init floor", [f"floor_seed{s}" for s in cfg.floor_seeds], 0.0)
         add("calibration", "supervised ceiling", ["supervised"])
-        for teacher in ("teacher", "weak_teacher"):
+        for teacher in ("teacher", "weak_teacher", "random_teacher"):
             prefix = "student" if teacher == "teacher" else f"{teacher}_student"
-            teacher_flops = self._measured_flops(teacher)
-            add(teacher, f"{teacher.replace('_', ' ')} (pixels)", [teacher], teacher_flops)
+            label = teacher.replace("_", " ").replace("random teacher", "random-init teacher")
+            teacher_flops = self._measured_flops(teacher)  # 0 for the random-init teacher: it never trained
+            if teacher != "random_teacher":
+                add(teacher, f"{label} (pixels)", [teacher], teacher_flops)
             students = [f"{prefix}_seed{s}" for s in cfg.seeds]
-            if (self.out / "probes" / f"{students[0]}.json").exists():
+            if self._probe_records(students):
                 trained = mean(self._measured_flops(n) for n in students)
                 online = teacher_flops + trained + teacher_forward * cfg.batch_size * cfg.student_steps
                 cached = teacher_flops + trained + teacher_forward * cfg.views * self._train_videos()
-                add(teacher, f"SALT student of the {teacher.replace('_', ' ')}", students, online, cached)
+                add(teacher, f"SALT student of the {label}", students, online, cached)
         add("matched_flops", "V-JEPA EMA baseline (same FLOPs as SALT online)", [f"ema_seed{s}" for s in cfg.seeds])
         for views in sorted(set(cfg.views_sweep) - {cfg.views}):
             add("views", f"SALT student, K = {views} views per video", [f"student_views{views}"])
         for dtype in cfg.dtypes:
             add("dtype", f"SALT student, {dtype} targets", [f"student_{dtype}"])
-        result = {"config": asdict(cfg), "rows": rows, "verdicts": self.verdicts(rows)}
+        classes = len(json.loads((self.data / "synthetic.json").read_text())["classes"])
+        result = {"config": asdict(cfg), "rows": rows, "verdicts": verdicts(rows, 1 / classes)}
         (self.out / "claims.json").write_text(json.dumps(result, indent=2) + "\n")
         (self.out / "claims.md").write_text(format_table(result))
         return result
-
-    def verdicts(self, rows: list[dict]) -> list[str]:
-        get = {r["row"]: r for r in rows}.get
-        lines = []
-        floor, ceiling = get("random-init floor"), get("supervised ceiling")
-        caveat = " (benchmark not calibrated: no evidence either way)"
-        if floor and ceiling:
-            gap = ceiling["mean"] - floor["mean"]
-            caveat = "" if gap >= 0.20 else caveat
-            lines.append(f"calibration: ceiling - floor = {gap * 100:+.1f} points "
-                         f"({'usable' if gap >= 0.20 else 'below the 20 points needed; the claims below cannot be judged'})")
-        else:
-            lines.append("calibration: not in this run; the verdicts below count only where a calibration on the same data "
-                         "shows ceiling - floor >= 20 points")
-        teacher, student = get("teacher (pixels)"), get("SALT student of the teacher")
-        if teacher and student:
-            lines.append(f"1. student > teacher: {student['mean']:.1%} vs {teacher['mean']:.1%} -> "
-                         f"{'holds' if student['mean'] > teacher['mean'] else 'does not hold'}{caveat}")
-        ema = get("V-JEPA EMA baseline (same FLOPs as SALT online)")
-        if student and ema:
-            lines.append(f"2. SALT >= V-JEPA at matched FLOPs: {student['mean']:.1%} vs {ema['mean']:.1%} -> "
-                         f"{'holds' if student['mean'] >= ema['mean'] else 'does not hold'}{caveat}")
-        weak = get("SALT student of the weak teacher")
-        if student and weak:
-            diff, noise = student["mean"] - weak["mean"], max(student["spread"], weak["spread"])
-            lines.append(f"3. weak teacher's student within 2 points: {weak['mean']:.1%} vs {student['mean']:.1%} "
-                         f"(difference {diff * 100:+.1f}, seed spread {noise * 100:.1f}) -> "
-                         f"{'holds' if abs(diff) <= 0.02 else 'does not hold'}{caveat}")
-        return lines
-
-
-def format_table(result: dict) -> str:
-    lines = ["| group | row | probe top-1 (mean) | per seed / run | FLOPs (teacher online) | FLOPs (with cache) |",
-             "|---|---|---|---|---|---|"]
-    for r in result["rows"]:
-        cached = f"{r['flops_with_cache']:.3g}" if r["flops_with_cache"] else "-"
-        lines.append(f"| {r['group']} | {r['row']} | {r['mean']:.1%} | {' / '.join(f'{a:.1%}' for a in r['top1'])} "
-                     f"| {r['flops']:.3g} | {cached} |")
-    return "\n".join(lines + [""] + [f"- {v}" for v in result["verdicts"]]) + "\n"
 
 
 def _sets(pairs: list[str]) -> list[str]:

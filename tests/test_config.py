@@ -107,3 +107,30 @@ def test_resolved_config_round_trips(tmp_path):
     saved = save_config(cfg, tmp_path / "out" / "config.yaml")
     assert load_config(Run, saved) == cfg
     assert yaml.safe_load(saved.read_text()) == to_dict(cfg)
+
+
+def test_every_training_section_validates():
+    from salt.training.config import StudentConfig, TeacherConfig
+
+    for override, message in [("run.log_every=0", "log_every and checkpoint_every must be >= 1"),
+                              ("run.keep_checkpoints=-1", "keep_checkpoints >= 0"),
+                              ("optim.betas=[0.9, 1.5]", "optim.betas must lie in"),
+                              ("decoder.num_heads=5", "not divisible by num_heads"),
+                              ("engine.timeout_s=0", "engine.timeout_s must be >= 1"),
+                              ("supervised.num_classes=1", "num_classes >= 2")]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(TeacherConfig, None, [override])
+    for override, message in [("cache.views=-1", "cache.views must be >= 0"), ("geometry.size=0", "geometry:"),
+                              ("ema.momentum_start=1.5", "ema: momentum"), ("health_every=-1", "health_every")]:
+        with pytest.raises(ConfigError, match=message):
+            load_config(StudentConfig, None, [override])
+
+
+def test_the_deepspeed_entry_point_reports_user_errors_in_one_line(tmp_path, capsys):
+    from salt.training.student import main as student_main
+
+    config = tmp_path / "student.yaml"
+    config.write_text(f"cache: {{path: {tmp_path / 'no_cache'}}}\n")
+    with pytest.raises(SystemExit) as exit_info:
+        student_main(["--config", str(config)])
+    assert str(exit_info.value).startswith("error: ") and "no_cache" in str(exit_info.value)

@@ -16,7 +16,7 @@ TINY = {
     "data": {"videos": 16, "size": 40, "seed": 5}, "frames": 8, "frame_step": 4, "size": 32, "batch_size": 4,
     "workers": 0, "supervised_steps": 3, "teacher_steps": 4, "student_steps": 3, "seeds": [0], "floor_seeds": [0],
     "views": 1, "shard_videos": 4, "claims": ["calibration", "student_vs_teacher", "matched_flops"],
-    "probe_overrides": ["epochs=1", "train_views=1", "workers=0", "weight_decays=[0.01]"],
+    "probe_overrides": ["epochs=1", "train_views=1", "workers=0", "weight_decays=[0.01]", "linear.epochs=2"],
     "teacher_config": str(REPO / "configs/teacher/vit_tiny.yaml"), "student_config": str(REPO / "configs/student/vit_tiny.yaml"),
     "probe_config": str(REPO / "configs/probe/demo.yaml"),
 }
@@ -27,20 +27,24 @@ def test_chain_runs_keeps_finished_steps_and_tables_the_claims(tmp_path, monkeyp
     config = tmp_path / "reproduce.yaml"
     config.write_text(yaml.safe_dump({**TINY, "out_dir": str(tmp_path / "out"), "probe_config": str(tmp_path / "missing.yaml")}))
     # A failing step names itself and its log; the steps before it stay done.
-    with pytest.raises(ReproduceError, match=r"(?s)step probe_floor_seed0 failed.*logs/probe_floor_seed0\.log.*config file not found"):
+    with pytest.raises(ReproduceError, match=r"(?s)step probe_floor_seed0_linear failed.*logs/probe_floor_seed0_linear\.log.*config file not found"):
         reproduce(str(config), [], echo=lambda line: None)
-    assert (tmp_path / "out/done/data").exists() and not (tmp_path / "out/done/probe_floor_seed0").exists()
+    assert (tmp_path / "out/done/data").exists() and not (tmp_path / "out/done/probe_floor_seed0_linear").exists()
 
     lines: list[str] = []
     result = reproduce(str(config), [f"probe_config={TINY['probe_config']}"], echo=lines.append)
     assert "  kept     data" in lines
     done = sorted(p.name for p in (tmp_path / "out/done").iterdir())
-    assert done == sorted(["data", "probe_floor_seed0", "supervised", "probe_supervised", "teacher", "probe_teacher",
-                           "cache_views1", "student_seed0", "probe_student_seed0", "ema_seed0", "probe_ema_seed0"])
+    probed = ["floor_seed0", "supervised", "teacher", "student_seed0", "ema_seed0"]
+    assert done == sorted(["data", "supervised", "teacher", "cache_views1", "student_seed0", "ema_seed0"]
+                          + [f"probe_{name}_{protocol}" for name in probed for protocol in ("linear", "attentive")])
     rows = {r["row"]: r for r in result["rows"]}
     assert set(rows) == {"random-init floor", "supervised ceiling", "teacher (pixels)", "SALT student of the teacher",
                          "V-JEPA EMA baseline (same FLOPs as SALT online)"}
-    assert all(0.0 <= r["mean"] <= 1.0 for r in rows.values())
+    assert all(set(r["by_protocol"]) == {"linear", "attentive"} for r in rows.values())
+    assert all(0.0 <= stats["mean"] <= 1.0 and stats["se_mean"] >= 0 for r in rows.values() for stats in r["by_protocol"].values())
+    assert result["verdicts"][0].startswith("0. calibration (linear)")
+    assert any(v.startswith("1. student > its teacher: linear:") for v in result["verdicts"])
     salt, ema = rows["SALT student of the teacher"], rows["V-JEPA EMA baseline (same FLOPs as SALT online)"]
     # The EMA baseline ran the steps whose planned FLOPs equal SALT's with the online teacher,
     # and its measured FLOPs (torch's counter, in its metrics) land close to that.

@@ -2,7 +2,7 @@
 
 Writers: LatentCodec + encode_frames -> write_wds_shard / ZarrCacheWriter.write_shard, then a
 Manifest written with write_json_atomic. Readers: open_cache -> LatentCache (get, stream),
-verify, apply_target_norm. See DESIGN.md, "The cache".
+verify, apply_target_norm. The format is docs/cache_format.md.
 """
 
 from salt.latents.codecs import (
@@ -19,7 +19,7 @@ from salt.latents.codecs import (
     roundtrip_frames,
     sample_checksum,
 )
-from salt.latents.errors import CacheError
+from salt.latents.errors import CacheError, CacheWriteError
 from salt.latents.manifest import (
     FORMAT_VERSION,
     MANIFEST_NAME,
@@ -36,7 +36,7 @@ from salt.latents.wds import ShardFiles, WdsShardReader, complete_shard_files, s
 from salt.latents.zarr_store import ZarrCacheReader, ZarrCacheWriter
 
 __all__ = [
-    "CacheError", "CacheSample", "DEFAULT_COMPRESSOR", "EncodedSample", "FORMAT_VERSION", "FRAME_EXT",
+    "CacheError", "CacheSample", "CacheWriteError", "DEFAULT_COMPRESSOR", "EncodedSample", "FORMAT_VERSION", "FRAME_EXT",
     "LatentCache", "LatentCodec", "MANIFEST_NAME", "Manifest", "Problem", "ShardFiles", "ShardId",
     "ShardRecord", "StoredLatents", "WDS_DIR", "WdsShardReader", "ZARR_DIR", "ZarrCacheReader",
     "ZarrCacheWriter", "apply_target_norm", "complete_shard_files", "crc32", "decode_frames", "decode_meta",

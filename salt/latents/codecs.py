@@ -32,7 +32,7 @@ FRAME_EXT = {"jpeg": "jpg", "png": "png"}
 INT8_MAX = 127
 
 # Byte-shuffle groups the high and low bytes of fp16 values, which is what zstd can exploit;
-# bit-shuffle was measured to do worse on fp16 latents (DESIGN.md).
+# bit-shuffle was measured to do worse on fp16 latents (docs/method.md, "The cache").
 DEFAULT_COMPRESSOR: dict[str, Any] = {"id": "blosc", "cname": "zstd", "clevel": 3, "shuffle": 1}
 # Only codecs that the Zarr v3 core spec also names, so the Zarr store can use the native codec
 # with the same parameters (see zarr_store.zarr_compressor).
@@ -97,7 +97,7 @@ class LatentCodec:
             rounded = (bits + np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1))) >> 16
             return StoredLatents(rounded.astype(np.uint16))
         # Per channel, not per token: a few outlier channels would otherwise crush the
-        # resolution of every other channel of the token (DESIGN.md).
+        # resolution of every other channel of the token (docs/method.md).
         absmax = np.abs(x).max(axis=0)
         scales = np.where(absmax > 0, absmax / INT8_MAX, 1.0).astype("<f4")
         values = np.clip(np.rint(x / scales), -INT8_MAX, INT8_MAX).astype(np.int8)

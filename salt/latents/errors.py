@@ -1,4 +1,4 @@
-"""The one exception type of the cache format."""
+"""The exception types of the cache format: reading (CacheError) and writing (CacheWriteError)."""
 
 from __future__ import annotations
 
@@ -9,3 +9,7 @@ class CacheError(ValueError):
     Messages name the file, shard and sample concerned, so that a failed run says what to
     repair (usually: run `salt cache-latents` again, which rewrites incomplete shards).
     """
+
+
+class CacheWriteError(RuntimeError):
+    """The output cannot be written as asked (locked, made with other settings, a full disk, …)."""

@@ -1,5 +1,5 @@
 """Encoder checkpoints: the one format this project writes, and the safe loader for it and
-for imported V-JEPA / VideoMAE checkpoints (see ``salt.models.imports``).
+for imported V-JEPA / VideoMAE checkpoints (see ``salt.models.converters``).
 
 Format (``.pt``, read with ``torch.load(weights_only=True)``): a dict of plain data and tensors
     {"format": "salt-encoder", "format_version": 1, "kind": "teacher" | "student" | ...,
@@ -23,6 +23,8 @@ from typing import Any, Mapping
 
 import torch
 
+from salt.models.converters import import_state_dict
+from salt.models.errors import CheckpointError
 from salt.models.vit import ARCH_KEYS, VideoViT, build_encoder, complete_arch
 
 log = logging.getLogger("salt.models")
@@ -33,10 +35,6 @@ _ZIP_MAGIC = b"PK\x03\x04"
 # torch.save's legacy (non-zip) files start with a pickled magic number.
 _LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"
 _MAX_LISTED_KEYS = 40
-
-
-class CheckpointError(ValueError):
-    """A checkpoint cannot be read, is corrupt, or does not match the architecture."""
 
 
 # ----------------------------------------------------------------------------- fingerprint
@@ -268,8 +266,6 @@ def load_encoder(path: str | os.PathLike, arch: Mapping[str, Any] | None = None)
                  str(obj["fingerprint"])[:16])
         return encoder, stored_arch
 
-    # Imports live in their own module; imported here because they need CheckpointError.
-    from salt.models.imports import import_state_dict
     state_dict, imported_arch = import_state_dict(obj, path, arch)
     encoder = build_encoder(imported_arch)
     load_state_dict_strict(encoder, state_dict, path)

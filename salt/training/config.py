@@ -33,12 +33,22 @@ class EncoderConfig:
     overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {pos_embed: sincos1d}
     checkpoint_activations: bool = False  # recompute each block in backward (large sizes)
 
+    def validate(self) -> None:
+        if not self.arch:
+            raise ValueError("encoder.arch must name a size (e.g. vit_tiny)")
+
 
 @dataclass
 class PredictorConfig:
     width: int = 384
     depth: int = 12
     num_heads: int = 12
+
+    def validate(self) -> None:
+        if self.width < 1 or self.depth < 0 or self.num_heads < 1:
+            raise ValueError("predictor/decoder: width >= 1, depth >= 0 and num_heads >= 1 are required")
+        if self.width % self.num_heads:
+            raise ValueError(f"predictor/decoder: width {self.width} is not divisible by num_heads {self.num_heads}")
 
 
 @dataclass
@@ -58,6 +68,10 @@ class OptimConfig:
     def validate(self) -> None:
         if self.steps < 1 or self.warmup_steps < 0 or self.grad_accum < 1:
             raise ValueError("optim: steps >= 1, warmup_steps >= 0 and grad_accum >= 1 are required")
+        if min(self.lr_start, self.lr_peak, self.lr_final, self.wd_start, self.wd_final, self.eps, self.grad_clip) < 0:
+            raise ValueError("optim: learning rates, weight decays, eps and grad_clip must be >= 0")
+        if not all(0 <= beta < 1 for beta in self.betas):
+            raise ValueError(f"optim.betas must lie in [0, 1), got {self.betas}")
 
 
 @dataclass
@@ -72,6 +86,8 @@ class EngineConfig:
     def validate(self) -> None:
         if self.zero_stage not in (0, 1, 2, 3):
             raise ValueError(f"engine.zero_stage must be 0, 1, 2 or 3, got {self.zero_stage}")
+        if self.timeout_s < 1:
+            raise ValueError(f"engine.timeout_s must be >= 1 second, got {self.timeout_s}")
 
 
 @dataclass
@@ -84,6 +100,14 @@ class RunConfig:
     tensorboard: bool = False
     progress: bool = True  # tqdm bar on rank 0
     stop_at: int = 0  # if > 0: checkpoint and exit after this step (time-limited jobs); --resume continues
+
+    def validate(self) -> None:
+        if not self.out_dir:
+            raise ValueError("run.out_dir must name a folder")
+        if self.log_every < 1 or self.checkpoint_every < 1:
+            raise ValueError(f"run: log_every and checkpoint_every must be >= 1 step (got {self.log_every}, {self.checkpoint_every})")
+        if self.keep_checkpoints < 0 or self.stop_at < 0:
+            raise ValueError("run: keep_checkpoints >= 0 (0 keeps all) and stop_at >= 0 (0: run to the end) are required")
 
 
 def default_masks() -> list[MaskConfig]:
@@ -98,7 +122,14 @@ class PixelConfig:
 @dataclass
 class SupervisedConfig:
     num_classes: int = 8
-    head_depth: int = 1  # self-attention blocks before the cross-attention pooler
+    # mean_pool: mean of the tokens, LayerNorm, linear (learns fast from scratch; what a linear
+    # probe reads). attentive: the probe's attentive head, `head_depth` self-attention blocks first.
+    head: Literal["mean_pool", "attentive"] = "mean_pool"
+    head_depth: int = 1
+
+    def validate(self) -> None:
+        if self.num_classes < 2 or self.head_depth < 0:
+            raise ValueError("supervised: num_classes >= 2 and head_depth >= 0 are required")
 
 
 @dataclass
@@ -116,6 +147,10 @@ class TeacherConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
+    def validate(self) -> None:
+        if self.objective == "pixels" and not self.masks:
+            raise ValueError("masks: the pixel objective needs at least one mask configuration")
+
 
 @dataclass
 class CacheSourceConfig:
@@ -123,6 +158,12 @@ class CacheSourceConfig:
     format: Literal["auto", "wds", "zarr"] = "auto"
     on_error: Literal["raise", "skip"] = "raise"  # a corrupt sample: stop naming it, or skip and count
     views: int = 0  # train on the first N cached views of every video only (0: all of them)
+
+    def validate(self) -> None:
+        if not self.path:
+            raise ValueError("cache.path must name a cache")
+        if self.views < 0:
+            raise ValueError(f"cache.views must be >= 0 (0: all), got {self.views}")
 
 
 @dataclass
@@ -132,6 +173,10 @@ class GeometryConfig:
     frames: int = 16
     frame_step: int = 4
     size: int = 64
+
+    def validate(self) -> None:
+        if min(self.frames, self.frame_step, self.size) < 1:
+            raise ValueError("geometry: frames, frame_step and size must be >= 1")
 
 
 @dataclass
@@ -149,6 +194,10 @@ class StudentDataConfig:
 class EmaConfig:
     momentum_start: float = 0.998  # V-JEPA's schedule, linear to momentum_final
     momentum_final: float = 1.0
+
+    def validate(self) -> None:
+        if not (0 <= self.momentum_start <= 1 and 0 <= self.momentum_final <= 1):
+            raise ValueError("ema: momentum_start and momentum_final must lie in [0, 1]")
 
 
 @dataclass
@@ -168,3 +217,9 @@ class StudentConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     run: RunConfig = field(default_factory=lambda: RunConfig(out_dir="runs/student"))
+
+    def validate(self) -> None:
+        if self.health_every < 0:
+            raise ValueError(f"health_every must be >= 0 (0: never), got {self.health_every}")
+        if not self.masks:
+            raise ValueError("masks: at least one mask configuration is needed")

@@ -17,7 +17,7 @@ from torch import nn
 
 from salt.masks import apply_masks
 from salt.models import Predictor, VideoViT
-from salt.models.heads import AttentiveClassifier
+from salt.models.heads import AttentiveClassifier, MeanPoolClassifier
 from salt.training.data import ClipBatch
 from salt.video.views import to_model_input
 
@@ -94,10 +94,13 @@ class SupervisedObjective(Objective):
 
     kind = "supervised"
 
-    def __init__(self, encoder: VideoViT, num_classes: int, head_depth: int = 1):
+    def __init__(self, encoder: VideoViT, num_classes: int, head: str = "mean_pool", head_depth: int = 1):
         super().__init__()
         self.encoder = encoder
-        self.head = AttentiveClassifier(encoder.embed_dim, num_classes, num_heads=encoder.num_heads, depth=head_depth)
+        if head == "attentive":
+            self.head = AttentiveClassifier(encoder.embed_dim, num_classes, num_heads=encoder.num_heads, depth=head_depth)
+        else:
+            self.head = MeanPoolClassifier(encoder.embed_dim, num_classes)
 
     def forward(self, batch: ClipBatch) -> tuple[torch.Tensor, dict[str, float]]:
         if bool((batch.labels < 0).any()):

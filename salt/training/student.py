@@ -17,7 +17,9 @@ from salt.latents import CacheError, first_views, load_manifest
 from salt.models import Predictor, build_encoder, load_encoder, resolve_arch, token_grid
 from salt.training.config import StudentConfig
 from salt.training.data import CacheBatches, clip_loader
-from salt.training.loop import TrainResult, TrainingError, init_distributed, launcher_main, resolve_precision, train
+from salt.precision import resolve_precision
+from salt.training.errors import TrainingError
+from salt.training.loop import TrainResult, init_distributed, launcher_main, train
 from salt.training.objectives import StudentObjective
 from salt.training.schedules import Linear
 
@@ -96,9 +98,7 @@ def run_student(config_path: str | None, overrides: list[str], resume: bool = Fa
         raise TrainingError(f"{cfg.cache.path} has {len(manifest.shards)} shards for {dist_info.world_size} ranks × "
                             f"{max(1, cfg.data.workers)} workers; use fewer workers or cache with smaller --shard-videos")
     return train(
-        config=cfg, optim=cfg.optim, engine_config=cfg.engine, run=cfg.run, objective=objective,
-        make_batches=make_batches, micro_batch=cfg.data.batch_size, dist_info=dist_info, resume=resume,
-        export_name="student.pt", compatible_keys=compatible_keys,
+        cfg, objective, make_batches, dist_info, resume=resume, export_name="student.pt", compatible_keys=compatible_keys,
         max_bad_videos=10**9 if cfg.cache.on_error == "skip" else 0,
         client_extra={"cache_teacher_fingerprint": manifest.teacher["fingerprint"], "workers": cfg.data.workers},
     )

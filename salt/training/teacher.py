@@ -27,7 +27,7 @@ def build_objective(cfg: TeacherConfig) -> Objective:
         return PixelObjective(
             encoder, cfg.decoder.width, cfg.decoder.depth, cfg.decoder.num_heads, len(cfg.masks), cfg.pixels.norm_pix
         )
-    return SupervisedObjective(encoder, cfg.supervised.num_classes, cfg.supervised.head_depth)
+    return SupervisedObjective(encoder, cfg.supervised.num_classes, cfg.supervised.head, cfg.supervised.head_depth)
 
 
 def check_geometry(cfg: TeacherConfig, source: str) -> tuple[int, int, int]:
@@ -82,18 +82,8 @@ def run_teacher(config_path: str | None, overrides: list[str], resume: bool = Fa
         return clip_loader(dataset, cfg.data.workers, pin_memory=dist_info.device.type == "cuda")
 
     return train(
-        config=cfg,
-        optim=cfg.optim,
-        engine_config=cfg.engine,
-        run=cfg.run,
-        objective=objective,
-        make_batches=make_batches,
-        micro_batch=cfg.data.batch_size,
-        dist_info=dist_info,
-        resume=resume,
-        export_name="teacher.pt" if cfg.objective == "pixels" else "supervised.pt",
-        compatible_keys=compatible_keys,
-        max_bad_videos=cfg.data.max_bad_videos,
+        cfg, objective, make_batches, dist_info, resume=resume, compatible_keys=compatible_keys,
+        export_name="teacher.pt" if cfg.objective == "pixels" else "supervised.pt", max_bad_videos=cfg.data.max_bad_videos,
     )
 
 

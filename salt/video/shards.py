@@ -5,7 +5,8 @@ shard `videos-NNNNNN.tar` holds `<key>.<ext>` (the original file) and `<key>.jso
 source path, video id) per video; `videos.json` beside them lists every video with its shard,
 the byte offset and size of its data inside the tar (so one video is read without unpacking),
 and its label. Video ids are positions in the source list, so views seeded by video id are the
-same whether a video is read from its file or from a shard.
+same whether a video is read from its file or from a shard. This module writes shards;
+`salt.video.sources.read_shard_index` reads them.
 """
 
 from __future__ import annotations
@@ -16,10 +17,7 @@ import os
 import tarfile
 from pathlib import Path
 
-from salt.video.sources import SHARD_INDEX, VideoRecord, VideoSourceError, load_records
-
-FORMAT = "salt-video-shards"
-FORMAT_VERSION = 1
+from salt.video.sources import SHARD_FORMAT, SHARD_FORMAT_VERSION, SHARD_INDEX, VideoRecord, load_records
 
 
 def make_shards(data: str | Path, out: str | Path, shard_size: int) -> dict:
@@ -33,29 +31,11 @@ def make_shards(data: str | Path, out: str | Path, shard_size: int) -> dict:
     for first in range(0, len(records), shard_size):
         name = f"videos-{first // shard_size:06d}.tar"
         shards.append({"name": name, "videos": _write_shard(out / name, records[first : first + shard_size])})
-    index = {"format": FORMAT, "format_version": FORMAT_VERSION, "source": str(data), "shards": shards}
+    index = {"format": SHARD_FORMAT, "format_version": SHARD_FORMAT_VERSION, "source": str(data), "shards": shards}
     tmp = out / f".{SHARD_INDEX}.tmp"
     tmp.write_text(json.dumps(index, indent=1))
     os.replace(tmp, out / SHARD_INDEX)
     return index
-
-
-def read_shard_index(folder: str | Path) -> list[VideoRecord]:
-    folder = Path(folder)
-    try:
-        index = json.loads((folder / SHARD_INDEX).read_text())
-    except (OSError, ValueError) as err:
-        raise VideoSourceError(f"{folder / SHARD_INDEX}: unreadable shard index ({err}); rerun salt make-shards") from err
-    if index.get("format") != FORMAT or index.get("format_version", 0) > FORMAT_VERSION:
-        raise VideoSourceError(f"{folder / SHARD_INDEX}: not a {FORMAT} index of version <= {FORMAT_VERSION}")
-    records = []
-    for shard in index["shards"]:
-        path = folder / shard["name"]
-        if not path.is_file():
-            raise VideoSourceError(f"{path}: shard listed in {SHARD_INDEX} is missing")
-        for video in shard["videos"]:
-            records.append(VideoRecord(video["video_id"], str(path), video["label"], video["member"], video["offset"], video["size"]))
-    return records
 
 
 def _write_shard(path: Path, records: list[VideoRecord]) -> list[dict]:

@@ -6,10 +6,13 @@ the same source always gives the same ids, so views can be rebuilt and added lat
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 SHARD_INDEX = "videos.json"  # written by `salt make-shards` beside its tar shards
+SHARD_FORMAT = "salt-video-shards"
+SHARD_FORMAT_VERSION = 1
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v")
 
 
@@ -94,14 +97,31 @@ def load_records(data: str | Path) -> list[VideoRecord]:
     """A CSV file, a folder of videos, or a folder of video shards from `salt make-shards`."""
     data = Path(data)
     if data.is_dir() and (data / SHARD_INDEX).is_file():
-        from salt.video.shards import read_shard_index
-
         return read_shard_index(data)
     if data.is_dir():
         return list_folder(data)
     if data.suffix.lower() in (".csv", ".txt") or data.is_file():
         return read_csv(data)
     raise VideoSourceError(f"data source not found: {data} (give a CSV of 'path label' lines or a folder)")
+
+
+def read_shard_index(folder: str | Path) -> list[VideoRecord]:
+    """The videos of a folder written by `salt make-shards`, each a member of its tar."""
+    folder = Path(folder)
+    try:
+        index = json.loads((folder / SHARD_INDEX).read_text())
+    except (OSError, ValueError) as err:
+        raise VideoSourceError(f"{folder / SHARD_INDEX}: unreadable shard index ({err}); rerun salt make-shards") from err
+    if index.get("format") != SHARD_FORMAT or index.get("format_version", 0) > SHARD_FORMAT_VERSION:
+        raise VideoSourceError(f"{folder / SHARD_INDEX}: not a {SHARD_FORMAT} index of version <= {SHARD_FORMAT_VERSION}")
+    records = []
+    for shard in index["shards"]:
+        path = folder / shard["name"]
+        if not path.is_file():
+            raise VideoSourceError(f"{path}: shard listed in {SHARD_INDEX} is missing")
+        for video in shard["videos"]:
+            records.append(VideoRecord(video["video_id"], str(path), video["label"], video["member"], video["offset"], video["size"]))
+    return records
 
 
 def _is_int(text: str) -> bool:

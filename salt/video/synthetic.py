@@ -1,16 +1,19 @@
 """The embedded synthetic data set: real H.264 mp4 files whose labels need motion.
 
-Built to be a fair probe benchmark (DESIGN.md, "Small-scale evidence"):
-- Smooth textures: a periodic sum of low-frequency sinusoids plus soft blobs, evaluated
-  analytically at transformed coordinates (no resampling blur, no high-frequency detail
-  that per-patch-normalised pixel targets cannot learn).
+Built to be a fair probe benchmark (docs/results.md, "Calibration"):
+- Smooth textures: a periodic sum of `waves` low-frequency sinusoids plus `blobs` soft blobs,
+  evaluated analytically at transformed coordinates (no resampling blur, no high-frequency
+  detail that per-patch-normalised pixel targets cannot learn). Fewer waves and no blobs (the
+  calibrated benchmark: 2 and 0) leave a random-init encoder less to read motion from.
 - The label is a global motion pattern of the whole scene, so any crop shows it, and a
   single frame is (close to) uninformative: every class draws rotation, position and scale
   from the same marginal distribution.
-- Motion is invisible inside one tubelet: the scene holds still for `frame_step × tubelet`
-  source frames and moves between such periods. Each video is exactly one clip window long
-  (`(frames − 1) × frame_step + 1` frames), so every clip starts at frame 0 and the periods
-  line up with tubelets; a random-init patch embedding cannot read the motion off one token.
+- The scene holds still for `frame_step × tubelet` source frames and moves between such
+  periods. Each video is exactly one clip window long (`(frames − 1) × frame_step + 1`
+  frames), so every clip starts at frame 0 and the periods line up with tubelets. With
+  `tubelet` equal to the models' (2) the motion is invisible inside one token, which a ViT
+  could not learn within CPU budgets; with `tubelet 1` (the calibrated benchmark) the scene
+  moves between every two clip frames, so the motion shows inside each tubelet of 2.
 - Flip-safe labels: a horizontal flip maps every class to itself (no left/right classes;
   clockwise and anticlockwise rotation are one class).
 """
@@ -38,6 +41,8 @@ class SyntheticSpec:
     fps: int = 30
     val_fraction: float = 0.25
     motion: float = 1.0  # scales every class's motion per hold period (shift, spin, zoom rate)
+    waves: int = 6  # sinusoids in each scene's texture
+    blobs: int = 3  # soft blobs on top of it
 
     def validate(self) -> None:
         if self.size % 2 or self.size < 16:
@@ -46,6 +51,8 @@ class SyntheticSpec:
             raise ValueError(f"need at least {len(CLASSES)} videos (one per class), got {self.videos}")
         if self.frames % self.tubelet:
             raise ValueError(f"frames ({self.frames}) must be a multiple of tubelet ({self.tubelet})")
+        if self.waves < 1 or self.blobs < 0:
+            raise ValueError(f"a scene needs waves >= 1 and blobs >= 0, got {self.waves} and {self.blobs}")
         if self.motion <= 0:
             raise ValueError(f"motion must be > 0, got {self.motion}")
         if not 0 < self.val_fraction < 1:
@@ -65,7 +72,7 @@ def render_video(spec: SyntheticSpec, video_index: int) -> tuple[np.ndarray, int
     """Frames `[video_frames, size, size, 3]` uint8 and the class index of one video."""
     rng = np.random.default_rng([spec.seed, video_index])
     label = video_index % len(CLASSES)
-    scene = _random_scene(rng)
+    scene = _random_scene(rng, spec.waves, spec.blobs)
     periods = math.ceil(spec.video_frames / spec.hold)
     motion = _motion(CLASSES[label], periods, spec.size, rng, spec.motion)
     grid = np.arange(spec.size, dtype=np.float64) + 0.5
@@ -208,8 +215,7 @@ def _is_val_round(round_index: int, val_fraction: float) -> bool:
     return math.floor((round_index + 1) * val_fraction + 0.5) > math.floor(round_index * val_fraction + 0.5)
 
 
-def _random_scene(rng: np.random.Generator) -> dict:
-    waves = 6
+def _random_scene(rng: np.random.Generator, waves: int, blobs: int) -> dict:
     # Integer frequencies keep the texture periodic on the unit torus, so shifts wrap seamlessly.
     freqs = rng.integers(-3, 4, size=(waves, 2))
     freqs[np.all(freqs == 0, axis=1)] = (1, 0)
@@ -218,9 +224,9 @@ def _random_scene(rng: np.random.Generator) -> dict:
         "freqs": freqs.astype(np.float64),
         "phases": rng.uniform(0, 2 * np.pi, size=(waves, 3)),
         "amps": rng.uniform(0.04, 0.12, size=(waves, 3)),
-        "blob_centres": rng.uniform(0, 1, size=(3, 2)),
-        "blob_radii": rng.uniform(0.07, 0.14, size=3),
-        "blob_colours": rng.uniform(-0.35, 0.35, size=(3, 3)),
+        "blob_centres": rng.uniform(0, 1, size=(blobs, 2)),
+        "blob_radii": rng.uniform(0.07, 0.14, size=blobs),
+        "blob_colours": rng.uniform(-0.35, 0.35, size=(blobs, 3)),
     }
 
 

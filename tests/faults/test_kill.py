@@ -100,9 +100,9 @@ def losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
 
 
-def start(command: list[str], folder: Path) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen(command, cwd=folder, env=env, stdout=open(folder / "log.txt", "w"), stderr=subprocess.STDOUT,
+def start(command: list[str], folder: Path, env: dict | None = None) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.Popen(command, cwd=folder, env=env, stdout=open(folder / "log.txt", "a"), stderr=subprocess.STDOUT,
                             start_new_session=True)  # its own process group, killed as a whole
 
 
@@ -154,3 +154,60 @@ def test_one_rank_killed_the_other_fails_within_the_group_timeout(tmp_path, stud
     assert time.monotonic() - killed_at < 90
     survivors = [p for p in psutil.process_iter(["cmdline"]) if str(tmp_path) in " ".join(p.info["cmdline"] or [])]
     assert not survivors, "no rank may be left hanging"
+
+
+# ------------------------------------------------------- kills placed inside the checkpoint commit
+# Each kill lands at a named point of `salt/training/checkpointing.save` (SALT_KILL_AT=point@step,
+# rank 0), so nothing here races a poll loop. One run is killed at every point in turn: at the
+# first checkpoint after DeepSpeed's files (nothing committed yet: resume starts at step 0), at
+# the second after its run state (complete, but `latest` still names step4), at the third after
+# the pointer (before old checkpoints are deleted), and at the fourth half-way through deleting
+# the oldest (step4). Each resume continues from the newest complete checkpoint.
+COMMIT_KILLS = [("after-deepspeed-files", 4), ("after-run-state", 8), ("after-pointer", 12), ("mid-deletion", 16)]
+COMMIT_STEPS = 20
+
+
+def run_to_end(command: list[str], folder: Path, env: dict | None = None) -> int:
+    process = start(command, folder, env)
+    try:
+        return process.wait(timeout=BOUND_S)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_student_killed_at_every_point_of_the_checkpoint_commit(tmp_path, student_cache, ranks):
+    from salt.training.checkpointing import KILL_AT_ENV, RUN_STATE, complete_checkpoints
+
+    port = 29800 + 40 * ranks
+    full = student_config(tmp_path / "full", student_cache, COMMIT_STEPS)
+    assert run_to_end(student_command(full, ranks, port), tmp_path / "full") == 0, (tmp_path / "full" / "log.txt").read_text()[-3000:]
+
+    config = student_config(tmp_path / "split", student_cache, COMMIT_STEPS)
+    checkpoints = tmp_path / "split" / "run" / "checkpoints"
+    for attempt, (point, step) in enumerate(COMMIT_KILLS, start=1):
+        command = student_command(config, ranks, port + attempt) + (["--resume"] if attempt > 1 else [])
+        code = run_to_end(command, tmp_path / "split", {KILL_AT_ENV: f"{point}@{step}"})
+        log = (tmp_path / "split" / "log.txt").read_text()
+        assert code != 0, f"{point}@{step}: the run should have been killed\n{log[-3000:]}"
+        complete = [int(p.name[4:]) for p in complete_checkpoints(checkpoints)]
+        if point == "after-deepspeed-files":
+            assert complete == [] and (checkpoints / f"step{step}").is_dir() and not (checkpoints / f"step{step}" / RUN_STATE).exists()
+        else:
+            assert complete[-1] == step, (point, complete)
+            pointer = (checkpoints / "latest").read_text().strip()
+            assert pointer == ("step4" if point == "after-run-state" else f"step{step}")
+        if point == "mid-deletion":
+            assert (checkpoints / "step4").is_dir() and 4 not in complete  # half deleted, and no longer complete
+    resumed = run_to_end(student_command(config, ranks, port + 9) + ["--resume"], tmp_path / "split")
+    log = (tmp_path / "split" / "log.txt").read_text()
+    assert resumed == 0, log[-3000:]
+    assert "no complete checkpoint" in log and "starting at step 0" in log  # the second attempt
+    assert "names step4, but the newest complete checkpoint is step8" in log  # the third
+    a, b = losses(tmp_path / "full" / "run"), losses(tmp_path / "split" / "run")
+    assert sorted(b) == sorted(a) == list(range(1, COMMIT_STEPS + 1))  # every step logged exactly once
+    np.testing.assert_allclose([b[s] for s in a], [a[s] for s in a], rtol=1e-4)
+    assert [int(p.name[4:]) for p in complete_checkpoints(checkpoints)] == [16, 20]
+    assert sorted(p.name for p in checkpoints.glob("step*")) == ["step16", "step20"]  # leftovers deleted

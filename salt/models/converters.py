@@ -1,4 +1,4 @@
-"""Import V-JEPA and VideoMAE encoder checkpoints (and bare state dicts) into ``VideoViT``.
+"""Convert V-JEPA and VideoMAE encoder checkpoints (and bare state dicts) into ``VideoViT``.
 
 Both already use timm key names (patch_embed.proj, blocks.N.{norm1,attn.qkv,attn.proj,norm2,
 mlp.fc1,mlp.fc2}, norm). What differs, and is handled here:
@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 import torch
 
-from salt.models.checkpoint import CheckpointError
+from salt.models.errors import CheckpointError
 from salt.models.vit import ARCH_KEYS, ARCHS, DEFAULT_ARCH, complete_arch, position_table
 
 log = logging.getLogger("salt.models")

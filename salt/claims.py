@@ -1,0 +1,105 @@
+"""The claims table of `salt reproduce`: probe accuracies per row and protocol, their standard
+errors, and verdicts that read as the numbers say.
+
+A row is one kind of run (e.g. "SALT student of the teacher") over its seeds. For each probe
+protocol it holds every run's val top-1 and that accuracy's binomial standard error over the
+val videos; the row's error is that of the mean of its runs (independent val samples),
+sqrt(sum se_i²) / k. A comparison holds when the difference exceeds twice its standard error
+sqrt(se_a² + se_b²), fails when it is below minus twice that, and is within noise otherwise.
+The seed spread is listed beside it: with 2 seeds it is a weak estimate and not used.
+"""
+
+from __future__ import annotations
+
+import math
+from statistics import mean, stdev
+
+from salt.probe import binomial_se
+
+PROTOCOLS = ("linear", "attentive")
+CALIBRATION = {"floor_above_chance": 0.05, "ceiling_above_floor": 0.30}  # the issue's bar, linear protocol
+
+
+def row(group: str, name: str, runs: list[str], probes: dict[str, dict[str, dict]], flops: float,
+        flops_with_cache: float | None = None) -> dict | None:
+    """`probes[run][protocol]` is that run's probe record; None when no run of the row was probed."""
+    by_protocol = {}
+    for protocol in PROTOCOLS:
+        records = [probes[r][protocol] for r in runs if protocol in probes.get(r, {})]
+        if not records:
+            continue
+        top1 = [rec["best"]["top1"] for rec in records]
+        errors = [rec["best"].get("top1_se", binomial_se(rec["best"]["top1"], rec.get("val_videos", 0))) for rec in records]
+        by_protocol[protocol] = {"top1": top1, "se": errors, "mean": mean(top1),
+                                 "se_mean": math.sqrt(sum(e * e for e in errors)) / len(errors),
+                                 "spread": stdev(top1) if len(top1) > 1 else 0.0}
+    if not by_protocol:
+        return None
+    return {"group": group, "row": name, "runs": runs, "by_protocol": by_protocol, "flops": flops,
+            "flops_with_cache": flops_with_cache}
+
+
+def compare(a: dict, b: dict) -> tuple[float, float, str]:
+    """(a − b, its standard error, 'holds' | 'fails' | 'within noise') for one protocol's stats."""
+    diff = a["mean"] - b["mean"]
+    se = math.sqrt(a["se_mean"] ** 2 + b["se_mean"] ** 2)
+    return diff, se, "holds" if diff > 2 * se else "fails" if diff < -2 * se else "within noise (|difference| <= 2 s.e.)"
+
+
+def verdicts(rows: list[dict], chance: float) -> list[str]:
+    get = {r["row"]: r for r in rows}.get
+    lines = []
+    floor, ceiling = get("random-init floor"), get("supervised ceiling")
+    calibrated = False
+    if floor and ceiling and "linear" in floor["by_protocol"] and "linear" in ceiling["by_protocol"]:
+        f, c = floor["by_protocol"]["linear"], ceiling["by_protocol"]["linear"]
+        near_chance = f["mean"] - chance <= CALIBRATION["floor_above_chance"]
+        gap = c["mean"] - f["mean"]
+        calibrated = near_chance and gap >= CALIBRATION["ceiling_above_floor"]
+        lines.append(f"0. calibration (linear): floor {_pct(f)} (chance {chance:.1%}: "
+                     f"{'within' if near_chance else 'more than'} 5 points), ceiling {_pct(c)}, gap {gap * 100:+.1f} points -> "
+                     f"{'calibrated' if calibrated else 'NOT calibrated: the claims below cannot be judged on this benchmark'}")
+    else:
+        lines.append("0. calibration: not in this run (the claims below count only where a calibration of the same data "
+                     "puts the linear floor within 5 points of chance and the ceiling >= 30 points above it)")
+    caveat = "" if calibrated else " [benchmark not calibrated]"
+
+    def claim(number: str, text: str, a: dict | None, b: dict | None) -> None:
+        if not (a and b):
+            return
+        parts = []
+        for protocol in PROTOCOLS:
+            if protocol in a["by_protocol"] and protocol in b["by_protocol"]:
+                x, y = a["by_protocol"][protocol], b["by_protocol"][protocol]
+                diff, se, verdict = compare(x, y)
+                parts.append(f"{protocol}: {_pct(x)} vs {_pct(y)}, difference {diff * 100:+.1f} ± {se * 100:.1f} -> {verdict}")
+        lines.append(f"{number}. {text}: " + "; ".join(parts) + caveat)
+
+    student, teacher = get("SALT student of the teacher"), get("teacher (pixels)")
+    claim("1", "student > its teacher", student, teacher)
+    claim("2", "SALT >= V-JEPA EMA at matched FLOPs", student, get("V-JEPA EMA baseline (same FLOPs as SALT online)"))
+    weak = get("SALT student of the weak teacher")
+    claim("3a", "weak teacher (its steps) vs the full teacher", get("weak teacher (pixels)"), teacher)
+    claim("3b", "student of the weak teacher vs student of the full teacher (paper: within ~2 points)", weak, student)
+    random_student = get("SALT student of the random-init teacher")
+    claim("4a", "control: student of the full teacher vs student of a random-init frozen teacher", student, random_student)
+    claim("4b", "control: student of a random-init teacher vs the random-init floor", random_student, floor)
+    return lines
+
+
+def format_table(result: dict) -> str:
+    header = "| group | row | " + " | ".join(f"{p} top-1 (mean ± s.e.) | {p} per run" for p in PROTOCOLS)
+    lines = [header + " | FLOPs (teacher online) | FLOPs (with cache) |",
+             "|" + "---|" * (4 + 2 * len(PROTOCOLS))]
+    for r in result["rows"]:
+        cells = []
+        for protocol in PROTOCOLS:
+            stats = r["by_protocol"].get(protocol)
+            cells += [_pct(stats), " / ".join(f"{a:.1%}" for a in stats["top1"])] if stats else ["-", "-"]
+        cached = f"{r['flops_with_cache']:.3g}" if r["flops_with_cache"] else "-"
+        lines.append(f"| {r['group']} | {r['row']} | " + " | ".join(cells) + f" | {r['flops']:.3g} | {cached} |")
+    return "\n".join(lines + [""] + [f"- {v}" for v in result["verdicts"]]) + "\n"
+
+
+def _pct(stats: dict) -> str:
+    return f"{stats['mean']:.1%} ± {stats['se_mean'] * 100:.1f}"

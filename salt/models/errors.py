@@ -1,0 +1,6 @@
+"""The models' exception type (its own module, so that checkpoint and converters share it
+without importing each other)."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be read, is corrupt, or does not match the architecture."""

@@ -1,0 +1,111 @@
+"""What the loop measures: FLOPs once, a window of step statistics, JSONL records on rank 0."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from salt.training.errors import TrainingError
+
+
+def measure_flops(objective, batch) -> tuple[float, float]:
+    """Forward FLOPs of the trained parts and of the frozen target computation, once.
+
+    `forward` includes making the targets; `frozen_forward` is that part alone."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    # With autograd on: the counter's module hooks expect it (its graph is dropped unused).
+    with FlopCounterMode(display=False) as total:
+        objective(batch)
+    with torch.no_grad(), FlopCounterMode(display=False) as frozen:
+        objective.frozen_forward(batch)
+    return float(total.get_total_flops() - frozen.get_total_flops()), float(frozen.get_total_flops())
+
+
+@dataclass
+class Window:
+    """Statistics of the steps since the last logged record."""
+
+    seconds: float = 0.0  # wall time of the steps
+    wait: float = 0.0  # of which waiting for the loader
+    samples: int = 0  # clips, all ranks
+    losses: list[float] = field(default_factory=list)  # one per micro-batch
+    metrics: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, loss: float, metrics: dict[str, float], samples: int) -> None:
+        self.losses.append(loss)
+        for key, value in metrics.items():
+            self.metrics.setdefault(key, []).append(value)
+        self.samples += samples
+
+    def record(self, step: int, lr: float, wd: float, grad_norm, grad_accum: int, flops: dict, bad_videos: int) -> dict[str, Any]:
+        seconds = max(self.seconds, 1e-9)
+        record = {
+            "step": step,
+            "loss": sum(self.losses) / max(1, len(self.losses)),
+            "lr": lr,
+            "wd": wd,
+            "grad_norm": float(grad_norm) if grad_norm is not None else None,
+            "samples_per_s": self.samples / seconds,
+            "steps_per_s": len(self.losses) / seconds / max(1, grad_accum),
+            "data_wait_share": self.wait / seconds,
+            "flops": flops["trained"] + flops["frozen"],
+            "flops_trained": flops["trained"],  # student/encoder + predictor, forward and backward
+            "flops_frozen": flops["frozen"],  # target computation: online teacher or EMA encoder
+            "bad_videos": bad_videos,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # this process (Linux: KiB)
+        }
+        for key, values in self.metrics.items():
+            record[key] = sum(values) / len(values)
+        return record
+
+
+class MetricsLog:
+    """JSONL metrics on rank 0. A resumed run continues the same file; records past the step
+    it resumes from (written after the last checkpoint, about to be redone) are dropped first,
+    so the file never holds a step twice."""
+
+    def __init__(self, path: Path, enabled: bool, tensorboard: bool, start_step: int = 0):
+        self.enabled = enabled
+        if enabled and path.exists():
+            kept = []
+            for line in path.read_text(encoding="utf-8").splitlines():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:  # a line cut off by a kill
+                    continue
+                if record.get("step", 0) <= start_step:
+                    kept.append(line)
+            partial = path.with_name(path.name + ".partial")
+            partial.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            os.replace(partial, path)
+        self.file = open(path, "a", encoding="utf-8") if enabled else None
+        self.writer = None
+        if enabled and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as err:
+                raise TrainingError("run.tensorboard is on but tensorboard is not installed: pip install tensorboard") from err
+            self.writer = SummaryWriter(str(path.parent / "tensorboard"))
+
+    def write(self, record: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        if self.writer is not None:
+            for key, value in record.items():
+                if isinstance(value, (int, float)) and key != "step":
+                    self.writer.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        if self.file is not None:
+            self.file.close()
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,36 @@
+"""Verdicts of the claims table read as the numbers say."""
+
+from salt.claims import compare, row, verdicts
+
+
+def record(top1: float, videos: int = 400) -> dict:
+    return {"best": {"top1": top1}, "val_videos": videos}
+
+
+def probes(**runs: tuple[float, float]) -> dict:
+    return {name: {"linear": record(linear), "attentive": record(attentive)} for name, (linear, attentive) in runs.items()}
+
+
+def test_row_errors_and_comparisons():
+    found = row("g", "r", ["a", "b"], probes(a=(0.30, 0.40), b=(0.34, 0.40)), flops=1.0)
+    stats = found["by_protocol"]["linear"]
+    assert stats["mean"] == 0.32 and stats["top1"] == [0.30, 0.34]
+    se_a, se_b = (0.30 * 0.70 / 400) ** 0.5, (0.34 * 0.66 / 400) ** 0.5
+    assert abs(stats["se_mean"] - (se_a**2 + se_b**2) ** 0.5 / 2) < 1e-12
+    high = {"mean": 0.40, "se_mean": 0.01}
+    assert compare(high, {"mean": 0.30, "se_mean": 0.01})[2] == "holds"
+    assert compare({"mean": 0.30, "se_mean": 0.01}, high)[2] == "fails"
+    assert compare({"mean": 0.39, "se_mean": 0.01}, high)[2].startswith("within noise")
+
+
+def test_verdicts_judge_calibration_then_each_claim():
+    rows = [row("calibration", "random-init floor", ["f0", "f1"], probes(f0=(0.13, 0.38), f1=(0.15, 0.40)), 0.0),
+            row("calibration", "supervised ceiling", ["s"], probes(s=(0.60, 0.62)), 1.0),
+            row("teacher", "teacher (pixels)", ["t"], probes(t=(0.16, 0.41)), 1.0),
+            row("teacher", "SALT student of the teacher", ["s0"], probes(s0=(0.30, 0.41)), 1.0)]
+    lines = verdicts(rows, chance=0.125)
+    assert lines[0].startswith("0. calibration (linear): floor 14.0%") and lines[0].endswith("-> calibrated")
+    assert "linear: 30.0%" in lines[1] and "-> holds" in lines[1] and "attentive:" in lines[1]
+    assert "not calibrated" not in lines[1]
+    uncalibrated = verdicts([rows[0], row("calibration", "supervised ceiling", ["s"], probes(s=(0.20, 0.5)), 1.0)] + rows[2:], 0.125)
+    assert "NOT calibrated" in uncalibrated[0] and uncalibrated[1].endswith("[benchmark not calibrated]")
