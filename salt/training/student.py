@@ -15,9 +15,9 @@ import torch
 from salt.config import ConfigError, load_config
 from salt.latents import CacheError, first_views, load_manifest
 from salt.models import Predictor, build_encoder, load_encoder, resolve_arch, token_grid
+from salt.precision import resolve_precision
 from salt.training.config import StudentConfig
 from salt.training.data import CacheBatches, clip_loader
-from salt.precision import resolve_precision
 from salt.training.errors import TrainingError
 from salt.training.loop import TrainResult, init_distributed, launcher_main, train
 from salt.training.objectives import StudentObjective
