@@ -5,8 +5,8 @@ on a bare CUDA machine. Prints a table and writes JSON to $OUT (or ./benchmarks/
 
     python benchmarks/gpu_bench.py [--quick]
 
-- Teacher forward: views/s of `VideoViT` in bf16 autocast with SDPA, vit_base and vit_large,
-  and MFU = measured FLOP/s ÷ the GPU's dense bf16 peak (FLOPs from torch's FLOP counter).
+- Teacher forward: views/s of `VideoViT` in bf16 autocast with SDPA, vit_base, vit_large and
+  the RoPE vit_large (V-JEPA 2's backbone), and MFU = measured FLOP/s ÷ the GPU's dense bf16 peak (FLOPs from torch's FLOP counter).
 - Student step (vit_large student, predictor 384×12 → 1024-d targets, L1 on masked tokens, the
   two default mask configurations at micro-batch B, AdamW): the `targets: cache` case, where
   targets arrive as tensors, in plain torch (DeepSpeed is not on the machine).
@@ -131,11 +131,12 @@ def main() -> None:
     parser.add_argument("--no-compile", action="store_true")
     args = parser.parse_args()
     iters = 3 if args.quick else 10
-    teachers, students = (("vit_base", 64), ("vit_large", 32)), (("vit_large", 16), ("vit_large", 32))
+    teachers = (("vit_base", 64), ("vit_large", 32), ("vit_large_rope", 32))
+    students = (("vit_large", 16), ("vit_large", 32))
     if args.smoke:
         DEVICE = "cpu"
         GEOMETRY.update(frames=8, size=32)
-        teachers, students, iters = (("vit_tiny", 4),), (("vit_tiny", 4),), 1
+        teachers, students, iters = (("vit_tiny", 4), ("vit_tiny_rope", 4)), (("vit_tiny", 4),), 1
     else:
         torch.backends.cuda.matmul.allow_tf32 = True
     gpu = torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu (smoke)"

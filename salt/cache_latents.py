@@ -84,6 +84,7 @@ class CacheJob:
     eval_clips: int = 0  # > 0: deterministic evaluation views (clips × spatial crops), as probes use
     eval_spatial: int = 0
     arch: dict | None = None
+    checkpoint_key: str = ""  # the state dict of a trainer checkpoint holding several ("": the loader's default)
     rank: int = 0
     world_size: int = 1
     overwrite: bool = False
@@ -211,7 +212,7 @@ class VideoViews(Dataset):
 def run_cache(job: CacheJob) -> Path | None:
     """Fill the cache for this rank; returns the manifest path once every rank is done."""
     out = Path(job.out)
-    encoder, arch = load_encoder(job.teacher, job.arch)
+    encoder, arch = load_encoder(job.teacher, job.arch, job.checkpoint_key or None)
     teacher_fingerprint = fingerprint(encoder.state_dict())
     # One GPU per rank on a node: torchrun sets LOCAL_RANK, srun SLURM_LOCALID.
     local = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")))
@@ -359,7 +360,8 @@ def _merge(job: CacheJob, out: Path, settings: dict, records, grid, dim: int, vi
     done.sort(key=lambda d: (d[0].view_start, d[0].video_start))
     skipped = {entry["video"]: entry for _, d in done for entry in d["skipped"]}
     manifest = Manifest(
-        teacher={"fingerprint": settings["teacher_fingerprint"], "arch": arch, "source": str(job.teacher)},
+        teacher={"fingerprint": settings["teacher_fingerprint"], "arch": arch, "source": str(job.teacher),
+                 "checkpoint_key": job.checkpoint_key},
         grid=tuple(grid), dim=dim,
         geometry={"frames": view.frames, "frame_step": view.frame_step, "size": view.size, "patch": arch["patch_size"],
                   "tubelet": arch["tubelet_size"]},

@@ -110,7 +110,9 @@ def _parse_arch(pairs) -> dict | None:
 
 
 @main.command("cache-latents")
-@click.option("--teacher", required=True, type=click.Path(), help="Encoder checkpoint: SALT .pt, safetensors, V-JEPA or VideoMAE.")
+@click.option("--teacher", required=True, type=click.Path(),
+              help="Encoder checkpoint: SALT .pt/.safetensors, V-JEPA 1/2, VideoMAE, or a Hugging Face VideoMAE folder.")
+@click.option("--checkpoint-key", default="", help="State dict to read from a trainer checkpoint (default: target_encoder, else encoder).")
 @click.option("--data", required=True, type=click.Path(), help="CSV of 'path label' lines, a folder of videos, or make-shards output.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Cache folder, e.g. cache/NAME.")
 @click.option("--views", default=1, help="Augmented views per video (a larger value later adds the missing ones).")
@@ -165,7 +167,8 @@ def cache_latents_command(**options) -> None:
 
 
 @main.command("probe")
-@click.option("--encoder", type=click.Path(dir_okay=False), help="Encoder checkpoint (SALT .pt, safetensors, V-JEPA, VideoMAE).")
+@click.option("--encoder", type=click.Path(), help="Encoder checkpoint (SALT .pt/.safetensors, V-JEPA 1/2, VideoMAE, Hugging Face VideoMAE folder).")
+@click.option("--checkpoint-key", default="", help="State dict to read from a trainer checkpoint (default: target_encoder, else encoder).")
 @click.option("--random-init", help="Probe a randomly initialised encoder of this size instead (the floor).")
 @click.option("--train", "train_data", required=True, type=click.Path(exists=True), help="Labelled training videos (CSV, folder, shards).")
 @click.option("--val", "val_data", required=True, type=click.Path(exists=True), help="Labelled validation videos.")
@@ -177,7 +180,8 @@ def cache_latents_command(**options) -> None:
               help="Keep the stored token maps here (default: a temporary folder); a later probe with the same folder reuses them.")
 @click.option("--protocol", type=click.Choice(["attentive", "linear"]), default=None,
               help="attentive (the paper's) or linear (mean-pooled tokens, MAE's protocol); default: the config's.")
-def probe_command(encoder, random_init, train_data, val_data, config_path, overrides, arch_pairs, out, work_dir, protocol) -> None:
+def probe_command(encoder, checkpoint_key, random_init, train_data, val_data, config_path, overrides, arch_pairs, out, work_dir,
+                  protocol) -> None:
     """Frozen probe: token maps computed once, an lr x wd grid of heads, multi-view evaluation."""
     from salt.config import load_config
     from salt.probe import ProbeConfig, format_probe, run_probe, save_report
@@ -185,7 +189,7 @@ def probe_command(encoder, random_init, train_data, val_data, config_path, overr
     if bool(encoder) == bool(random_init):
         raise click.UsageError("give exactly one of --encoder and --random-init")
     cfg = load_config(ProbeConfig, config_path, list(overrides) + ([f"protocol={protocol}"] if protocol else []))
-    report = run_probe(encoder, random_init, train_data, val_data, cfg, work_dir, _parse_arch(arch_pairs))
+    report = run_probe(encoder, random_init, train_data, val_data, cfg, work_dir, _parse_arch(arch_pairs), checkpoint_key)
     click.echo(format_probe(report))
     if out:
         save_report(report, out)

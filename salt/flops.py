@@ -110,7 +110,8 @@ def plan(teacher_cfg, student_cfg, teacher_steps: int, student_steps: int, teach
         teacher_arch = resolve_arch(teacher_cfg.encoder.arch, img_size=view.size, num_frames=view.frames, **teacher_cfg.encoder.overrides)
         pixels = teacher_arch["tubelet_size"] * teacher_arch["patch_size"] ** 2 * 3
         decoder = {"out_dim": pixels, "width": teacher_cfg.decoder.width, "depth": teacher_cfg.decoder.depth,
-                   "num_heads": teacher_cfg.decoder.num_heads, "num_mask_tokens": len(teacher_cfg.masks)}
+                   "num_heads": teacher_cfg.decoder.num_heads, "num_mask_tokens": len(teacher_cfg.masks),
+                   "pos_embed": teacher_cfg.decoder.pos_embed}
         parts += masked_training_parts("1 teacher", teacher_arch, decoder, teacher_cfg.masks, teacher_cfg.data.batch_size,
                                        view.frames, view.size, teacher_steps * teacher_batch)
     geometry = student_cfg.geometry
@@ -118,7 +119,8 @@ def plan(teacher_cfg, student_cfg, teacher_steps: int, student_steps: int, teach
     target_arch = teacher_arch or student_arch
     target_dim = target_arch["embed_dim"]
     predictor = {"out_dim": target_dim, "width": student_cfg.predictor.width, "depth": student_cfg.predictor.depth,
-                 "num_heads": student_cfg.predictor.num_heads, "num_mask_tokens": len(student_cfg.masks)}
+                 "num_heads": student_cfg.predictor.num_heads, "num_mask_tokens": len(student_cfg.masks),
+                 "pos_embed": student_cfg.predictor.pos_embed}
     student_clips = student_steps * student_batch
     parts += masked_training_parts("2 student", student_arch, predictor, student_cfg.masks, student_cfg.data.batch_size,
                                    geometry.frames, geometry.size, student_clips)

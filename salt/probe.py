@@ -98,7 +98,8 @@ def pool_tokens(features: dict) -> dict:
     return {**features, "tokens": features["tokens"].float().mean(dim=1)}
 
 
-def extract_features(encoder_path: Path, data: str, out: Path, cfg: ProbeConfig, evaluation: bool) -> tuple[dict, float]:
+def extract_features(encoder_path: Path, data: str, out: Path, cfg: ProbeConfig, evaluation: bool,
+                     arch: dict | None = None, checkpoint_key: str = "") -> tuple[dict, float]:
     """Token maps of every (video, view) through the cache writer; returns arrays and seconds."""
     from salt.cache_latents import CacheJob, run_cache
     from salt.latents import open_cache
@@ -109,6 +110,7 @@ def extract_features(encoder_path: Path, data: str, out: Path, cfg: ProbeConfig,
         teacher=str(encoder_path), data=data, out=str(out), views=views, dtype=cfg.feature_dtype, workers=cfg.workers,
         frames=cfg.frames, size=cfg.size, frame_step=cfg.frame_step, seed=cfg.seed, progress=False,
         eval_clips=cfg.eval_clips if evaluation else 0, eval_spatial=cfg.eval_spatial if evaluation else 0,
+        arch=arch, checkpoint_key=checkpoint_key,
     ))
     seconds = time.perf_counter() - start
     cache = open_cache(out)
@@ -189,7 +191,7 @@ def view_averaged_accuracy(probabilities: torch.Tensor, labels: torch.Tensor, vi
 
 
 def run_probe(encoder: str | None, random_init: str | None, train_data: str, val_data: str, cfg: ProbeConfig,
-              work_dir: str | None = None, arch: dict | None = None) -> dict:
+              work_dir: str | None = None, arch: dict | None = None, checkpoint_key: str = "") -> dict:
     from salt.models import build_encoder, fingerprint, load_encoder, save_encoder
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -200,12 +202,13 @@ def run_probe(encoder: str | None, random_init: str | None, train_data: str, val
             model = build_encoder(random_init, **{k: v for k, v in (arch or {}).items()})
             encoder_path = work / f"random_{random_init}_seed{cfg.seed}.pt"
             save_encoder(encoder_path, model, kind="random-init")
+            arch, checkpoint_key = None, ""  # the saved file carries its arch
         else:
             encoder_path = Path(encoder)
-            model, _ = load_encoder(encoder_path, arch)
+            model, _ = load_encoder(encoder_path, arch, checkpoint_key or None)
         encoder_fingerprint = fingerprint(model.state_dict())
-        train, train_seconds = extract_features(encoder_path, train_data, work / "features_train", cfg, evaluation=False)
-        val, val_seconds = extract_features(encoder_path, val_data, work / "features_val", cfg, evaluation=True)
+        train, train_seconds = extract_features(encoder_path, train_data, work / "features_train", cfg, False, arch, checkpoint_key)
+        val, val_seconds = extract_features(encoder_path, val_data, work / "features_val", cfg, True, arch, checkpoint_key)
         num_classes = int(max(train["labels"].max(), val["labels"].max()).item()) + 1
         heads = train_heads(train, val, num_classes, cfg)
     # Without the stored tokens, every epoch would decode and run the encoder over the training

@@ -134,3 +134,15 @@ def test_the_deepspeed_entry_point_reports_user_errors_in_one_line(tmp_path, cap
     with pytest.raises(SystemExit) as exit_info:
         student_main(["--config", str(config)])
     assert str(exit_info.value).startswith("error: ") and "no_cache" in str(exit_info.value)
+
+
+def test_resume_accepts_a_setting_added_after_the_checkpoint_at_its_default():
+    from salt.training.checkpointing import config_differences
+
+    saved = {"predictor": {"width": 64, "depth": 1}}
+    defaults = {"predictor": {"width": 384, "depth": 12, "pos_embed": "sincos3d"}}
+    now = {"predictor": {"width": 64, "depth": 1, "pos_embed": "sincos3d"}}
+    assert config_differences(saved, now, defaults=defaults) == []
+    changed = {"predictor": {"width": 64, "depth": 1, "pos_embed": "rope"}}
+    assert config_differences(saved, changed, defaults=defaults) == ["predictor.pos_embed: checkpoint None, now 'rope'"]
+    assert config_differences(saved, now) == ["predictor.pos_embed: checkpoint None, now 'sincos3d'"]

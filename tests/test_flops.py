@@ -44,3 +44,15 @@ def test_flops_command():
     result = CliRunner().invoke(main, ["flops", "--student-config", str(CONFIGS / "student/vit_tiny.yaml"), "--student-steps", "10", "--targets", "ema"])
     assert result.exit_code == 0, result.output
     assert "EMA target encoder forward" in result.output and "total:" in result.output
+
+
+def test_rope_configs_are_planned_like_their_sincos_twins():
+    """RoPE adds no parameters and no matmuls (its rotation is elementwise): the same counts."""
+    results = []
+    for suffix in ("", "_rope"):
+        teacher = load_config(TeacherConfig, str(CONFIGS / f"teacher/vit_large{suffix}.yaml"), [])
+        student = load_config(StudentConfig, str(CONFIGS / f"student/vit_small{suffix}.yaml"), [])
+        results.append(plan(teacher, student, 100, 100, 64, 64))
+    sincos, rope = results
+    assert [p.params for p in rope["parts"]] == [p.params for p in sincos["parts"]]
+    assert rope["counted_total"] == sincos["counted_total"] and rope["total"] == sincos["total"]

@@ -72,13 +72,18 @@ def test_registry_sizes_and_keys():
     expected = {"vit_tiny": (128, 4, 4), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12),
                 "vit_large": (1024, 24, 16), "vit_huge": (1280, 32, 16), "vit_giant": (1408, 40, 16),
                 "vit_gigantic": (1664, 48, 16)}
-    assert set(ARCHS) == set(expected)
-    for name, (dim, depth, heads) in expected.items():
+    # V-JEPA 2's RoPE backbones; its ViT-g has 22 heads of 64.
+    rope = {"vit_tiny_rope": (128, 4, 4), "vit_small_rope": (384, 12, 6), "vit_base_rope": (768, 12, 12),
+            "vit_large_rope": (1024, 24, 16), "vit_huge_rope": (1280, 32, 16), "vit_giant_rope": (1408, 40, 22)}
+    assert set(ARCHS) == set(expected) | set(rope)
+    for name, (dim, depth, heads) in {**expected, **rope}.items():
         arch = ARCHS[name]
         assert set(arch) == set(ARCH_KEYS)
         assert (arch["embed_dim"], arch["depth"], arch["num_heads"]) == (dim, depth, heads)
         assert (arch["img_size"], arch["num_frames"], arch["patch_size"], arch["tubelet_size"]) == (224, 16, 16, 2)
-        assert arch["pos_embed"] == "sincos3d" and arch["uniform_power"] is False and arch["qkv_bias"] is True
+        assert arch["pos_embed"] == ("rope" if name in rope else "sincos3d")
+        assert arch["uniform_power"] is False and arch["qkv_bias"] is True
+        assert arch["norm_eps"] == 1e-6 and arch["final_norm"] is True
         assert json.loads(json.dumps(arch)) == arch  # plain data
     assert ARCHS["vit_giant"]["mlp_ratio"] == 48 / 11 and ARCHS["vit_gigantic"]["mlp_ratio"] == 64 / 13
 

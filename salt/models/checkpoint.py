@@ -1,5 +1,6 @@
 """Encoder checkpoints: the one format this project writes, and the safe loader for it and
-for imported V-JEPA / VideoMAE checkpoints (see ``salt.models.converters``).
+for imported V-JEPA 1/2 / VideoMAE checkpoints (``salt.models.converters``) and Hugging Face
+VideoMAE folders (``salt.models.hf_videomae``).
 
 Format (``.pt``, read with ``torch.load(weights_only=True)``): a dict of plain data and tensors
     {"format": "salt-encoder", "format_version": 1, "kind": "teacher" | "student" | ...,
@@ -23,6 +24,7 @@ from typing import Any, Mapping
 
 import torch
 
+from salt.models import hf_videomae
 from salt.models.converters import import_state_dict
 from salt.models.errors import CheckpointError
 from salt.models.vit import ARCH_KEYS, VideoViT, build_encoder, complete_arch
@@ -249,24 +251,48 @@ def _load_salt_format(obj: dict, path: Path, arch: Mapping[str, Any] | None) -> 
     return encoder, stored_arch
 
 
-def load_encoder(path: str | os.PathLike, arch: Mapping[str, Any] | None = None) -> tuple[VideoViT, dict]:
-    """Load an encoder from a salt-encoder checkpoint (.pt or .safetensors), a V-JEPA or a
-    VideoMAE checkpoint, or a bare state dict. Returns ``(encoder, arch)``.
+def load_encoder(path: str | os.PathLike, arch: Mapping[str, Any] | None = None,
+                 checkpoint_key: str | None = None) -> tuple[VideoViT, dict]:
+    """Load an encoder from a salt-encoder checkpoint (.pt or .safetensors), a V-JEPA 1/2 or
+    VideoMAE checkpoint, a Hugging Face VideoMAE folder (or its weight file beside its
+    config.json), or a bare state dict. Returns ``(encoder, arch)``.
 
     ``arch`` supplies what the weights cannot tell (e.g. num_heads, img_size/num_frames) and
-    must agree with whatever they do tell. The encoder comes back in the floating dtype its
-    weights were stored in. Raises CheckpointError for any unreadable, unsafe, corrupt or
-    mismatching file.
+    must agree with whatever they do tell. ``checkpoint_key`` picks the state dict of a
+    trainer checkpoint holding several (default: ``target_encoder``, else ``encoder``, ...).
+    The encoder comes back in the floating dtype its weights were stored in. Raises
+    CheckpointError for any unreadable, unsafe, corrupt or mismatching file.
     """
     path = Path(path)
-    obj = read_checkpoint(path)
-    if isinstance(obj, dict) and obj.get("format") == FORMAT:
-        encoder, stored_arch = _load_salt_format(obj, path, arch)
-        log.info("loaded %s encoder from %s (fingerprint %s)", obj.get("kind"), path,
-                 str(obj["fingerprint"])[:16])
-        return encoder, stored_arch
-
-    state_dict, imported_arch = import_state_dict(obj, path, arch)
+    if path.is_dir():
+        config_file, weights = hf_videomae.read_folder(path, read_checkpoint)
+        state_dict, imported_arch = _import_hf(weights, config_file, arch, path)
+    else:
+        obj = read_checkpoint(path)
+        if isinstance(obj, dict) and obj.get("format") == FORMAT:
+            encoder, stored_arch = _load_salt_format(obj, path, arch)
+            log.info("loaded %s encoder from %s (fingerprint %s)", obj.get("kind"), path,
+                     str(obj["fingerprint"])[:16])
+            return encoder, stored_arch
+        config_file = hf_videomae.config_beside(path)
+        if config_file is not None and hf_videomae.looks_like_hf(obj):
+            state_dict, imported_arch = _import_hf(obj, config_file, arch, path)
+        elif hf_videomae.looks_like_hf(obj):
+            raise CheckpointError(f"{path}: Hugging Face VideoMAE weights without their config.json; "
+                                  f"pass the folder save_pretrained wrote (config.json + weights)")
+        else:
+            state_dict, imported_arch = import_state_dict(obj, path, arch, checkpoint_key)
     encoder = build_encoder(imported_arch)
     load_state_dict_strict(encoder, state_dict, path)
     return encoder, imported_arch
+
+
+def _import_hf(weights, config_file: Path, arch: Mapping[str, Any] | None, path: Path) -> tuple[dict, dict]:
+    unknown = sorted(set(arch or {}) - set(ARCH_KEYS))
+    if unknown:
+        raise CheckpointError(f"unknown arch keys {unknown}; allowed: {list(ARCH_KEYS)}")
+    state_dict, imported = hf_videomae.import_hf_videomae(weights, config_file, dict(arch or {}), path)
+    try:
+        return state_dict, complete_arch(imported)
+    except ValueError as err:
+        raise CheckpointError(f"{path}: {err}") from None

@@ -2,10 +2,12 @@
 
 Both already use timm key names (patch_embed.proj, blocks.N.{norm1,attn.qkv,attn.proj,norm2,
 mlp.fc1,mlp.fc2}, norm). What differs, and is handled here:
-- V-JEPA: weights under ``target_encoder`` (else ``encoder``) with ``module.``/``backbone.``
-  prefixes; a ``pos_embed`` [1, N, D] that is the fixed 3-D sin-cos table. It is checked
-  against ours (uniform_power off, then on) and not loaded. Other top-level entries (opt,
-  predictor, scaler, epoch, ...) are not the encoder and are ignored.
+- V-JEPA: weights under ``target_encoder`` (else ``encoder``; ``checkpoint_key`` picks another)
+  with ``module.``/``backbone.`` prefixes. V-JEPA 1 stores a ``pos_embed`` [1, N, D] that is the
+  fixed 3-D sin-cos table: it is checked against ours (uniform_power off, then on) and not
+  loaded. V-JEPA 2 (RoPE) stores none: no table means ``pos_embed: rope``, and the clip
+  geometry (img_size, num_frames) is then not in the file at all. Other top-level entries
+  (opt, predictor, scaler, epoch, ...) are not the encoder and are ignored.
 - VideoMAE: weights under ``model`` (or ``module``); pre-training checkpoints prefix the
   encoder with ``encoder.`` and carry the decoder (ignored); q/v-only attention biases;
   1-D sin-cos positions not stored; fine-tuned ones have ``fc_norm`` (mapped to ``norm``)
@@ -34,12 +36,22 @@ _VIDEOMAE_DECODER = ("decoder.", "encoder_to_decoder.", "mask_token")
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.")
 
 
-def _extract(obj: Any, path: Path) -> tuple[str, dict[str, torch.Tensor]]:
+_SOURCES = (("target_encoder", "V-JEPA"), ("encoder", "V-JEPA"), ("model", "VideoMAE"), ("module", "VideoMAE"))
+
+
+def _extract(obj: Any, path: Path, checkpoint_key: str | None = None) -> tuple[str, dict[str, torch.Tensor]]:
     """(source, raw state dict) from a loaded checkpoint object."""
     if not isinstance(obj, Mapping):
         raise CheckpointError(f"{path}: holds a {type(obj).__name__}, not a checkpoint dict")
-    for key, source in (("target_encoder", "V-JEPA"), ("encoder", "V-JEPA"),
-                        ("model", "VideoMAE"), ("module", "VideoMAE")):
+    if checkpoint_key:
+        if not isinstance(obj.get(checkpoint_key), Mapping):
+            weights = sorted(str(k) for k, v in obj.items() if isinstance(v, Mapping))
+            raise CheckpointError(f"{path}: no state dict under checkpoint key {checkpoint_key!r}; "
+                                  f"the keys holding weights are {weights}")
+        source = dict(_SOURCES).get(checkpoint_key, "V-JEPA" if "encoder" in checkpoint_key else "VideoMAE")
+        log.info("%s: using %r as asked (%s layout)", path, checkpoint_key, source)
+        return source, dict(obj[checkpoint_key])
+    for key, source in _SOURCES:
         if isinstance(obj.get(key), Mapping):
             ignored = sorted(k for k in obj if k != key)
             log.info("%s: %s checkpoint, using %r; ignoring top-level %s", path, source, key, ignored)
@@ -194,7 +206,9 @@ def _match_position_table(table: torch.Tensor, arch: dict[str, Any], given: Mapp
 
 
 def _num_heads(arch: dict[str, Any], path: Path) -> int:
-    for name, size in ARCHS.items():
+    # Registry sizes with the same positions first: V-JEPA 2's ViT-g has 22 heads, V-JEPA 1's 16.
+    sizes = sorted(ARCHS.items(), key=lambda item: item[1]["pos_embed"] != arch["pos_embed"])
+    for name, size in sizes:
         if (size["embed_dim"], size["depth"]) == (arch["embed_dim"], arch["depth"]):
             log.warning("%s: head count is not stored in the weights; assuming %d (as %s). "
                         "Pass arch={'num_heads': ...} if that is wrong", path, size["num_heads"], name)
@@ -207,16 +221,19 @@ def _num_heads(arch: dict[str, Any], path: Path) -> int:
     return heads
 
 
-def import_state_dict(obj: Any, path: Path, arch: Mapping[str, Any] | None
+def import_state_dict(obj: Any, path: Path, arch: Mapping[str, Any] | None, checkpoint_key: str | None = None
                       ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Encoder state dict (our key names) and complete arch dict from a foreign checkpoint."""
     given = dict(arch or {})
     unknown = sorted(set(given) - set(ARCH_KEYS))
     if unknown:
         raise CheckpointError(f"unknown arch keys {unknown}; allowed: {list(ARCH_KEYS)}")
-    source, raw = _extract(obj, path)
+    source, raw = _extract(obj, path, checkpoint_key)
     state_dict = _encoder_keys(raw, path)
     table = state_dict.pop("pos_embed", None)
+    if table is not None and given.get("pos_embed") == "rope":
+        log.warning("%s: ignoring the stored pos_embed %s: arch says pos_embed rope", path, tuple(table.shape))
+        table = None
 
     shapes, hidden = _from_shapes(state_dict, path)
     for key, derived in shapes.items():
@@ -240,10 +257,15 @@ def import_state_dict(obj: Any, path: Path, arch: Mapping[str, Any] | None
             raise _contradiction(path, "pos_embed", given["pos_embed"], "sincos1d (VideoMAE)")
         resolved["pos_embed"] = "sincos1d"
     if source == "V-JEPA" and table is None and "pos_embed" not in given:
-        # V-JEPA 1 stores its sin-cos table; without it this is likely V-JEPA 2 (RoPE).
-        raise CheckpointError(f"{path}: V-JEPA checkpoint without pos_embed (V-JEPA 2 / RoPE "
-                              f"models are not supported); pass arch={{'pos_embed': ...}} if "
-                              f"you know its fixed positional table")
+        # V-JEPA 1 stores its sin-cos table; V-JEPA 2 uses RoPE and stores no positions.
+        resolved["pos_embed"] = "rope"
+        log.info("%s: V-JEPA checkpoint without pos_embed: V-JEPA 2 layout, 3-D RoPE", path)
+    if resolved["pos_embed"] == "rope":
+        missing = [key for key in ("img_size", "num_frames") if key not in given]
+        if missing:
+            log.warning("%s: a RoPE encoder does not store its clip geometry; assuming %s. Pass "
+                        "arch img_size/num_frames (the clips it was trained on) if that is wrong", path,
+                        ", ".join(f"{key}={resolved[key]}" for key in missing))
     if table is not None:
         if table.shape[-1] != shapes["embed_dim"]:
             raise CheckpointError(f"{path}: pos_embed {tuple(table.shape)} does not match "

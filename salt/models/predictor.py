@@ -1,8 +1,9 @@
 """V-JEPA-style predictor: from context tokens to predictions at the masked positions.
 
-Linear(embed_dim -> width), fixed 3-D sin-cos positions at ``width`` channels (the encoder's
-function, computed per token grid), one learnable mask token per mask configuration, ``depth``
-timm Blocks, LayerNorm, Linear(width -> out_dim). Only the target positions are returned.
+Linear(embed_dim -> width), positions (fixed 3-D sin-cos at ``width`` channels added to the
+tokens, or with ``pos_embed="rope"`` V-JEPA 2's rotary embedding in every block, from each
+token's own grid index), one learnable mask token per mask configuration, ``depth`` timm
+Blocks, LayerNorm, Linear(width -> out_dim). Only the target positions are returned.
 """
 from __future__ import annotations
 
@@ -11,20 +12,27 @@ from typing import Any
 import torch
 from timm.layers import trunc_normal_
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
-from salt.models.vit import PositionCache, gather_tokens, init_vit_weights, make_block
+from salt.models.rope import axis_dims, rope_tables
+from salt.models.vit import PositionCache, gather_tokens, init_vit_weights, make_block, run_blocks
+
+PREDICTOR_POS_EMBED = ("sincos3d", "rope")
 
 
 class Predictor(nn.Module):
     def __init__(self, embed_dim: int, out_dim: int, width: int = 384, depth: int = 12,
                  num_heads: int = 12, mlp_ratio: float = 4.0, num_mask_tokens: int = 2,
                  uniform_power: bool = False, qkv_bias: bool = True,
-                 checkpoint_activations: bool = False):
+                 checkpoint_activations: bool = False, pos_embed: str = "sincos3d"):
         super().__init__()
         if width % num_heads:
             raise ValueError(f"predictor width {width} is not divisible by num_heads {num_heads}")
-        if not uniform_power and width % 8:
+        if pos_embed not in PREDICTOR_POS_EMBED:
+            raise ValueError(f"predictor pos_embed must be one of {PREDICTOR_POS_EMBED}, got {pos_embed!r}")
+        self.rope = pos_embed == "rope"
+        if self.rope and axis_dims(width // num_heads) < 2:
+            raise ValueError(f"rope needs a predictor head dimension of at least 6, got {width // num_heads}")
+        if not self.rope and not uniform_power and width % 8:
             raise ValueError(f"sincos3d positions need width divisible by 8, got {width}")
         if num_mask_tokens < 1:
             raise ValueError(f"num_mask_tokens must be >= 1, got {num_mask_tokens}")
@@ -33,6 +41,7 @@ class Predictor(nn.Module):
             "embed_dim": embed_dim, "out_dim": out_dim, "width": width, "depth": depth,
             "num_heads": num_heads, "mlp_ratio": float(mlp_ratio),
             "num_mask_tokens": num_mask_tokens, "uniform_power": uniform_power, "qkv_bias": qkv_bias,
+            "pos_embed": pos_embed,
         }
         self.embed_dim, self.out_dim, self.width = embed_dim, out_dim, width
         self.checkpoint_activations = checkpoint_activations
@@ -40,9 +49,9 @@ class Predictor(nn.Module):
         self.embed = nn.Linear(embed_dim, width)
         self.mask_tokens = nn.ParameterList(
             nn.Parameter(torch.zeros(1, 1, width)) for _ in range(num_mask_tokens))
-        self.positions = PositionCache("sincos3d", width, uniform_power)
+        self.positions = None if self.rope else PositionCache("sincos3d", width, uniform_power)
         self.blocks = nn.ModuleList(
-            make_block(width, num_heads, mlp_ratio, qkv_bias) for _ in range(depth))
+            make_block(width, num_heads, mlp_ratio, qkv_bias, self.rope) for _ in range(depth))
         self.norm = nn.LayerNorm(width, eps=1e-6)
         self.proj = nn.Linear(width, out_dim)
 
@@ -67,16 +76,19 @@ class Predictor(nn.Module):
         if len(grid) != 3:
             raise ValueError(f"grid must be (T', H', W'), got {grid!r}")
 
-        pos = self.positions.get(tuple(int(g) for g in grid), context_tokens.device)
-        pos = pos.to(self.embed.weight.dtype).unsqueeze(0).expand(batch, -1, -1)
-        context = self.embed(context_tokens) + gather_tokens(pos, context_idx)
-        targets = self.mask_tokens[mask_index].to(context.dtype) + gather_tokens(pos, target_idx)
+        grid = tuple(int(g) for g in grid)
+        context = self.embed(context_tokens)
+        targets = self.mask_tokens[mask_index].to(context.dtype).expand(batch, target_idx.shape[1], -1)
+        rope = ()
+        if self.rope:
+            rope = rope_tables(torch.cat([context_idx, target_idx], dim=1), grid,
+                               self.width // self.config["num_heads"], context.dtype)
+        else:
+            pos = self.positions.get(grid, context_tokens.device)
+            pos = pos.to(self.embed.weight.dtype).unsqueeze(0).expand(batch, -1, -1)
+            context = context + gather_tokens(pos, context_idx)
+            targets = targets + gather_tokens(pos, target_idx)
 
-        x = torch.cat([context, targets], dim=1)
-        for block in self.blocks:
-            if self.checkpoint_activations and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
+        x = run_blocks(self.blocks, torch.cat([context, targets], dim=1), rope, self.checkpoint_activations)
         x = self.norm(x[:, num_context:])  # norm is per token: apply it to the targets only
         return self.proj(x)

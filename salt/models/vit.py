@@ -5,9 +5,11 @@ A clip ``[B, C, T, H, W]`` is cut into tubelets by a Conv3d (``tubelet_size`` fr
 slowest, given fixed sin-cos positions, optionally subset (``keep``), and run through
 pre-norm timm ``Block``s and a final LayerNorm.
 
-Positional embeddings are not parameters: they are computed for the grid of each incoming
-clip and cached, so one model runs any clip size whose frames/height/width divide into
-tubelets/patches, and they never appear in the state dict.
+Positions are never parameters: either a fixed sin-cos table added to the tokens (computed for
+the grid of each incoming clip and cached), or V-JEPA 2's 3-D rotary embedding of queries and
+keys inside every block (``pos_embed: rope``, see ``salt.models.rope``). Either way one model
+runs any clip size whose frames/height/width divide into tubelets/patches, and positions never
+appear in the state dict.
 
 The architecture is described by a plain, JSON-able dict (see ``ARCH_KEYS``); ``ARCHS``
 names the standard sizes and ``build_encoder`` turns a name or dict into a model.
@@ -25,23 +27,28 @@ from timm.models.vision_transformer import Attention, Block
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from salt.models.rope import RoPEAttention, RoPEBlock, axis_dims, rope_tables
+
 ARCH_KEYS = (
     "img_size", "patch_size", "num_frames", "tubelet_size", "in_chans", "embed_dim", "depth",
-    "num_heads", "mlp_ratio", "uniform_power", "pos_embed", "qkv_bias",
+    "num_heads", "mlp_ratio", "uniform_power", "pos_embed", "qkv_bias", "norm_eps", "final_norm",
 )
-POS_EMBED_KINDS = ("sincos3d", "sincos1d")
+POS_EMBED_KINDS = ("sincos3d", "sincos1d", "rope")
 QKV_BIAS_KINDS = (True, False, "qv")
 
 # Clip geometry defaults (V-JEPA: 16 frames of 224x224, patch 16, tubelet 2 -> 8x14x14 tokens).
 DEFAULT_ARCH: dict[str, Any] = {
     "img_size": 224, "patch_size": 16, "num_frames": 16, "tubelet_size": 2, "in_chans": 3,
     "uniform_power": False, "pos_embed": "sincos3d", "qkv_bias": True, "mlp_ratio": 4.0,
+    # final_norm off: the last block's output as is (HF VideoMAEModel with use_mean_pooling).
+    "norm_eps": 1e-6, "final_norm": True,
 }
 
 
-def _size(embed_dim: int, depth: int, num_heads: int, mlp_ratio: float = 4.0) -> dict[str, Any]:
+def _size(embed_dim: int, depth: int, num_heads: int, mlp_ratio: float = 4.0,
+          pos_embed: str = "sincos3d") -> dict[str, Any]:
     return {**DEFAULT_ARCH, "embed_dim": embed_dim, "depth": depth, "num_heads": num_heads,
-            "mlp_ratio": mlp_ratio}
+            "mlp_ratio": mlp_ratio, "pos_embed": pos_embed}
 
 
 # vit_tiny is this project's test/demo size: much smaller than timm's ViT-Ti (192/12/3).
@@ -53,6 +60,14 @@ ARCHS: dict[str, dict[str, Any]] = {
     "vit_huge": _size(1280, 32, 16),
     "vit_giant": _size(1408, 40, 16, 48 / 11),
     "vit_gigantic": _size(1664, 48, 16, 64 / 13),
+    # The paper's / V-JEPA 2's backbones: 3-D RoPE, no absolute positions. V-JEPA 2's ViT-g
+    # (its vit_giant_xformers) has 22 heads of 64, unlike V-JEPA 1's 16-head ViT-g above.
+    "vit_tiny_rope": _size(128, 4, 4, pos_embed="rope"),
+    "vit_small_rope": _size(384, 12, 6, pos_embed="rope"),
+    "vit_base_rope": _size(768, 12, 12, pos_embed="rope"),
+    "vit_large_rope": _size(1024, 24, 16, pos_embed="rope"),
+    "vit_huge_rope": _size(1280, 32, 16, pos_embed="rope"),
+    "vit_giant_rope": _size(1408, 40, 22, 48 / 11, pos_embed="rope"),
 }
 
 
@@ -106,6 +121,8 @@ def position_table(kind: str, dim: int, grid: tuple[int, int, int], uniform_powe
         table = sincos_3d_table(dim, grid, uniform_power)
     elif kind == "sincos1d":
         table = sinusoid_1d_table(grid[0] * grid[1] * grid[2], dim)
+    elif kind == "rope":
+        raise ValueError("rope positions rotate queries and keys; they have no additive table")
     else:
         raise ValueError(f"unknown pos_embed {kind!r}; expected one of {POS_EMBED_KINDS}")
     return torch.from_numpy(table).float()
@@ -161,14 +178,30 @@ class QVBiasAttention(Attention):
         return self.proj_drop(self.proj(x))
 
 
-def make_block(dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool | str) -> Block:
-    """A pre-norm timm Block (LayerNorm eps 1e-6, GELU MLP, fused SDPA attention)."""
-    norm = lambda d, **kw: nn.LayerNorm(d, eps=1e-6, **kw)  # noqa: E731  (timm passes device/dtype)
-    block = Block(dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias is True, norm_layer=norm)
-    if qkv_bias == "qv":
-        # Swapped in after construction: works on every timm 1.0.x Block signature.
+def make_block(dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool | str,
+               rope: bool = False, norm_eps: float = 1e-6) -> Block:
+    """A pre-norm timm Block (LayerNorm, GELU MLP, fused SDPA attention); with ``rope`` a
+    RoPEBlock, whose forward takes the rotary tables after the tokens."""
+    norm = lambda d, **kw: nn.LayerNorm(d, eps=norm_eps, **kw)  # noqa: E731  (timm passes device/dtype)
+    block_class = RoPEBlock if rope else Block
+    block = block_class(dim, num_heads, mlp_ratio=mlp_ratio, qkv_bias=qkv_bias is True, norm_layer=norm)
+    # Attention swapped in after construction: works on every timm 1.0.x Block signature.
+    if rope:
+        block.attn = RoPEAttention(dim, num_heads, qkv_bias=qkv_bias is True)
+    elif qkv_bias == "qv":
         block.attn = QVBiasAttention(dim, num_heads)
     return block
+
+
+def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, rope: tuple[torch.Tensor, ...] = (),
+               checkpoint_activations: bool = False) -> torch.Tensor:
+    """Tokens through the blocks; ``rope`` is (cos, sin) for RoPE blocks, () otherwise."""
+    for block in blocks:
+        if checkpoint_activations and torch.is_grad_enabled():
+            x = checkpoint(block, x, *rope, use_reentrant=False)
+        else:
+            x = block(x, *rope)
+    return x
 
 
 def init_vit_weights(module: nn.Module, blocks: nn.ModuleList, std: float = 0.02) -> None:
@@ -204,11 +237,12 @@ class VideoViT(nn.Module):
             a["in_chans"], a["embed_dim"],
             kernel_size=(a["tubelet_size"], a["patch_size"], a["patch_size"]),
             stride=(a["tubelet_size"], a["patch_size"], a["patch_size"]))
-        self.positions = PositionCache(a["pos_embed"], a["embed_dim"], a["uniform_power"])
+        self.rope = a["pos_embed"] == "rope"
+        self.positions = None if self.rope else PositionCache(a["pos_embed"], a["embed_dim"], a["uniform_power"])
         self.blocks = nn.ModuleList(
-            make_block(a["embed_dim"], a["num_heads"], a["mlp_ratio"], a["qkv_bias"])
+            make_block(a["embed_dim"], a["num_heads"], a["mlp_ratio"], a["qkv_bias"], self.rope, a["norm_eps"])
             for _ in range(a["depth"]))
-        self.norm = nn.LayerNorm(a["embed_dim"], eps=1e-6)
+        self.norm = nn.LayerNorm(a["embed_dim"], eps=a["norm_eps"]) if a["final_norm"] else nn.Identity()
         init_vit_weights(self, self.blocks)
 
     def grid(self, frames: int, height: int, width: int) -> tuple[int, int, int]:
@@ -221,16 +255,16 @@ class VideoViT(nn.Module):
             raise ValueError(f"expected a clip [B, {self.in_chans}, T, H, W], got {tuple(x.shape)}")
         grid = self.grid(*x.shape[2:])
         x = self.patch_embed.proj(x).flatten(2).transpose(1, 2)  # [B, T'H'W', D], t slowest
-        # Positions in the weights' dtype: under autocast the sum stays fp32 like V-JEPA's.
-        x = x + self.positions.get(grid, x.device).to(self.patch_embed.proj.weight.dtype)
+        rope = ()
+        if self.rope:
+            token_idx = keep if keep is not None else torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
+            rope = rope_tables(token_idx, grid, self.embed_dim // self.num_heads, x.dtype)
+        else:
+            # Positions in the weights' dtype: under autocast the sum stays fp32 like V-JEPA's.
+            x = x + self.positions.get(grid, x.device).to(self.patch_embed.proj.weight.dtype)
         if keep is not None:
             x = gather_tokens(x, keep)
-        for block in self.blocks:
-            if self.checkpoint_activations and torch.is_grad_enabled():
-                x = checkpoint(block, x, use_reentrant=False)
-            else:
-                x = block(x)
-        return self.norm(x)
+        return self.norm(run_blocks(self.blocks, x, rope, self.checkpoint_activations))
 
 
 # ----------------------------------------------------------------------------- registry
@@ -251,12 +285,24 @@ def complete_arch(arch: Mapping[str, Any]) -> dict[str, Any]:
             raise ValueError(f"architecture {key} must be a positive integer, got {a[key]!r}")
     a["mlp_ratio"] = float(a["mlp_ratio"])
     a["uniform_power"] = bool(a["uniform_power"])
+    if isinstance(a["norm_eps"], bool) or not isinstance(a["norm_eps"], (int, float)) or not a["norm_eps"] > 0:
+        raise ValueError(f"architecture norm_eps must be a positive number, got {a['norm_eps']!r}")
+    a["norm_eps"] = float(a["norm_eps"])
+    if not isinstance(a["final_norm"], bool):
+        raise ValueError(f"architecture final_norm must be true or false, got {a['final_norm']!r}")
     if a["pos_embed"] not in POS_EMBED_KINDS:
         raise ValueError(f"pos_embed must be one of {POS_EMBED_KINDS}, got {a['pos_embed']!r}")
     if not (a["qkv_bias"] is True or a["qkv_bias"] is False or a["qkv_bias"] == "qv"):
         raise ValueError(f"qkv_bias must be one of {QKV_BIAS_KINDS}, got {a['qkv_bias']!r}")
     if a["embed_dim"] % a["num_heads"]:
         raise ValueError(f"embed_dim {a['embed_dim']} is not divisible by num_heads {a['num_heads']}")
+    if a["pos_embed"] == "rope":
+        if a["qkv_bias"] == "qv":
+            raise ValueError("pos_embed rope takes qkv_bias true or false (q/v-only biases are VideoMAE's, "
+                             "which uses sin-cos positions)")
+        if axis_dims(a["embed_dim"] // a["num_heads"]) < 2:
+            raise ValueError(f"pos_embed rope needs a head dimension of at least 6; "
+                             f"embed_dim {a['embed_dim']} / num_heads {a['num_heads']} is smaller")
     if a["pos_embed"] == "sincos3d" and not a["uniform_power"] and a["embed_dim"] % 8:
         raise ValueError(f"sincos3d positions need embed_dim divisible by 8 (dim/4 even), "
                          f"got {a['embed_dim']}")
@@ -306,4 +352,4 @@ def count_params(arch: str | Mapping[str, Any]) -> int:
              + 2 * dim                       # norm2
              + dim * hidden + hidden         # mlp.fc1
              + hidden * dim + dim)           # mlp.fc2
-    return patch_embed + a["depth"] * block + 2 * dim  # + final norm
+    return patch_embed + a["depth"] * block + (2 * dim if a["final_norm"] else 0)

@@ -97,16 +97,18 @@ def find_resume_point(checkpoint_dir: Path, out_dir: Path, announce: bool = True
     return None
 
 
-def load(engine, folder: Path, client: dict) -> int:
+def load(engine, folder: Path, client: dict, defaults: dict | None = None) -> int:
     """Check the saved settings of the checkpoint `folder` (the JSON beside the weights, read
-    first), then load its state into `engine`. Returns the step to continue from."""
+    first), then load its state into `engine`. Returns the step to continue from. A setting
+    the checkpoint predates is accepted when it has its default value in `defaults` (the
+    same config section, defaults only): the checkpoint was made with that behaviour."""
     checkpoint_dir = folder.parent
     state_file = folder / RUN_STATE
     try:
         saved = json.loads(state_file.read_text())
     except (OSError, ValueError) as err:
         raise TrainingError(f"--resume: {state_file} is unreadable ({err}); delete {folder} to resume from the one before") from err
-    differences = config_differences(saved.get("config", {}), client["config"])
+    differences = config_differences(saved.get("config", {}), client["config"], defaults=defaults)
     for key, value in client.items():
         if key not in ("config", "bad_videos") and saved.get(key) != value:
             differences.append(f"{key}: checkpoint {saved.get(key)!r}, now {value!r}")
@@ -126,12 +128,21 @@ def has_committed_run(checkpoint_dir: Path) -> bool:
     return bool(complete_checkpoints(checkpoint_dir)) or (checkpoint_dir / POINTER).exists()
 
 
-def config_differences(saved: Any, now: Any, prefix: str = "") -> list[str]:
-    """Dotted keys whose values differ between a checkpoint's config and the current one."""
+_ABSENT = object()
+
+
+def config_differences(saved: Any, now: Any, prefix: str = "", defaults: Any = None) -> list[str]:
+    """Dotted keys whose values differ between a checkpoint's config and the current one; a key
+    the checkpoint lacks is no difference while it holds its default (from `defaults`)."""
     if isinstance(saved, dict) and isinstance(now, dict):
         found = []
+        defaults = defaults if isinstance(defaults, dict) else {}
         for key in sorted(set(saved) | set(now)):
-            found += config_differences(saved.get(key), now.get(key), f"{prefix}.{key}" if prefix else key)
+            value = saved.get(key, _ABSENT)
+            if value is _ABSENT and key in defaults and now.get(key) == defaults[key]:
+                continue  # a setting added after the checkpoint was made, at its default
+            found += config_differences(None if value is _ABSENT else value, now.get(key),
+                                        f"{prefix}.{key}" if prefix else key, defaults.get(key))
         return found
     return [] if saved == now else [f"{prefix}: checkpoint {saved!r}, now {now!r}"]
 

@@ -30,7 +30,7 @@ class DataConfig:
 @dataclass
 class EncoderConfig:
     arch: str = "vit_tiny"  # a name from salt.models.ARCHS
-    overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {pos_embed: sincos1d}
+    overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {pos_embed: rope, patch_size: 8}
     checkpoint_activations: bool = False  # recompute each block in backward (large sizes)
 
     def validate(self) -> None:
@@ -43,6 +43,7 @@ class PredictorConfig:
     width: int = 384
     depth: int = 12
     num_heads: int = 12
+    pos_embed: Literal["sincos3d", "rope"] = "sincos3d"  # rope: V-JEPA 2's rotary positions
 
     def validate(self) -> None:
         if self.width < 1 or self.depth < 0 or self.num_heads < 1:

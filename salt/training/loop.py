@@ -167,7 +167,8 @@ def train(
     config_dict = to_dict(config)
     client = {"config": compatible_keys(config_dict), "world_size": world, **(client_extra or {})}
 
-    start_step = checkpointing.load(engine, resume_from, client) if resume_from is not None else 0
+    defaults = compatible_keys(to_dict(type(config)()))
+    start_step = checkpointing.load(engine, resume_from, client, defaults) if resume_from is not None else 0
     if start_step >= optim.steps:
         raise TrainingError(f"the checkpoint in {checkpoint_dir} is already at step {start_step} of {optim.steps}: nothing to train")
 

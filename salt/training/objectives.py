@@ -66,14 +66,15 @@ class PixelObjective(Objective):
 
     kind = "teacher"
 
-    def __init__(self, encoder: VideoViT, width: int, depth: int, num_heads: int, num_masks: int, norm_pix: bool = True):
+    def __init__(self, encoder: VideoViT, width: int, depth: int, num_heads: int, num_masks: int, norm_pix: bool = True,
+                 pos_embed: str = "sincos3d"):
         super().__init__()
         self.encoder = encoder
         self.norm_pix = norm_pix
         pixels_per_token = encoder.tubelet_size * encoder.patch_size**2 * encoder.in_chans
         self.decoder = Predictor(
             encoder.embed_dim, pixels_per_token, width=width, depth=depth, num_heads=num_heads, num_mask_tokens=num_masks,
-            checkpoint_activations=encoder.checkpoint_activations,
+            checkpoint_activations=encoder.checkpoint_activations, pos_embed=pos_embed,
         )
 
     def forward(self, batch: ClipBatch) -> tuple[torch.Tensor, dict[str, float]]:

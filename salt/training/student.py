@@ -68,10 +68,11 @@ def run_student(config_path: str | None, overrides: list[str], resume: bool = Fa
                             **{"img_size": cfg.geometry.size, "num_frames": cfg.geometry.frames, **cfg.encoder.overrides})
     predictor = Predictor(encoder.embed_dim, manifest.dim, width=cfg.predictor.width, depth=cfg.predictor.depth,
                           num_heads=cfg.predictor.num_heads, num_mask_tokens=len(cfg.masks),
-                          checkpoint_activations=cfg.encoder.checkpoint_activations)
+                          checkpoint_activations=cfg.encoder.checkpoint_activations, pos_embed=cfg.predictor.pos_embed)
     frozen = None
     if cfg.targets == "teacher":
-        frozen, _ = load_encoder(cfg.teacher)
+        # The arch and state-dict key the cache was made with: what the weights cannot tell.
+        frozen, _ = load_encoder(cfg.teacher, manifest.teacher.get("arch"), manifest.teacher.get("checkpoint_key") or None)
         from salt.models import fingerprint
 
         if fingerprint(frozen.state_dict()) != manifest.teacher["fingerprint"]:
