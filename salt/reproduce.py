@@ -127,7 +127,7 @@ class Chain:
         with open(log, "a") as handle:
             handle.write(f"$ {shlex.join(argv)}\n")
             handle.flush()
-            code = subprocess.run(argv, stdout=handle, stderr=subprocess.STDOUT).returncode
+            code = subprocess.run(argv, stdout=handle, stderr=subprocess.STDOUT, env=step_environment()).returncode
         if code != 0:
             tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-15:])
             raise ReproduceError(f"step {step.name} failed (exit {code}); the log is {log}. Its end:\n{tail}\n"
@@ -135,6 +135,15 @@ class Chain:
         seconds = time.perf_counter() - started
         (self.out / "done" / step.name).write_text(json.dumps({"argv": argv, "seconds": seconds}) + "\n")
         self.echo(f"  finished {step.name} in {seconds:.0f} s")
+
+
+# Each step is a single-process run of its own: a rank or rendezvous inherited from the caller
+# (a SLURM job, or a process that already formed a group of one) would make it join that group.
+_DISTRIBUTED_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+def step_environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k not in _DISTRIBUTED_VARIABLES}
 
 
 def _salt(*args: str) -> list[str]:

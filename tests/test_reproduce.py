@@ -64,3 +64,14 @@ def test_cli_rejects_unknown_claims(tmp_path):
     done = subprocess.run([sys.executable, "-m", "salt.cli", "reproduce", "--set", "claims=[faster]",
                            "--set", f"out_dir={tmp_path}"], capture_output=True, text=True)
     assert done.returncode != 0 and "claims: unknown ['faster']" in done.stderr
+
+
+def test_steps_do_not_inherit_a_process_group(monkeypatch):
+    """A caller that already formed a group (or a SLURM job) must not make every step join it."""
+    from salt.reproduce import step_environment
+
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("MASTER_PORT", "29999")
+    monkeypatch.setenv("SALT_KEEP_ME", "1")
+    env = step_environment()
+    assert "RANK" not in env and "MASTER_PORT" not in env and env["SALT_KEEP_ME"] == "1"
