@@ -1,4 +1,4 @@
-import hashlib
+import json
 
 import numpy as np
 from click.testing import CliRunner
@@ -7,10 +7,6 @@ from salt.cli import main
 from salt.video import load_records, open_reader, read_frames
 from salt.video.synthetic import CLASSES, SyntheticSpec, make_synthetic, render_video, single_frame_baseline
 from tests.conftest import SYNTHETIC_SPEC
-
-
-def digest(folder) -> dict:
-    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 def test_deterministic_for_a_seed(tmp_path, synthetic_set):
@@ -23,7 +19,17 @@ def test_deterministic_for_a_seed(tmp_path, synthetic_set):
     other, _ = render_video(SyntheticSpec(videos=16, seed=SYNTHETIC_SPEC.seed + 1, size=SYNTHETIC_SPEC.size), 3)
     assert not np.array_equal(frames, other)
     make_synthetic(tmp_path / "b", spec)
-    assert digest(tmp_path / "a") == digest(tmp_path / "b")  # byte-identical files
+    # Labels, splits and every rendered frame are exact for a seed. The mp4 bytes are libx264's
+    # (not always reproducible: see write_mp4), so the videos are compared decoded, within the
+    # codec's noise, and the summary without its byte count.
+    for name in ("train.csv", "val.csv"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    summaries = [json.loads((tmp_path / f / "synthetic.json").read_text()) for f in "ab"]
+    assert [{k: v for k, v in s.items() if k != "bytes"} for s in summaries][0] == \
+        {k: v for k, v in summaries[1].items() if k != "bytes"}
+    for index in range(spec.videos):
+        first, second = (read_frames(open_reader(str(tmp_path / f / f"videos/{index:06d}.mp4")), list(range(8))) for f in "ab")
+        assert np.abs(first.astype(int) - second.astype(int)).mean() < 1.0
 
 
 def test_layout_and_balance(synthetic_set):
