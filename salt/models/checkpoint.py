@@ -25,9 +25,9 @@ from typing import Any, Mapping
 import torch
 
 from salt.models import hf_videomae
-from salt.models.converters import import_state_dict
+from salt.models.converters import check_arch_keys, import_state_dict
 from salt.models.errors import CheckpointError
-from salt.models.vit import ARCH_KEYS, VideoViT, build_encoder, complete_arch
+from salt.models.vit import VideoViT, build_encoder, complete_arch
 
 log = logging.getLogger("salt.models")
 
@@ -219,10 +219,7 @@ def load_state_dict_strict(encoder: torch.nn.Module, state_dict: Mapping[str, to
 
 def _check_given_arch(given: Mapping[str, Any] | None, actual: Mapping[str, Any], path: Path,
                       source: str) -> None:
-    unknown = sorted(set(given or {}) - set(ARCH_KEYS))
-    if unknown:
-        raise CheckpointError(f"unknown arch keys {unknown}; allowed: {list(ARCH_KEYS)}")
-    for key, value in (given or {}).items():
+    for key, value in check_arch_keys(given).items():
         if actual[key] != value:
             raise CheckpointError(f"{path}: arch[{key!r}] = {value!r} contradicts the {source} "
                                   f"value {actual[key]!r}")
@@ -288,10 +285,7 @@ def load_encoder(path: str | os.PathLike, arch: Mapping[str, Any] | None = None,
 
 
 def _import_hf(weights, config_file: Path, arch: Mapping[str, Any] | None, path: Path) -> tuple[dict, dict]:
-    unknown = sorted(set(arch or {}) - set(ARCH_KEYS))
-    if unknown:
-        raise CheckpointError(f"unknown arch keys {unknown}; allowed: {list(ARCH_KEYS)}")
-    state_dict, imported = hf_videomae.import_hf_videomae(weights, config_file, dict(arch or {}), path)
+    state_dict, imported = hf_videomae.import_hf_videomae(weights, config_file, check_arch_keys(arch), path)
     try:
         return state_dict, complete_arch(imported)
     except ValueError as err:

@@ -221,13 +221,29 @@ def _num_heads(arch: dict[str, Any], path: Path) -> int:
     return heads
 
 
-def import_state_dict(obj: Any, path: Path, arch: Mapping[str, Any] | None, checkpoint_key: str | None = None
-                      ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Encoder state dict (our key names) and complete arch dict from a foreign checkpoint."""
+def check_arch_keys(arch: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A copy of the architecture facts a user gave; CheckpointError for keys no arch has."""
     given = dict(arch or {})
     unknown = sorted(set(given) - set(ARCH_KEYS))
     if unknown:
         raise CheckpointError(f"unknown arch keys {unknown}; allowed: {list(ARCH_KEYS)}")
+    return given
+
+
+def agrees(key: str, given: Any, derived: Any, embed_dim: int) -> bool:
+    """Whether a given arch value is the one a checkpoint determines (mlp_ratio compared by
+    the width the model would build, not by float spelling)."""
+    if key == "mlp_ratio":
+        return int(embed_dim * float(given)) == int(embed_dim * float(derived))
+    if key == "qkv_bias":
+        return given is derived or given == derived == "qv"
+    return given == derived
+
+
+def import_state_dict(obj: Any, path: Path, arch: Mapping[str, Any] | None, checkpoint_key: str | None = None
+                      ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Encoder state dict (our key names) and complete arch dict from a foreign checkpoint."""
+    given = check_arch_keys(arch)
     source, raw = _extract(obj, path, checkpoint_key)
     state_dict = _encoder_keys(raw, path)
     table = state_dict.pop("pos_embed", None)
@@ -235,17 +251,9 @@ def import_state_dict(obj: Any, path: Path, arch: Mapping[str, Any] | None, chec
         log.warning("%s: ignoring the stored pos_embed %s: arch says pos_embed rope", path, tuple(table.shape))
         table = None
 
-    shapes, hidden = _from_shapes(state_dict, path)
+    shapes, _ = _from_shapes(state_dict, path)
     for key, derived in shapes.items():
-        if key not in given:
-            continue
-        if key == "mlp_ratio":  # compare what the model would build, not float spellings
-            same = int(shapes["embed_dim"] * float(given[key])) == hidden
-        elif key == "qkv_bias":
-            same = given[key] is derived or given[key] == derived == "qv"
-        else:
-            same = given[key] == derived
-        if not same:
+        if key in given and not agrees(key, given[key], derived, shapes["embed_dim"]):
             raise _contradiction(path, key, given[key], derived)
     resolved = {**DEFAULT_ARCH, **given, **shapes}
     if source == "bare" and table is None and shapes.get("qkv_bias") == "qv" and "pos_embed" not in given:

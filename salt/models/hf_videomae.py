@@ -30,6 +30,7 @@ from typing import Any, Callable, Mapping
 
 import torch
 
+from salt.models.converters import _mlp_ratio, agrees
 from salt.models.errors import CheckpointError
 
 log = logging.getLogger("salt.models")
@@ -118,8 +119,6 @@ def read_config(config_file: Path) -> dict[str, Any]:
 
 def arch_from_config(config: Mapping[str, Any], config_file: Path) -> dict[str, Any]:
     """The arch keys config.json determines (final_norm is decided from the weights)."""
-    from salt.models.converters import _mlp_ratio  # one place for the ratio arithmetic
-
     def square(key: str) -> int:
         value = config.get(key)
         if isinstance(value, (list, tuple)):
@@ -199,8 +198,7 @@ def import_hf_videomae(weights: Mapping[str, torch.Tensor], config_file: Path, g
         raise CheckpointError(f"{path}: config.json has use_mean_pooling false, so the weights should hold "
                               f"'layernorm.weight', and they do not; re-save the model")
     for key, value in given.items():
-        if key in arch and arch[key] != value and not (key == "mlp_ratio" and
-                                                        int(arch["embed_dim"] * float(value)) == int(arch["embed_dim"] * arch["mlp_ratio"])):
+        if key in arch and not agrees(key, value, arch[key], arch["embed_dim"]):
             raise CheckpointError(f"{path}: arch[{key!r}] = {value!r} contradicts config.json, which gives {arch[key]!r}")
     log.info("%s: Hugging Face VideoMAE (%s), %s", path, config.get("architectures", ["?"])[0], arch)
     return state, {**given, **arch}
