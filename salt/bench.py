@@ -6,6 +6,7 @@ numbers) to `benchmarks/results/<name>.jsonl`.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import os
@@ -56,12 +57,15 @@ def save_record(name: str, settings: dict, results: dict, results_dir: str | Pat
 
 
 def bench_cache(videos: int, views: int, arch: str, size: int, frames: int, workers: int, batch_size: int,
-                seconds: int, results_dir: str) -> dict:
-    """Views/s of `salt cache-latents` vs. its stages alone, on the same videos; bytes per view."""
+                seconds: int, results_dir: str, engine: str = "local") -> dict:
+    """Views/s of `salt cache-latents` vs. its stages alone, on the same videos; bytes per view.
+    With engine "ray", the Ray engine runs too (on a local cluster started first, its start-up
+    timed apart), after the local engine on the same videos."""
     from torch.utils.data import DataLoader
 
-    from salt.cache_latents import CODECS, CacheJob, VideoViews, run_cache
-    from salt.latents import LatentCodec, normalise_targets
+    from salt.cache_latents import CacheJob, CachePlan, VideoViews, run_cache
+    from salt.latents import LatentCodec, ShardId, normalise_targets
+    from salt.latents.codecs import CODECS
     from salt.models import build_encoder, save_encoder
     from salt.precision import resolve_precision
     from salt.video.sources import load_records
@@ -79,8 +83,10 @@ def bench_cache(videos: int, views: int, arch: str, size: int, frames: int, work
         total_views = videos * views
 
         # Stage 1 alone: decode + augment + JPEG round trip, in the same workers.
-        items = [(0, r, (0, views)) for r in records]
-        loader = DataLoader(VideoViews(items, view, "jpeg", 90, 60.0), batch_size=None, num_workers=workers,
+        job = CacheJob(teacher=str(tmp / "teacher.pt"), data=str(csv), out=str(tmp / "cache"), views=views, workers=workers,
+                       batch_size=batch_size, shard_videos=max(1, videos // 4), progress=False)
+        plan = CachePlan(job, tmp / "cache", records, view, encoder, {}, [ShardId(0, len(records), 0, views)])
+        loader = DataLoader(VideoViews(plan), batch_size=None, num_workers=workers,
                             multiprocessing_context="forkserver" if workers else None)
         start = time.perf_counter()
         decoded = [item for item in loader]
@@ -95,11 +101,24 @@ def bench_cache(videos: int, views: int, arch: str, size: int, frames: int, work
             forward_s = time.perf_counter() - start
         latents = torch.cat(outputs)
 
-        # The whole command.
+        # The whole command, by each engine.
         start = time.perf_counter()
-        run_cache(CacheJob(teacher=str(tmp / "teacher.pt"), data=str(csv), out=str(tmp / "cache"), views=views,
-                           workers=workers, batch_size=batch_size, shard_videos=max(1, videos // 4), progress=False))
-        whole_s = time.perf_counter() - start
+        run_cache(job)
+        whole_s = {"local": time.perf_counter() - start}
+        ray_startup_s = None
+        if engine == "ray":
+            from salt.cache_latents.ray_engine import import_ray
+
+            ray = import_ray()
+            start = time.perf_counter()
+            ray.init(address="local", include_dashboard=False, log_to_driver=False)
+            ray_startup_s = time.perf_counter() - start
+            try:
+                start = time.perf_counter()
+                run_cache(dataclasses.replace(job, engine="ray", out=str(tmp / "cache_ray")))
+                whole_s["ray"] = time.perf_counter() - start
+            finally:
+                ray.shutdown()
 
         # Bytes per view and error by dtype and codec, on real teacher outputs.
         reference = normalise_targets(latents[:8])
@@ -119,20 +138,24 @@ def bench_cache(videos: int, views: int, arch: str, size: int, frames: int, work
                                 "compression_ratio": float(np.sum(raw) / np.sum(sizes)), "mean_abs_err_layernormed": float(np.mean(errors))})
         frame_bytes = float(np.mean([sum(len(b) for b in v["encoded"]) for item in decoded for v in item["views"]]))
 
-    rates = {"whole command": total_views / whole_s, "decode + augment + JPEG": total_views / decode_s,
+    rates = {"whole command": total_views / whole_s["local"], "decode + augment + JPEG": total_views / decode_s,
              "teacher forward": total_views / forward_s}
+    if "ray" in whole_s:
+        rates["whole command, ray engine"] = total_views / whole_s["ray"]
     slowest = min(rates["decode + augment + JPEG"], rates["teacher forward"])
     results = {
         "views_per_s": rates,
         "slowest_stage_idle_share": max(0.0, 1 - rates["whole command"] / slowest),
         "whole_vs_slowest": rates["whole command"] / slowest,
+        "ray_vs_local": whole_s["local"] / whole_s["ray"] if "ray" in whole_s else None,
+        "ray_startup_s": ray_startup_s,
         "jpeg_frame_bytes_per_view": frame_bytes,
         "storage": storage,
         "precision": precision,
     }
     settings = {"videos": videos, "views": views, "arch": arch, "size": size, "frames": frames, "workers": workers,
-                "batch_size": batch_size, "video": f"640x360 H.264, {seconds} s"}
-    save_record("cache", settings, results, results_dir)
+                "batch_size": batch_size, "video": f"640x360 H.264, {seconds} s", "engine": engine}
+    save_record("cache" if engine == "local" else f"cache-{engine}", settings, results, results_dir)
     return {"settings": settings, "results": results}
 
 
@@ -143,6 +166,9 @@ def format_cache(report: dict) -> str:
              f"{'stage':<28}{'views/s':>10}"]
     lines += [f"{name:<28}{rate:>10.2f}" for name, rate in r["views_per_s"].items()]
     lines.append(f"whole command / slowest stage alone: {r['whole_vs_slowest']:.2f} (slowest stage idle {r['slowest_stage_idle_share']:.0%})")
+    if r.get("ray_vs_local") is not None:
+        lines.append(f"ray engine / local engine views/s: {r['ray_vs_local']:.2f} (local Ray cluster start-up "
+                     f"{r['ray_startup_s']:.1f} s, not counted)")
     lines.append(f"JPEG frames: {r['jpeg_frame_bytes_per_view'] / 1e3:.1f} kB per view")
     lines.append(f"{'dtype':<6}{'codec':<12}{'kB/view':>10}{'ratio':>8}{'mean|Δ| (layer-normed)':>25}")
     for row in r["storage"]:

@@ -88,73 +88,62 @@ train_teacher_command = _training_command("train-teacher", "Stage 1: the pixel-r
 train_student_command = _training_command("train-student", "Stage 2: a student from a latent cache", "configs/student/")
 
 
-def _env_int(*names: str) -> int | None:
-    import os
+def options_from(record_type):
+    """click options for every dataclass field with `cli` metadata (salt.cache_latents.job.cli):
+    the field's name, help and default, so each default lives in one place."""
+    import dataclasses
 
-    for name in names:
-        if os.environ.get(name):
-            return int(os.environ[name])
-    return None
+    def decorate(command):
+        for field in reversed(dataclasses.fields(record_type)):
+            spec = field.metadata.get("cli")
+            if spec is None:
+                continue
+            kwargs = dict(spec["click"])
+            shown = kwargs.pop("shown", None)
+            if "choices" in kwargs:
+                kwargs["type"] = click.Choice(kwargs.pop("choices"))
+            if field.default is not dataclasses.MISSING:
+                kwargs["default"] = shown(field.default) if shown else field.default
+            flag = spec["flag"] or "--" + field.name.replace("_", "-")
+            command = click.option(flag, field.name, help=spec["help"], **kwargs)(command)
+        return command
+
+    return decorate
 
 
-def _parse_arch(pairs) -> dict | None:
-    import yaml
+def record_from_options(record_type, options: dict, **extra):
+    """The dataclass from the generated options, each read by its field's `parse`."""
+    import dataclasses
 
-    arch = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise click.BadParameter(f"{pair!r} must look like key=value", param_hint="--arch")
-        arch[key.strip()] = yaml.safe_load(value)
-    return arch or None
+    values = {}
+    for field in dataclasses.fields(record_type):
+        spec = field.metadata.get("cli")
+        if spec is not None:
+            parse = spec["parse"]
+            try:
+                values[field.name] = parse(options[field.name]) if parse else options[field.name]
+            except ValueError as err:
+                raise click.BadParameter(str(err), param_hint=spec["flag"] or "--" + field.name.replace("_", "-")) from None
+    return record_type(**values, **extra)
+
+
+def _cache_job_type():
+    from salt.cache_latents.job import CacheJob
+
+    return CacheJob
 
 
 @main.command("cache-latents")
-@click.option("--teacher", required=True, type=click.Path(),
-              help="Encoder checkpoint: SALT .pt/.safetensors, V-JEPA 1/2, VideoMAE, or a Hugging Face VideoMAE folder.")
-@click.option("--checkpoint-key", default="", help="State dict to read from a trainer checkpoint (default: target_encoder, else encoder).")
-@click.option("--data", required=True, type=click.Path(), help="CSV of 'path label' lines, a folder of videos, or make-shards output.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Cache folder, e.g. cache/NAME.")
-@click.option("--views", default=1, help="Augmented views per video (a larger value later adds the missing ones).")
-@click.option("--format", "formats", type=click.Choice(["wds", "zarr", "both"]), default="wds")
-@click.option("--dtype", type=click.Choice(["fp16", "bf16", "int8"]), default="fp16", help="Stored latent dtype (int8: per-channel scales).")
-@click.option("--codec", type=click.Choice(["blosc-zstd", "blosc-lz4", "zstd", "none"]), default="blosc-zstd", help="Compression of the latents.")
-@click.option("--frames-codec", type=click.Choice(["jpeg", "png"]), default="jpeg")
-@click.option("--jpeg-quality", default=90)
-@click.option("--batch-size", default=16, help="Views per teacher forward.")
-@click.option("--workers", default=2, help="Decoding worker processes.")
-@click.option("--max-videos", default=0, help="Use only the first N videos (0: all).")
-@click.option("--shard-videos", default=32, help="Videos per shard.")
-@click.option("--seed", default=0, help="Views are seeded by (seed, video, view).")
-@click.option("--frame-step", default=4)
-@click.option("--frames", default=0, help="Frames per clip (0: the teacher's).")
-@click.option("--size", default=0, help="Clip height and width (0: the teacher's).")
-@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), default="auto", help="Teacher forward precision.")
-@click.option("--decode-timeout", default=60.0, help="Seconds per video before its decoder is killed and the video skipped.")
-@click.option("--arch", "arch_pairs", multiple=True, metavar="KEY=VALUE", help="Architecture facts weights cannot tell (e.g. num_heads=16).")
-@click.option("--rank", type=int, default=None, help="This writer's rank (default: $RANK or $SLURM_PROCID, else 0).")
-@click.option("--world-size", type=int, default=None, help="Number of writers (default: $WORLD_SIZE or $SLURM_NTASKS, else 1).")
-@click.option("--merge", "merge_only", is_flag=True, help="Only write manifest.json if every shard is done.")
-@click.option("--overwrite", is_flag=True, help="Replace a cache made with other settings.")
-@click.option("--no-progress", is_flag=True)
+@options_from(_cache_job_type())
 def cache_latents_command(**options) -> None:
     """Precompute teacher latents over augmented views into compressed shards."""
     from salt.cache_latents import CacheJob, command_line, run_cache
 
-    rank = options.pop("rank")
-    world = options.pop("world_size")
-    formats = options.pop("formats")
-    job = CacheJob(
-        **{k: v for k, v in options.items() if k not in ("arch_pairs", "no_progress")},
-        formats=("wds", "zarr") if formats == "both" else (formats,),
-        arch=_parse_arch(options["arch_pairs"]),
-        rank=rank if rank is not None else (_env_int("RANK", "SLURM_PROCID") or 0),
-        world_size=world if world is not None else (_env_int("WORLD_SIZE", "SLURM_NTASKS") or 1),
-        progress=not options["no_progress"],
-        command=command_line(),
-    )
-    if not 0 <= job.rank < job.world_size:
-        raise click.BadParameter(f"rank {job.rank} is not in [0, {job.world_size})", param_hint="--rank")
+    job = record_from_options(CacheJob, options, command=command_line())
+    try:
+        job.validate()
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
     manifest = run_cache(job)
     if manifest is None:
         click.echo(f"rank {job.rank}/{job.world_size}: shards done; manifest.json follows when every rank has finished")
@@ -183,13 +172,14 @@ def cache_latents_command(**options) -> None:
 def probe_command(encoder, checkpoint_key, random_init, train_data, val_data, config_path, overrides, arch_pairs, out, work_dir,
                   protocol) -> None:
     """Frozen probe: token maps computed once, an lr x wd grid of heads, multi-view evaluation."""
+    from salt.cache_latents.job import parse_arch_pairs
     from salt.config import load_config
     from salt.probe import ProbeConfig, format_probe, run_probe, save_report
 
     if bool(encoder) == bool(random_init):
         raise click.UsageError("give exactly one of --encoder and --random-init")
     cfg = load_config(ProbeConfig, config_path, list(overrides) + ([f"protocol={protocol}"] if protocol else []))
-    report = run_probe(encoder, random_init, train_data, val_data, cfg, work_dir, _parse_arch(arch_pairs), checkpoint_key)
+    report = run_probe(encoder, random_init, train_data, val_data, cfg, work_dir, parse_arch_pairs(arch_pairs), checkpoint_key)
     click.echo(format_probe(report))
     if out:
         save_report(report, out)
@@ -261,11 +251,13 @@ def bench_group() -> None:
 @click.option("--batch-size", default=16)
 @click.option("--seconds", default=4, help="Length of each 640x360 benchmark video.")
 @click.option("--results", default="benchmarks/results", type=click.Path(file_okay=False))
-def bench_cache_command(videos, views, arch, size, frames, workers, batch_size, seconds, results) -> None:
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local",
+              help="ray: also run the Ray engine on the same videos, beside the local one.")
+def bench_cache_command(videos, views, arch, size, frames, workers, batch_size, seconds, results, engine) -> None:
     """cache-latents views/s vs. decode alone and teacher alone; bytes per view by dtype and codec."""
     from salt.bench import bench_cache, format_cache
 
-    click.echo(format_cache(bench_cache(videos, views, arch, size, frames, workers, batch_size, seconds, results)))
+    click.echo(format_cache(bench_cache(videos, views, arch, size, frames, workers, batch_size, seconds, results, engine)))
 
 
 @bench_group.command("student")

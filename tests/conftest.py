@@ -6,7 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from salt.models import build_encoder, save_encoder
 from salt.video.synthetic import SyntheticSpec, make_synthetic, write_mp4
 
 # Small geometry shared by the suite: 16 frames step 4 at 64² from 80² videos.
@@ -19,6 +21,15 @@ def synthetic_set(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synthetic")
     make_synthetic(out, SYNTHETIC_SPEC)
     return out
+
+
+@pytest.fixture(scope="session")
+def teacher(tmp_path_factory) -> Path:
+    """A tiny random teacher (vit_tiny, depth 2, 8 frames at 32²) for the cache tests."""
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("teacher") / "teacher.pt"
+    save_encoder(path, build_encoder("vit_tiny", img_size=32, num_frames=8, depth=2), kind="teacher")
+    return path
 
 
 @pytest.fixture

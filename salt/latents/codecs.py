@@ -37,6 +37,13 @@ DEFAULT_COMPRESSOR: dict[str, Any] = {"id": "blosc", "cname": "zstd", "clevel": 
 # Only codecs that the Zarr v3 core spec also names, so the Zarr store can use the native codec
 # with the same parameters (see zarr_store.zarr_compressor).
 SUPPORTED_COMPRESSORS = ("blosc", "zstd")
+# The named compressors `salt cache-latents --codec` offers (None: stored uncompressed).
+CODECS: dict[str, dict[str, Any] | None] = {
+    "blosc-zstd": DEFAULT_COMPRESSOR,
+    "blosc-lz4": {"id": "blosc", "cname": "lz4", "clevel": 5, "shuffle": 1},
+    "zstd": {"id": "zstd", "level": 3},
+    "none": None,
+}
 
 
 def crc32(data: bytes | memoryview, value: int = 0) -> int:

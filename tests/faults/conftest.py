@@ -1,5 +1,5 @@
-"""Fixtures of the fault suite: a tiny teacher and helpers that run `salt` in a subprocess
-with a bounded time, as users (and schedulers) run it."""
+"""Helpers of the fault suite (the tiny `teacher` comes from tests/conftest.py): run `salt` in
+a subprocess with a bounded time, as users (and schedulers) run it."""
 
 from __future__ import annotations
 
@@ -8,27 +8,15 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-import torch
-
-from salt.models import build_encoder, save_encoder
-
 REPO = Path(__file__).resolve().parents[2]
 BOUND_S = 300  # every command in the suite finishes (or is killed) within this
 
 
-@pytest.fixture(scope="package")
-def teacher(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("faults_teacher") / "teacher.pt"
-    save_encoder(path, build_encoder("vit_tiny", img_size=32, num_frames=8, depth=2), kind="teacher")
-    return path
-
-
-def salt(*args: str, fault: str | None = None, timeout: float = BOUND_S, cwd: Path = REPO) -> subprocess.CompletedProcess:
+def salt(*args: str, fault: str | None = None, timeout: float = BOUND_S, cwd: Path = REPO,
+         env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """`salt ARGS` (or with a fault injected by tests/faults/inject.py); never hangs the suite."""
     head = [sys.executable, "-m", "tests.faults.inject", fault] if fault else [sys.executable, "-m", "salt.cli"]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([*head, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
 
 

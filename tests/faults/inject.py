@@ -21,10 +21,10 @@ def _die() -> None:
 
 
 def install(fault: str) -> None:
-    import salt.cache_latents as cache_latents
+    import salt.cache_latents.shards as shards
 
     if fault == "kill-before-first-shard":
-        cache_latents._store_shard = lambda *args, **kwargs: _die()
+        shards.store_shard = lambda *args, **kwargs: _die()
     elif fault == "kill-mid-shard":
         import tarfile
 
@@ -38,7 +38,7 @@ def install(fault: str) -> None:
 
         tarfile.TarFile.addfile = addfile
     elif fault == "kill-in-manifest-write":
-        real_write = cache_latents.write_json_atomic
+        real_write = shards.write_json_atomic
 
         def write(path, obj):
             path = Path(path)
@@ -49,7 +49,7 @@ def install(fault: str) -> None:
                 _die()
             return real_write(path, obj)
 
-        cache_latents.write_json_atomic = write
+        shards.write_json_atomic = write
     else:
         raise SystemExit(f"unknown fault {fault!r}")
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-import salt.cache_latents as cache_latents
+import salt.cache_latents.local as local_engine
 from salt.cache_latents import CacheJob, CacheWriteError, OutputLock, run_cache
 from salt.latents import load_manifest, open_cache
 from salt.models import build_encoder, fingerprint, save_encoder
@@ -54,7 +54,7 @@ def test_bad_videos_are_skipped_and_recorded_or_handled(tmp_path, teacher, synth
     names = ["good.mp4", str(odd.relative_to(videos)), "hang.mp4", "empty.mp4", "truncated.mp4", "random.mp4", "image.mp4",
              "short.mp4", "tiny 2x2.mp4", "tiny 1x1.mkv", "missing.mp4"]
     (videos / "list.csv").write_text("".join(f"{name} {i % 8}\n" for i, name in enumerate(names)))
-    monkeypatch.setattr(cache_latents, "IsolatedDecoder", functools.partial(IsolatedDecoder, "tests.faults.stubs:hang_on_marked"))
+    monkeypatch.setattr(local_engine, "IsolatedDecoder", functools.partial(IsolatedDecoder, "tests.faults.stubs:hang_on_marked"))
 
     run_cache(job(teacher, videos / "list.csv", tmp_path / "cache", decode_timeout=5.0))
 

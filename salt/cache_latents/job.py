@@ -1,0 +1,122 @@
+"""What a `salt cache-latents` run is asked to do: one typed record, each default in one place.
+
+The command's click options are generated from these fields (`cli` metadata: the help text and,
+where the command line spells a value differently, how to read it), so the CLI, the Python API
+(`run_cache(CacheJob(...))`) and the benchmarks cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+FORMATS = {"wds": ("wds",), "zarr": ("zarr",), "both": ("wds", "zarr")}
+ENGINES = ("local", "ray")
+
+
+def cli(help: str, *, flag: str | None = None, parse: Callable[[Any], Any] | None = None, **click_kwargs: Any) -> dict:
+    """Field metadata for the generated click option: `flag` (default --field-name), `parse`
+    (command-line value -> field value) and any click.option keyword (type, is_flag, ...)."""
+    return {"cli": {"help": help, "flag": flag, "parse": parse, "click": click_kwargs}}
+
+
+def _env_int(*names: str) -> int | None:
+    for name in names:
+        if os.environ.get(name):
+            return int(os.environ[name])
+    return None
+
+
+def parse_arch_pairs(pairs: tuple[str, ...]) -> dict | None:
+    import yaml
+
+    arch = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--arch {pair!r} must look like key=value")
+        arch[key.strip()] = yaml.safe_load(value)
+    return arch or None
+
+
+def _formats_flag(formats: tuple[str, ...]) -> str:
+    return next(name for name, value in FORMATS.items() if value == tuple(formats))
+
+
+@dataclass
+class CacheJob:
+    teacher: str = field(metadata=cli(
+        "Encoder checkpoint: SALT .pt/.safetensors, V-JEPA 1/2, VideoMAE, or a Hugging Face VideoMAE folder.",
+        required=True))
+    data: str = field(metadata=cli("CSV of 'path label' lines, a folder of videos, or make-shards output.", required=True))
+    out: str = field(metadata=cli("Cache folder, e.g. cache/NAME.", required=True))
+    views: int = field(default=1, metadata=cli("Augmented views per video (a larger value later adds the missing ones)."))
+    formats: tuple[str, ...] = field(default=("wds",), metadata=cli(
+        "Storage format(s).", flag="--format", parse=lambda v: FORMATS[v], choices=tuple(FORMATS), shown=_formats_flag))
+    dtype: str = field(default="fp16", metadata=cli("Stored latent dtype (int8: per-channel scales).", choices=("fp16", "bf16", "int8")))
+    codec: str = field(default="blosc-zstd", metadata=cli("Compression of the latents.",
+                                                         choices=("blosc-zstd", "blosc-lz4", "zstd", "none")))
+    frames_codec: str = field(default="jpeg", metadata=cli("How the view's frames are stored.", choices=("jpeg", "png")))
+    jpeg_quality: int = field(default=90, metadata=cli("JPEG quality of the stored frames."))
+    batch_size: int = field(default=16, metadata=cli("Views per teacher forward."))
+    workers: int = field(default=2, metadata=cli("Decoding worker processes (local engine)."))
+    max_videos: int = field(default=0, metadata=cli("Use only the first N videos (0: all)."))
+    shard_videos: int = field(default=32, metadata=cli("Videos per shard."))
+    seed: int = field(default=0, metadata=cli("Views are seeded by (seed, video, view)."))
+    frame_step: int = field(default=4, metadata=cli("Frame step of the clips."))
+    frames: int = field(default=0, metadata=cli("Frames per clip (0: the teacher's)."))
+    size: int = field(default=0, metadata=cli("Clip height and width (0: the teacher's)."))
+    precision: str = field(default="auto", metadata=cli("Teacher forward precision.", choices=("auto", "bf16", "fp32")))
+    decode_timeout: float = field(default=60.0, metadata=cli("Seconds per video before its decoder is killed and the video skipped."))
+    eval_clips: int = field(default=0, metadata=cli(
+        "> 0: deterministic evaluation views (clips x spatial crops), as probes use."))
+    eval_spatial: int = field(default=0, metadata=cli("Spatial crops of the evaluation views (with --eval-clips)."))
+    arch: dict | None = field(default=None, metadata=cli(
+        "Architecture facts weights cannot tell (e.g. num_heads=16).", flag="--arch", parse=parse_arch_pairs, multiple=True,
+        metavar="KEY=VALUE", shown=lambda v: ()))
+    checkpoint_key: str = field(default="", metadata=cli(
+        "State dict to read from a trainer checkpoint (default: target_encoder, else encoder)."))
+    engine: str = field(default="local", metadata=cli(
+        "local: DataLoader workers on this machine; ray: Ray Data over a cluster (pip install 'salt-video[ray]').",
+        choices=ENGINES))
+    ray_address: str = field(default="", metadata=cli("Ray cluster to join (e.g. head:6379 or auto); empty: start a local one."))
+    decode_cpus: int = field(default=0, metadata=cli(
+        "Ray decode workers, one CPU each, anywhere in the cluster (0: every CPU the teacher workers leave)."))
+    teacher_workers: int = field(default=0, metadata=cli(
+        "Ray teacher actors (0: one per GPU in the cluster, or one on CPU when it has none)."))
+    teacher_cpus: int = field(default=1, metadata=cli("CPUs of each Ray teacher actor on a cluster without GPUs."))
+    rank: int = field(default=0, metadata=cli(
+        "This writer's rank (default: $RANK or $SLURM_PROCID, else 0).", parse=lambda v: v if v is not None else (
+            _env_int("RANK", "SLURM_PROCID") or 0), type=int, shown=lambda v: None))
+    world_size: int = field(default=1, metadata=cli(
+        "Number of writers (default: $WORLD_SIZE or $SLURM_NTASKS, else 1).", parse=lambda v: v if v is not None else (
+            _env_int("WORLD_SIZE", "SLURM_NTASKS") or 1), type=int, shown=lambda v: None))
+    overwrite: bool = field(default=False, metadata=cli("Replace a cache made with other settings.", is_flag=True))
+    merge_only: bool = field(default=False, metadata=cli("Only write manifest.json if every shard is done.", flag="--merge",
+                                                         is_flag=True))
+    progress: bool = field(default=True, metadata=cli("No progress bar.", flag="--no-progress", is_flag=True,
+                                                      parse=lambda v: not v, shown=lambda v: not v))
+    command: str = ""  # the command line that made the cache (recorded in the manifest)
+
+    def validate(self) -> None:
+        if not 0 <= self.rank < self.world_size:
+            raise ValueError(f"rank {self.rank} is not in [0, {self.world_size})")
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine {self.engine!r} is not one of {ENGINES}")
+        if self.engine == "ray" and self.world_size != 1:
+            raise ValueError("--engine ray schedules the whole cache over its cluster: run one driver (world size 1), "
+                             f"not rank {self.rank} of {self.world_size}")
+        for name in ("views", "batch_size", "shard_videos", "teacher_cpus"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
+        for name in ("workers", "max_videos", "decode_cpus", "teacher_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more, not {getattr(self, name)}")
+
+
+def command_line() -> str:
+    return " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])

@@ -1,0 +1,82 @@
+"""`run_cache`: what every engine shares. Load the teacher, check the output's settings, take
+the writer's lock, plan the missing shards, hand them to an engine with a `ShardAssembler`, and
+merge (write the manifest) once every planned shard is done."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from salt.cache_latents.job import CacheJob
+from salt.cache_latents.locks import OutputLock, file_lock
+from salt.cache_latents.shards import CachePlan, ShardAssembler, check_settings, done_shards, merge, plan_missing, rank_of
+from salt.latents import LatentCodec, ZarrCacheWriter
+from salt.latents.codecs import CODECS
+from salt.latents.errors import CacheWriteError
+from salt.models import fingerprint, load_encoder
+from salt.video.sources import load_records
+from salt.video.views import ViewConfig
+
+
+def run_cache(job: CacheJob) -> Path | None:
+    """Fill the cache for this writer; returns the manifest path once every writer is done."""
+    try:
+        job.validate()
+    except ValueError as err:
+        raise CacheWriteError(f"salt cache-latents: {err}") from None
+    out = Path(job.out)
+    encoder, arch = load_encoder(job.teacher, job.arch, job.checkpoint_key or None)
+    view = ViewConfig(
+        frames=job.frames or arch["num_frames"], frame_step=job.frame_step, size=job.size or arch["img_size"], seed=job.seed,
+        eval_clips=job.eval_clips, eval_spatial=job.eval_spatial,
+    )
+    view.validate()
+    grid = encoder.grid(view.frames, view.size, view.size)
+    records = load_records(job.data)
+    if job.max_videos:
+        records = records[: job.max_videos]
+    codec = LatentCodec(job.dtype, CODECS[job.codec])
+    settings = {
+        "teacher_fingerprint": fingerprint(encoder.state_dict()),
+        "teacher_arch": arch,
+        "view": asdict(view),
+        "dtype": job.dtype,
+        "compressor": codec.compressor,
+        "frames_codec": job.frames_codec,
+        "jpeg_quality": job.jpeg_quality,
+        "formats": sorted(job.formats),
+        "shard_videos": job.shard_videos,
+        "data": str(job.data),
+    }
+    settings = json.loads(json.dumps(settings))  # plain JSON types, as a saved copy reads back
+    lock = OutputLock(out / "locks" / f"rank{job.rank}-of-{job.world_size}.lock")
+    lock.acquire()
+    try:
+        check_settings(out, settings, job.overwrite)
+        missing = plan_missing(len(records), job.views, job.shard_videos, [d for d, _ in done_shards(out)])
+        mine = [s for s in missing if rank_of(s, job.shard_videos, job.world_size) == job.rank]
+        if mine and not job.merge_only:
+            zarr_writer = None
+            if "zarr" in job.formats:
+                with file_lock(out / "locks" / "zarr.lock"):  # ranks create or grow the store one at a time
+                    zarr_writer = ZarrCacheWriter.open(
+                        out / "cache.zarr", num_videos=len(records), views=job.views, grid_tokens=int(np.prod(grid)),
+                        dim=encoder.embed_dim, stored_dtype=job.dtype, compressor=codec.compressor,
+                        frames_per_clip=view.frames, videos_per_shard=job.shard_videos,
+                    )
+            plan = CachePlan(job, out, records, view, encoder, arch, mine)
+            with ShardAssembler(out, mine, codec, zarr_writer, job) as assembler:
+                if job.engine == "ray":
+                    from salt.cache_latents.ray_engine import run_ray
+
+                    run_ray(plan, assembler)
+                else:
+                    from salt.cache_latents.local import run_local
+
+                    run_local(plan, assembler)
+        return merge(job, out, settings, len(records), grid, encoder.embed_dim, view, arch)
+    finally:
+        lock.release()

@@ -1,0 +1,261 @@
+"""The shard plan, shard assembly and the commit protocol, shared by every engine.
+
+Work is planned in shards: fixed blocks of `shard_videos` videos x a range of views. A shard is
+written atomically and then marked done (`done/<shard>.json`, the commit point); a killed run,
+started again with the same command, redoes only shards without a mark. A larger `--views` or
+more videos adds shards for what is missing and never touches the old ones. When every planned
+shard is done, `manifest.json` is written (the merge).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import shutil
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from salt.cache_latents.job import CacheJob
+from salt.latents import (
+    FRAME_EXT,
+    EncodedSample,
+    LatentCodec,
+    Manifest,
+    ShardId,
+    ShardRecord,
+    ZarrCacheWriter,
+    frames_decoder_id,
+    sample_key,
+    write_json_atomic,
+    write_wds_shard,
+)
+from salt.latents.errors import CacheWriteError
+from salt.video.sources import VideoRecord
+from salt.video.views import IMAGENET_MEAN, IMAGENET_STD, ViewConfig, ViewParams
+
+SETTINGS = "cache_settings.json"  # what a cache was made with; a rerun must match it
+
+
+# ----------------------------------------------------------------------------- planning
+
+def plan_missing(num_videos: int, views: int, shard_videos: int, done: list[ShardId]) -> list[ShardId]:
+    """Rectangles (videos x views) not yet covered, inside fixed blocks of `shard_videos` videos."""
+    covered = np.zeros(num_videos, dtype=np.int64)  # views done per video, a prefix 0..covered
+    for shard in done:
+        end = min(shard.video_end, num_videos)
+        covered[shard.video_start : end] = np.maximum(covered[shard.video_start : end], shard.view_end)
+    missing = []
+    for block_start in range(0, num_videos, shard_videos):
+        block_end = min(block_start + shard_videos, num_videos)
+        run_start = block_start
+        for video in range(block_start, block_end + 1):
+            if video == block_end or covered[video] != covered[run_start]:
+                if covered[run_start] < views:
+                    missing.append(ShardId(run_start, video, int(covered[run_start]), views))
+                run_start = video
+    return missing
+
+
+def rank_of(shard: ShardId, shard_videos: int, world_size: int) -> int:
+    """Ranks own whole video blocks, so the split never depends on who finished what."""
+    return (shard.video_start // shard_videos) % world_size
+
+
+def done_shards(out: Path) -> list[tuple[ShardId, dict]]:
+    done = []
+    for path in sorted((out / "done").glob("*.json")):
+        entry = json.loads(path.read_text())
+        done.append((ShardRecord(**entry["record"]).shard_id, entry))
+    return done
+
+
+def check_settings(out: Path, settings: dict, overwrite: bool) -> None:
+    path = out / SETTINGS
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+        if changed and not overwrite:
+            details = "; ".join(f"{k}: cache {saved.get(k)!r}, now {settings.get(k)!r}" for k in changed)
+            raise CacheWriteError(
+                f"{out} holds a cache made with other settings ({details}). Use another --out, or --overwrite to replace it."
+            )
+        if changed:
+            for child in ("wds", "cache.zarr", "done", "manifest.json"):
+                target = out / child
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
+    write_json_atomic(path, settings)
+
+
+@dataclass
+class CachePlan:
+    """What one writer (a rank, or the Ray driver) is to do: its missing shards of the cache."""
+
+    job: CacheJob
+    out: Path
+    records: list[VideoRecord]
+    view: ViewConfig
+    encoder: torch.nn.Module
+    arch: dict
+    shards: list[ShardId]
+
+    def work(self) -> list[tuple[int, int, int, int]]:
+        """(shard index, video index, first view, end view) for every video of every planned shard."""
+        return [(i, v, s.view_start, s.view_end) for i, s in enumerate(self.shards) for v in range(s.video_start, s.video_end)]
+
+    @property
+    def planned_views(self) -> int:
+        return sum((s.video_end - s.video_start) * (s.view_end - s.view_start) for s in self.shards)
+
+
+# ----------------------------------------------------------------------------- assembly
+
+@dataclass
+class _OpenShard:
+    expected: int  # views planned: videos x views of the shard
+    samples: dict[tuple[int, int], tuple[VideoRecord, ViewParams, list[bytes], torch.Tensor]] = field(default_factory=dict)
+    skipped: dict[int, dict] = field(default_factory=dict)
+    skipped_views: int = 0
+    decoded_on: Counter = field(default_factory=Counter)
+
+    @property
+    def complete(self) -> bool:
+        return len(self.samples) + self.skipped_views >= self.expected
+
+
+class ShardAssembler:
+    """Finished views of the planned shards collect here; a shard whose every video has arrived
+    (with all its views, or as a skip) is encoded, written and marked done on a writer thread
+    while the teacher runs on. Arrival order does not matter and a repeated view (an engine
+    retrying a task) is kept once: each shard is written sorted by (video, view), so every engine
+    writes the same shard bytes."""
+
+    def __init__(self, out: Path, shards: list[ShardId], codec: LatentCodec, zarr_writer: ZarrCacheWriter | None,
+                 job: CacheJob):
+        self.out, self.shards, self.codec, self.zarr_writer, self.job = out, shards, codec, zarr_writer, job
+        self._open = {i: _OpenShard((s.video_end - s.video_start) * (s.view_end - s.view_start)) for i, s in enumerate(shards)}
+        self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
+        self._writes: list[concurrent.futures.Future] = []
+        self.repeated = 0  # views that arrived twice (dropped)
+
+    def add_view(self, index: int, record: VideoRecord, params: ViewParams, frames: list[bytes], latents: torch.Tensor,
+                 where: str | None = None) -> None:
+        shard = self._open.get(index)
+        key = (record.video_id, params.view_index)
+        if shard is None or key in shard.samples:
+            self.repeated += 1
+            return
+        shard.samples[key] = (record, params, frames, latents)
+        if where is not None:
+            shard.decoded_on[where] += 1
+        self._maybe_commit(index)
+
+    def skip_video(self, index: int, record: VideoRecord, reason: str) -> None:
+        shard = self._open.get(index)
+        if shard is None or record.video_id in shard.skipped:
+            self.repeated += 1
+            return
+        shard.skipped[record.video_id] = {"video": record.video_id, "path": record.name, "reason": reason}
+        shard.skipped_views += self.shards[index].view_end - self.shards[index].view_start
+        self._maybe_commit(index)
+
+    def _maybe_commit(self, index: int) -> None:
+        self.check()
+        if self._open[index].complete:
+            shard = self._open.pop(index)
+            self._writes.append(self._writer.submit(store_shard, self.out, self.shards[index], shard, self.codec,
+                                                    self.zarr_writer, self.job))
+
+    def check(self) -> None:
+        """Re-raise a failed write (e.g. a full disk) now, not at the end of the run."""
+        for future in self._writes:
+            if future.done():
+                future.result()
+
+    @property
+    def open_shards(self) -> int:
+        return len(self._open)
+
+    def close(self) -> None:
+        """Wait for the writes in flight; every planned shard must have been committed."""
+        self._writer.shutdown(wait=True)
+        for future in self._writes:
+            future.result()
+        if self._open:
+            names = ", ".join(self.shards[i].name for i in sorted(self._open)[:4])
+            raise CacheWriteError(f"{self.out}: {len(self._open)} planned shards did not receive every view ({names}, ...); "
+                                  "they are not marked done: run the same command again to redo them")
+
+    def __enter__(self) -> "ShardAssembler":
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self._writer.shutdown(wait=True, cancel_futures=True)  # finish the shard being written; commit nothing else
+
+
+def store_shard(out: Path, shard: ShardId, state: _OpenShard, codec: LatentCodec, zarr_writer, job: CacheJob) -> None:
+    """Encode and write one shard in every format, then mark it done (the commit point)."""
+    encoded, zarr_samples = [], []
+    for key in sorted(state.samples):
+        record, params, frames, tokens = state.samples[key]
+        meta = {"video": record.video_id, "view": params.view_index, "source": record.name, "label": record.label,
+                "view_params": params.to_dict()}
+        stored = codec.to_stored(tokens)
+        encoded.append(EncodedSample(key=sample_key(record.video_id, params.view_index), frames=frames,
+                                     frame_ext=FRAME_EXT[job.frames_codec], latents=codec.encode(stored), meta=meta))
+        zarr_samples.append((record.video_id, params.view_index, stored, frames, meta))
+    try:
+        wds_files = write_wds_shard(out / "wds", shard, encoded) if "wds" in job.formats else None
+        zarr_bytes = None
+        if zarr_writer is not None:
+            # A shard that starts inside a Zarr shard (videos added later) shares it with a done one.
+            zarr_bytes = zarr_writer.write_shard(shard, zarr_samples, allow_partial_zarr_shard=shard.video_start % job.shard_videos != 0)
+    except OSError as err:  # a full disk, a lost mount: the shard is not marked done, so a rerun redoes it
+        raise CacheWriteError(
+            f"{out}: writing shard {shard.name} failed: {err.strerror or err}. Its partial tar was removed and it is not "
+            "marked done; free space (or fix the disk) and run the same command again: finished shards are kept."
+        ) from err
+    record = ShardRecord.for_shard(shard, len(encoded), wds_bytes=wds_files.bytes if wds_files else None,
+                                   wds_sha256=wds_files.sha256 if wds_files else None, zarr_bytes=zarr_bytes)
+    done = {"record": asdict(record), "skipped": [state.skipped[v] for v in sorted(state.skipped)],
+            "latent_bytes": sum(len(b) for e in encoded for b in e.latents.values()),
+            "frame_bytes": sum(len(f) for e in encoded for f in e.frames)}
+    if state.decoded_on:
+        done["decoded_on"] = dict(sorted(state.decoded_on.items()))  # Ray node id -> views decoded there
+    write_json_atomic(out / "done" / f"{shard.name}.json", done)
+
+
+# ----------------------------------------------------------------------------- the merge
+
+def merge(job: CacheJob, out: Path, settings: dict, num_videos: int, grid, dim: int, view: ViewConfig, arch: dict) -> Path | None:
+    """Write manifest.json when every planned shard is done (by whichever writer gets here last)."""
+    done = done_shards(out)
+    if plan_missing(num_videos, job.views, job.shard_videos, [shard for shard, _ in done]):
+        return None
+    done.sort(key=lambda d: (d[0].view_start, d[0].video_start))
+    skipped = {entry["video"]: entry for _, d in done for entry in d["skipped"]}
+    manifest = Manifest(
+        teacher={"fingerprint": settings["teacher_fingerprint"], "arch": arch, "source": str(job.teacher),
+                 "checkpoint_key": job.checkpoint_key},
+        grid=tuple(grid), dim=dim,
+        geometry={"frames": view.frames, "frame_step": view.frame_step, "size": view.size, "patch": arch["patch_size"],
+                  "tubelet": arch["tubelet_size"]},
+        input_mean=IMAGENET_MEAN, input_std=IMAGENET_STD, frames_codec=job.frames_codec, jpeg_quality=job.jpeg_quality,
+        frames_decoder=frames_decoder_id(), views=job.views, latent_dtype=job.dtype, compressor=settings["compressor"],
+        formats=settings["formats"], num_videos=num_videos, shards=[ShardRecord(**d["record"]) for _, d in done],
+        skipped=[skipped[v] for v in sorted(skipped)], sample_count=sum(d["record"]["samples"] for _, d in done),
+        latent_bytes=sum(d["latent_bytes"] for _, d in done), frame_bytes=sum(d["frame_bytes"] for _, d in done),
+        command=job.command, seed=job.seed, view_config=asdict(view),
+    )
+    manifest.validate(str(out / "manifest.json"))
+    write_json_atomic(out / "manifest.json", manifest.to_json())
+    return out / "manifest.json"
