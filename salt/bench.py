@@ -6,6 +6,7 @@ numbers) to `benchmarks/results/<name>.jsonl`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
@@ -61,8 +62,6 @@ def bench_cache(videos: int, views: int, arch: str, size: int, frames: int, work
     """Views/s of `salt cache-latents` vs. its stages alone, on the same videos; bytes per view.
     With engine "ray", the Ray engine runs too (on a local cluster started first, its start-up
     timed apart), after the local engine on the same videos."""
-    from torch.utils.data import DataLoader
-
     from salt.cache_latents import CacheJob, CachePlan, VideoViews, run_cache
     from salt.latents import LatentCodec, ShardId, normalise_targets
     from salt.latents.codecs import CODECS
@@ -71,6 +70,7 @@ def bench_cache(videos: int, views: int, arch: str, size: int, frames: int, work
     from salt.video.sources import load_records
     from salt.video.synthetic import make_benchmark_videos
     from salt.video.views import ViewConfig, to_model_input
+    from salt.worker_processes import owned_loader
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -86,8 +86,7 @@ def bench_cache(videos: int, views: int, arch: str, size: int, frames: int, work
         job = CacheJob(teacher=str(tmp / "teacher.pt"), data=str(csv), out=str(tmp / "cache"), views=views, workers=workers,
                        batch_size=batch_size, shard_videos=max(1, videos // 4), progress=False)
         plan = CachePlan(job, tmp / "cache", records, view, encoder, {}, [ShardId(0, len(records), 0, views)])
-        loader = DataLoader(VideoViews(plan), batch_size=None, num_workers=workers,
-                            multiprocessing_context="forkserver" if workers else None)
+        loader = owned_loader(VideoViews(plan), workers, batch_size=None)
         start = time.perf_counter()
         decoded = [item for item in loader]
         decode_s = time.perf_counter() - start
@@ -265,9 +264,62 @@ def format_student(report: dict) -> str:
     return "\n".join(lines)
 
 
-def bench_loader(videos: int, seconds: int, size: int, samples: int, results_dir: str) -> dict:
+@contextlib.contextmanager
+def local_s3_server(bucket: str):
+    """A real S3-protocol server (moto's standalone server, `pip install 'moto[server]'`) on
+    127.0.0.1 with `bucket` made, and fsspec/s3fs pointed at it, here and in child processes
+    (FSSPEC_S3_ENDPOINT_URL and dummy credentials); stopped by pid on exit. Yields the s3fs
+    file system."""
+    import socket
+    import sys
+
+    import fsspec
+
+    server_bin = Path(sys.executable).with_name("moto_server")
+    if not server_bin.exists():
+        raise RuntimeError(f"{server_bin} not found: pip install 'moto[server]' s3fs (the dev extras have them)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([str(server_bin), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "FSSPEC_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    # Child processes read FSSPEC_S3_ENDPOINT_URL when they import fsspec; this one has imported it already.
+    fsspec.config.conf.setdefault("s3", {})["endpoint_url"] = env["FSSPEC_S3_ENDPOINT_URL"]
+    try:
+        deadline = time.monotonic() + 60  # a bound on start-up
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"moto_server did not start on 127.0.0.1:{port}") from None
+                time.sleep(0.1)
+        fs = fsspec.filesystem("s3", skip_instance_cache=True)
+        fs.mkdir(bucket)
+        yield fs
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        fsspec.config.conf.get("s3", {}).pop("endpoint_url", None)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def bench_loader(videos: int, seconds: int, size: int, samples: int, results_dir: str, store: str = "local") -> dict:
     """Samples/s of one worker: the student's cache reader vs. a V-JEPA-style online pipeline,
-    on the same 640x360 H.264 videos, side by side in one process."""
+    on the same 640x360 H.264 videos, side by side in one process. With store "s3", the same
+    cache is also read from a local S3-protocol server (whole shards, read ahead)."""
     from salt.cache_latents import CacheJob, run_cache
     from salt.latents import open_cache
     from salt.models import build_encoder, save_encoder
@@ -304,18 +356,39 @@ def bench_loader(videos: int, seconds: int, size: int, samples: int, results_dir
                 frames, _ = decode_views(record.path, record.video_id, [i], view)[0]  # decode + random resized crop + flip
                 to_model_input(torch.from_numpy(frames)[None])  # normalise
 
-        rates = {}
-        for name, fn in (("cache reader", cache_reader), ("online decode + augment", online)):
-            torch.set_num_threads(1)  # one worker = one core
-            start = time.perf_counter()
-            fn()
-            rates[name] = samples / (time.perf_counter() - start)
-        torch.set_num_threads(os.cpu_count() or 1)
+        pipelines = [("cache reader", cache_reader), ("online decode + augment", online)]
+        bytes_read = {"cache reader": per_view_bytes}
+        with contextlib.ExitStack() as stack:
+            if store == "s3":
+                fs = stack.enter_context(local_s3_server("bench"))
+                fs.put(str(tmp / "cache"), "bench/cache", recursive=True)
+                remote = open_cache("s3://bench/cache", "wds")
+
+                def s3_reader():
+                    stream = itertools.chain.from_iterable(remote.stream(seed=0, epoch=e) for e in itertools.count())
+                    for _ in range(samples):
+                        sample = next(stream)
+                        torch.from_numpy(sample.frames), sample.latents
+
+                pipelines.insert(1, ("cache reader, local S3 server", s3_reader))
+                # Whole shards are read: the tar (and its index) per sample, whatever the sample's own size.
+                shard_bytes = sum(r.bytes["wds"] for r in cache.manifest.shards)
+                index_bytes = sum(len(fs.cat_file(p)) for p in fs.find("bench/cache/wds") if p.endswith(".idx.json"))
+                bytes_read["cache reader, local S3 server"] = (shard_bytes + index_bytes) / cache.manifest.sample_count
+            rates = {}
+            for name, fn in pipelines:
+                torch.set_num_threads(1)  # one worker = one core
+                start = time.perf_counter()
+                fn()
+                rates[name] = samples / (time.perf_counter() - start)
+            torch.set_num_threads(os.cpu_count() or 1)
     results = {"samples_per_s_per_worker": rates, "speedup": rates["cache reader"] / rates["online decode + augment"],
-               "cache_bytes_per_view": per_view_bytes}
+               "cache_bytes_per_view": per_view_bytes, "bytes_read_per_sample": bytes_read}
+    if store == "s3":
+        results["s3_vs_local_disk"] = rates["cache reader, local S3 server"] / rates["cache reader"]
     settings = {"videos": videos, "video": f"640x360 H.264, {seconds} s", "clip": f"16 frames step 4 at {size}²",
-                "samples": samples, "teacher for the cache": "vit_tiny (dim 128), fp16, blosc-zstd, JPEG q90"}
-    save_record("loader", settings, results, results_dir)
+                "samples": samples, "teacher for the cache": "vit_tiny (dim 128), fp16, blosc-zstd, JPEG q90", "store": store}
+    save_record("loader" if store == "local" else f"loader-{store}", settings, results, results_dir)
     return {"settings": settings, "results": results}
 
 
@@ -324,4 +397,8 @@ def format_loader(report: dict) -> str:
     lines = [f"salt bench loader: {s['videos']} videos ({s['video']}), {s['clip']}, {s['samples']} samples per pipeline, one core each"]
     lines += [f"{name:<28}{rate:>8.1f} samples/s" for name, rate in r["samples_per_s_per_worker"].items()]
     lines.append(f"cache reader / online pipeline: {r['speedup']:.1f}x (goal >= 20x); cache {r['cache_bytes_per_view'] / 1e3:.0f} kB per view")
+    if "s3_vs_local_disk" in r:
+        read = r["bytes_read_per_sample"]
+        lines.append(f"local S3 server / local disk: {r['s3_vs_local_disk']:.2f}; bytes read per sample: disk "
+                     f"{read['cache reader'] / 1e3:.0f} kB, S3 {read['cache reader, local S3 server'] / 1e3:.0f} kB (whole shards)")
     return "\n".join(lines)

@@ -54,8 +54,8 @@ def make_synthetic_command(out, videos, seed, size, frames, frame_step, tubelet,
 
 
 @main.command("make-shards")
-@click.option("--data", required=True, type=click.Path(exists=True), help="CSV of 'path label' lines, or a folder of videos.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder, e.g. shards/NAME.")
+@click.option("--data", required=True, help="CSV of 'path label' lines, or a folder of videos.")
+@click.option("--out", required=True, help="Output folder (e.g. shards/NAME) or object-store URL (s3://bucket/shards/NAME).")
 @click.option("--shard-size", default=256, help="Videos per tar shard.")
 def make_shards_command(data, out, shard_size) -> None:
     """Pack videos (bytes untouched) and labels into tar shards that stream; `--data DIR` reads them."""
@@ -148,7 +148,9 @@ def cache_latents_command(**options) -> None:
     if manifest is None:
         click.echo(f"rank {job.rank}/{job.world_size}: shards done; manifest.json follows when every rank has finished")
     else:
-        summary = json.loads(manifest.read_text())
+        from salt.latents.storage import read_bytes
+
+        summary = json.loads(read_bytes(manifest))
         click.echo(
             f"cache {job.out}: {summary['sample_count']} views of {summary['num_videos']} videos, "
             f"{len(summary['skipped'])} skipped; manifest {manifest}"
@@ -159,8 +161,8 @@ def cache_latents_command(**options) -> None:
 @click.option("--encoder", type=click.Path(), help="Encoder checkpoint (SALT .pt/.safetensors, V-JEPA 1/2, VideoMAE, Hugging Face VideoMAE folder).")
 @click.option("--checkpoint-key", default="", help="State dict to read from a trainer checkpoint (default: target_encoder, else encoder).")
 @click.option("--random-init", help="Probe a randomly initialised encoder of this size instead (the floor).")
-@click.option("--train", "train_data", required=True, type=click.Path(exists=True), help="Labelled training videos (CSV, folder, shards).")
-@click.option("--val", "val_data", required=True, type=click.Path(exists=True), help="Labelled validation videos.")
+@click.option("--train", "train_data", required=True, help="Labelled training videos (CSV, folder, shards: a path or URL).")
+@click.option("--val", "val_data", required=True, help="Labelled validation videos.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML (configs/probe/default.yaml).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
 @click.option("--arch", "arch_pairs", multiple=True, metavar="KEY=VALUE", help="Architecture facts (e.g. img_size=64).")
@@ -299,11 +301,13 @@ def inspect_command(cache_path, run_verify, pictures, samples, compare, format_,
 @click.option("--size", default=224)
 @click.option("--samples", default=64, help="Samples drawn from each pipeline.")
 @click.option("--results", default="benchmarks/results", type=click.Path(file_okay=False))
-def bench_loader_command(videos, seconds, size, samples, results) -> None:
+@click.option("--store", type=click.Choice(["local", "s3"]), default="local",
+              help="s3: also read the cache from a local S3-protocol server (moto), beside local disk.")
+def bench_loader_command(videos, seconds, size, samples, results, store) -> None:
     """Samples/s per worker: the student's cache reader vs. V-JEPA-style online decoding."""
     from salt.bench import bench_loader, format_loader
 
-    click.echo(format_loader(bench_loader(videos, seconds, size, samples, results)))
+    click.echo(format_loader(bench_loader(videos, seconds, size, samples, results, store)))
 
 
 def run_cli() -> None:

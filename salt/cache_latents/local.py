@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 
 import numpy as np
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from salt.cache_latents.shards import CachePlan, ShardAssembler
 from salt.cache_latents.teacher import TeacherForward
@@ -20,6 +20,7 @@ from salt.video.decode import VideoDecodeError
 from salt.video.isolated import IsolatedDecoder
 from salt.video.sources import VideoRecord
 from salt.video.views import ViewConfig
+from salt.worker_processes import owned_loader
 
 
 def decode_views(decoder: IsolatedDecoder, record: VideoRecord, view_start: int, view_end: int, view: ViewConfig,
@@ -60,8 +61,7 @@ class VideoViews(Dataset):
 def run_local(plan: CachePlan, assembler: ShardAssembler) -> None:
     job = plan.job
     workers = job.workers
-    loader = DataLoader(VideoViews(plan), batch_size=None, num_workers=workers, prefetch_factor=4 if workers else None,
-                        multiprocessing_context="forkserver" if workers else None)
+    loader = owned_loader(VideoViews(plan), workers, batch_size=None, prefetch_factor=4 if workers else None)
     teacher = TeacherForward(plan.encoder, job.precision, job.batch_size)
     batch: list[tuple[int, VideoRecord, dict]] = []
 

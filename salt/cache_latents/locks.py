@@ -15,17 +15,25 @@ import socket
 import time
 from pathlib import Path
 
+from salt.latents import storage
 from salt.latents.errors import CacheWriteError
 
 
 class OutputLock:
-    """One live writer per (output, rank): a lock file with host and pid; a dead owner's is taken over."""
+    """One live writer per (output, rank): a lock file with host and pid; a dead owner's is taken over.
 
-    def __init__(self, path: Path):
+    On an object store (no exclusive create) the lock object is read, then written: it stops a
+    second writer started after the first, not one started at the same instant; ranks have
+    lock objects of their own and never write the same shard objects."""
+
+    def __init__(self, path: Path | str):
         self.path = path
         self.held = False
 
     def acquire(self) -> None:
+        if storage.is_url(self.path):
+            self._acquire_object()
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
         for _ in range(3):
@@ -47,14 +55,25 @@ class OutputLock:
             return
         raise CacheWriteError(f"{self.path}: could not take the lock")
 
+    def _acquire_object(self) -> None:
+        if storage.exists(self.path):
+            owner = self._owner()
+            if owner is None or self._alive(owner):
+                who = f"pid {owner['pid']} on {owner['host']}" if owner else "an unknown process"
+                raise CacheWriteError(f"{self.path}: another salt cache-latents ({who}) is writing this output; wait for "
+                                      "it, or delete the lock object if that process is gone")
+        storage.write_bytes(self.path, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
+                                                   "started": time.time()}).encode())
+        self.held = True
+
     def release(self) -> None:
         if self.held:
-            self.path.unlink(missing_ok=True)
+            storage.remove(self.path)
             self.held = False
 
     def _owner(self) -> dict | None:
         try:
-            return json.loads(self.path.read_text())
+            return json.loads(storage.read_bytes(self.path))
         except (OSError, ValueError):
             return None  # a lock being written right now, or garbage: treated as live for safety
 

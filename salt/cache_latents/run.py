@@ -13,7 +13,7 @@ import numpy as np
 from salt.cache_latents.job import CacheJob
 from salt.cache_latents.locks import OutputLock, file_lock
 from salt.cache_latents.shards import CachePlan, ShardAssembler, check_settings, done_shards, merge, plan_missing, rank_of
-from salt.latents import LatentCodec, ZarrCacheWriter
+from salt.latents import LatentCodec, ZarrCacheWriter, storage
 from salt.latents.codecs import CODECS
 from salt.latents.errors import CacheWriteError
 from salt.models import fingerprint, load_encoder
@@ -21,13 +21,16 @@ from salt.video.sources import load_records
 from salt.video.views import ViewConfig
 
 
-def run_cache(job: CacheJob) -> Path | None:
+def run_cache(job: CacheJob) -> Path | str | None:
     """Fill the cache for this writer; returns the manifest path once every writer is done."""
     try:
         job.validate()
     except ValueError as err:
         raise CacheWriteError(f"salt cache-latents: {err}") from None
-    out = Path(job.out)
+    out = storage.resolve(job.out)  # a local Path or an object-store URL; a scheme we cannot serve stops here
+    if storage.is_url(out) and "zarr" in job.formats:
+        raise CacheWriteError(f"{job.out}: the Zarr store is written to local or shared file systems only; use --format wds "
+                              "for an object store")
     encoder, arch = load_encoder(job.teacher, job.arch, job.checkpoint_key or None)
     view = ViewConfig(
         frames=job.frames or arch["num_frames"], frame_step=job.frame_step, size=job.size or arch["img_size"], seed=job.seed,
@@ -52,7 +55,7 @@ def run_cache(job: CacheJob) -> Path | None:
         "data": str(job.data),
     }
     settings = json.loads(json.dumps(settings))  # plain JSON types, as a saved copy reads back
-    lock = OutputLock(out / "locks" / f"rank{job.rank}-of-{job.world_size}.lock")
+    lock = OutputLock(storage.join(out, "locks", f"rank{job.rank}-of-{job.world_size}.lock"))
     lock.acquire()
     try:
         check_settings(out, settings, job.overwrite)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import shutil
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ from salt.latents import (
     write_json_atomic,
     write_wds_shard,
 )
+from salt.latents import storage
 from salt.latents.errors import CacheWriteError
 from salt.video.sources import VideoRecord
 from salt.video.views import IMAGENET_MEAN, IMAGENET_STD, ViewConfig, ViewParams
@@ -65,18 +65,18 @@ def rank_of(shard: ShardId, shard_videos: int, world_size: int) -> int:
     return (shard.video_start // shard_videos) % world_size
 
 
-def done_shards(out: Path) -> list[tuple[ShardId, dict]]:
+def done_shards(out: Path | str) -> list[tuple[ShardId, dict]]:
     done = []
-    for path in sorted((out / "done").glob("*.json")):
-        entry = json.loads(path.read_text())
+    for name in storage.list_names(storage.join(out, "done"), suffix=".json"):
+        entry = json.loads(storage.read_bytes(storage.join(out, "done", name)))
         done.append((ShardRecord(**entry["record"]).shard_id, entry))
     return done
 
 
-def check_settings(out: Path, settings: dict, overwrite: bool) -> None:
-    path = out / SETTINGS
-    if path.is_file():
-        saved = json.loads(path.read_text())
+def check_settings(out: Path | str, settings: dict, overwrite: bool) -> None:
+    path = storage.join(out, SETTINGS)
+    if storage.is_file(path):
+        saved = json.loads(storage.read_bytes(path))
         changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
         if changed and not overwrite:
             details = "; ".join(f"{k}: cache {saved.get(k)!r}, now {settings.get(k)!r}" for k in changed)
@@ -84,12 +84,8 @@ def check_settings(out: Path, settings: dict, overwrite: bool) -> None:
                 f"{out} holds a cache made with other settings ({details}). Use another --out, or --overwrite to replace it."
             )
         if changed:
-            for child in ("wds", "cache.zarr", "done", "manifest.json"):
-                target = out / child
-                if target.is_dir():
-                    shutil.rmtree(target)
-                elif target.exists():
-                    target.unlink()
+            for child in ("manifest.json", "done", "wds", "cache.zarr"):  # the commit marks first
+                storage.remove_tree(storage.join(out, child))
     write_json_atomic(path, settings)
 
 
@@ -202,7 +198,7 @@ class ShardAssembler:
             self._writer.shutdown(wait=True, cancel_futures=True)  # finish the shard being written; commit nothing else
 
 
-def store_shard(out: Path, shard: ShardId, state: _OpenShard, codec: LatentCodec, zarr_writer, job: CacheJob) -> None:
+def store_shard(out: Path | str, shard: ShardId, state: _OpenShard, codec: LatentCodec, zarr_writer, job: CacheJob) -> None:
     """Encode and write one shard in every format, then mark it done (the commit point)."""
     encoded, zarr_samples = [], []
     for key in sorted(state.samples):
@@ -214,7 +210,7 @@ def store_shard(out: Path, shard: ShardId, state: _OpenShard, codec: LatentCodec
                                      frame_ext=FRAME_EXT[job.frames_codec], latents=codec.encode(stored), meta=meta))
         zarr_samples.append((record.video_id, params.view_index, stored, frames, meta))
     try:
-        wds_files = write_wds_shard(out / "wds", shard, encoded) if "wds" in job.formats else None
+        wds_files = write_wds_shard(storage.join(out, "wds"), shard, encoded) if "wds" in job.formats else None
         zarr_bytes = None
         if zarr_writer is not None:
             # A shard that starts inside a Zarr shard (videos added later) shares it with a done one.
@@ -231,12 +227,12 @@ def store_shard(out: Path, shard: ShardId, state: _OpenShard, codec: LatentCodec
             "frame_bytes": sum(len(f) for e in encoded for f in e.frames)}
     if state.decoded_on:
         done["decoded_on"] = dict(sorted(state.decoded_on.items()))  # Ray node id -> views decoded there
-    write_json_atomic(out / "done" / f"{shard.name}.json", done)
+    write_json_atomic(storage.join(out, "done", f"{shard.name}.json"), done)
 
 
 # ----------------------------------------------------------------------------- the merge
 
-def merge(job: CacheJob, out: Path, settings: dict, num_videos: int, grid, dim: int, view: ViewConfig, arch: dict) -> Path | None:
+def merge(job: CacheJob, out: Path | str, settings: dict, num_videos: int, grid, dim: int, view: ViewConfig, arch: dict) -> Path | None:
     """Write manifest.json when every planned shard is done (by whichever writer gets here last)."""
     done = done_shards(out)
     if plan_missing(num_videos, job.views, job.shard_videos, [shard for shard, _ in done]):
@@ -256,6 +252,7 @@ def merge(job: CacheJob, out: Path, settings: dict, num_videos: int, grid, dim: 
         latent_bytes=sum(d["latent_bytes"] for _, d in done), frame_bytes=sum(d["frame_bytes"] for _, d in done),
         command=job.command, seed=job.seed, view_config=asdict(view),
     )
-    manifest.validate(str(out / "manifest.json"))
-    write_json_atomic(out / "manifest.json", manifest.to_json())
-    return out / "manifest.json"
+    path = storage.join(out, "manifest.json")
+    manifest.validate(str(path))
+    write_json_atomic(path, manifest.to_json())
+    return path

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from salt.latents import storage
 from salt.latents.codecs import FRAME_EXT, STORED_NUMPY_DTYPE, LatentCodec
 from salt.latents.errors import CacheError
 from salt.latents.samples import ShardId
@@ -25,7 +26,11 @@ TARGET_NORMS = ("layer_norm", "none")
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write JSON so that readers see the old file or the new one, never a torn one."""
+    """Write JSON so that readers see the old file or the new one, never a torn one (on an
+    object store: one PUT, which is all or nothing)."""
+    if storage.is_url(path):
+        storage.write_bytes(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode("utf-8"))
+        return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -241,16 +246,17 @@ class Manifest:
 
 def load_manifest(path_or_dir: str | Path) -> Manifest:
     """Read `manifest.json` (or `<dir>/manifest.json`) with clear errors for every failure."""
-    path = Path(path_or_dir)
-    if path.is_dir() or path.name != MANIFEST_NAME:
-        path = path / MANIFEST_NAME
-    if not path.is_file():
-        raise CacheError(
-            f"no {MANIFEST_NAME} in {path.parent}: not a cache, or its writer has not finished; "
-            "run salt cache-latents again to finish it"
-        )
+    location = storage.resolve(path_or_dir)
+    path = location if storage.name_of(location) == MANIFEST_NAME else storage.join(location, MANIFEST_NAME)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(storage.read_bytes(path).decode("utf-8"))
+    except (FileNotFoundError, NotADirectoryError):
+        raise CacheError(
+            f"no {MANIFEST_NAME} in {location}: not a cache, or its writer has not finished; "
+            "run salt cache-latents again to finish it"
+        ) from None
+    except IsADirectoryError:
+        raise CacheError(f"{path} is a folder, not a cache manifest") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CacheError(f"{path}: not valid JSON ({error}); the file is damaged, rewrite it with salt cache-latents") from error
     return Manifest.from_json(data, source=str(path))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 from pathlib import Path
 from typing import Callable, Iterator, Literal
@@ -10,6 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from salt.latents import storage
 from salt.latents.codecs import StoredLatents, decode_frames, decode_meta
 from salt.latents.errors import CacheError
 from salt.latents.manifest import WDS_DIR, ZARR_DIR, Manifest, ShardRecord, load_manifest
@@ -19,6 +21,7 @@ from salt.latents.zarr_store import ZarrCacheReader
 
 Format = Literal["auto", "wds", "zarr"]
 TARGET_NORM_EPS = 1e-6
+READ_AHEAD_SHARDS = 2  # object stores: whole shards fetched ahead of the one being read, per reader
 
 
 def apply_target_norm(latents: torch.Tensor, manifest: Manifest) -> torch.Tensor:
@@ -59,9 +62,16 @@ def first_views(manifest: Manifest, views: int, path: str | Path = "") -> Manife
 
 class LatentCache:
     def __init__(self, path: str | Path, format: Format = "auto", views: int = 0) -> None:
-        self.path = Path(path)
+        self.path = storage.resolve(path)  # a local Path, or an object-store URL
+        self.remote = storage.is_url(self.path)
         self.manifest = first_views(load_manifest(self.path), views, self.path)
-        present = [f for f in self.manifest.formats if (self.path / (WDS_DIR if f == "wds" else ZARR_DIR)).exists()]
+        if self.remote:  # the Zarr store is written and read on local or shared file systems only
+            present = ["wds"] if "wds" in self.manifest.formats else []
+            if format == "zarr" or not present:
+                raise CacheError(f"{self.path}: on an object store only the wds format is read; this cache has "
+                                 f"{self.manifest.formats}")
+        else:
+            present = [f for f in self.manifest.formats if (self.path / (WDS_DIR if f == "wds" else ZARR_DIR)).exists()]
         if format == "auto":
             if not present:
                 raise CacheError(f"{self.path}: none of the formats {self.manifest.formats} is on disk")
@@ -90,7 +100,7 @@ class LatentCache:
         codes_all, owners_all = np.concatenate(codes), np.concatenate(owners)
         order = np.argsort(codes_all, kind="stable")
         self._sorted_codes, self._sorted_owner = codes_all[order], owners_all[order]
-        self._zarr = ZarrCacheReader(self.path / ZARR_DIR)
+        self._zarr = None if self.remote else ZarrCacheReader(self.path / ZARR_DIR)
 
     def _shard_samples(self, shard_index: int) -> list[tuple[int, int]]:
         """(video, view) of one shard in key order, as the writer stored them."""
@@ -102,9 +112,9 @@ class LatentCache:
     def keys(self) -> list[str]:
         return [sample_key(*divmod(int(c), MAX_VIEWS)) for c in self._sorted_codes]
 
-    def shard_paths(self) -> list[Path]:
-        """WebDataset tar files, in manifest order (for a plain webdataset pipeline)."""
-        return [self.path / WDS_DIR / f"{r.name}.tar" for r in self.manifest.shards]
+    def shard_paths(self) -> list[Path | str]:
+        """WebDataset tar files (paths or URLs), in manifest order (for a plain webdataset pipeline)."""
+        return [storage.join(self.path, WDS_DIR, f"{r.name}.tar") for r in self.manifest.shards]
 
     # -- random access ---------------------------------------------------------------------
     def get(self, index_or_key: int | str) -> CacheSample:
@@ -123,7 +133,7 @@ class LatentCache:
         record = self.manifest.shards[int(self._sorted_owner[position])]
         if self.random_format == "zarr":
             return self._read_zarr(record, video, view)
-        with WdsShardReader(self.path / WDS_DIR, record.name) as shard:
+        with WdsShardReader(storage.join(self.path, WDS_DIR), record.name) as shard:
             return self._read_wds(shard, video, view)
 
     def _read_wds(self, shard: WdsShardReader, video: int, view: int) -> CacheSample:
@@ -181,41 +191,83 @@ class LatentCache:
         return self._stream(seed, epoch, shards, max(0, int(start)), on_error)
 
     def _stream(self, seed: int, epoch: int, shards: list[int], skip: int, on_error: str) -> Iterator[CacheSample]:
+        plan = []  # (shard index, sample order): what this split reads, after `skip`
         for shard_index in shards:
             ids = self._shard_samples(shard_index)
             if skip >= len(ids):
                 skip -= len(ids)
                 continue
             # Seeded per shard, so a resume computes this order without replaying earlier shards.
-            order = np.random.default_rng([seed, epoch, shard_index]).permutation(len(ids))[skip:]
+            plan.append((shard_index, np.random.default_rng([seed, epoch, shard_index]).permutation(len(ids))[skip:]))
             skip = 0
-            record = self.manifest.shards[shard_index]
-            shard = None
-            try:
-                if self.stream_format == "wds":
-                    shard = WdsShardReader(self.path / WDS_DIR, record.name)
-            except CacheError as error:
-                if on_error == "raise":
-                    raise
-                self.skipped.extend(Problem(record.name, sample_key(*ids[i]), str(error)) for i in order)
-                continue
-            try:
-                for i in order:
-                    video, view = ids[i]
-                    try:
-                        if shard is not None:
-                            sample = self._read_wds(shard, video, view)
-                        else:
-                            sample = self._read_zarr(record, video, view)
-                    except CacheError as error:
-                        if on_error == "raise":
-                            raise
-                        self.skipped.append(Problem(record.name, sample_key(video, view), str(error)))
-                        continue
-                    yield sample
-            finally:
-                if shard is not None:
-                    shard.close()
+        fetched = self._read_ahead([i for i, _ in plan]) if self.remote and self.stream_format == "wds" else None
+        try:
+            for shard_index, order in plan:
+                yield from self._stream_shard(shard_index, order, fetched, on_error)
+        finally:
+            if fetched is not None:
+                fetched.close()
+
+    def _read_ahead(self, shard_indices: list[int]) -> "_ShardPrefetcher":
+        urls = [storage.join(self.path, WDS_DIR, f"{self.manifest.shards[i].name}.tar") for i in shard_indices]
+        return _ShardPrefetcher(urls, READ_AHEAD_SHARDS)
+
+    def _stream_shard(self, shard_index: int, order, fetched, on_error: str) -> Iterator[CacheSample]:
+        ids = self._shard_samples(shard_index)
+        record = self.manifest.shards[shard_index]
+        shard = None
+        try:
+            if self.stream_format == "wds":
+                data = fetched.next() if fetched is not None else None
+                shard = WdsShardReader(storage.join(self.path, WDS_DIR), record.name, data=data)
+        except (CacheError, OSError) as error:
+            if on_error == "raise":
+                raise error if isinstance(error, CacheError) else CacheError(f"shard {record.name}: {error}") from error
+            self.skipped.extend(Problem(record.name, sample_key(*ids[i]), str(error)) for i in order)
+            return
+        try:
+            for i in order:
+                video, view = ids[i]
+                try:
+                    if shard is not None:
+                        sample = self._read_wds(shard, video, view)
+                    else:
+                        sample = self._read_zarr(record, video, view)
+                except CacheError as error:
+                    if on_error == "raise":
+                        raise
+                    self.skipped.append(Problem(record.name, sample_key(video, view), str(error)))
+                    continue
+                yield sample
+        finally:
+            if shard is not None:
+                shard.close()
+
+
+class _ShardPrefetcher:
+    """Whole shard files read in order, at most `depth` ahead of the consumer (bounded memory)."""
+
+    def __init__(self, urls: list[str], depth: int):
+        self._urls = iter(urls)
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=depth, thread_name_prefix="shard-read-ahead")
+        self._pending: list[concurrent.futures.Future] = []
+        for _ in range(depth + 1):
+            self._submit()
+
+    def _submit(self) -> None:
+        url = next(self._urls, None)
+        if url is not None:
+            self._pending.append(self._pool.submit(storage.read_bytes, url))
+
+    def next(self) -> bytes:
+        future = self._pending.pop(0)
+        self._submit()
+        return future.result()
+
+    def close(self) -> None:
+        for future in self._pending:
+            future.cancel()
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def verify(cache: LatentCache) -> list[Problem]:
@@ -227,7 +279,7 @@ def verify(cache: LatentCache) -> list[Problem]:
         ids = cache._shard_samples(shard_index)
         keys = [sample_key(v, k) for v, k in ids]
         if "wds" in manifest.formats:
-            directory = cache.path / WDS_DIR
+            directory = storage.join(cache.path, WDS_DIR)
             file_problems = verify_wds_shard(directory, record.name, record.sha256, keys)
             problems += [Problem(record.name, None, f"[wds] {reason}") for reason in file_problems]
             try:
@@ -241,7 +293,7 @@ def verify(cache: LatentCache) -> list[Problem]:
                             cache._read_wds(shard, video, view)
                         except CacheError as error:
                             problems.append(Problem(record.name, key, f"[wds] {error}"))
-        if "zarr" in manifest.formats:
+        if "zarr" in manifest.formats and not cache.remote:
             for (video, view), key in zip(ids, keys):
                 try:
                     cache._read_zarr(record, video, view)

@@ -2,8 +2,10 @@
 
 Each shard `<name>.tar` comes with `<name>.idx.json`, which holds the offset, size and
 CRC-32 of every member's data, so a reader can seek to one sample without parsing the tar
-and can tell corrupt bytes from good ones. A shard is complete iff both files exist: the
-index is written before the tar is renamed into place.
+and can tell corrupt bytes from good ones. A shard is complete iff both files exist and the
+tar has the index's size. Locally the index is written before the tar is renamed into place;
+on an object store (no rename) the tar is uploaded first and the index after it, so a reader
+never sees an index whose tar is not whole.
 """
 
 from __future__ import annotations
@@ -13,10 +15,12 @@ import io
 import json
 import os
 import tarfile
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from salt.latents import storage
 from salt.latents.codecs import crc32, encode_meta
 from salt.latents.errors import CacheError
 from salt.latents.manifest import fsync_directory, write_json_atomic
@@ -31,7 +35,7 @@ class ShardFiles:
     """A complete WebDataset shard on disk."""
 
     name: str
-    tar_path: Path
+    tar_path: Path | str  # a str for a URL
     bytes: int
     sha256: str
     samples: int
@@ -79,8 +83,25 @@ def _tar_info(name: str, size: int) -> tarfile.TarInfo:
 
 def write_wds_shard(directory: str | Path, shard: ShardId, samples: list[EncodedSample]) -> ShardFiles:
     """Write `samples` (all of `shard`'s non-skipped samples) as `<directory>/<shard.name>.tar`."""
+    if storage.is_url(directory):
+        return _upload_wds_shard(str(directory).rstrip("/"), shard, samples)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    ordered = _ordered(shard, samples)
+    tar_path = directory / f"{shard.name}.tar"
+    tmp_path = directory / f"{shard.name}.tar.tmp"
+    try:
+        files, index = _write_tar(tmp_path, tar_path, shard, ordered)
+        write_json_atomic(directory / f"{shard.name}{INDEX_SUFFIX}", index)
+        os.replace(tmp_path, tar_path)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)  # e.g. a full disk: no partial shard stays behind
+        raise
+    fsync_directory(directory)
+    return files
+
+
+def _ordered(shard: ShardId, samples: list[EncodedSample]) -> list[EncodedSample]:
     ordered = sorted(samples, key=lambda s: s.key)  # arrival order (parallel decoders) must not matter
     keys = [s.key for s in ordered]
     if len(set(keys)) != len(keys):
@@ -90,65 +111,78 @@ def write_wds_shard(directory: str | Path, shard: ShardId, samples: list[Encoded
             raise CacheError(f"shard {shard.name}: sample {sample.key} lies outside the shard")
         if sample.frame_ext not in ("jpg", "png") or not sample.frames:
             raise CacheError(f"shard {shard.name}: sample {sample.key} needs frames with ext jpg or png")
-    tar_path = directory / f"{shard.name}.tar"
-    tmp_path = directory / f"{shard.name}.tar.tmp"
-    index: dict[str, list[int]] = {}
-    try:
-        with open(tmp_path, "wb") as raw:
-            sink = _HashingWriter(raw)
-            with tarfile.open(fileobj=sink, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-                for sample in ordered:
-                    for member, data in _sample_members(sample):
-                        tar.addfile(_tar_info(member, len(data)), io.BytesIO(data))
-                        # tar.offset now points past the data and its padding to a 512-byte block.
-                        data_offset = tar.offset - -(-len(data) // BLOCK) * BLOCK
-                        index[member] = [data_offset, len(data), crc32(data)]
-            raw.flush()
-            os.fsync(raw.fileno())
-        files = ShardFiles(shard.name, tar_path, sink.count, sink.sha256.hexdigest(), len(ordered))
-        write_json_atomic(directory / f"{shard.name}{INDEX_SUFFIX}", {
-            "shard": shard.name, "bytes": files.bytes, "sha256": files.sha256, "keys": keys, "members": index,
-        })
-        os.replace(tmp_path, tar_path)
-    except BaseException:
-        tmp_path.unlink(missing_ok=True)  # e.g. a full disk: no partial shard stays behind
-        raise
-    fsync_directory(directory)
+    return ordered
+
+
+def _write_tar(path: Path, final_path: Path | str, shard: ShardId, ordered: list[EncodedSample]) -> tuple[ShardFiles, dict]:
+    """The tar at `path` (fsynced) and its index."""
+    members: dict[str, list[int]] = {}
+    with open(path, "wb") as raw:
+        sink = _HashingWriter(raw)
+        with tarfile.open(fileobj=sink, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for sample in ordered:
+                for member, data in _sample_members(sample):
+                    tar.addfile(_tar_info(member, len(data)), io.BytesIO(data))
+                    # tar.offset now points past the data and its padding to a 512-byte block.
+                    data_offset = tar.offset - -(-len(data) // BLOCK) * BLOCK
+                    members[member] = [data_offset, len(data), crc32(data)]
+        raw.flush()
+        os.fsync(raw.fileno())
+    files = ShardFiles(shard.name, final_path, sink.count, sink.sha256.hexdigest(), len(ordered))
+    index = {"shard": shard.name, "bytes": files.bytes, "sha256": files.sha256, "keys": [s.key for s in ordered],
+             "members": members}
+    return files, index
+
+
+def _upload_wds_shard(directory: str, shard: ShardId, samples: list[EncodedSample]) -> ShardFiles:
+    """Object stores: build the tar in a local temp file, upload it, then its index (the
+    commit). A writer killed before the index leaves a tar no reader lists; a rerun replaces it."""
+    ordered = _ordered(shard, samples)
+    tar_url = f"{directory}/{shard.name}.tar"
+    with tempfile.TemporaryDirectory(prefix="salt-shard-") as tmp:
+        local = Path(tmp) / f"{shard.name}.tar"
+        files, index = _write_tar(local, tar_url, shard, ordered)
+        storage.remove(f"{directory}/{shard.name}{INDEX_SUFFIX}")  # a rewrite: uncommit the old shard first
+        storage.upload(local, tar_url)
+    write_json_atomic(f"{directory}/{shard.name}{INDEX_SUFFIX}", index)
     return files
 
 
 def complete_shard_files(directory: str | Path, shard: ShardId) -> ShardFiles | None:
     """The files of `shard` if a previous run finished it (for resuming), else None."""
-    directory = Path(directory)
-    tar_path = directory / f"{shard.name}.tar"
+    tar_path = storage.join(directory, f"{shard.name}.tar")
     try:
         index = read_wds_index(directory, shard.name)
-    except CacheError:
-        return None
-    if not tar_path.is_file() or tar_path.stat().st_size != index["bytes"]:
+        if storage.size(tar_path) != index["bytes"]:
+            return None
+    except (CacheError, OSError):
         return None
     return ShardFiles(shard.name, tar_path, index["bytes"], index["sha256"], len(index["keys"]))
 
 
 def read_wds_index(directory: str | Path, name: str) -> dict[str, Any]:
-    path = Path(directory) / f"{name}{INDEX_SUFFIX}"
+    path = storage.join(directory, f"{name}{INDEX_SUFFIX}")
     try:
-        index = json.loads(path.read_text(encoding="utf-8"))
+        index = json.loads(storage.read_bytes(path).decode("utf-8"))
         index["members"], index["keys"], index["bytes"], index["sha256"]
     except FileNotFoundError as error:
-        raise CacheError(f"shard {name}: missing {path.name}; the shard is incomplete, run salt cache-latents again") from error
+        raise CacheError(f"shard {name}: missing {storage.name_of(path)}; the shard is incomplete, run salt cache-latents "
+                         "again") from error
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
         raise CacheError(f"shard {name}: damaged or unreadable index {path}: {error}") from error
     return index
 
 
 class WdsShardReader:
-    """Checked random access to the samples of one complete shard."""
+    """Checked access to the samples of one complete shard: a seek (local) or a range request
+    (object store) per sample, or slices of the whole tar when its bytes are given (`data`:
+    how a student streams an object store, one sequential read per shard)."""
 
-    def __init__(self, directory: str | Path, name: str) -> None:
+    def __init__(self, directory: str | Path, name: str, data: bytes | None = None) -> None:
         self.name = name
-        self.tar_path = Path(directory) / f"{name}.tar"
-        if not self.tar_path.is_file():
+        self.tar_path = storage.join(directory, f"{name}.tar")
+        self.remote = storage.is_url(self.tar_path)
+        if data is None and not storage.is_file(self.tar_path):
             raise CacheError(f"shard {name}: missing {self.tar_path}; run salt cache-latents again to rewrite it")
         self.index = read_wds_index(directory, name)
         # Members grouped by key, in tar order; a sample's members are contiguous.
@@ -158,6 +192,7 @@ class WdsShardReader:
             if key not in self.sample_members:
                 raise CacheError(f"shard {name}: index member {member} belongs to no listed key")
             self.sample_members[key].append((suffix, offset, size, checksum))
+        self._data = data
         self._file: BinaryIO | None = None
 
     def __enter__(self) -> WdsShardReader:
@@ -171,22 +206,26 @@ class WdsShardReader:
             self._file.close()
             self._file = None
 
+    def _read_span(self, key: str, start: int, end: int) -> bytes:
+        if self._data is not None:
+            return self._data[start:end]
+        if self.remote:
+            return storage.read_range(self.tar_path, start, end)
+        if self._file is None:
+            self._file = open(self.tar_path, "rb")
+        self._file.seek(start)
+        return self._file.read(end - start)
+
     def read_members(self, key: str) -> dict[str, bytes]:
         """Member bytes by suffix ("json", "latents", "scales", "f00.jpg", ...), CRC-checked."""
         members = self.sample_members.get(key)
         if members is None:
             raise CacheError(f"shard {self.name}: sample {key} is not in this shard")
-        if self._file is None:
-            try:
-                self._file = open(self.tar_path, "rb")
-            except OSError as error:
-                raise CacheError(f"shard {self.name}: cannot open {self.tar_path}: {error}") from error
         # One read spans all members of the sample (they are contiguous in the tar).
         start = members[0][1]
         end = members[-1][1] + members[-1][2]
         try:
-            self._file.seek(start)
-            span = self._file.read(end - start)
+            span = self._read_span(key, start, end)
         except OSError as error:
             raise CacheError(f"shard {self.name}: sample {key}: cannot read {self.tar_path}: {error}") from error
         if len(span) != end - start:
@@ -220,17 +259,17 @@ def split_members(members: dict[str, bytes]) -> tuple[bytes, dict[str, bytes], l
 def verify_wds_shard(directory: str | Path, name: str, expected_sha256: str | None, expected_keys: list[str]) -> list[str]:
     """File-level checks of one shard (presence, size, sha256, keys); per-sample CRCs are
     checked by reading. Returns reasons, empty when healthy."""
-    tar_path = Path(directory) / f"{name}.tar"
+    tar_path = storage.join(directory, f"{name}.tar")
     try:
         reader = WdsShardReader(directory, name)
     except CacheError as error:
         return [str(error)]
     problems = []
-    size = tar_path.stat().st_size
+    size = storage.size(tar_path)
     if size != reader.index["bytes"]:
         problems.append(f"tar holds {size} bytes, its index says {reader.index['bytes']} (truncated or overwritten)")
     digest = hashlib.sha256()
-    with open(tar_path, "rb") as f:
+    with storage.open_read(tar_path) as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     if expected_sha256 is not None and digest.hexdigest() != expected_sha256:

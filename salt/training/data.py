@@ -23,6 +23,7 @@ from salt.video.decode import VideoDecodeError
 from salt.video.isolated import IsolatedDecoder
 from salt.video.sources import VideoRecord
 from salt.video.views import ViewConfig
+from salt.worker_processes import owned_loader
 
 
 @dataclass
@@ -248,13 +249,6 @@ class CacheBatches(IterableDataset):
 
 
 def clip_loader(dataset: IterableDataset, workers: int, pin_memory: bool = False) -> DataLoader:
-    """A DataLoader over whole batches; workers start with spawn-safe 'forkserver'."""
-    return DataLoader(
-        dataset,
-        batch_size=None,
-        num_workers=workers,
-        pin_memory=pin_memory,
-        prefetch_factor=2 if workers else None,
-        persistent_workers=False,
-        multiprocessing_context="forkserver" if workers else None,
-    )
+    """A DataLoader over whole batches; forkserver workers that exit with this process."""
+    return owned_loader(dataset, workers, batch_size=None, pin_memory=pin_memory, prefetch_factor=2 if workers else None,
+                        persistent_workers=False)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from salt.latents.storage import is_url
 from salt.video.views import ViewConfig, ViewParams, render_view, sample_view, view_frame_indices
 
 VideoSource = str | os.PathLike | bytes
@@ -124,7 +125,7 @@ def decode_views(
 
 def decode_record_views(record, view_indices, cfg: ViewConfig) -> list[tuple[np.ndarray, ViewParams]]:
     """`decode_views` for a `VideoRecord`: a file by path, a tar-shard member by its bytes."""
-    source = record.path if record.offset is None else record.read_bytes()
+    source = record.path if record.offset is None and not is_url(record.path) else record.read_bytes()
     return decode_views(source, record.video_id, view_indices, cfg, name=record.name)
 
 

@@ -15,7 +15,10 @@ import io
 import json
 import os
 import tarfile
+import tempfile
 from pathlib import Path
+
+from salt.latents import storage
 
 from salt.video.sources import SHARD_FORMAT, SHARD_FORMAT_VERSION, SHARD_INDEX, VideoRecord, load_records
 
@@ -25,13 +28,24 @@ def make_shards(data: str | Path, out: str | Path, shard_size: int) -> dict:
     if shard_size < 1:
         raise ValueError(f"shard size must be >= 1 video, got {shard_size}")
     records = load_records(data)
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = storage.resolve(out)
+    remote = storage.is_url(out)
+    if not remote:
+        out.mkdir(parents=True, exist_ok=True)
     shards = []
-    for first in range(0, len(records), shard_size):
-        name = f"videos-{first // shard_size:06d}.tar"
-        shards.append({"name": name, "videos": _write_shard(out / name, records[first : first + shard_size])})
+    with tempfile.TemporaryDirectory(prefix="salt-make-shards-") as staging:
+        for first in range(0, len(records), shard_size):
+            name = f"videos-{first // shard_size:06d}.tar"
+            # An object store has no rename: each tar is built here, then uploaded whole.
+            path = Path(staging, name) if remote else out / name
+            shards.append({"name": name, "videos": _write_shard(path, records[first : first + shard_size])})
+            if remote:
+                storage.upload(path, storage.join(out, name))
+                path.unlink()
     index = {"format": SHARD_FORMAT, "format_version": SHARD_FORMAT_VERSION, "source": str(data), "shards": shards}
+    if remote:
+        storage.write_bytes(storage.join(out, SHARD_INDEX), json.dumps(index, indent=1).encode())  # last: the commit
+        return index
     tmp = out / f".{SHARD_INDEX}.tmp"
     tmp.write_text(json.dumps(index, indent=1))
     os.replace(tmp, out / SHARD_INDEX)

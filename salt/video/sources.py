@@ -10,6 +10,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from salt.latents import storage
+from salt.latents.errors import CacheError
+
 SHARD_INDEX = "videos.json"  # written by `salt make-shards` beside its tar shards
 SHARD_FORMAT = "salt-video-shards"
 SHARD_FORMAT_VERSION = 1
@@ -37,7 +40,12 @@ class VideoRecord:
         return f"{self.path}:{self.member}" if self.member else self.path
 
     def read_bytes(self) -> bytes:
-        """The video file's bytes (from the tar shard without unpacking it)."""
+        """The video file's bytes (from the tar shard without unpacking it; a range request
+        when the shard is in an object store)."""
+        if storage.is_url(self.path):
+            if self.offset is None:
+                return storage.read_bytes(self.path)
+            return storage.read_range(self.path, self.offset, self.offset + self.size)
         with open(self.path, "rb") as handle:
             if self.offset is None:
                 return handle.read()
@@ -94,8 +102,17 @@ def list_folder(folder: str | Path) -> list[VideoRecord]:
 
 
 def load_records(data: str | Path) -> list[VideoRecord]:
-    """A CSV file, a folder of videos, or a folder of video shards from `salt make-shards`."""
-    data = Path(data)
+    """A CSV file, a folder of videos, or a folder of video shards from `salt make-shards`
+    (local, or on an object store: shards from `salt make-shards --out s3://...`)."""
+    try:
+        data = storage.resolve(data)
+    except CacheError as err:
+        raise VideoSourceError(str(err)) from None
+    if isinstance(data, str):
+        if storage.is_file(storage.join(data, SHARD_INDEX)):
+            return read_shard_index(data)
+        raise VideoSourceError(f"{data}: no {SHARD_INDEX} there; on an object store, videos are read from the shards "
+                               "`salt make-shards --out URL` writes")
     if data.is_dir() and (data / SHARD_INDEX).is_file():
         return read_shard_index(data)
     if data.is_dir():
@@ -107,17 +124,19 @@ def load_records(data: str | Path) -> list[VideoRecord]:
 
 def read_shard_index(folder: str | Path) -> list[VideoRecord]:
     """The videos of a folder written by `salt make-shards`, each a member of its tar."""
-    folder = Path(folder)
+    folder = storage.resolve(folder)
+    index_path = storage.join(folder, SHARD_INDEX)
     try:
-        index = json.loads((folder / SHARD_INDEX).read_text())
+        index = json.loads(storage.read_bytes(index_path))
     except (OSError, ValueError) as err:
-        raise VideoSourceError(f"{folder / SHARD_INDEX}: unreadable shard index ({err}); rerun salt make-shards") from err
+        raise VideoSourceError(f"{index_path}: unreadable shard index ({err}); rerun salt make-shards") from err
     if index.get("format") != SHARD_FORMAT or index.get("format_version", 0) > SHARD_FORMAT_VERSION:
-        raise VideoSourceError(f"{folder / SHARD_INDEX}: not a {SHARD_FORMAT} index of version <= {SHARD_FORMAT_VERSION}")
+        raise VideoSourceError(f"{index_path}: not a {SHARD_FORMAT} index of version <= {SHARD_FORMAT_VERSION}")
     records = []
+    listed = set(storage.list_names(folder, suffix=".tar"))
     for shard in index["shards"]:
-        path = folder / shard["name"]
-        if not path.is_file():
+        path = storage.join(folder, shard["name"])
+        if shard["name"] not in listed:
             raise VideoSourceError(f"{path}: shard listed in {SHARD_INDEX} is missing")
         for video in shard["videos"]:
             records.append(VideoRecord(video["video_id"], str(path), video["label"], video["member"], video["offset"], video["size"]))

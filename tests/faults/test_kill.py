@@ -41,6 +41,37 @@ def test_cache_latents_killed_then_rerun(tmp_path, teacher, synthetic_set, fault
     assert_complete(out)
 
 
+def session_processes(session: int) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter():
+        try:
+            if os.getsid(process.pid) == session and process.status() != psutil.STATUS_ZOMBIE:
+                found.append(process)
+        except (ProcessLookupError, psutil.Error):
+            pass
+    return found
+
+
+def test_decode_workers_exit_with_a_killed_cache_latents(tmp_path, teacher, synthetic_set):
+    """Forkserver workers outlived a SIGKILLed owner (their parent is the fork server, which they
+    keep alive): they now exit with it, so nothing is left holding memory or the owner's pipes."""
+    args = cache_args(teacher, synthetic_set / "train.csv", tmp_path / "cache")
+    args[args.index("--workers") + 1] = "2"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    process = subprocess.Popen([sys.executable, "-m", "tests.faults.inject", "kill-before-first-shard", *args], cwd=REPO,
+                               env=env, stdout=open(tmp_path / "log.txt", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        assert process.wait(timeout=BOUND_S) == -signal.SIGKILL, (tmp_path / "log.txt").read_text()[-2000:]
+        deadline = time.monotonic() + 60  # a bound on exiting, not a timing assumption
+        while session_processes(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        left = [" ".join(p.cmdline())[:120] for p in session_processes(process.pid)]
+        assert not left, f"left behind by the killed run: {left}"
+    finally:
+        for leftover in session_processes(process.pid):
+            leftover.kill()
+
+
 def test_growing_cache_killed_in_manifest_write_keeps_the_old_manifest(tmp_path, teacher, synthetic_set):
     out = tmp_path / "cache"
     assert salt(*cache_args(teacher, synthetic_set / "train.csv", out, views=1)).returncode == 0
