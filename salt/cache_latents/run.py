@@ -28,6 +28,8 @@ def run_cache(job: CacheJob) -> Path | str | None:
     except ValueError as err:
         raise CacheWriteError(f"salt cache-latents: {err}") from None
     out = storage.resolve(job.out)  # a local Path or an object-store URL; a scheme we cannot serve stops here
+    if not storage.is_url(out) and out.exists() and not out.is_dir():
+        raise CacheWriteError(f"{out} is a file, not a cache folder: give --out a folder (new or a cache to resume)")
     if storage.is_url(out) and "zarr" in job.formats:
         raise CacheWriteError(f"{job.out}: the Zarr store is written to local or shared file systems only; use --format wds "
                               "for an object store")

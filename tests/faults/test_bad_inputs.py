@@ -214,6 +214,14 @@ def test_second_live_writer_is_refused(tmp_path, teacher, synthetic_set):
     assert result.returncode == 1 and "rank0-of-1.lock" in result.stderr, result.stderr[-2000:]
 
 
+def test_out_that_is_a_file_is_refused_and_kept(tmp_path, teacher, synthetic_set):
+    out = tmp_path / "notes.txt"
+    out.write_text("keep me")
+    result = salt(*cache_args(teacher, synthetic_set / "train.csv", out))
+    assert result.returncode == 1 and "is a file, not a cache folder" in result.stderr, result.stderr[-2000:]
+    assert out.read_text() == "keep me"
+
+
 def test_out_over_another_teachers_cache_is_refused(tmp_path, healthy_cache, synthetic_set):
     cache = tmp_path / "cache"
     shutil.copytree(healthy_cache, cache)
