@@ -35,7 +35,6 @@ from salt.video.views import ViewConfig, ViewParams
 
 FAULT_ENV = "SALT_RAY_FAULT"  # tests only: "decode@VIDEO:MARK" / "teacher@VIDEO:MARK" SIGKILLs that worker once
 MAX_BLOCKS = 4096  # input blocks (a retried task redoes one block); one video per block below this
-ACTOR_START_S = 900  # the pools start whole before the first video is handed out (or the run stops, saying so)
 
 
 def import_ray():
@@ -191,9 +190,6 @@ def run_ray(plan: CachePlan, assembler: ShardAssembler) -> None:
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # ours is the one bar
         context.print_on_execution_start = False
-        # Start every actor before dispatching: otherwise the first decoder up (on the driver's node,
-        # where the inputs are) takes the early videos while the others are still starting.
-        context.wait_for_min_actors_s = ACTOR_START_S
         teachers, teacher_resources, decoders = _resources(ray, plan)
         work = plan.work()
         items = [{"shard": s, "video": v, "view_start": a, "view_end": b, "record": pickle.dumps(plan.records[v])}
@@ -203,9 +199,7 @@ def run_ray(plan: CachePlan, assembler: ShardAssembler) -> None:
         dataset = (
             ray.data.from_items(items, override_num_blocks=min(len(items), MAX_BLOCKS))
             .map_batches(DecodeVideo, batch_size=1, batch_format="numpy", num_cpus=1,
-                         # Placed SPREAD (Ray Data's default); one video in flight per decoder, so that
-                         # videos go to idle decoders on any node rather than queue on the inputs' node.
-                         compute=ray.data.ActorPoolStrategy(size=decoders, max_tasks_in_flight_per_actor=1),
+                         compute=ray.data.ActorPoolStrategy(size=decoders),  # placed SPREAD (Ray Data's default): all nodes
                          fn_constructor_kwargs=dict(view=asdict(plan.view), frames_codec=job.frames_codec,
                                                     quality=job.jpeg_quality, timeout=job.decode_timeout))
             .map_batches(TeacherActor, batch_size=job.batch_size, batch_format="numpy",
