@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,15 +15,9 @@ import yaml
 
 from salt.bench import local_s3_server
 from salt.latents import open_cache
-from tests.faults.conftest import REPO, killed, salt
+from tests.faults.conftest import REPO, free_port, killed, salt
 
 BUCKET = "salt-test"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from salt.latents import open_cache
-from tests.faults.conftest import killed, salt
+from tests.faults.conftest import free_port, killed, salt
 
 RAY = str(Path(sys.executable).with_name("ray"))
 # The test cluster's token (Ray's token authentication), in the environment of both ends.
@@ -45,12 +45,6 @@ def local_reference(tmp_path_factory, teacher, synthetic_set) -> dict:
     result = salt(*cache_args(teacher, synthetic_set / "train.csv", out))
     assert result.returncode == 0, result.stderr
     return stored_files(out)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -4,6 +4,7 @@ a subprocess with a bounded time, as users (and schedulers) run it."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -28,3 +29,10 @@ def cache_args(teacher: Path, data: Path, out: Path, *extra: str, views: int = 2
 
 def killed(result: subprocess.CompletedProcess) -> bool:
     return result.returncode in (-9, 137)
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for servers the tests start)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
