@@ -22,6 +22,8 @@ from tests.faults.conftest import free_port, killed, salt
 RAY = str(Path(sys.executable).with_name("ray"))
 # The test cluster's token (Ray's token authentication), in the environment of both ends.
 AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "salt-test-" + "0" * 22, "RAY_USAGE_STATS_ENABLED": "0"}
+# The nodes' workers at normal priority (Ray's default is nice 15: starved beside busy processes).
+NODE_ENV = {**AUTH, "RAY_worker_niceness": "0"}
 
 
 def cache_args(teacher: Path, data: Path, out: Path, *extra: str, views: int = 2) -> list[str]:
@@ -51,7 +53,7 @@ def local_reference(tmp_path_factory, teacher, synthetic_set) -> dict:
 def two_node_cluster():
     """A Ray head and a second Ray node on this machine (2 logical CPUs each); stopped by pid."""
     port = free_port()
-    env = {**os.environ, **AUTH}
+    env = {**os.environ, **NODE_ENV}
     common = ["--block", "--num-cpus=2", "--object-store-memory=200000000", "--disable-usage-stats"]
     started = [subprocess.Popen([RAY, "start", "--head", f"--port={port}", "--include-dashboard=false", *common], env=env,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
@@ -121,7 +123,10 @@ def test_ray_engine_writes_the_local_engines_bytes_including_skips(tmp_path, tea
 def test_two_nodes_decode_and_killed_workers_are_retried(tmp_path, teacher, synthetic_set, two_node_cluster, local_reference):
     out = tmp_path / "cache"
     marks = tmp_path / "decode.killed", tmp_path / "teacher.killed"
-    fault = f"decode@2:{marks[0]},teacher@5:{marks[1]}"  # each worker SIGKILLed once, mid-run
+    # Both decoders (placed SPREAD, one per node) hold their first video until both have started:
+    # otherwise the first one up, on the node holding the inputs, may take every video. With at
+    # most 2 videos in flight per decoder, the one that meets video 6 has finished a video already.
+    fault = f"decoders@2:{tmp_path / 'decoders'},decode@6:{marks[0]},teacher@5:{marks[1]}"  # each worker SIGKILLed once
     result = salt(*cache_args(teacher, synthetic_set / "train.csv", out, "--engine", "ray", "--ray-address", two_node_cluster,
                               "--decode-cpus", "2"), env={**AUTH, "SALT_RAY_FAULT": fault})
     assert result.returncode == 0, result.stderr

@@ -33,7 +33,10 @@ from salt.latents.errors import CacheWriteError
 from salt.video.isolated import IsolatedDecoder
 from salt.video.views import ViewConfig, ViewParams
 
-FAULT_ENV = "SALT_RAY_FAULT"  # tests only: "decode@VIDEO:MARK" / "teacher@VIDEO:MARK" SIGKILLs that worker once
+# Tests only: "decode@VIDEO:MARK" / "teacher@VIDEO:MARK" SIGKILLs that worker once; "decoders@N:DIR" holds
+# every decoder's first video until N decoders have started, so that work reaches every node deterministically.
+FAULT_ENV = "SALT_RAY_FAULT"
+GATE_BOUND_S = 240  # a gate that never opens lets the run go on (and the test that set it fail) rather than hang
 MAX_BLOCKS = 4096  # input blocks (a retried task redoes one block); one video per block below this
 
 
@@ -46,13 +49,22 @@ def import_ray():
     return ray
 
 
-def _fault_point(stage: str, videos) -> None:
-    """Tests only: SIGKILL this worker once when it meets a video named in $SALT_RAY_FAULT
-    ("decode@3:/tmp/mark,teacher@5:/tmp/mark2"); the mark file makes the retry run through."""
+def _fault_specs(stage: str) -> list[tuple[int, str]]:
+    """(number, path) of each $SALT_RAY_FAULT entry for `stage` ("decode@3:/tmp/mark,decoders@2:/tmp/dir")."""
+    specs = []
     for spec in filter(None, os.environ.get(FAULT_ENV, "").split(",")):
         name, _, rest = spec.partition("@")
-        video, _, mark = rest.partition(":")
-        if name != stage or int(video) not in {int(v) for v in videos}:
+        number, _, path = rest.partition(":")
+        if name == stage:
+            specs.append((int(number), path))
+    return specs
+
+
+def _fault_point(stage: str, videos) -> None:
+    """Tests only: SIGKILL this worker once when it meets a video named for its stage; the mark
+    file makes the retry run through."""
+    for video, mark in _fault_specs(stage):
+        if video not in {int(v) for v in videos}:
             continue
         try:
             os.close(os.open(mark, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
@@ -71,8 +83,20 @@ class DecodeVideo:
         self.frames_codec, self.quality = frames_codec, quality
         self.decoder = IsolatedDecoder(timeout=timeout)
         self.node = ray.get_runtime_context().get_node_id()
+        self.gates = _fault_specs("decoders")
+        for _, folder in self.gates:  # this decoder has started
+            os.makedirs(folder, exist_ok=True)
+            open(os.path.join(folder, f"{self.node}-{os.getpid()}"), "w").close()
+
+    def _wait_at_gates(self) -> None:
+        deadline = time.monotonic() + GATE_BOUND_S
+        for count, folder in self.gates:
+            while len(os.listdir(folder)) < count and time.monotonic() < deadline:
+                time.sleep(0.1)
+        self.gates = []
 
     def __call__(self, batch: dict) -> dict:
+        self._wait_at_gates()
         rows = {name: [] for name in ("shard", "video", "view", "skipped", "params", "frames", "pixels", "node", "decode_s")}
         for shard, video, view_start, view_end, record in zip(batch["shard"], batch["video"], batch["view_start"],
                                                               batch["view_end"], batch["record"]):
@@ -148,7 +172,10 @@ def _connect(ray, address: str) -> bool:
             ) from None
     else:
         # "local": a new instance even where `ray start` left an address behind (ray.init() would join that).
-        ray.init(address="local", include_dashboard=False, **options)
+        # Ray runs its workers at nice 15; beside other busy processes they then get almost no CPU
+        # (measured: decoders still in __init__ after 2 min beside two CPU-bound processes), so run
+        # them at the priority the local engine's workers have.
+        ray.init(address="local", include_dashboard=False, _system_config={"worker_niceness": 0}, **options)
     return True
 
 
