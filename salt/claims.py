@@ -87,6 +87,37 @@ def verdicts(rows: list[dict], chance: float) -> list[str]:
     return lines
 
 
+RANK_GOAL = {"bytes": 0.25, "points_lost": 0.01}  # issue 18: <= 0.25x the fp16 bytes at <= 1 point lost
+
+
+def rank_verdicts(rows: list[dict], reference: str) -> list[str]:
+    """Claim 5, smaller caches: each compacted cache's student against the fp16 full-rank one.
+    "lost <= 1 point" is decided only where the interval (difference ± 2 s.e.) allows it."""
+    ref = next((r for r in rows if r["row"] == reference), None)
+    if ref is None or not ref.get("cache"):
+        return []
+    base = ref["cache"]["latent_kb"] + ref["cache"]["frame_kb"]
+    lines = []
+    for r in rows:
+        if r["group"] != "rank" or not r.get("cache"):
+            continue
+        c = r["cache"]
+        size = (f"{c['latent_kb']:.1f} + {c['frame_kb']:.1f} kB/view (latents + frames) = {(c['latent_kb'] + c['frame_kb']) / base:.2f}x "
+                f"the fp16 cache's bytes (latents alone {c['latent_kb'] / ref['cache']['latent_kb']:.2f}x), "
+                f"{c['explained']:.1%} of the target variance kept")
+        parts = []
+        for protocol in PROTOCOLS:
+            if protocol in r["by_protocol"] and protocol in ref["by_protocol"]:
+                x, y = r["by_protocol"][protocol], ref["by_protocol"][protocol]
+                diff, se, _ = compare(x, y)
+                limit = -RANK_GOAL["points_lost"]
+                decided = ("lost <= 1 point" if diff - 2 * se >= limit else "lost > 1 point" if diff + 2 * se < limit
+                           else "undecided (the interval holds both)")
+                parts.append(f"{protocol}: {_pct(x)} vs {_pct(y)}, difference {diff * 100:+.1f} ± {se * 100:.1f} -> {decided}")
+        lines.append(f"5. {r['row']} vs fp16 full rank: {size}; " + "; ".join(parts))
+    return lines
+
+
 def format_table(result: dict) -> str:
     header = "| group | row | " + " | ".join(f"{p} top-1 (mean ± s.e.) | {p} per run" for p in PROTOCOLS)
     lines = [header + " | FLOPs (teacher online) | FLOPs (with cache) |",

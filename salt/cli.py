@@ -16,6 +16,7 @@ def main() -> None:
     make-shards     pack videos and labels into WebDataset tar shards
     train-teacher   stage 1: pixel-reconstruction teacher (also under `deepspeed`)
     cache-latents   process 1: the frozen teacher's latents into a WebDataset / Zarr cache
+    compact-cache   a smaller copy of a cache: low-rank (PCA) targets and/or int8, no teacher
     train-student   process 2: a student from the cache (also `deepspeed salt/train_student.py`)
     probe           frozen attentive or linear probe of any encoder (or --random-init ARCH)
     inspect         offline inspection of a latent cache
@@ -155,6 +156,32 @@ def cache_latents_command(**options) -> None:
             f"cache {job.out}: {summary['sample_count']} views of {summary['num_videos']} videos, "
             f"{len(summary['skipped'])} skipped; manifest {manifest}"
         )
+
+
+@main.command("compact-cache")
+@click.argument("source", metavar="SRC", type=click.Path())
+@click.option("--out", required=True, help="Folder (or object-store URL) of the compacted cache.")
+@click.option("--rank", default=0, show_default=True,
+              help="Coefficients kept per token (PCA of the layer-normalised targets); 0: every channel, re-encoded only.")
+@click.option("--dtype", type=click.Choice(["int8", "fp16", "bf16"]), default="int8", help="Stored dtype of the targets.")
+@click.option("--codec", type=click.Choice(["blosc-zstd", "blosc-lz4", "zstd", "none"]), default="blosc-zstd")
+@click.option("--fit-samples", default=1024, help="Samples (all their tokens) the basis is fit on, spread over the cache.")
+@click.option("--format", "format_", type=click.Choice(["wds", "zarr", "both"]), default="wds")
+@click.option("--overwrite", is_flag=True, help="Replace an --out made with other settings.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def compact_cache_command(source, out, rank, dtype, codec, fit_samples, format_, overwrite, no_progress) -> None:
+    """Shrink a cache without the teacher: low-rank targets (a basis stored once) and/or int8."""
+    from salt.cache_latents.job import FORMATS, command_line
+    from salt.compact_cache import CompactJob, compact_cache
+    from salt.latents import load_manifest
+
+    job = CompactJob(source, out, rank, dtype, codec, fit_samples, FORMATS[format_], overwrite, not no_progress, command_line())
+    manifest = load_manifest(compact_cache(job))
+    kept = f"rank {manifest.target_rank} of {manifest.dim}" if manifest.target_rank else f"all {manifest.dim} channels"
+    explained = f", {manifest.basis['explained']:.1%} of the target variance kept" if manifest.basis else ""
+    click.echo(f"compacted {source} -> {out}: {manifest.sample_count} samples, {kept} in {manifest.latent_dtype}{explained}; "
+               f"latents {manifest.latent_bytes / max(manifest.sample_count, 1) / 1e3:.1f} kB/view, "
+               f"frames {manifest.frame_bytes / max(manifest.sample_count, 1) / 1e3:.1f} kB/view")
 
 
 @main.command("probe")

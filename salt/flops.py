@@ -98,6 +98,18 @@ def frozen_forward_part(stage: str, name: str, arch: dict, frames: int, size: in
     return Part(stage, name, count_params(arch), tokens, False, clips, counted)
 
 
+# Compression of stored latents by blosc-zstd, measured at 1568 tokens x 384 (docs/results.md,
+# "salt bench cache"); int8 coefficients of low-rank caches measured 1.00 too ("Smaller caches").
+COMPRESSION = {"fp16": 1.09, "bf16": 1.41, "int8": 1.00}
+FRAME_BYTES_PER_VIEW = 150e3  # JPEG q90 frames of a 16x224² view of real video, about
+
+
+def latent_bytes_per_view(tokens: int, channels: int, dtype: str) -> float:
+    """Stored latent bytes of one view: `channels` per token (D, or a low-rank cache's R)."""
+    itemsize = 1 if dtype == "int8" else 2
+    return tokens * channels * itemsize / COMPRESSION[dtype] + (4 * channels if dtype == "int8" else 0)
+
+
 def plan(teacher_cfg, student_cfg, teacher_steps: int, student_steps: int, teacher_batch: int, student_batch: int,
          cache_views: int = 0, cache_videos: int = 0, bytes_per_view: float = 0.0) -> dict:
     """Every part of a SALT (or V-JEPA, with student targets 'ema') run, with FLOPs."""
@@ -137,9 +149,14 @@ def plan(teacher_cfg, student_cfg, teacher_steps: int, student_steps: int, teach
     cache = None
     if student_cfg.targets == "cache":
         tokens = grid[0] * grid[1] * grid[2]
-        per_view = bytes_per_view or tokens * target_dim * 2 / 1.09 + 150e3  # fp16 at 1.09x + ~150 kB of JPEG frames
-        cache = {"views": cache_views * cache_videos, "bytes_per_view": per_view, "bytes": per_view * cache_views * cache_videos,
-                 "bytes_per_step": per_view * student_batch, "epochs_over_views": student_clips / max(1, cache_views * cache_videos)}
+        views = cache_views * cache_videos
+        per_view = bytes_per_view or latent_bytes_per_view(tokens, target_dim, "fp16") + FRAME_BYTES_PER_VIEW
+        cache = {"views": views, "bytes_per_view": per_view, "bytes": per_view * views,
+                 "bytes_per_step": per_view * student_batch, "epochs_over_views": student_clips / max(1, views),
+                 "by_format": [{"dtype": dtype, "rank": rank, "bytes_per_view": b, "bytes": b * views, "bytes_per_step": b * student_batch}
+                               for dtype in COMPRESSION for rank in (target_dim, target_dim // 2, target_dim // 4, target_dim // 8)
+                               if rank >= 1
+                               for b in [latent_bytes_per_view(tokens, rank, dtype) + FRAME_BYTES_PER_VIEW]]}
     return {"parts": parts, "total": total, "teacher_share": teacher_share, "cache": cache,
             "counted_total": sum(p.counted for p in parts)}
 
@@ -156,4 +173,10 @@ def format_plan(result: dict) -> str:
         lines.append(f"cache: {cache['views']:.3g} views x {cache['bytes_per_view'] / 1e6:.2f} MB = {cache['bytes'] / 1e12:.2f} TB; "
                      f"reads {cache['bytes_per_step'] / 1e9:.2f} GB per student step; the student sees each view "
                      f"{cache['epochs_over_views']:.1f} times")
+        full = cache["by_format"][0]["bytes"]
+        lines.append(f"cache by stored dtype and target rank (salt compact-cache; +{FRAME_BYTES_PER_VIEW / 1e3:.0f} kB of frames a view):")
+        lines.append(f"  {'dtype':<6}{'rank':>6}{'MB/view':>10}{'total TB':>10}{'GB/step':>10}{'vs fp16 full':>14}")
+        for row in cache["by_format"]:
+            lines.append(f"  {row['dtype']:<6}{row['rank']:>6}{row['bytes_per_view'] / 1e6:>10.3f}{row['bytes'] / 1e12:>10.2f}"
+                         f"{row['bytes_per_step'] / 1e9:>10.2f}{row['bytes'] / full:>13.2f}x")
     return "\n".join(lines)

@@ -3,7 +3,9 @@
 Everything here reads the cache through `salt.latents` only, so it works on WebDataset and Zarr
 caches alike and never needs the teacher. Statistics are computed on the student's targets (the
 manifest's normalisation applied) and on the raw stored latents: the targets are what training
-sees, the raw latents show what the normalisation hides (token norms, outlier channels).
+sees, the raw latents show what the normalisation hides (token norms, outlier channels). For a
+low-rank cache the targets are the stored coefficients reconstructed to D channels and "raw"
+are the coefficients; its spectrum (explained variance per component) comes from its basis.
 """
 
 from __future__ import annotations
@@ -23,6 +25,32 @@ STATS_SAMPLES = 64
 DPI = 100
 SUMMARY_FIGSIZE = (11.0, 7.0)  # inches
 PERCENTILES = (1, 5, 50, 95, 99)
+
+
+def student_targets(cache: LatentCache, sample: CacheSample) -> torch.Tensor:
+    """What a student trains on: normalised targets [N, D] (reconstructed from a low-rank cache)."""
+    targets = apply_target_norm(sample.latents, cache.manifest)
+    return targets if cache.basis is None else cache.basis.reconstruct(targets)
+
+
+def spectrum(cache: LatentCache, samples: list[CacheSample]) -> dict[str, Any]:
+    """Share of the target variance per principal component, and the ranks that keep 90/95/99 %:
+    from the basis fit of a low-rank cache, else from the sampled targets."""
+    if cache.basis is not None:
+        variance, source = cache.basis.variance, f"basis fit on {cache.basis.fit_tokens} tokens"
+    else:
+        tokens = torch.cat([student_targets(cache, s) for s in samples]).double().numpy()
+        variance = np.clip(np.linalg.eigvalsh(np.cov(tokens, rowvar=False)), 0, None)[::-1]
+        source = f"{tokens.shape[0]} sampled tokens"
+    ratio = variance / max(float(variance.sum()), 1e-30)
+    cumulative = np.cumsum(ratio)
+    kept = cache.manifest.target_rank
+    return {"source": source, "ratio": ratio.tolist(),
+            "rank_for": {f"{q:.0%}": int(np.searchsorted(cumulative, q) + 1) for q in (0.9, 0.95, 0.99)},
+            "rank": kept, "explained": float(cumulative[kept - 1]) if kept else 1.0,
+            # Without the full-rank latents, the reconstruction error is the fit's dropped share
+            # (measured against a full cache by `--compare`).
+            "dropped": float(1 - cumulative[kept - 1]) if kept else 0.0}
 
 
 def evenly_spaced_keys(keys: list[str], count: int) -> list[str]:
@@ -58,14 +86,15 @@ def summarise(cache: LatentCache) -> dict[str, Any]:
     m = cache.manifest
     views_stored = max(m.sample_count, 1)
     # Bytes the latents would take uncompressed in their stored dtype (+ int8's float32 scales).
-    raw_per_view = m.tokens * m.dim * STORED_NUMPY_DTYPE[m.latent_dtype].itemsize + (4 * m.dim if m.latent_dtype == "int8" else 0)
+    stored = m.stored_dim
+    raw_per_view = m.tokens * stored * STORED_NUMPY_DTYPE[m.latent_dtype].itemsize + (4 * stored if m.latent_dtype == "int8" else 0)
     latent_per_view = m.latent_bytes / views_stored
     arch = m.teacher.get("arch", {})
     return {
         "path": str(cache.path),
         "teacher": {"fingerprint": m.teacher.get("fingerprint", ""), "arch_name": arch_name(arch), "arch": arch,
                     "source": m.teacher.get("source", "")},
-        "geometry": dict(m.geometry), "grid": list(m.grid), "tokens": m.tokens, "dim": m.dim,
+        "geometry": dict(m.geometry), "grid": list(m.grid), "tokens": m.tokens, "dim": m.dim, "target_rank": m.target_rank,
         "latent_dtype": m.latent_dtype, "compressor": m.compressor, "target_norm": m.target_norm,
         "frames_codec": m.frames_codec, "jpeg_quality": m.jpeg_quality, "frames_decoder": m.frames_decoder,
         "formats": list(m.formats), "samples": len(cache), "videos": m.num_videos - len(m.skipped_videos),
@@ -148,8 +177,9 @@ def sample_statistics(cache: LatentCache, count: int) -> dict[str, Any]:
     result: dict[str, Any] = {"requested": count, "read": len(samples), "unreadable": unreadable}
     if samples:
         grid = cache.manifest.grid
-        result["targets"] = token_statistics([apply_target_norm(s.latents, cache.manifest) for s in samples], grid)
+        result["targets"] = token_statistics([student_targets(cache, s) for s in samples], grid)
         result["raw"] = token_statistics([s.latents for s in samples], grid)
+        result["spectrum"] = spectrum(cache, samples)
     return result
 
 
@@ -166,9 +196,13 @@ def compare_caches(a: LatentCache, b: LatentCache, samples: int | None = None) -
         raise CacheError(f"cannot compare {a.path} and {b.path}: no sample key in common")
     chosen = common if samples is None else evenly_spaced_keys(common, samples)
     cosines, deltas, same_frames = [], [], 0
+    squared_error, target_sum, target_square, tokens = 0.0, 0.0, 0.0, 0
     for key in chosen:
         sa, sb = a.get(key), b.get(key)
-        ta, tb = apply_target_norm(sa.latents, ma).flatten(), apply_target_norm(sb.latents, mb).flatten()
+        ta, tb = student_targets(a, sa).double(), student_targets(b, sb).double()
+        squared_error += float((ta - tb).square().sum())
+        target_sum, target_square, tokens = target_sum + ta.sum(0), target_square + float(ta.square().sum()), tokens + len(ta)
+        ta, tb = ta.flatten(), tb.flatten()
         # Layer-normed tokens all have norm sqrt(D), so this flat cosine is also the mean token cosine.
         cosines.append(float(torch.nn.functional.cosine_similarity(ta, tb, dim=0)))
         deltas.append(float((ta - tb).abs().mean()))
@@ -179,6 +213,10 @@ def compare_caches(a: LatentCache, b: LatentCache, samples: int | None = None) -
         "only_in_b": len(keys_b - keys_a), "compared": len(chosen), "identical_frames": same_frames,
         **{name: {"mean": float(np.mean(v)), "min": float(np.min(v)), "max": float(np.max(v))}
            for name, v in (("cosine", cosines), ("mean_abs_diff", deltas))},
+        # B's squared error as a share of A's target variance over the compared tokens: the same
+        # measure as a basis fit's dropped share (1 - explained variance).
+        "relative_error": squared_error / max(target_square - float((target_sum / tokens).square().sum()) * tokens, 1e-12),
+        "ranks": [ma.target_rank or ma.dim, mb.target_rank or mb.dim], "dtypes": [ma.latent_dtype, mb.latent_dtype],
         "worst_key": chosen[int(np.argmin(cosines))],
     }
 
@@ -217,7 +255,7 @@ def write_pictures(cache: LatentCache, out_dir: str | Path, samples: int = PICTU
     shown, _ = load_samples(cache, evenly_spaced_keys(cache.keys(), samples))
     written = []
     if shown:
-        colours = _pca_rgb([apply_target_norm(s.latents, manifest) for s in shown])
+        colours = _pca_rgb([student_targets(cache, s) for s in shown])
         norms = [s.latents.norm(dim=-1).reshape(steps, height, width).numpy() for s in shown]
         norm_range = (min(n.min() for n in norms), max(n.max() for n in norms))
         for sample, colour, norm in zip(shown, colours, norms):
@@ -246,7 +284,29 @@ def write_pictures(cache: LatentCache, out_dir: str | Path, samples: int = PICTU
     stats = stats if stats is not None else sample_statistics(cache, STATS_SAMPLES)
     if "targets" in stats:
         written.append(_summary_figure(plt, stats, out_dir / "statistics.png"))
+    if "spectrum" in stats:
+        written.append(_spectrum_figure(plt, stats["spectrum"], out_dir / "explained_variance.png"))
     return written
+
+
+def _spectrum_figure(plt, spectrum: dict[str, Any], path: Path) -> Path:
+    cumulative = np.cumsum(spectrum["ratio"])
+    fig, ax = plt.subplots(figsize=(6.5, 4.0), layout="constrained")
+    ax.plot(np.arange(1, len(cumulative) + 1), cumulative, marker=".", label="cumulative explained variance")
+    by_rank: dict[int, list[str]] = {}
+    for share, rank in spectrum["rank_for"].items():
+        by_rank.setdefault(rank, []).append(share)
+    for rank, shares in by_rank.items():  # one label per line, even where two shares need the same rank
+        ax.axvline(rank, color="grey", linestyle=":", linewidth=0.8)
+        ax.annotate(f"{' / '.join(shares)} at {rank}", (rank, 0.02), fontsize=8, rotation=90, va="bottom")
+    if spectrum["rank"]:
+        ax.axvline(spectrum["rank"], color="tab:red", label=f"stored rank {spectrum['rank']} ({spectrum['explained']:.1%})")
+    ax.set(xscale="log", ylim=(0, 1.01), xlabel="principal components of the targets", ylabel="share of variance",
+           title=f"explained variance ({spectrum['source']})")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
 
 
 def _summary_figure(plt, stats: dict[str, Any], path: Path) -> Path:
@@ -306,7 +366,8 @@ def _format_summary(s: dict[str, Any]) -> list[str]:
         f"{arch.get('depth')}, heads {arch.get('num_heads')})  from {s['teacher']['source']}",
         f"geometry    {g.get('frames')} frames step {g.get('frame_step')}, {g.get('size')}px, patch {g.get('patch')}, "
         f"tubelet {g.get('tubelet')}",
-        f"tokens      grid {'x'.join(map(str, s['grid']))} = {s['tokens']} tokens x dim {s['dim']}",
+        f"tokens      grid {'x'.join(map(str, s['grid']))} = {s['tokens']} tokens x dim {s['dim']}"
+        + (f", stored as {s['target_rank']} PCA coefficients (salt/latents/basis.py)" if s["target_rank"] else ""),
         f"latents     {s['latent_dtype']}, codec {codec}; targets = {s['target_norm']}",
         f"frames      {s['frames_codec']} (quality {s['jpeg_quality']}), decoder {s['frames_decoder']}",
         f"samples     {s['samples']} = {s['videos']} videos x {s['views_per_video']} views, {s['shards']} shards, "
@@ -340,6 +401,11 @@ def _format_statistics(st: dict[str, Any], dtype: str) -> list[str]:
         for name, s in (("targets", t), ("raw", r)):
             lines.append(f"  {label + ' ' + name:21}" + "".join(fmt.format(v) for v in s[key]))
     lines.append(f"  (rank over {t['rank_tokens']} of {t['tokens']} pooled tokens; cosine between tokens of one sample)")
+    sp = st["spectrum"]
+    lines.append(f"  explained variance ({sp['source']}): " + ", ".join(f"{q} at rank {r}" for q, r in sp["rank_for"].items()))
+    if sp["rank"]:
+        lines.append(f"  stored rank {sp['rank']}: keeps {sp['explained']:.2%} of the target variance; reconstruction error "
+                     f"{sp['dropped']:.2%} of it (the fit's dropped share; --compare a full cache to measure it)")
     return lines
 
 
@@ -364,6 +430,8 @@ def format_report(report: dict[str, Any]) -> str:
         teachers = "the same teacher" if c["same_teacher"] else "different teachers"
         lines.append(f"compare with {c['b']} ({teachers}): {c['matched']} keys matched ({c['only_in_a']} only here, {c['only_in_b']} "
                      f"only there); {c['compared']} compared, {c['identical_frames']} with identical frames")
+        lines.append(f"  channels per token {c['ranks'][0]} ({c['dtypes'][0]}) vs {c['ranks'][1]} ({c['dtypes'][1]})")
+        lines.append(f"  target error: {c['relative_error']:.3%} of the target variance (squared, over the compared tokens)")
         for name in ("cosine", "mean_abs_diff"):
             lines.append(f"  target {name:14} mean {c[name]['mean']:.5f}  min {c[name]['min']:.5f}  max {c[name]['max']:.5f}")
         if c["cosine"]["min"] < c["cosine"]["max"]:

@@ -16,6 +16,8 @@ Claims (docs/results.md, "Calibration" and "The claims at CPU scale"):
   random_teacher      control: students of a random-init frozen teacher (the floor's encoder)
   views               students trained on the first K cached views per video
   dtype               students trained on int8 (or other) cached targets
+  rank                smaller caches: a teacher's cache compacted to int8 at full rank and at
+                      ranks D/2, D/4, D/8 (salt compact-cache), students of each (all seeds)
 """
 
 from __future__ import annotations
@@ -33,7 +35,8 @@ from typing import Callable
 
 from salt.config import ConfigError, load_config
 
-CLAIMS = ("calibration", "student_vs_teacher", "matched_flops", "weak_teacher", "random_teacher", "views", "dtype")
+CLAIMS = ("calibration", "student_vs_teacher", "matched_flops", "weak_teacher", "random_teacher", "views", "dtype", "rank")
+RANK_TEACHERS = ("teacher", "weak_teacher", "random_teacher")
 PROTOCOLS = ("linear", "attentive")
 
 
@@ -69,6 +72,11 @@ class ReproduceConfig:
     weak_fraction: float = 0.25  # weak teacher: this share of teacher_steps
     views_sweep: list[int] = field(default_factory=lambda: [1, 2, 4, 8])
     dtypes: list[str] = field(default_factory=lambda: ["int8"])  # besides the main cache's fp16
+    # claim "rank": whose cache is compacted (the random-init teacher's students are the ones
+    # that rose above the floor in the CPU chain), to which dtype, and R = D / divisor.
+    rank_teacher: str = "random_teacher"
+    rank_dtype: str = "int8"
+    rank_divisors: list[int] = field(default_factory=lambda: [2, 4, 8])
     claims: list[str] = field(default_factory=lambda: list(CLAIMS))
     probe_config: str = "configs/probe/demo.yaml"
     protocols: list[str] = field(default_factory=lambda: list(PROTOCOLS))
@@ -88,6 +96,8 @@ class ReproduceConfig:
             raise ValueError("steps and views must be >= 1")
         if not 0 < self.weak_fraction < 1:
             raise ValueError("weak_fraction must lie in (0, 1)")
+        if self.rank_teacher not in RANK_TEACHERS or any(d < 2 for d in self.rank_divisors):
+            raise ValueError(f"rank_teacher: one of {list(RANK_TEACHERS)}; rank_divisors: integers >= 2")
         if not self.protocols or set(self.protocols) - set(PROTOCOLS):
             raise ValueError(f"protocols: choose one or more of {list(PROTOCOLS)}, got {self.protocols}")
 
@@ -261,7 +271,47 @@ class Reproduction:
                 chain.run(self._cache_step(f"cache_{dtype}", self.out / "teacher" / "teacher.pt", cfg.views, dtype))
                 self._train_and_probe(self._student_step(f"student_{dtype}", self.out / f"cache_{dtype}", cfg.seeds[0],
                                                          cfg.student_steps), "student.pt")
+        if "rank" in claims:
+            teacher = (self.floor_encoder(cfg.floor_seeds[0]) if cfg.rank_teacher == "random_teacher"
+                       else self.out / cfg.rank_teacher / "teacher.pt")
+            if cfg.rank_teacher != "random_teacher":
+                self._train_and_probe(self._teacher_step(cfg.rank_teacher, self._teacher_steps(cfg.rank_teacher)), "teacher.pt")
+            elif not teacher.exists():
+                self._probe(f"floor_seed{cfg.floor_seeds[0]}", None, cfg.floor_seeds[0])
+            self._students(cfg.rank_teacher, teacher)  # the fp16 full-rank row (kept steps are skipped)
+            source = self._cache_dir(cfg.rank_teacher)
+            for label, rank in self.rank_variants():
+                chain.run(Step(f"compact_{source.name}_{label}", _salt(
+                    "compact-cache", str(source), "--out", f"{source}_{label}", "--rank", str(rank), "--dtype", cfg.rank_dtype, "--no-progress")))
+            for seed in cfg.seeds:  # seed by seed: a chain stopped early still has one run of every row
+                for label, _ in self.rank_variants():
+                    self._train_and_probe(self._student_step(f"{self._student_prefix(cfg.rank_teacher)}_{label}_seed{seed}",
+                                                             Path(f"{source}_{label}"), seed, cfg.student_steps, views=cfg.views),
+                                          "student.pt")
         return self.write_table()
+
+    def _teacher_steps(self, name: str) -> int:
+        return self.cfg.teacher_steps if name == "teacher" else max(1, round(self.cfg.teacher_steps * self.cfg.weak_fraction))
+
+    def _cache_dir(self, teacher: str) -> Path:
+        return self.out / ("cache" if teacher == "teacher" else f"cache_{teacher}")
+
+    @staticmethod
+    def _student_prefix(teacher: str) -> str:
+        return "student" if teacher == "teacher" else f"{teacher}_student"
+
+    def rank_variants(self) -> list[tuple[str, int]]:
+        """(label, rank) of the compacted caches: full rank (0) and R = D / divisor."""
+        dim = self._teacher_dim()
+        return [(f"{self.cfg.rank_dtype}_full", 0)] + [(f"{self.cfg.rank_dtype}_rank{dim // d}", dim // d)
+                                              for d in sorted(set(self.cfg.rank_divisors)) if dim // d >= 1]
+
+    def _teacher_dim(self) -> int:
+        from salt.models import resolve_arch
+
+        teacher, _ = self._configs("cache", 1)
+        return resolve_arch(teacher.encoder.arch, img_size=self.cfg.size, num_frames=self.cfg.frames,
+                            **teacher.encoder.overrides)["embed_dim"]
 
     def _grow_cache(self, teacher: Path, name: str, views: int) -> None:
         """Grow the cache one view count at a time, so each K is a set of whole shards."""
@@ -273,9 +323,9 @@ class Reproduction:
         self._students(name, self.out / name / "teacher.pt")
 
     def _students(self, name: str, teacher: Path) -> None:
-        cache = "cache" if name == "teacher" else f"cache_{name}"
+        cache = self._cache_dir(name).name
         self._grow_cache(teacher, cache, self.cfg.views)
-        prefix = "student" if name == "teacher" else f"{name}_student"
+        prefix = self._student_prefix(name)
         for seed in self.cfg.seeds:
             self._train_and_probe(self._student_step(f"{prefix}_seed{seed}", self.out / cache, seed, self.cfg.student_steps,
                                                      views=self.cfg.views), "student.pt")
@@ -330,6 +380,32 @@ class Reproduction:
     def _train_videos(self) -> int:
         return sum(1 for line in (self.data / "train.csv").read_text().splitlines() if line.strip())
 
+    def _cache_size(self, cache: Path) -> dict | None:
+        path = cache / "manifest.json"
+        if not path.exists():
+            return None
+        m = json.loads(path.read_text())
+        views = max(m["sample_count"], 1)
+        return {"latent_kb": m["latent_bytes"] / views / 1e3, "frame_kb": m["frame_bytes"] / views / 1e3,
+                "dtype": m["latent_dtype"], "rank": m.get("target_rank", 0), "dim": m["dim"],
+                "explained": (m.get("basis") or {}).get("explained", 1.0)}
+
+    def _add_rank_rows(self, add, rows: list[dict]) -> None:
+        """The compacted caches' students, each row with its cache's bytes per view; the fp16
+        full-rank row of the same teacher is the reference (it carries its bytes too)."""
+        teacher = self.cfg.rank_teacher
+        label = teacher.replace("_", " ").replace("random teacher", "random-init teacher")
+        prefix, source = self._student_prefix(teacher), self._cache_dir(teacher)
+        for row in rows:
+            if row["row"] == f"SALT student of the {label}":
+                row["cache"] = self._cache_size(source)
+        for variant, rank in self.rank_variants():
+            before = len(rows)
+            name = f"SALT student of the {label}, {self.cfg.rank_dtype} " + (f"rank {rank}" if rank else "full rank")
+            add("rank", name, [f"{prefix}_{variant}_seed{seed}" for seed in self.cfg.seeds])
+            if len(rows) > before:
+                rows[-1]["cache"] = self._cache_size(self.out / f"{source.name}_{variant}")
+
     def write_table(self) -> dict:
         from salt.claims import format_table, row, verdicts
 
@@ -362,8 +438,15 @@ class Reproduction:
             add("views", f"SALT student, K = {views} views per video", [f"student_views{views}"])
         for dtype in cfg.dtypes:
             add("dtype", f"SALT student, {dtype} targets", [f"student_{dtype}"])
+        if "rank" in cfg.claims:
+            self._add_rank_rows(add, rows)
         classes = len(json.loads((self.data / "synthetic.json").read_text())["classes"])
         result = {"config": asdict(cfg), "rows": rows, "verdicts": verdicts(rows, 1 / classes)}
+        if "rank" in cfg.claims:
+            from salt.claims import rank_verdicts
+
+            label = cfg.rank_teacher.replace("_", " ").replace("random teacher", "random-init teacher")
+            result["verdicts"] += rank_verdicts(rows, f"SALT student of the {label}")
         (self.out / "claims.json").write_text(json.dumps(result, indent=2) + "\n")
         (self.out / "claims.md").write_text(format_table(result))
         return result

@@ -1,6 +1,6 @@
 """Verdicts of the claims table read as the numbers say."""
 
-from salt.claims import compare, row, verdicts
+from salt.claims import compare, rank_verdicts, row, verdicts
 
 
 def record(top1: float, videos: int = 400) -> dict:
@@ -34,3 +34,17 @@ def test_verdicts_judge_calibration_then_each_claim():
     assert "not calibrated" not in lines[1]
     uncalibrated = verdicts([rows[0], row("calibration", "supervised ceiling", ["s"], probes(s=(0.20, 0.5)), 1.0)] + rows[2:], 0.125)
     assert "NOT calibrated" in uncalibrated[0] and uncalibrated[1].endswith("[benchmark not calibrated]")
+
+
+def test_rank_verdicts_decide_the_one_point_goal_only_where_the_interval_allows():
+    reference = row("teacher", "SALT student of the teacher", ["a"], probes(a=(0.30, 0.40)), 1.0)
+    reference["cache"] = {"latent_kb": 100.0, "frame_kb": 20.0, "explained": 1.0}
+    close = row("rank", "rank 16", ["b"], probes(b=(0.30, 0.40)), 1.0)
+    close["cache"] = {"latent_kb": 10.0, "frame_kb": 20.0, "explained": 0.97}
+    far = row("rank", "rank 4", ["c"], probes(c=(0.10, 0.40)), 1.0)
+    far["cache"] = {"latent_kb": 5.0, "frame_kb": 20.0, "explained": 0.7}
+    lines = rank_verdicts([reference, close, far], "SALT student of the teacher")
+    assert len(lines) == 2 and "0.25x the fp16 cache's bytes (latents alone 0.10x)" in lines[0] and "97.0%" in lines[0]
+    assert "undecided" in lines[0]  # 400 val videos: +-2 s.e. spans more than a point either way
+    assert "linear: 10.0%" in lines[1] and "lost > 1 point" in lines[1]
+    assert rank_verdicts([close], "SALT student of the teacher") == []

@@ -56,3 +56,15 @@ def test_rope_configs_are_planned_like_their_sincos_twins():
     sincos, rope = results
     assert [p.params for p in rope["parts"]] == [p.params for p in sincos["parts"]]
     assert rope["counted_total"] == sincos["counted_total"] and rope["total"] == sincos["total"]
+
+
+def test_cache_size_and_read_bandwidth_per_dtype_and_rank():
+    student = load_config(StudentConfig, CONFIGS / "student/vit_large.yaml", ["geometry.size=224", "geometry.frames=16"])
+    cache = plan(None, student, 0, 10, 3072, 3072, cache_views=8, cache_videos=660_000)["cache"]
+    rows = {(r["dtype"], r["rank"]): r for r in cache["by_format"]}
+    assert set(rows) == {(d, r) for d in ("fp16", "bf16", "int8") for r in (1024, 512, 256, 128)}
+    assert rows[("fp16", 1024)]["bytes"] == cache["bytes"]  # the headline figure is fp16 at full rank
+    tokens, frames = 1568, 150e3
+    assert rows[("int8", 256)]["bytes_per_view"] == tokens * 256 + 4 * 256 + frames  # int8: 1 byte + scales, no compression
+    assert rows[("int8", 256)]["bytes_per_step"] == rows[("int8", 256)]["bytes_per_view"] * 3072
+    assert rows[("int8", 128)]["bytes"] < rows[("int8", 256)]["bytes"] < rows[("bf16", 1024)]["bytes"] < rows[("fp16", 1024)]["bytes"]

@@ -101,7 +101,8 @@ def test_missing_or_corrupt_manifest_is_one_line(tmp_path, monkeypatch):
 
 def test_pictures_are_pngs_of_the_expected_size(caches, tmp_path):
     paths = write_pictures(open_cache(caches / "fp16", format="zarr"), tmp_path / "pictures", samples=2)
-    assert [p.name for p in paths] == ["sample_v00000000k000.png", "sample_v00000005k001.png", "statistics.png"]
+    assert [p.name for p in paths] == ["sample_v00000000k000.png", "sample_v00000005k001.png", "statistics.png",
+                                       "explained_variance.png"]
     for path in paths:
         assert path.read_bytes()[:8] == PNG_SIGNATURE
     width, height = sample_figsize(4)

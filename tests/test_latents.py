@@ -328,9 +328,9 @@ def test_manifest_errors_are_clear(tmp_path):
         path.write_text(json.dumps({k: v for k, v in data.items() if v is not ...}))
         return pytest.raises(CacheError, match=str(path))
 
-    with broken(format_version=2) as error:
+    with broken(format_version=3) as error:
         load_manifest(tmp_path)
-    assert "newer SALT (format 2 > 1)" in str(error.value)
+    assert "newer SALT (format 3 > 2)" in str(error.value)
     with broken(grid=[4, 4]) as error:
         load_manifest(tmp_path)
     assert "grid must be 3" in str(error.value)

@@ -59,6 +59,17 @@ def test_chain_runs_keeps_finished_steps_and_tables_the_claims(tmp_path, monkeyp
     again = reproduce(str(config), [f"probe_config={TINY['probe_config']}"], echo=lines.append)
     assert all(line.startswith("  kept") for line in lines) and again["rows"] == result["rows"]
 
+    # Claim "rank": the teacher's cache compacted (int8 full rank, and rank D/4), a student of each.
+    ranked = reproduce(str(config), [f"probe_config={TINY['probe_config']}", "claims=[calibration,student_vs_teacher,rank]",
+                                     "rank_teacher=teacher", "rank_divisors=[4]"], echo=lambda line: None)
+    assert {"compact_cache_int8_full", "compact_cache_int8_rank32", "student_int8_full_seed0", "student_int8_rank32_seed0"} <= {
+        p.name for p in (tmp_path / "out/done").iterdir()}
+    rank_rows = [r for r in ranked["rows"] if r["group"] == "rank"]
+    assert [r["row"] for r in rank_rows] == ["SALT student of the teacher, int8 full rank", "SALT student of the teacher, int8 rank 32"]
+    assert rank_rows[1]["cache"]["rank"] == 32 and rank_rows[1]["cache"]["latent_kb"] < rank_rows[0]["cache"]["latent_kb"]
+    fives = [v for v in ranked["verdicts"] if v.startswith("5. ")]
+    assert len(fives) == 2 and all("the fp16 cache's bytes" in v and "linear:" in v for v in fives)
+
 
 def test_cli_rejects_unknown_claims(tmp_path):
     done = subprocess.run([sys.executable, "-m", "salt.cli", "reproduce", "--set", "claims=[faster]",

@@ -58,6 +58,10 @@ class CacheJob:
     formats: tuple[str, ...] = field(default=("wds",), metadata=cli(
         "Storage format(s).", flag="--format", parse=lambda v: FORMATS[v], choices=tuple(FORMATS), shown=_formats_flag))
     dtype: str = field(default="fp16", metadata=cli("Stored latent dtype (int8: per-channel scales).", choices=("fp16", "bf16", "int8")))
+    target_rank: int = field(default=0, metadata=cli(
+        "> 0: store this many PCA coefficients per token of the layer-normalised latents (a basis stored once).",
+        flag="--target-rank"))
+    basis_videos: int = field(default=64, metadata=cli("Videos (spread over the data) the --target-rank basis is fit on."))
     codec: str = field(default="blosc-zstd", metadata=cli("Compression of the latents.",
                                                          choices=("blosc-zstd", "blosc-lz4", "zstd", "none")))
     frames_codec: str = field(default="jpeg", metadata=cli("How the view's frames are stored.", choices=("jpeg", "png")))
@@ -113,7 +117,9 @@ class CacheJob:
         for name in ("views", "batch_size", "shard_videos", "teacher_cpus"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, not {getattr(self, name)}")
-        for name in ("workers", "max_videos", "decode_cpus", "teacher_workers"):
+        if self.basis_videos < 1:
+            raise ValueError(f"basis_videos must be at least 1, not {self.basis_videos}")
+        for name in ("workers", "max_videos", "decode_cpus", "teacher_workers", "target_rank"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more, not {getattr(self, name)}")
 

@@ -43,6 +43,9 @@ def run_cache(job: CacheJob) -> Path | str | None:
     records = load_records(job.data)
     if job.max_videos:
         records = records[: job.max_videos]
+    if job.target_rank >= encoder.embed_dim:
+        raise CacheWriteError(f"--target-rank {job.target_rank}: the teacher's latents have {encoder.embed_dim} channels; "
+                              f"choose 1..{encoder.embed_dim - 1}, or 0 for full rank")
     codec = LatentCodec(job.dtype, CODECS[job.codec])
     settings = {
         "teacher_fingerprint": fingerprint(encoder.state_dict()),
@@ -55,6 +58,7 @@ def run_cache(job: CacheJob) -> Path | str | None:
         "formats": sorted(job.formats),
         "shard_videos": job.shard_videos,
         "data": str(job.data),
+        **({"target_rank": job.target_rank, "basis_videos": job.basis_videos} if job.target_rank else {}),
     }
     settings = json.loads(json.dumps(settings))  # plain JSON types, as a saved copy reads back
     lock = OutputLock(storage.join(out, "locks", f"rank{job.rank}-of-{job.world_size}.lock"))
@@ -63,17 +67,23 @@ def run_cache(job: CacheJob) -> Path | str | None:
         check_settings(out, settings, job.overwrite)
         missing = plan_missing(len(records), job.views, job.shard_videos, [d for d, _ in done_shards(out)])
         mine = [s for s in missing if rank_of(s, job.shard_videos, job.world_size) == job.rank]
+        basis = None
+        if job.target_rank and (mine and not job.merge_only or not missing):
+            from salt.cache_latents.low_rank import basis_for
+
+            basis = basis_for(out, job, records, view, encoder)
+        stored_dim = job.target_rank or encoder.embed_dim
         if mine and not job.merge_only:
             zarr_writer = None
             if "zarr" in job.formats:
                 with file_lock(out / "locks" / "zarr.lock"):  # ranks create or grow the store one at a time
                     zarr_writer = ZarrCacheWriter.open(
                         out / "cache.zarr", num_videos=len(records), views=job.views, grid_tokens=int(np.prod(grid)),
-                        dim=encoder.embed_dim, stored_dtype=job.dtype, compressor=codec.compressor,
+                        dim=stored_dim, stored_dtype=job.dtype, compressor=codec.compressor,
                         frames_per_clip=view.frames, videos_per_shard=job.shard_videos,
                     )
             plan = CachePlan(job, out, records, view, encoder, arch, mine)
-            with ShardAssembler(out, mine, codec, zarr_writer, job) as assembler:
+            with ShardAssembler(out, mine, codec, zarr_writer, job, basis) as assembler:
                 if job.engine == "ray":
                     from salt.cache_latents.ray_engine import run_ray
 

@@ -32,7 +32,8 @@ from salt.latents import (
     write_json_atomic,
     write_wds_shard,
 )
-from salt.latents import storage
+from salt.latents import BASIS_NAME, TargetBasis, normalise_targets, storage
+from salt.latents.basis import manifest_record
 from salt.latents.errors import CacheWriteError
 from salt.video.sources import VideoRecord
 from salt.video.views import IMAGENET_MEAN, IMAGENET_STD, ViewConfig, ViewParams
@@ -133,8 +134,9 @@ class ShardAssembler:
     writes the same shard bytes."""
 
     def __init__(self, out: Path, shards: list[ShardId], codec: LatentCodec, zarr_writer: ZarrCacheWriter | None,
-                 job: CacheJob):
+                 job: CacheJob, basis: TargetBasis | None = None):
         self.out, self.shards, self.codec, self.zarr_writer, self.job = out, shards, codec, zarr_writer, job
+        self.basis = basis  # --target-rank: latents are stored as coefficients in this basis
         self._open = {i: _OpenShard((s.video_end - s.video_start) * (s.view_end - s.view_start)) for i, s in enumerate(shards)}
         self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
         self._writes: list[concurrent.futures.Future] = []
@@ -166,7 +168,7 @@ class ShardAssembler:
         if self._open[index].complete:
             shard = self._open.pop(index)
             self._writes.append(self._writer.submit(store_shard, self.out, self.shards[index], shard, self.codec,
-                                                    self.zarr_writer, self.job))
+                                                    self.zarr_writer, self.job, self.basis))
 
     def check(self) -> None:
         """Re-raise a failed write (e.g. a full disk) now, not at the end of the run."""
@@ -198,14 +200,15 @@ class ShardAssembler:
             self._writer.shutdown(wait=True, cancel_futures=True)  # finish the shard being written; commit nothing else
 
 
-def store_shard(out: Path | str, shard: ShardId, state: _OpenShard, codec: LatentCodec, zarr_writer, job: CacheJob) -> None:
+def store_shard(out: Path | str, shard: ShardId, state: _OpenShard, codec: LatentCodec, zarr_writer, job: CacheJob,
+                basis: TargetBasis | None = None) -> None:
     """Encode and write one shard in every format, then mark it done (the commit point)."""
     encoded, zarr_samples = [], []
     for key in sorted(state.samples):
         record, params, frames, tokens = state.samples[key]
         meta = {"video": record.video_id, "view": params.view_index, "source": record.name, "label": record.label,
                 "view_params": params.to_dict()}
-        stored = codec.to_stored(tokens)
+        stored = codec.to_stored(tokens if basis is None else basis.project(normalise_targets(tokens)))
         encoded.append(EncodedSample(key=sample_key(record.video_id, params.view_index), frames=frames,
                                      frame_ext=FRAME_EXT[job.frames_codec], latents=codec.encode(stored), meta=meta))
         zarr_samples.append((record.video_id, params.view_index, stored, frames, meta))
@@ -252,6 +255,10 @@ def merge(job: CacheJob, out: Path | str, settings: dict, num_videos: int, grid,
         latent_bytes=sum(d["latent_bytes"] for _, d in done), frame_bytes=sum(d["frame_bytes"] for _, d in done),
         command=job.command, seed=job.seed, view_config=asdict(view),
     )
+    if job.target_rank:
+        data = storage.read_bytes(storage.join(out, BASIS_NAME))
+        manifest.target_rank, manifest.target_norm = job.target_rank, "none"
+        manifest.basis = manifest_record(data, min(job.basis_videos, num_videos) * job.views, "teacher")
     path = storage.join(out, "manifest.json")
     manifest.validate(str(path))
     write_json_atomic(path, manifest.to_json())

@@ -13,11 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from salt.latents import storage
+from salt.latents.basis import BASIS_NAME, FIT_ON
 from salt.latents.codecs import FRAME_EXT, STORED_NUMPY_DTYPE, LatentCodec
 from salt.latents.errors import CacheError
 from salt.latents.samples import ShardId
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest this SALT reads; a full-rank cache is still written as format 1
+LOW_RANK_FORMAT_VERSION = 2  # low-rank targets (a basis); older SALTs refuse these caches by their version
 MANIFEST_NAME = "manifest.json"
 WDS_DIR = "wds"
 ZARR_DIR = "cache.zarr"
@@ -26,18 +28,22 @@ TARGET_NORMS = ("layer_norm", "none")
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
-    """Write JSON so that readers see the old file or the new one, never a torn one (on an
+    """Write JSON so that readers see the old file or the new one, never a torn one."""
+    write_bytes_atomic(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode("utf-8"))
+
+
+def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+    """Readers see the old file or the new one, never a torn one (temp file, fsync, rename; on an
     object store: one PUT, which is all or nothing)."""
     if storage.is_url(path):
-        storage.write_bytes(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode("utf-8"))
+        storage.write_bytes(path, data)
         return
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=1, sort_keys=False)
-            f.write("\n")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -90,7 +96,7 @@ class ShardRecord:
 
 @dataclass(kw_only=True)
 class Manifest:
-    format_version: int = FORMAT_VERSION
+    format_version: int = 1
     teacher: dict[str, Any]  # fingerprint (sha256 of weights), arch, source path
     stored_output: str = "final_norm_tokens"
     target_norm: str = "layer_norm"  # what the reader applies: layer_norm over D, no affine, eps 1e-6
@@ -116,10 +122,19 @@ class Manifest:
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     seed: int = 0
     view_config: dict[str, Any] = field(default_factory=dict)
+    # Low-rank targets (salt/latents/basis.py): samples hold `target_rank` coefficients per token
+    # of the layer-normalised latents; `basis` names the basis file, its sha256 and fit statistics.
+    target_rank: int = 0  # 0: full rank, `dim` channels per token
+    basis: dict[str, Any] | None = None
 
     @property
     def tokens(self) -> int:
         return math.prod(self.grid)
+
+    @property
+    def stored_dim(self) -> int:
+        """Channels per token in the samples: the rank of a low-rank cache, else `dim`."""
+        return self.target_rank or self.dim
 
     @property
     def codec(self) -> LatentCodec:
@@ -131,6 +146,7 @@ class Manifest:
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
+        data["format_version"] = LOW_RANK_FORMAT_VERSION if self.target_rank else 1
         data["grid"] = list(self.grid)
         data["input_mean"] = list(self.input_mean)
         data["input_std"] = list(self.input_std)
@@ -164,6 +180,8 @@ class Manifest:
         except (TypeError, ValueError) as error:
             raise CacheError(f"{source}: malformed field: {error}") from error
         manifest = cls(**values)
+        if manifest.target_rank and version < LOW_RANK_FORMAT_VERSION:
+            raise CacheError(f"{source}: format_version {version} cannot hold low-rank targets (needs {LOW_RANK_FORMAT_VERSION})")
         manifest.validate(source)
         return manifest
 
@@ -173,7 +191,7 @@ class Manifest:
         def fail(message: str) -> None:
             raise CacheError(f"{source}: {message}")
 
-        for name in ("dim", "views", "num_videos", "sample_count", "latent_bytes", "frame_bytes", "jpeg_quality"):
+        for name in ("dim", "views", "num_videos", "sample_count", "latent_bytes", "frame_bytes", "jpeg_quality", "target_rank"):
             if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
                 fail(f"{name} must be an integer, got {getattr(self, name)!r}")
         if len(self.grid) != 3 or any(not isinstance(g, int) or g <= 0 for g in self.grid):
@@ -192,6 +210,16 @@ class Manifest:
             fail(f"frames_codec {self.frames_codec!r} is not one of {sorted(FRAME_EXT)}")
         if self.target_norm not in TARGET_NORMS:
             fail(f"target_norm {self.target_norm!r} is not one of {TARGET_NORMS}")
+        if self.target_rank:
+            basis = self.basis or {}
+            if not 1 <= self.target_rank < self.dim:
+                fail(f"target_rank {self.target_rank} must lie between 1 and dim - 1 ({self.dim - 1}), or be 0 (full rank)")
+            if basis.get("file") != BASIS_NAME or not basis.get("sha256") or basis.get("fit_on") != FIT_ON:
+                fail(f"a low-rank cache needs basis {{file: {BASIS_NAME}, sha256, fit_on: {FIT_ON}}}, got {basis}")
+            if self.target_norm != "none":
+                fail("a low-rank cache stores coefficients of normalised targets: target_norm must be 'none'")
+        elif self.basis is not None:
+            fail("basis is set but target_rank is 0")
         if not self.formats or any(f not in FORMATS for f in self.formats):
             fail(f"formats must be a non-empty subset of {FORMATS}, got {self.formats}")
         if self.views <= 0 or self.num_videos <= 0:

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from salt.latents import storage
+from salt.latents.basis import BASIS_NAME, TargetBasis
 from salt.latents.codecs import StoredLatents, decode_frames, decode_meta
 from salt.latents.errors import CacheError
 from salt.latents.manifest import WDS_DIR, ZARR_DIR, Manifest, ShardRecord, load_manifest
@@ -84,7 +85,9 @@ class LatentCache:
         else:
             raise CacheError(f"format must be 'auto', 'wds' or 'zarr', got {format!r}")
         self.codec = self.manifest.codec
-        self.shape = (self.manifest.tokens, self.manifest.dim)
+        self.shape = (self.manifest.tokens, self.manifest.stored_dim)
+        # Low-rank caches: samples hold coefficients; `basis.reconstruct` gives the D-dim targets.
+        self.basis = load_basis(self.path, self.manifest) if self.manifest.target_rank else None
         self.skipped: list[Problem] = []  # what stream(on_error="skip") left out
         self._skipped_videos = self.manifest.skipped_videos
         # Samples are numbered video * MAX_VIEWS + view (the key order) in numpy arrays, not
@@ -158,6 +161,28 @@ class LatentCache:
             return CacheSample(key, video, view, decode_frames(frames), latents, decode_meta(meta))
         except CacheError as error:
             raise CacheError(f"shard {shard}: sample {key}: {error}") from error
+
+    def raw_shard(self, shard_index: int) -> Iterator[tuple[int, int, torch.Tensor, list[bytes], dict]]:
+        """(video, view, latents, encoded frames, meta) of one shard in key order: the frames as
+        stored (for copying without a decode), the latents decoded as `get` gives them."""
+        record = self.manifest.shards[shard_index]
+        shard = WdsShardReader(storage.join(self.path, WDS_DIR), record.name) if self.stream_format == "wds" else None
+        try:
+            for video, view in self._shard_samples(shard_index):
+                key = sample_key(video, view)
+                try:
+                    if shard is not None:
+                        meta, fields, frames = split_members(shard.read_members(key))
+                        stored = self.codec.decode(fields, self.shape)
+                    else:
+                        stored, frames, meta = self._zarr.read_sample(record.name, video, view)
+                    latents = self.codec.from_stored(stored.values, stored.scales)
+                except CacheError as error:
+                    raise CacheError(f"shard {record.name}: sample {key}: {error}") from error
+                yield video, view, latents, frames, decode_meta(meta)
+        finally:
+            if shard is not None:
+                shard.close()
 
     # -- streaming ---------------------------------------------------------------------------
     def _split_shards(self, seed: int, epoch: int, rank: int, world_size: int, worker: int, num_workers: int) -> list[int]:
@@ -270,11 +295,27 @@ class _ShardPrefetcher:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
 
+def load_basis(path: str | Path, manifest: Manifest) -> TargetBasis:
+    """The basis a low-rank cache names, checked against the manifest's checksum and rank."""
+    location = storage.join(path, BASIS_NAME)
+    try:
+        data = storage.read_bytes(location)
+    except FileNotFoundError:
+        raise CacheError(f"{location}: missing; the manifest says this cache has low-rank targets and needs it. "
+                         "Copy the cache whole, or compact it again (salt compact-cache)") from None
+    basis = TargetBasis.from_bytes(data, str(location), manifest.basis["sha256"])
+    if (basis.dim, basis.rank) != (manifest.dim, manifest.target_rank):
+        raise CacheError(f"{location}: basis of dim {basis.dim} and rank {basis.rank}, the manifest says dim {manifest.dim} "
+                         f"and rank {manifest.target_rank}")
+    return basis
+
+
 def verify(cache: LatentCache) -> list[Problem]:
     """Check every format listed in the manifest: files, checksums, and every sample decoded.
     An empty list means the cache is healthy."""
     problems: list[Problem] = []
     manifest = cache.manifest
+    # A low-rank cache's basis was checked against the manifest when the cache was opened.
     for shard_index, record in enumerate(manifest.shards):
         ids = cache._shard_samples(shard_index)
         keys = [sample_key(v, k) for v, k in ids]

@@ -159,12 +159,18 @@ class CacheSourceConfig:
     format: Literal["auto", "wds", "zarr"] = "auto"
     on_error: Literal["raise", "skip"] = "raise"  # a corrupt sample: stop naming it, or skip and count
     views: int = 0  # train on the first N cached views of every video only (0: all of them)
+    rank: int = 0  # the target rank this run expects of a low-rank cache (0: whatever the cache holds)
+    # A low-rank cache gives the student its targets reconstructed to D channels, or the R
+    # coefficients themselves (the predictor then outputs R channels; needs `loss: l2`).
+    low_rank: Literal["reconstructed", "coefficients"] = "reconstructed"
 
     def validate(self) -> None:
         if not self.path:
             raise ValueError("cache.path must name a cache")
         if self.views < 0:
             raise ValueError(f"cache.views must be >= 0 (0: all), got {self.views}")
+        if self.rank < 0:
+            raise ValueError(f"cache.rank must be >= 0 (0: the cache's), got {self.rank}")
 
 
 @dataclass
@@ -215,6 +221,9 @@ class StudentConfig:
     masks: list[MaskConfig] = field(default_factory=default_masks)
     ema: EmaConfig = field(default_factory=EmaConfig)
     health_every: int = 50  # micro-steps between feature-health numbers (0: never)
+    # l1: V-JEPA's and the paper's. l2: rotation-invariant, so that on coefficients it equals the
+    # full-space loss less the constant dropped variance (required with cache.low_rank: coefficients).
+    loss: Literal["l1", "l2"] = "l1"
     optim: OptimConfig = field(default_factory=OptimConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     run: RunConfig = field(default_factory=lambda: RunConfig(out_dir="runs/student"))
@@ -222,5 +231,12 @@ class StudentConfig:
     def validate(self) -> None:
         if self.health_every < 0:
             raise ValueError(f"health_every must be >= 0 (0: never), got {self.health_every}")
+        if self.cache.low_rank == "coefficients":
+            if self.loss != "l2":
+                raise ValueError("cache.low_rank: coefficients needs loss: l2 (an L2 loss on orthonormal coefficients is the "
+                                 "full-space L2 less a constant; L1 has no such equivalence). Set loss: l2, or "
+                                 "cache.low_rank: reconstructed")
+            if self.targets != "cache":
+                raise ValueError(f"cache.low_rank: coefficients needs targets: cache (targets: {self.targets} are D-dim)")
         if not self.masks:
             raise ValueError("masks: at least one mask configuration is needed")

@@ -116,20 +116,25 @@ class StudentObjective(Objective):
     """Stage 2 (and the V-JEPA baseline): predict normalised target latents at masked tokens.
 
     The student sees the context tokens of each mask configuration; the predictor predicts the
-    targets at the masked positions; L1, averaged over configurations. Where the targets come
+    targets at the masked positions; L1 (or L2), averaged over configurations. Where the targets come
     from is the only difference between the three sources:
     - "cache": read from the cache (batch.targets); no network involved.
     - "teacher": a frozen teacher runs on the same frames, online.
     - "ema": an EMA copy of the student encoder (V-JEPA), updated after each optimiser step.
     The teacher and the EMA encoder are kept outside the module's parameters, in fp32, so the
-    engine neither trains nor casts them (an EMA step of 1e-3 would vanish in bf16).
+    engine neither trains nor casts them (an EMA step of 1e-3 would vanish in bf16). With a
+    low-rank cache's `basis`, the cached coefficients are reconstructed to D channels on the
+    device (the loader moves R channels, not D); without it they are the targets themselves.
     """
 
     kind = "student"
 
     def __init__(self, encoder: VideoViT, predictor: Predictor, source: str, target_norm: str = "layer_norm",
-                 frozen: VideoViT | None = None, momentum=None, precision: str = "fp32", health_every: int = 0):
+                 frozen: VideoViT | None = None, momentum=None, precision: str = "fp32", health_every: int = 0,
+                 loss: str = "l1", basis=None):
         super().__init__()
+        self.loss = {"l1": F.l1_loss, "l2": F.mse_loss}[loss]
+        object.__setattr__(self, "basis", basis)  # fixed arrays, not parameters: see the class docstring
         self.encoder = encoder
         self.predictor = predictor
         self.source = source
@@ -155,7 +160,7 @@ class StudentObjective(Objective):
         for mask_index, mask in enumerate(batch.masks):
             context = self.encoder(student_clip, keep=mask.context_idx)
             predicted = self.predictor(context, mask.context_idx, mask.target_idx, grid, mask_index=mask_index)
-            losses.append(F.l1_loss(predicted.float(), apply_masks(targets, mask.target_idx)))
+            losses.append(self.loss(predicted.float(), apply_masks(targets, mask.target_idx)))
             if mask_index == 0 and self.health_every and batch.step % self.health_every == 0:
                 metrics.update(feature_health(context.detach()))
         loss = torch.stack(losses).mean()
@@ -170,7 +175,8 @@ class StudentObjective(Objective):
         from salt.latents import normalise_targets
 
         if self.frozen is None:
-            return normalise_targets(batch.targets.float(), self.target_norm)
+            targets = normalise_targets(batch.targets.float(), self.target_norm)
+            return targets if self.basis is None else self.basis.reconstruct(targets)
         if next(self.frozen.parameters()).device != clip.device:
             self.frozen.to(clip.device)
         with torch.no_grad(), torch.autocast(clip.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):

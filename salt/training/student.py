@@ -42,8 +42,29 @@ def check_against_manifest(cfg: StudentConfig, manifest, source: str) -> tuple[i
     return grid
 
 
+def check_target_rank(cfg: StudentConfig, manifest, source: str):
+    """Refuse, before step 1, a rank or coefficient request the cache cannot serve; the basis of
+    a low-rank cache (None for a full-rank one)."""
+    held = f"rank {manifest.target_rank} of dim {manifest.dim}" if manifest.target_rank else f"full rank (dim {manifest.dim})"
+    if cfg.cache.rank and cfg.cache.rank != manifest.target_rank:
+        raise ConfigError(f"{source}: cache.rank {cfg.cache.rank}, but {cfg.cache.path} holds {held} targets. Point cache.path at "
+                          f"a cache of that rank (salt compact-cache {cfg.cache.path} --rank {cfg.cache.rank}), or set cache.rank: 0")
+    if cfg.cache.low_rank == "coefficients" and not manifest.target_rank:
+        raise ConfigError(f"{source}: cache.low_rank: coefficients, but {cfg.cache.path} holds {held} targets: there are no "
+                          "coefficients to read. Compact it (salt compact-cache --rank R) or set cache.low_rank: reconstructed")
+    if not manifest.target_rank:
+        return None
+    from salt.latents import load_basis
+
+    try:
+        return load_basis(cfg.cache.path, manifest)
+    except CacheError as err:
+        raise ConfigError(f"{source}: {err}") from None
+
+
 def compatible_keys(config: dict) -> dict:
-    return {key: config[key] for key in ("targets", "cache", "teacher", "geometry", "data", "encoder", "predictor", "masks", "ema")} | {
+    return {key: config[key] for key in ("targets", "cache", "teacher", "geometry", "data", "encoder", "predictor", "masks", "ema",
+                                         "loss") if key in config} | {
         "seed": config["run"]["seed"], "grad_accum": config["optim"]["grad_accum"]}
 
 
@@ -56,6 +77,7 @@ def run_student(config_path: str | None, overrides: list[str], resume: bool = Fa
     except CacheError as err:
         raise ConfigError(f"{source}: cache.views: {err}") from None
     grid = check_against_manifest(cfg, manifest, source)
+    basis = check_target_rank(cfg, manifest, source)
     if cfg.targets == "ema" and cfg.engine.zero_stage == 3:
         raise ConfigError(f"{source}: targets: ema needs the whole student on every rank to update its EMA copy; "
                           "ZeRO-3 partitions it. Use engine.zero_stage 1 or 2.")
@@ -66,7 +88,8 @@ def run_student(config_path: str | None, overrides: list[str], resume: bool = Fa
     torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank and every run
     encoder = build_encoder(cfg.encoder.arch, checkpoint_activations=cfg.encoder.checkpoint_activations,
                             **{"img_size": cfg.geometry.size, "num_frames": cfg.geometry.frames, **cfg.encoder.overrides})
-    predictor = Predictor(encoder.embed_dim, manifest.dim, width=cfg.predictor.width, depth=cfg.predictor.depth,
+    coefficients = cfg.cache.low_rank == "coefficients"
+    predictor = Predictor(encoder.embed_dim, manifest.target_rank if coefficients else manifest.dim, width=cfg.predictor.width, depth=cfg.predictor.depth,
                           num_heads=cfg.predictor.num_heads, num_mask_tokens=len(cfg.masks),
                           checkpoint_activations=cfg.encoder.checkpoint_activations, pos_embed=cfg.predictor.pos_embed)
     frozen = None
@@ -78,7 +101,8 @@ def run_student(config_path: str | None, overrides: list[str], resume: bool = Fa
         if fingerprint(frozen.state_dict()) != manifest.teacher["fingerprint"]:
             raise TrainingError(f"{cfg.teacher} is not the teacher that made {cfg.cache.path} (fingerprints differ)")
     objective = StudentObjective(
-        encoder, predictor, cfg.targets, target_norm=manifest.target_norm, frozen=frozen,
+        encoder, predictor, cfg.targets, target_norm=manifest.target_norm, frozen=frozen, loss=cfg.loss,
+        basis=None if coefficients or cfg.targets != "cache" else basis,
         momentum=Linear(cfg.ema.momentum_start, cfg.ema.momentum_final, cfg.optim.steps),
         precision=precision, health_every=cfg.health_every,
     )
