@@ -73,7 +73,8 @@ def test_compacted_cache_holds_the_projected_targets_and_verifies(demo_cache, co
     m = small.manifest
     assert (m.target_rank, m.dim, m.latent_dtype, m.target_norm) == (16, full.manifest.dim, "int8", "none")
     assert json.loads((compacted / "manifest.json").read_text())["format_version"] == 2
-    assert json.loads((demo_cache / "cache" / "manifest.json").read_text())["format_version"] == 1  # old format unchanged
+    full_manifest = json.loads((demo_cache / "cache" / "manifest.json").read_text())
+    assert full_manifest["format_version"] == 1 and not {"target_rank", "basis"} & set(full_manifest)  # format 1 as before
     assert small.keys() == full.keys() and verify(small) == []
     assert m.latent_bytes < full.manifest.latent_bytes / 4 and m.frame_bytes == full.manifest.frame_bytes
     for key in full.keys()[:3]:

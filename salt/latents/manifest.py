@@ -147,6 +147,8 @@ class Manifest:
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["format_version"] = LOW_RANK_FORMAT_VERSION if self.target_rank else 1
+        if not self.target_rank:  # a full-rank manifest keeps format 1's fields: older readers accept it
+            del data["target_rank"], data["basis"]
         data["grid"] = list(self.grid)
         data["input_mean"] = list(self.input_mean)
         data["input_std"] = list(self.input_std)
