@@ -9,16 +9,13 @@ even where their fits differ at rounding level (GPUs), and a resumed run reuses 
 
 from __future__ import annotations
 
-import os
-import tempfile
-from pathlib import Path
-
 import numpy as np
 
 from salt.cache_latents.local import decode_views
 from salt.cache_latents.teacher import TeacherForward
 from salt.latents import BASIS_NAME, BasisFit, TargetBasis, normalise_targets, storage
 from salt.latents.errors import CacheWriteError
+from salt.latents.manifest import write_bytes_atomic
 from salt.video.isolated import IsolatedDecoder
 from salt.video.sources import VideoRecord
 from salt.video.views import ViewConfig
@@ -28,7 +25,8 @@ def basis_for(out, job, records: list[VideoRecord], view: ViewConfig, encoder) -
     """The cache's basis: the stored one, else fit now and published (first writer wins)."""
     path = storage.join(out, BASIS_NAME)
     if not storage.is_file(path):
-        _publish(path, fit_teacher_basis(job, records, view, encoder).to_bytes())
+        # First writer wins: the others keep its file and use it below.
+        write_bytes_atomic(path, fit_teacher_basis(job, records, view, encoder).to_bytes(), exclusive=True)
     basis = TargetBasis.from_bytes(storage.read_bytes(path), str(path))
     if (basis.dim, basis.rank) != (encoder.embed_dim, job.target_rank):
         raise CacheWriteError(f"{path}: a basis of dim {basis.dim} and rank {basis.rank}, this run asks for dim "
@@ -55,24 +53,3 @@ def fit_teacher_basis(job, records: list[VideoRecord], view: ViewConfig, encoder
         raise CacheWriteError(f"--target-rank: none of the {len(chosen)} videos chosen for the basis fit decoded; "
                               "check the data (salt inspect on a few of them) or raise --basis-videos")
     return fit.finish(job.target_rank)
-
-
-def _publish(path, data: bytes) -> None:
-    """Create the file if absent: a writer that loses the race keeps the winner's basis."""
-    if storage.is_url(path):
-        storage.write_bytes(path, data)  # stores have no create-if-absent: the later fit of a race wins
-        return
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)  # atomic, and fails when another writer published first
-        except FileExistsError:
-            pass
-    finally:
-        os.unlink(tmp)

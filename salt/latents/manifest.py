@@ -32,9 +32,10 @@ def write_json_atomic(path: str | Path, obj: Any) -> None:
     write_bytes_atomic(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode("utf-8"))
 
 
-def write_bytes_atomic(path: str | Path, data: bytes) -> None:
+def write_bytes_atomic(path: str | Path, data: bytes, exclusive: bool = False) -> None:
     """Readers see the old file or the new one, never a torn one (temp file, fsync, rename; on an
-    object store: one PUT, which is all or nothing)."""
+    object store: one PUT, which is all or nothing). `exclusive`: create only if absent, keeping
+    a file another writer made first (local files; stores have no such PUT, the later one wins)."""
     if storage.is_url(path):
         storage.write_bytes(path, data)
         return
@@ -46,7 +47,14 @@ def write_bytes_atomic(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        if exclusive:
+            try:
+                os.link(tmp, path)  # atomic, and fails where the file exists
+            except FileExistsError:
+                pass
+            Path(tmp).unlink()
+        else:
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
