@@ -9,7 +9,10 @@ on a bare CUDA machine. Prints a table and writes JSON to $OUT (or ./benchmarks/
   the RoPE vit_large (V-JEPA 2's backbone), and MFU = measured FLOP/s ÷ the GPU's dense bf16 peak (FLOPs from torch's FLOP counter).
 - Student step (vit_large student, predictor 384×12 → 1024-d targets, L1 on masked tokens, the
   two default mask configurations at micro-batch B, AdamW): the `targets: cache` case, where
-  targets arrive as tensors, in plain torch (DeepSpeed is not on the machine).
+  targets arrive as tensors, in plain torch (DeepSpeed is not on the machine); eager and with the
+  encoder and predictor compiled in place, as `run.compile` does.
+- Frames: nvJPEG (`torchvision.io.decode_jpeg(..., device="cuda")`, `data.decode_frames: device`)
+  vs. torchvision's CPU decoder on one core, for a batch of 16-frame 224² views.
 """
 
 from __future__ import annotations
@@ -86,10 +89,13 @@ def teacher_forward(arch: str, batch: int, iters: int, compile_model: bool) -> d
     return result
 
 
-def student_step(arch: str, batch: int, iters: int, teacher_dim: int = 1024) -> dict:
+def student_step(arch: str, batch: int, iters: int, teacher_dim: int = 1024, compile_model: bool = False) -> dict:
     f, s = GEOMETRY["frames"], GEOMETRY["size"]
     student = build_encoder(arch, num_frames=f, img_size=s).to(DEVICE)
     predictor = Predictor(student.embed_dim, teacher_dim, width=384, depth=12, num_heads=12, num_mask_tokens=2).to(DEVICE)
+    if compile_model:  # what run.compile does: in place, the parameter names unchanged
+        student.compile()
+        predictor.compile()
     params = list(student.parameters()) + list(predictor.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-4, betas=(0.9, 0.95), fused=DEVICE == "cuda")
     grid = student.grid(f, s, s)
@@ -113,14 +119,35 @@ def student_step(arch: str, batch: int, iters: int, teacher_dim: int = 1024) -> 
         loss_fn().backward()
         optimizer.step()
 
-    seconds = timed(step, warmup=2, iters=iters)
+    seconds = timed(step, warmup=3 if compile_model else 2, iters=iters)
     forward_flops = count_flops(loss_fn)
     train_flops = 3 * forward_flops  # backward ≈ 2× forward
     memory = torch.cuda.max_memory_allocated() / 2**30 if DEVICE == "cuda" else float("nan")
-    return {"student": arch, "batch": batch, "s_per_step": seconds, "clips_per_s": batch / seconds,
+    return {"student": arch, "batch": batch, "compiled": compile_model, "s_per_step": seconds, "clips_per_s": batch / seconds,
             "context_ratio": [m.context_ratio for m in masks], "target_ratio": [m.target_ratio for m in masks],
             "tflop_per_step": train_flops / 1e12, "mfu": train_flops / seconds / peak_flops(), "peak_memory_gib": memory,
             "framework": "plain torch (deepspeed not installed on this machine)"}
+
+
+def jpeg_decode(views: int, iters: int) -> dict:
+    """ms per 16-frame view: nvJPEG on the GPU (one batched call) vs. torchvision on one CPU core."""
+    from torchvision.io import decode_jpeg, encode_jpeg
+
+    f, s = GEOMETRY["frames"], GEOMETRY["size"]
+    y, x = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
+    files = []
+    for i in range(views * f):  # textured frames, q90 as the cache stores them
+        image = torch.stack([(x * 3 + i * 5) % 256, (y * 2 + x) % 256, (x * y // 7 + i) % 256]).to(torch.uint8)
+        files.append(encode_jpeg(image, quality=90))
+    torch.set_num_threads(1)
+    cpu_s = timed(lambda: decode_jpeg(files), warmup=1, iters=iters)
+    result = {"views": views, "frames_per_view": f, "size": s, "cpu_ms_per_view": cpu_s / views * 1000}
+    if DEVICE == "cuda":
+        gpu_s = timed(lambda: decode_jpeg(files, device=DEVICE), warmup=2, iters=iters)
+        result["gpu_ms_per_view"] = gpu_s / views * 1000
+        result["gpu_vs_cpu_core"] = cpu_s / gpu_s
+    torch.set_num_threads(os.cpu_count() or 1)
+    return result
 
 
 def main() -> None:
@@ -140,7 +167,7 @@ def main() -> None:
     else:
         torch.backends.cuda.matmul.allow_tf32 = True
     gpu = torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu (smoke)"
-    report = {"gpu": gpu, "torch": torch.__version__, "peak_bf16_flops": peak_flops(), "teacher": [], "student": []}
+    report = {"gpu": gpu, "torch": torch.__version__, "peak_bf16_flops": peak_flops(), "teacher": [], "student": [], "jpeg": None}
     print(f"device: {gpu}, torch {torch.__version__}, geometry {GEOMETRY}")
     for arch, batch in teachers:
         for compiled in (False,) if (args.no_compile or args.smoke) else (False, True):
@@ -152,16 +179,24 @@ def main() -> None:
             report["teacher"].append(row)
             print(f"teacher {arch:<10} batch {batch:>3} {'compiled' if compiled else 'eager   '}: {row['views_per_s']:8.1f} views/s, "
                   f"{row['tflop_per_view']:.3f} TFLOP/view, MFU {row['mfu']:.1%}", flush=True)
-    for arch, batch in students:
+    for (arch, batch), compiled in [(s, c) for s in students for c in ((False,) if (args.no_compile or args.smoke) else (False, True))]:
         try:
-            row = student_step(arch, batch, iters)
+            row = student_step(arch, batch, iters, compile_model=compiled)
         except Exception as err:
-            print(f"student {arch} batch {batch}: FAILED {type(err).__name__}: {err}", flush=True)
+            print(f"student {arch} batch {batch} compiled={compiled}: FAILED {type(err).__name__}: {err}", flush=True)
             continue
         report["student"].append(row)
-        print(f"student {arch} batch {batch}: {row['s_per_step'] * 1000:7.1f} ms/step ({row['clips_per_s']:.1f} clips/s), "
+        print(f"student {arch} batch {batch} {'compiled' if compiled else 'eager   '}: {row['s_per_step'] * 1000:7.1f} ms/step "
+              f"({row['clips_per_s']:.1f} clips/s), "
               f"{row['tflop_per_step']:.2f} TFLOP/step, MFU {row['mfu']:.1%}, peak {row['peak_memory_gib']:.1f} GiB, "
               f"context ratios {[round(r, 3) for r in row['context_ratio']]}", flush=True)
+    try:
+        report["jpeg"] = row = jpeg_decode(views=4 if args.smoke else 32, iters=iters)
+        print(f"JPEG decode, 16-frame {GEOMETRY['size']}² views: CPU core {row['cpu_ms_per_view']:.2f} ms/view"
+              + (f", nvJPEG {row['gpu_ms_per_view']:.3f} ms/view ({row['gpu_vs_cpu_core']:.1f}x a core)" if "gpu_ms_per_view" in row else ""),
+              flush=True)
+    except Exception as err:
+        print(f"JPEG decode: FAILED {type(err).__name__}: {err}", flush=True)
     out = Path(os.environ.get("OUT", "benchmarks/results"))
     out.mkdir(parents=True, exist_ok=True)
     (out / "gpu.json").write_text(json.dumps(report, indent=1))

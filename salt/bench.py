@@ -188,9 +188,40 @@ def _run_student(config: Path, overrides: list[str]) -> list[dict]:
     return [json.loads(line) for line in (Path(out_dir) / "metrics.jsonl").read_text().splitlines()]
 
 
-def bench_student(steps: int, batch_size: int, results_dir: str) -> dict:
+def _loader_costs(cache_path: Path, batch_size: int, grid: tuple[int, int, int], batches: int = 24) -> dict:
+    """CPU ms per batch of the loader's parts, one core, in this process: what a loader worker
+    takes from the cores that train on a CPU-only machine."""
+    from salt.masks import DEFAULT_MASKS, MultiBlockMasker
+    from salt.training.data import CacheBatches
+
+    torch.set_num_threads(1)
+
+    def per_batch(decode_frames: str) -> float:
+        dataset = CacheBatches(str(cache_path), "wds", batch_size, seed=0, rank=0, world_size=1, num_workers=1,
+                               mask_configs=list(DEFAULT_MASKS), token_grid=grid, decode_frames=decode_frames)
+        stream = iter(dataset)
+        next(stream)
+        start = time.process_time()
+        for _ in range(batches):
+            next(stream)
+        return (time.process_time() - start) / batches * 1000
+
+    masker = MultiBlockMasker(grid, list(DEFAULT_MASKS), seed=0)
+    start = time.process_time()
+    for step in range(batches):
+        masker(batch_size, step)
+    masks_ms = (time.process_time() - start) / batches * 1000
+    whole, undecoded = per_batch("workers"), per_batch("device")
+    torch.set_num_threads(os.cpu_count() or 1)
+    return {"batch_ms": whole, "bytes_only_batch_ms": undecoded, "jpeg_decode_ms": max(0.0, whole - undecoded),
+            "masks_ms": masks_ms, "read_and_latents_ms": max(0.0, undecoded - masks_ms)}
+
+
+def bench_student(steps: int, batch_size: int, results_dir: str, repeats: int = 3) -> dict:
     """Step time with targets from the cache, from the online teacher, and from one in-memory
-    batch; data-wait share with 0/1/2 workers; peak RSS with a small and a larger teacher's cache."""
+    batch; cache and in-memory runs interleaved `repeats` times (each run its own process), so
+    drifting machine load falls on both; the loader's CPU cost by part; data-wait share with
+    0/1/2 workers; peak RSS with a small and a larger teacher's cache."""
     import yaml
 
     from salt.cache_latents import CacheJob, run_cache
@@ -216,48 +247,78 @@ def bench_student(steps: int, batch_size: int, results_dir: str) -> dict:
             "optim": {"steps": steps, "warmup_steps": 5}, "engine": {"zero_stage": 1},
             "run": {"log_every": max(1, steps // 4), "checkpoint_every": 10**6, "progress": False}}))
         base = [f"data.batch_size={batch_size}", f"cache.path={caches['small']['path']}", f"teacher={caches['small']['teacher']}"]
+        runs = 0
 
-        def measure(label: str, extra: list[str]) -> dict:
-            rows = _run_student(config, base + extra + [f"run.out_dir={tmp / label}"])[1:]  # drop the warm-up window
+        def measure(extra: list[str]) -> dict:
+            nonlocal runs
+            runs += 1
+            rows = _run_student(config, base + extra + [f"run.out_dir={tmp / f'run{runs}'}"])[1:]  # drop the warm-up window
             return {"step_s": float(np.mean([1 / r["steps_per_s"] for r in rows])),
                     "data_wait_share": float(np.mean([r["data_wait_share"] for r in rows])),
                     "peak_rss_mb": rows[-1]["peak_rss_mb"]}
 
-        step_time = {
-            "cache": measure("cache", ["targets=cache", "data.workers=2"]),
-            "teacher": measure("teacher", ["targets=teacher", "data.workers=2"]),
-            "in_memory": measure("memory", ["targets=cache", "data.workers=0", "data.reuse_first_batch=true"]),
+        def median_run(runs_: list[dict]) -> dict:
+            order = np.argsort([r["step_s"] for r in runs_])
+            return {**runs_[order[len(order) // 2]], "step_s_runs": [r["step_s"] for r in runs_]}
+
+        variants = {
+            "cache": ["targets=cache", "data.workers=2"],
+            "cache, frames decoded in the training process": ["targets=cache", "data.workers=2", "data.decode_frames=device"],
+            # The same batches as the cache run (steps of them), read before step 1.
+            "in_memory": ["targets=cache", "data.workers=2", f"data.preload_batches={steps}"],
         }
-        workers = {w: measure(f"workers{w}", ["targets=cache", f"data.workers={w}"]) for w in (0, 1, 2)}
+        measured: dict[str, list[dict]] = {name: [] for name in variants}
+        for _ in range(repeats):
+            for name, extra in variants.items():
+                measured[name].append(measure(extra))
+        ratios = [c["step_s"] / m["step_s"] for c, m in zip(measured["cache"], measured["in_memory"])]
+        step_time = {name: median_run(rows) for name, rows in measured.items()}
+        step_time["teacher"] = measure(["targets=teacher", "data.workers=2"])
+        workers = {w: measure(["targets=cache", f"data.workers={w}"]) for w in (0, 1, 2)}
         rss = {}
         for name, cache in caches.items():
-            rss[name] = {**measure(f"rss_{name}", ["targets=cache", "data.workers=0", f"cache.path={cache['path']}"]),
+            rss[name] = {**measure(["targets=cache", "data.workers=0", f"cache.path={cache['path']}"]),
                          "teacher_dim": cache["dim"], "teacher_weights_mb": cache["teacher_params_mb"]}
+        costs = _loader_costs(caches["small"]["path"], batch_size, (8, 4, 4))
     # What the larger teacher's dim should add: the predictor's output layer (weights, grads,
     # two Adam moments, fp32) and the target tensors of a batch.
     extra_dim = rss["large"]["teacher_dim"] - rss["small"]["teacher_dim"]
     expected_mb = (129 * extra_dim * 4 * 4 + batch_size * 128 * extra_dim * 4 * 3) / 2**20
+    memory_s = step_time["in_memory"]["step_s"]
     results = {"step_time": step_time, "workers": {str(k): v for k, v in workers.items()}, "rss": rss,
-               "cache_vs_in_memory": step_time["cache"]["step_s"] / step_time["in_memory"]["step_s"],
+               "cache_vs_in_memory": float(np.mean(ratios)),
+               "cache_vs_in_memory_se": float(np.std(ratios, ddof=1) / np.sqrt(len(ratios))) if len(ratios) > 1 else None,
+               "cache_vs_in_memory_runs": ratios,
+               "loader_cpu_ms_per_batch": costs,
+               # Two cores train; the loader's CPU time per step, spread over them, is what a CPU-only
+               # machine cannot hide: the share the step should grow by.
+               "loader_cpu_share_of_step": costs["batch_ms"] / 1000 / (memory_s * (os.cpu_count() or 1)),
                "teacher_minus_cache_s": step_time["teacher"]["step_s"] - step_time["cache"]["step_s"],
                "rss_difference_mb": rss["large"]["peak_rss_mb"] - rss["small"]["peak_rss_mb"],
                "rss_difference_expected_mb": expected_mb}
-    settings = {"steps": steps, "batch_size": batch_size, "student": "vit_tiny (predictor 128x4)", "geometry": "16x64²",
-                "teachers": {"small": "vit_tiny (dim 128)", "large": "vit_small (dim 384)"}}
+    settings = {"steps": steps, "batch_size": batch_size, "repeats": repeats, "student": "vit_tiny (predictor 128x4)",
+                "geometry": "16x64²", "teachers": {"small": "vit_tiny (dim 128)", "large": "vit_small (dim 384)"}}
     save_record("student", settings, results, results_dir)
     return {"settings": settings, "results": results}
 
 
 def format_student(report: dict) -> str:
     s, r = report["settings"], report["results"]
-    lines = [f"salt bench student: {s['student']} at {s['geometry']}, batch {s['batch_size']}, {s['steps']} steps per run"]
-    lines.append(f"{'targets':<22}{'ms/step':>9}{'data wait':>11}")
+    lines = [f"salt bench student: {s['student']} at {s['geometry']}, batch {s['batch_size']}, {s['steps']} steps per run, "
+             f"cache and in-memory runs interleaved x{s['repeats']} (median run shown)"]
+    lines.append(f"{'targets':<48}{'ms/step':>9}{'data wait':>11}")
     for name, row in r["step_time"].items():
-        lines.append(f"{name:<22}{row['step_s'] * 1000:>9.1f}{row['data_wait_share']:>11.1%}")
-    lines.append(f"cache / in-memory step time: {r['cache_vs_in_memory']:.3f}; teacher − cache: {r['teacher_minus_cache_s'] * 1000:.1f} ms")
-    lines.append(f"{'cache workers':<22}{'ms/step':>9}{'data wait':>11}")
+        lines.append(f"{name:<48}{row['step_s'] * 1000:>9.1f}{row['data_wait_share']:>11.1%}")
+    se = r.get("cache_vs_in_memory_se")
+    lines.append(f"cache / in-memory step time: {r['cache_vs_in_memory']:.3f}" + (f" ± {se:.3f} (s.e. over pairs)" if se else "")
+                 + f" (goal <= 1.05); teacher − cache: {r['teacher_minus_cache_s'] * 1000:.1f} ms")
+    c = r["loader_cpu_ms_per_batch"]
+    lines.append(f"loader CPU per batch, one core: {c['batch_ms']:.1f} ms = read + CRC + latents {c['read_and_latents_ms']:.1f}, "
+                 f"JPEG decode {c['jpeg_decode_ms']:.1f}, masks {c['masks_ms']:.1f}; bytes only (decode on the device) "
+                 f"{c['bytes_only_batch_ms']:.1f} ms; {r['loader_cpu_share_of_step']:.1%} of the cores' step time")
+    lines.append(f"{'cache workers':<48}{'ms/step':>9}{'data wait':>11}")
     for name, row in r["workers"].items():
-        lines.append(f"{name:<22}{row['step_s'] * 1000:>9.1f}{row['data_wait_share']:>11.1%}")
+        lines.append(f"{name:<48}{row['step_s'] * 1000:>9.1f}{row['data_wait_share']:>11.1%}")
     for name, row in r["rss"].items():
         lines.append(f"peak RSS, {name} teacher's cache (dim {row['teacher_dim']}, weights {row['teacher_weights_mb']:.1f} MB): {row['peak_rss_mb']:.0f} MB")
     lines.append(f"RSS difference {r['rss_difference_mb']:.0f} MB; predictor output layer + target buffers predict {r['rss_difference_expected_mb']:.1f} MB")
@@ -316,6 +377,47 @@ def local_s3_server(bucket: str):
                 os.environ[key] = value
 
 
+def _jpeg_decoders(samples: list[list[bytes]], rounds: int = 3) -> dict:
+    """ms per view (one core) of each JPEG decoder at hand, on a cache's stored frames, and
+    whether it gives torchvision's pixels exactly. The reader uses the fastest exact one."""
+    import io
+
+    from PIL import Image
+    from torchvision.io import decode_jpeg
+
+    from salt.latents.codecs import decode_frames
+
+    def torchvision_batched(frames):
+        images = decode_jpeg([torch.frombuffer(bytearray(b), dtype=torch.uint8) for b in frames])
+        return np.stack([image.numpy() for image in images]).transpose(0, 2, 3, 1)
+
+    def pillow(frames):
+        return np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in frames])
+
+    decoders = {"torchvision decode_jpeg (batched)": torchvision_batched,
+                "simplejpeg into one array (the reader's)": decode_frames, "PIL": pillow}
+    try:  # not a dependency: measured when installed
+        import cv2
+
+        cv2.setNumThreads(1)
+        decoders["OpenCV imdecode"] = lambda frames: np.stack(
+            [cv2.cvtColor(cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB) for b in frames])
+    except ImportError:
+        pass
+    torch.set_num_threads(1)
+    reference = [torchvision_batched(frames) for frames in samples]
+    table = {}
+    for name, decode in decoders.items():
+        decode(samples[0])
+        start = time.perf_counter()
+        for _ in range(rounds):
+            decoded = [decode(frames) for frames in samples]
+        table[name] = {"ms_per_view": (time.perf_counter() - start) / (rounds * len(samples)) * 1000,
+                       "exact": all(np.array_equal(a, b) for a, b in zip(decoded, reference))}
+    torch.set_num_threads(os.cpu_count() or 1)
+    return table
+
+
 def bench_loader(videos: int, seconds: int, size: int, samples: int, results_dir: str, store: str = "local") -> dict:
     """Samples/s of one worker: the student's cache reader vs. a V-JEPA-style online pipeline,
     on the same 640x360 H.264 videos, side by side in one process. With store "s3", the same
@@ -340,15 +442,25 @@ def bench_loader(videos: int, seconds: int, size: int, samples: int, results_dir
         cache = open_cache(tmp / "cache", "wds")
         per_view_bytes = (cache.manifest.latent_bytes + cache.manifest.frame_bytes) / cache.manifest.sample_count
 
-        def endless():
+        def endless(**reads):
             for epoch in itertools.count():
-                yield from cache.stream(seed=0, epoch=epoch)
+                yield from cache.stream(seed=0, epoch=epoch, **reads)
 
         def cache_reader():
-            stream = endless()
+            stream = endless(latents="stored")  # as the student's loader reads (float32 made on the device)
             for _ in range(samples):
                 sample = next(stream)
                 torch.from_numpy(sample.frames), sample.latents  # uint8 frames + targets, as the loader hands them over
+
+        def bytes_reader():
+            stream = endless(frames="encoded", latents="stored")  # data.decode_frames: device
+            for _ in range(samples):
+                next(stream)
+
+        def latents_reader():
+            stream = endless(frames="none")  # what a probe reads of its feature cache
+            for _ in range(samples):
+                next(stream)
 
         def online():
             for i in range(samples):
@@ -356,7 +468,10 @@ def bench_loader(videos: int, seconds: int, size: int, samples: int, results_dir
                 frames, _ = decode_views(record.path, record.video_id, [i], view)[0]  # decode + random resized crop + flip
                 to_model_input(torch.from_numpy(frames)[None])  # normalise
 
-        pipelines = [("cache reader", cache_reader), ("online decode + augment", online)]
+        pipelines = [("cache reader", cache_reader), ("cache reader, JPEG bytes only (decode on the device)", bytes_reader),
+                     ("cache reader, latents only (probe)", latents_reader), ("online decode + augment", online)]
+        stored_frames = [frames for _, _, _, frames, _ in itertools.islice(cache.raw_shard(0), 16)]
+        decoders = _jpeg_decoders(stored_frames)
         bytes_read = {"cache reader": per_view_bytes}
         with contextlib.ExitStack() as stack:
             if store == "s3":
@@ -365,7 +480,7 @@ def bench_loader(videos: int, seconds: int, size: int, samples: int, results_dir
                 remote = open_cache("s3://bench/cache", "wds")
 
                 def s3_reader():
-                    stream = itertools.chain.from_iterable(remote.stream(seed=0, epoch=e) for e in itertools.count())
+                    stream = itertools.chain.from_iterable(remote.stream(seed=0, epoch=e, latents="stored") for e in itertools.count())
                     for _ in range(samples):
                         sample = next(stream)
                         torch.from_numpy(sample.frames), sample.latents
@@ -383,6 +498,7 @@ def bench_loader(videos: int, seconds: int, size: int, samples: int, results_dir
                 rates[name] = samples / (time.perf_counter() - start)
             torch.set_num_threads(os.cpu_count() or 1)
     results = {"samples_per_s_per_worker": rates, "speedup": rates["cache reader"] / rates["online decode + augment"],
+               "jpeg_decoders": decoders,
                "cache_bytes_per_view": per_view_bytes, "bytes_read_per_sample": bytes_read}
     if store == "s3":
         results["s3_vs_local_disk"] = rates["cache reader, local S3 server"] / rates["cache reader"]
@@ -395,8 +511,11 @@ def bench_loader(videos: int, seconds: int, size: int, samples: int, results_dir
 def format_loader(report: dict) -> str:
     s, r = report["settings"], report["results"]
     lines = [f"salt bench loader: {s['videos']} videos ({s['video']}), {s['clip']}, {s['samples']} samples per pipeline, one core each"]
-    lines += [f"{name:<28}{rate:>8.1f} samples/s" for name, rate in r["samples_per_s_per_worker"].items()]
+    lines += [f"{name:<56}{rate:>8.1f} samples/s" for name, rate in r["samples_per_s_per_worker"].items()]
     lines.append(f"cache reader / online pipeline: {r['speedup']:.1f}x (goal >= 20x); cache {r['cache_bytes_per_view'] / 1e3:.0f} kB per view")
+    lines.append(f"{'JPEG decoder, stored 16-frame views':<56}{'ms/view':>8}  exact")
+    for name, row in r.get("jpeg_decoders", {}).items():
+        lines.append(f"{name:<56}{row['ms_per_view']:>8.2f}  {'yes' if row['exact'] else 'no'}")
     if "s3_vs_local_disk" in r:
         read = r["bytes_read_per_sample"]
         lines.append(f"local S3 server / local disk: {r['s3_vs_local_disk']:.2f}; bytes read per sample: disk "

@@ -292,12 +292,13 @@ def bench_cache_command(videos, views, arch, size, frames, workers, batch_size, 
 @bench_group.command("student")
 @click.option("--steps", default=40, help="Optimiser steps per measured run.")
 @click.option("--batch-size", default=16)
+@click.option("--repeats", default=3, help="Interleaved cache / in-memory run pairs.")
 @click.option("--results", default="benchmarks/results", type=click.Path(file_okay=False))
-def bench_student_command(steps, batch_size, results) -> None:
-    """Student step time with cache / online-teacher / in-memory targets; data wait by workers; peak RSS."""
+def bench_student_command(steps, batch_size, repeats, results) -> None:
+    """Student step time with cache / online-teacher / in-memory targets; the loader's CPU cost by part; data wait by workers; peak RSS."""
     from salt.bench import bench_student, format_student
 
-    click.echo(format_student(bench_student(steps, batch_size, results)))
+    click.echo(format_student(bench_student(steps, batch_size, results, repeats)))
 
 
 @main.command("inspect")

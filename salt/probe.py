@@ -115,7 +115,8 @@ def extract_features(encoder_path: Path, data: str, out: Path, cfg: ProbeConfig,
     seconds = time.perf_counter() - start
     cache = open_cache(out)
     # One sequential pass (no shard seek per key); key order keeps the head training identical.
-    samples = sorted(cache.stream(seed=0, epoch=0), key=lambda sample: sample.key)
+    # Only the tokens are wanted: the JPEG frames are checked (CRC) but not decoded.
+    samples = sorted(cache.stream(seed=0, epoch=0, frames="none"), key=lambda sample: sample.key)
     labels = [s.meta["label"] for s in samples]
     if any(label is None for label in labels):
         raise ValueError(f"{data}: every video needs a label for probing")

@@ -402,3 +402,57 @@ def test_undecodable_frames_with_good_crc_are_reported(tmp_path, monkeypatch):
             cache.get("v00000001k000")
     problems = verify(open_cache(tmp_path))
     assert len(problems) == 2 * len(cache) and all("frames do not decode" in p.reason for p in problems)
+
+
+@pytest.mark.parametrize("size, quality", [(32, 90), (64, 75), (48, 100)])
+def test_jpeg_frames_decode_to_torchvisions_pixels(size, quality):
+    """The reader's libjpeg-turbo decode (one call per sample, into one array) gives exactly
+    the pixels of torchvision's decode_jpeg, so caches written before the switch read the same."""
+    from torchvision.io import decode_jpeg
+
+    rng = np.random.default_rng(size)
+    smooth = np.cumsum(rng.integers(-9, 10, (T, size, size, 3)), axis=2)  # textured, not flat
+    frames = np.clip(smooth + 128, 0, 255).astype(np.uint8)
+    encoded = encode_frames(frames, "jpeg", quality)
+    by_torchvision = np.stack([decode_jpeg(torch.frombuffer(bytearray(b), dtype=torch.uint8)).permute(1, 2, 0).numpy()
+                               for b in encoded])
+    decoded = decode_frames(encoded)
+    assert decoded.shape == (T, size, size, 3) and decoded.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(decoded, by_torchvision)
+    from salt.latents.codecs import decode_jpeg_batch
+
+    batch = decode_jpeg_batch([encoded, encoded[::-1]], "cpu")  # the "decode on the device" path, on a CPU
+    np.testing.assert_array_equal(batch.numpy(), np.stack([decoded, decoded[::-1]]))
+
+
+def test_frames_that_do_not_decode_are_named():
+    good = encode_frames(make_frames(0, 0), "jpeg", 90)
+    with pytest.raises(CacheError, match="frames do not decode"):
+        decode_frames(good[:-1] + [good[-1][: len(good[-1]) // 2]])  # truncated
+    other = encode_frames(np.zeros((1, SIZE // 2, SIZE, 3), np.uint8), "jpeg", 90)
+    with pytest.raises(CacheError, match="differing shapes"):
+        decode_frames(good[:-1] + other)
+
+
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "int8"])
+def test_partial_reads_give_the_same_sample(tmp_path, dtype):
+    """stream(frames=, latents=) decodes less but never differently: the stored-width latents
+    dequantise (on any device) to the same floats, the JPEG bytes decode to the same frames."""
+    from salt.latents.codecs import dequantise
+
+    write_cache(tmp_path, dtype, num_videos=4)
+    for fmt in ("wds", "zarr"):
+        cache = open_cache(tmp_path, fmt)
+        full = list(cache.stream(2, 1))
+        light = list(cache.stream(2, 1, frames="encoded", latents="stored"))
+        bare = list(cache.stream(2, 1, frames="none"))
+        assert [s.key for s in light] == [s.key for s in bare] == [s.key for s in full]
+        for a, b, c in zip(full, light, bare):
+            assert b.frames is None and c.frames is None and c.encoded_frames is None
+            assert b.latents.dtype == {"fp16": torch.float16, "bf16": torch.bfloat16, "int8": torch.int8}[dtype]
+            assert (b.latent_scales is not None) == (dtype == "int8")
+            assert torch.equal(dequantise(b.latents, b.latent_scales), a.latents) and torch.equal(c.latents, a.latents)
+            np.testing.assert_array_equal(decode_frames(b.encoded_frames), a.frames)
+            assert b.meta == a.meta
+    with pytest.raises(CacheError, match="frames must be decoded/encoded/none"):
+        cache.stream(0, 0, frames="pixels")

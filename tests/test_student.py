@@ -138,6 +138,36 @@ def test_resume_equals_uninterrupted_with_workers(tmp_path, demo_cache):
     np.testing.assert_allclose(b, a, rtol=1e-5)
 
 
+def test_frames_decoded_by_the_training_process_equal_the_workers(tmp_path, demo_cache):
+    """data.decode_frames: device. The workers hand over JPEG bytes and the batch is decoded
+    where `to(device)` sends it (nvJPEG on a GPU). On a CPU it is the workers' decoder: the
+    same batches bit for bit, and a run may resume with either setting."""
+    import itertools
+
+    from salt.masks import DEFAULT_MASKS
+
+    def batches(where):
+        dataset = CacheBatches(str(demo_cache / "cache"), "auto", 4, seed=0, rank=0, world_size=1, num_workers=2,
+                               mask_configs=list(DEFAULT_MASKS), token_grid=(4, 2, 2), decode_frames=where)
+        return list(itertools.islice(iter(dataset), 3))
+
+    for in_workers, undecoded in zip(batches("workers"), batches("device")):
+        assert undecoded.frames is None and undecoded.jpeg is not None
+        on_device = undecoded.to("cpu")
+        assert on_device.jpeg is None and on_device.keys == in_workers.keys
+        assert torch.equal(on_device.frames, in_workers.frames) and torch.equal(on_device.targets, in_workers.targets)
+        assert torch.equal(on_device.float_targets(), in_workers.float_targets())
+        for a, b in zip(on_device.masks, in_workers.masks):
+            assert torch.equal(a.context_idx, b.context_idx) and torch.equal(a.target_idx, b.target_idx)
+    full = student_config(tmp_path / "full", demo_cache, data={"batch_size": 4, "workers": 2})
+    split = student_config(tmp_path / "split", demo_cache, data={"batch_size": 4, "workers": 2, "decode_frames": "device"})
+    run_student(str(full), [])
+    run_student(str(split), ["run.stop_at=3"])
+    run_student(str(split), ["data.decode_frames=workers"], resume=True)
+    np.testing.assert_allclose([r["loss"] for r in records(tmp_path / "split" / "run")],
+                               [r["loss"] for r in records(tmp_path / "full" / "run")], rtol=1e-5)
+
+
 def test_resume_refuses_a_cache_from_another_teacher(tmp_path, demo_cache):
     cache = tmp_path / "cache"
     import shutil
@@ -204,3 +234,54 @@ def test_two_process_deepspeed_run(tmp_path, demo_cache, stage):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     encoder, _ = load_encoder(tmp_path / "run" / "student.pt")
     assert encoder.arch["depth"] == 2
+
+
+def test_non_finite_targets_stop_the_run_naming_the_samples(tmp_path, demo_cache, monkeypatch):
+    """The loop reads one finiteness flag per micro-step; only a non-finite loss makes the
+    objective look for the cause, and the error names the samples."""
+    from salt.training.data import CacheBatch
+
+    original = CacheBatch.float_targets
+
+    def poisoned(self):
+        targets = original(self)
+        if self.step >= 2:
+            targets[1] = float("nan")
+        return targets
+
+    monkeypatch.setattr(CacheBatch, "float_targets", poisoned)
+    config = student_config(tmp_path, demo_cache)
+    with pytest.raises(TrainingError, match=r"loss is nan at step 2 \(non-finite targets from cache in samples \['v\d+k\d+'\]\)"):
+        run_student(str(config), [])
+    assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step2"
+
+
+def test_compiled_student_trains_as_the_eager_one(tmp_path, demo_cache):
+    """run.compile: the encoder and predictor run through torch.compile in place. The same
+    losses up to kernel rounding, and the export keeps the eager parameter names (loads strict)."""
+    eager = student_config(tmp_path / "eager", demo_cache, optim={"steps": 4, "warmup_steps": 2, "lr_peak": 1e-3})
+    compiled = student_config(tmp_path / "compiled", demo_cache, optim={"steps": 4, "warmup_steps": 2, "lr_peak": 1e-3},
+                              run={"out_dir": str(tmp_path / "compiled" / "run"), "log_every": 1, "checkpoint_every": 4,
+                                   "progress": False, "compile": True})
+    run_student(str(eager), [])
+    result = run_student(str(compiled), [])
+    np.testing.assert_allclose([r["loss"] for r in records(tmp_path / "compiled" / "run")],
+                               [r["loss"] for r in records(tmp_path / "eager" / "run")], rtol=2e-3)
+    encoder, _ = load_encoder(result.export_path)  # strict load
+    reference, _ = load_encoder(tmp_path / "eager" / "run" / "student.pt")
+    assert encoder.state_dict().keys() == reference.state_dict().keys()
+    with pytest.raises(TrainingError, match="run.compile with engine.zero_stage 3"):
+        run_student(str(compiled), ["engine.zero_stage=3", f"run.out_dir={tmp_path / 'zero3'}"])
+
+
+def test_preloaded_batches_are_the_streamed_ones(tmp_path, demo_cache):
+    """data.preload_batches (the benchmarks' in-memory reference): the first N batches, cycled,
+    so its first N steps train exactly as a streamed run's."""
+    streamed = student_config(tmp_path / "streamed", demo_cache, data={"batch_size": 4, "workers": 2})
+    preloaded = student_config(tmp_path / "preloaded", demo_cache, data={"batch_size": 4, "workers": 2, "preload_batches": 3})
+    run_student(str(streamed), [])
+    run_student(str(preloaded), [])
+    a = [r["loss"] for r in records(tmp_path / "streamed" / "run")]
+    b = [r["loss"] for r in records(tmp_path / "preloaded" / "run")]
+    np.testing.assert_allclose(b[:3], a[:3], rtol=1e-6)
+    assert len(b) == 6 and b[3:] != a[3:]  # then the same three batches again

@@ -75,6 +75,8 @@ class CacheJob:
     frames: int = field(default=0, metadata=cli("Frames per clip (0: the teacher's)."))
     size: int = field(default=0, metadata=cli("Clip height and width (0: the teacher's)."))
     precision: str = field(default="auto", metadata=cli("Teacher forward precision.", choices=("auto", "bf16", "fp32")))
+    compile: bool = field(default=False, metadata=cli(
+        "Run the teacher through torch.compile (static shapes; pays off on GPUs for long runs).", is_flag=True))
     decode_timeout: float = field(default=60.0, metadata=cli("Seconds per video before its decoder is killed and the video skipped."))
     eval_clips: int = field(default=0, metadata=cli(
         "> 0: deterministic evaluation views (clips x spatial crops), as probes use."))

@@ -62,7 +62,7 @@ def run_local(plan: CachePlan, assembler: ShardAssembler) -> None:
     job = plan.job
     workers = job.workers
     loader = owned_loader(VideoViews(plan), workers, batch_size=None, prefetch_factor=4 if workers else None)
-    teacher = TeacherForward(plan.encoder, job.precision, job.batch_size)
+    teacher = TeacherForward(plan.encoder, job.precision, job.batch_size, compile=job.compile)
     batch: list[tuple[int, VideoRecord, dict]] = []
 
     def flush() -> None:

@@ -38,7 +38,7 @@ def fit_teacher_basis(job, records: list[VideoRecord], view: ViewConfig, encoder
     count = min(job.basis_videos, len(records))
     chosen = np.unique(np.linspace(0, len(records) - 1, count).round().astype(int))
     decoder = IsolatedDecoder(timeout=job.decode_timeout)
-    teacher = TeacherForward(encoder, job.precision, job.batch_size)
+    teacher = TeacherForward(encoder, job.precision, job.batch_size, compile=job.compile)
     fit = BasisFit(encoder.embed_dim)
     try:
         for index in chosen:

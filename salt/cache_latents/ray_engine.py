@@ -122,7 +122,8 @@ class DecodeVideo:
 class TeacherActor:
     """Ray Data actor: the frozen teacher on its GPU (or CPUs); pixels in, float32 latents out."""
 
-    def __init__(self, arch: dict, weights, precision: str, batch_size: int, frame_shape: tuple[int, ...]):
+    def __init__(self, arch: dict, weights, precision: str, batch_size: int, frame_shape: tuple[int, ...],
+                 compile: bool = False):
         import ray
 
         from salt.models import build_encoder
@@ -131,7 +132,7 @@ class TeacherActor:
             weights = ray.get(weights)
         encoder = build_encoder(arch)
         encoder.load_state_dict(weights, strict=True)  # the driver's own encoder: every key matches
-        self.forward = TeacherForward(encoder, precision, batch_size)
+        self.forward = TeacherForward(encoder, precision, batch_size, compile=compile)
         self.frame_shape = tuple(frame_shape)
 
     def __call__(self, batch: dict) -> dict:
@@ -232,7 +233,8 @@ def run_ray(plan: CachePlan, assembler: ShardAssembler) -> None:
             .map_batches(TeacherActor, batch_size=job.batch_size, batch_format="numpy",
                          compute=ray.data.ActorPoolStrategy(size=teachers), **teacher_resources,
                          fn_constructor_kwargs=dict(arch=plan.arch, weights=weights, precision=job.precision,
-                                                    batch_size=job.batch_size, frame_shape=frame_shape))
+                                                    batch_size=job.batch_size, frame_shape=frame_shape,
+                                                    compile=job.compile))
         )
         tokens_shape = (-1, plan.encoder.embed_dim)
         progress = _Progress(job, plan.planned_views, decoders, teachers)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 import numcodecs
 import numpy as np
+import simplejpeg
 import torch
 import torchvision
 from torchvision.io import ImageReadMode, decode_image, decode_jpeg, encode_jpeg, encode_png
@@ -122,6 +123,19 @@ class LatentCodec:
             raise CacheError("int8 latents need their per-channel scales")
         return torch.from_numpy(values.astype(np.float32) * np.asarray(scales, dtype=np.float32)[None, :])
 
+    def to_tensors(self, stored: StoredLatents) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The stored values as a torch tensor of the stored width (fp16, bf16 or int8) and, for
+        int8, the scales: half or a quarter of the float32 bytes to move to the device, where
+        `dequantise` makes float32 of them, exactly as `from_stored`."""
+        values = np.array(stored.values, dtype=self.numpy_dtype)  # a writable copy for torch
+        if self.dtype == "bf16":
+            return torch.from_numpy(values.view(np.int16)).view(torch.bfloat16), None
+        if self.dtype == "int8":
+            if stored.scales is None:
+                raise CacheError("int8 latents need their per-channel scales")
+            return torch.from_numpy(values), torch.from_numpy(np.array(stored.scales, dtype=np.float32))
+        return torch.from_numpy(values), None
+
     def _compressor(self) -> numcodecs.abc.Codec | None:
         return None if self.compressor is None else numcodecs.get_codec(dict(self.compressor))
 
@@ -159,6 +173,14 @@ class LatentCodec:
         return StoredLatents(values, scales)
 
 
+def dequantise(values: torch.Tensor, scales: torch.Tensor | None) -> torch.Tensor:
+    """float32 latents [..., N, D] from `LatentCodec.to_tensors` output (batched: scales [..., D]),
+    on whatever device they are: the same floats as `LatentCodec.from_stored`."""
+    if scales is None:
+        return values.float()
+    return values.float() * scales.float().unsqueeze(-2)
+
+
 def encode_frames(frames: np.ndarray, codec: FramesCodec, quality: int = 90) -> list[bytes]:
     """One JPEG (or PNG) per frame of uint8 [T, H, W, 3]."""
     if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[-1] != 3:
@@ -172,16 +194,24 @@ def encode_frames(frames: np.ndarray, codec: FramesCodec, quality: int = 90) -> 
     raise CacheError(f"frames codec {codec!r} is not 'jpeg' or 'png'")
 
 
+def is_jpeg(data: bytes) -> bool:
+    return data[:2] == b"\xff\xd8"
+
+
 def decode_frames(encoded: list[bytes]) -> np.ndarray:
-    """uint8 [T, H, W, 3] from `encode_frames` output (JPEG or PNG, told apart by magic bytes)."""
+    """uint8 [T, H, W, 3] from `encode_frames` output (JPEG or PNG, told apart by magic bytes).
+
+    JPEG frames go through libjpeg-turbo (simplejpeg) straight into one [T, H, W, 3] array: the
+    fastest bit-exact decoder measured here (docs/results.md, `salt bench loader`), the same
+    pixels as torchvision's decode_jpeg (tested), without the per-frame CHW tensors and the
+    transpose-and-stack copy."""
     if not encoded:
         raise CacheError("a sample has no frames")
+    if all(is_jpeg(data) for data in encoded):
+        return _decode_jpeg_frames(encoded)
     tensors = [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in encoded]
     try:
-        if all(data[:2] == b"\xff\xd8" for data in encoded):
-            images = decode_jpeg(tensors, mode=ImageReadMode.RGB)  # batched call, one C++ loop
-        else:
-            images = [decode_image(t, mode=ImageReadMode.RGB) for t in tensors]
+        images = [decode_image(t, mode=ImageReadMode.RGB) for t in tensors]
     except (RuntimeError, ValueError) as error:
         raise CacheError(f"frames do not decode: {error}") from error
     shapes = {tuple(image.shape) for image in images}
@@ -189,6 +219,47 @@ def decode_frames(encoded: list[bytes]) -> np.ndarray:
         raise CacheError(f"frames decode to differing or non-RGB shapes {sorted(shapes)}")
     # numpy, not torch.stack/permute: those were 10-15x slower on uint8 on shared cores.
     return np.ascontiguousarray(np.stack([image.numpy() for image in images]).transpose(0, 2, 3, 1))
+
+
+def _decode_jpeg_frames(encoded: list[bytes]) -> np.ndarray:
+    try:
+        shapes = [simplejpeg.decode_jpeg_header(data)[:2] for data in encoded]
+        if len(set(shapes)) != 1:
+            raise CacheError(f"frames decode to differing shapes {sorted(set(shapes))}")
+        height, width = shapes[0]
+        out = np.empty((len(encoded), height, width, 3), dtype=np.uint8)
+        for index, data in enumerate(encoded):
+            simplejpeg.decode_jpeg(data, colorspace="RGB", buffer=out[index])
+    except ValueError as error:  # simplejpeg's error for corrupt or truncated data
+        raise CacheError(f"frames do not decode: {error}") from error
+    return out
+
+
+def decode_jpeg_batch(encoded: list[list[bytes]], device: torch.device | str) -> torch.Tensor:
+    """uint8 [B, T, H, W, 3] on `device` from the JPEG frames of B samples, in one call.
+
+    On a CUDA device the whole batch goes through nvJPEG (torchvision's batched GPU decode):
+    the loader's CPU workers only read bytes. Its IDCT and chroma upsampling differ from
+    libjpeg-turbo's, so pixels may differ from the CPU decode by decoder rounding (a few
+    levels); elsewhere the frames are decoded on the CPU, exactly as `decode_frames`."""
+    device = torch.device(device)
+    if not encoded or not all(encoded):
+        raise CacheError("a batch without frames")
+    if device.type != "cuda":
+        return torch.from_numpy(np.stack([decode_frames(frames) for frames in encoded])).to(device)
+    flat = [data for frames in encoded for data in frames]
+    if not all(is_jpeg(data) for data in flat):
+        raise CacheError("frames decoded on the GPU must be JPEG (this cache stores PNG frames): decode them in the workers")
+    try:
+        images = decode_jpeg([torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in flat],
+                             mode=ImageReadMode.RGB, device=device)
+    except (RuntimeError, ValueError) as error:
+        raise CacheError(f"frames do not decode on {device}: {error}") from error
+    shapes = {tuple(image.shape) for image in images}
+    if len(shapes) != 1:
+        raise CacheError(f"frames decode to differing shapes {sorted(shapes)}")
+    _, height, width = next(iter(shapes))
+    return torch.stack(images).view(len(encoded), -1, 3, height, width).permute(0, 1, 3, 4, 2).contiguous()
 
 
 def roundtrip_frames(frames: np.ndarray, codec: FramesCodec, quality: int = 90) -> tuple[list[bytes], np.ndarray]:
@@ -200,7 +271,8 @@ def roundtrip_frames(frames: np.ndarray, codec: FramesCodec, quality: int = 90) 
 
 def frames_decoder_id() -> str:
     """The decoder build a student needs to get the teacher's exact pixels back."""
-    return f"torchvision-{torchvision.__version__} (libjpeg/libpng, CPU decode_jpeg/decode_image)"
+    return (f"simplejpeg-{simplejpeg.__version__} (libjpeg-turbo, JPEG) / torchvision-{torchvision.__version__} "
+            "(libpng, PNG); CPU")
 
 
 def encode_meta(meta: dict[str, Any]) -> bytes:

@@ -21,6 +21,8 @@ from salt.latents.wds import WdsShardReader, split_members, verify_wds_shard
 from salt.latents.zarr_store import ZarrCacheReader
 
 Format = Literal["auto", "wds", "zarr"]
+FramesRead = Literal["decoded", "encoded", "none"]  # uint8 arrays / the stored JPEG bytes / nothing
+LatentsRead = Literal["float32", "stored"]  # dequantised / the stored dtype (+ int8 scales)
 TARGET_NORM_EPS = 1e-6
 READ_AHEAD_SHARDS = 2  # object stores: whole shards fetched ahead of the one being read, per reader
 
@@ -139,26 +141,34 @@ class LatentCache:
         with WdsShardReader(storage.join(self.path, WDS_DIR), record.name) as shard:
             return self._read_wds(shard, video, view)
 
-    def _read_wds(self, shard: WdsShardReader, video: int, view: int) -> CacheSample:
+    def _read_wds(self, shard: WdsShardReader, video: int, view: int, reads: tuple[str, str] = ("decoded", "float32")) -> CacheSample:
         key = sample_key(video, view)
         meta, fields, frames = split_members(shard.read_members(key))
-        return self._decode(shard.name, video, view, lambda: self.codec.decode(fields, self.shape), frames, meta)
+        return self._decode(shard.name, video, view, lambda: self.codec.decode(fields, self.shape), frames, meta, reads)
 
-    def _read_zarr(self, record: ShardRecord, video: int, view: int) -> CacheSample:
+    def _read_zarr(self, record: ShardRecord, video: int, view: int, reads: tuple[str, str] = ("decoded", "float32")) -> CacheSample:
         stored, frames, meta = self._zarr.read_sample(record.name, video, view)
-        return self._decode(record.name, video, view, lambda: stored, frames, meta)
+        return self._decode(record.name, video, view, lambda: stored, frames, meta, reads)
 
     def _decode(self, shard: str, video: int, view: int, stored_latents: Callable[[], StoredLatents],
-                frames: list[bytes], meta: bytes) -> CacheSample:
-        """Decode checked bytes; `stored_latents` is called inside the error handling."""
+                frames: list[bytes], meta: bytes, reads: tuple[str, str]) -> CacheSample:
+        """Decode checked bytes as far as `reads` (frames, latents) asks; `stored_latents` is
+        called inside the error handling."""
         key = sample_key(video, view)
+        frames_read, latents_read = reads
         expected_frames = self.manifest.geometry.get("frames", len(frames))
         try:
             if len(frames) != expected_frames:
                 raise CacheError(f"{len(frames)} frames, the manifest says {expected_frames}")
             stored = stored_latents()
-            latents = self.codec.from_stored(stored.values, stored.scales)
-            return CacheSample(key, video, view, decode_frames(frames), latents, decode_meta(meta))
+            scales = None
+            if latents_read == "stored":
+                latents, scales = self.codec.to_tensors(stored)
+            else:
+                latents = self.codec.from_stored(stored.values, stored.scales)
+            decoded = decode_frames(frames) if frames_read == "decoded" else None
+            return CacheSample(key, video, view, decoded, latents, decode_meta(meta),
+                               encoded_frames=list(frames) if frames_read == "encoded" else None, latent_scales=scales)
         except CacheError as error:
             raise CacheError(f"shard {shard}: sample {key}: {error}") from error
 
@@ -205,17 +215,25 @@ class LatentCache:
         return sum(self.manifest.shards[i].samples for i in shards)
 
     def stream(self, seed: int, epoch: int, rank: int = 0, world_size: int = 1, worker: int = 0,
-               num_workers: int = 1, start: int = 0, on_error: Literal["raise", "skip"] = "raise") -> Iterator[CacheSample]:
+               num_workers: int = 1, start: int = 0, on_error: Literal["raise", "skip"] = "raise",
+               frames: FramesRead = "decoded", latents: LatentsRead = "float32") -> Iterator[CacheSample]:
         """This split's samples in an order fixed by (seed, epoch): shards shuffled, then split
         round-robin over rank × worker, then each shard's samples shuffled (a buffer of one
         shard). `start` skips that many samples of the split without reading them; a skipped
-        sample (on_error="skip") still counts as a position, so resuming stays exact."""
+        sample (on_error="skip") still counts as a position, so resuming stays exact.
+
+        `frames` and `latents` say how far to decode (the CRCs are checked either way): a probe
+        that needs only the latents skips the JPEG decode; a loader that decodes frames on its
+        GPU takes the bytes and the stored-width latents."""
         if on_error not in ("raise", "skip"):
             raise CacheError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
+        if frames not in ("decoded", "encoded", "none") or latents not in ("float32", "stored"):
+            raise CacheError(f"frames must be decoded/encoded/none and latents float32/stored, got {frames!r}, {latents!r}")
         shards = self._split_shards(seed, epoch, rank, world_size, worker, num_workers)
-        return self._stream(seed, epoch, shards, max(0, int(start)), on_error)
+        return self._stream(seed, epoch, shards, max(0, int(start)), on_error, (frames, latents))
 
-    def _stream(self, seed: int, epoch: int, shards: list[int], skip: int, on_error: str) -> Iterator[CacheSample]:
+    def _stream(self, seed: int, epoch: int, shards: list[int], skip: int, on_error: str,
+                reads: tuple[str, str]) -> Iterator[CacheSample]:
         plan = []  # (shard index, sample order): what this split reads, after `skip`
         for shard_index in shards:
             ids = self._shard_samples(shard_index)
@@ -228,7 +246,7 @@ class LatentCache:
         fetched = self._read_ahead([i for i, _ in plan]) if self.remote and self.stream_format == "wds" else None
         try:
             for shard_index, order in plan:
-                yield from self._stream_shard(shard_index, order, fetched, on_error)
+                yield from self._stream_shard(shard_index, order, fetched, on_error, reads)
         finally:
             if fetched is not None:
                 fetched.close()
@@ -237,7 +255,7 @@ class LatentCache:
         urls = [storage.join(self.path, WDS_DIR, f"{self.manifest.shards[i].name}.tar") for i in shard_indices]
         return _ShardPrefetcher(urls, READ_AHEAD_SHARDS)
 
-    def _stream_shard(self, shard_index: int, order, fetched, on_error: str) -> Iterator[CacheSample]:
+    def _stream_shard(self, shard_index: int, order, fetched, on_error: str, reads: tuple[str, str]) -> Iterator[CacheSample]:
         ids = self._shard_samples(shard_index)
         record = self.manifest.shards[shard_index]
         shard = None
@@ -255,9 +273,9 @@ class LatentCache:
                 video, view = ids[i]
                 try:
                     if shard is not None:
-                        sample = self._read_wds(shard, video, view)
+                        sample = self._read_wds(shard, video, view, reads)
                     else:
-                        sample = self._read_zarr(record, video, view)
+                        sample = self._read_zarr(record, video, view, reads)
                 except CacheError as error:
                     if on_error == "raise":
                         raise

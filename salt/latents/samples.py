@@ -76,14 +76,20 @@ class EncodedSample:
 
 @dataclass
 class CacheSample:
-    """One decoded sample as a student sees it."""
+    """One decoded sample as a student sees it.
+
+    How much is decoded is the reader's choice (`LatentCache.stream(frames=, latents=)`): by
+    default uint8 frames and float32 latents; a training loader that decodes on its device asks
+    for the JPEG bytes (`encoded_frames`) and the stored latents (`latent_scales` for int8)."""
 
     key: str
     video: int
     view: int
-    frames: np.ndarray  # uint8 [T, H, W, 3], exactly the frames the teacher saw
-    latents: torch.Tensor  # float32 [N, D], dequantised, not yet normalised (see apply_target_norm)
+    frames: np.ndarray | None  # uint8 [T, H, W, 3], exactly the frames the teacher saw (None: not decoded)
+    latents: torch.Tensor  # [N, D], not yet normalised (see apply_target_norm): float32, or as stored
     meta: dict[str, Any] = field(default_factory=dict)
+    encoded_frames: list[bytes] | None = None  # the stored frame files, with frames="encoded"
+    latent_scales: torch.Tensor | None = None  # float32 [D] of int8 latents read with latents="stored"
 
 
 class Problem(NamedTuple):

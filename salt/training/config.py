@@ -101,6 +101,9 @@ class RunConfig:
     tensorboard: bool = False
     progress: bool = True  # tqdm bar on rank 0
     stop_at: int = 0  # if > 0: checkpoint and exit after this step (time-limited jobs); --resume continues
+    # torch.compile the trained parts (and a frozen teacher) in place: checkpoints keep their keys.
+    # Pays off on GPUs for long runs; the first steps pay the compilation.
+    compile: bool = False
 
     def validate(self) -> None:
         if not self.out_dir:
@@ -190,11 +193,17 @@ class GeometryConfig:
 class StudentDataConfig:
     batch_size: int = 16  # micro-batch per rank
     workers: int = 2  # DataLoader workers per rank reading the cache
-    reuse_first_batch: bool = False  # benchmarks only: train on the first batch forever (no loader cost)
+    # Benchmarks only: read the first N batches before step 1 and cycle them from memory: the same
+    # batches (frames, targets, masks) as a streamed run of N steps, without any loader cost.
+    preload_batches: int = 0
+    # workers: the loader workers decode the JPEG frames (CPU, libjpeg-turbo). device: they only
+    # read bytes and the training process decodes each batch on its device (nvJPEG on a GPU;
+    # on a CPU-only run, in the training process with the workers' decoder).
+    decode_frames: Literal["workers", "device"] = "workers"
 
     def validate(self) -> None:
-        if self.batch_size < 1 or self.workers < 0:
-            raise ValueError("data: batch_size >= 1 and workers >= 0 are required")
+        if self.batch_size < 1 or self.workers < 0 or self.preload_batches < 0:
+            raise ValueError("data: batch_size >= 1, workers >= 0 and preload_batches >= 0 are required")
 
 
 @dataclass

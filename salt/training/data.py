@@ -45,18 +45,59 @@ class ClipBatch:
 
 
 @dataclass
+class JpegFrames:
+    """The stored JPEG files of a batch's frames, packed into one byte tensor for the trip from
+    a loader worker (one shared-memory tensor instead of B·T pickled byte strings)."""
+
+    data: torch.Tensor  # uint8 [total bytes]
+    offsets: torch.Tensor  # int64 [B·T + 1]
+    frames_per_sample: int
+
+    @classmethod
+    def pack(cls, samples: list[list[bytes]]) -> "JpegFrames":
+        files = [data for frames in samples for data in frames]
+        offsets = np.zeros(len(files) + 1, dtype=np.int64)
+        np.cumsum([len(data) for data in files], out=offsets[1:])
+        return cls(torch.from_numpy(np.frombuffer(b"".join(files), dtype=np.uint8).copy()), torch.from_numpy(offsets),
+                   len(samples[0]))
+
+    def unpack(self) -> list[list[bytes]]:
+        raw, bounds = self.data.numpy().tobytes(), self.offsets.tolist()
+        files = [raw[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        t = self.frames_per_sample
+        return [files[i:i + t] for i in range(0, len(files), t)]
+
+
+@dataclass
 class CacheBatch:
-    """One micro-batch read from a latent cache: the frames the teacher saw and its latents."""
+    """One micro-batch read from a latent cache: the frames the teacher saw and its latents.
+
+    The latents travel at their stored width (fp16/bf16, or int8 with `target_scales`) and
+    become float32 on the device (`float_targets`). With `data.decode_frames: device` the frames
+    travel as JPEG bytes (`jpeg`) and `to(device)` decodes them there (nvJPEG on a GPU)."""
 
     step: int
-    frames: torch.Tensor  # uint8 [B, T, H, W, 3]
-    targets: torch.Tensor  # float32 [B, N, D]: stored latents, not yet normalised
+    frames: torch.Tensor | None  # uint8 [B, T, H, W, 3]; None while `jpeg` holds them undecoded
+    targets: torch.Tensor  # [B, N, D] stored latents (fp16, bf16 or int8), not yet normalised
     keys: list[str]
     masks: list[MaskPair] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (shard/key, reason) skipped (on_error: skip)
+    target_scales: torch.Tensor | None = None  # float32 [B, D] of int8 targets
+    jpeg: JpegFrames | None = None
+
+    def float_targets(self) -> torch.Tensor:
+        """float32 [B, N, D]: exactly the reader's dequantised latents."""
+        from salt.latents.codecs import dequantise
+
+        return dequantise(self.targets, self.target_scales)
 
     def to(self, device, non_blocking: bool = False) -> "CacheBatch":
-        return _map_tensors(self, lambda t: t.to(device, non_blocking=non_blocking))
+        moved = _map_tensors(self, lambda t: t.to(device, non_blocking=non_blocking))
+        if moved.jpeg is not None:
+            from salt.latents.codecs import decode_jpeg_batch
+
+            moved.frames, moved.jpeg = decode_jpeg_batch(self.jpeg.unpack(), device), None
+        return moved
 
     def pin_memory(self) -> "CacheBatch":
         return _map_tensors(self, lambda t: t.pin_memory())
@@ -180,8 +221,9 @@ class CacheBatches(IterableDataset):
 
     def __init__(self, cache_path: str, cache_format: str, batch_size: int, seed: int, rank: int, world_size: int,
                  num_workers: int, mask_configs: list[MaskConfig], token_grid: tuple[int, int, int], start_step: int = 0,
-                 on_error: str = "raise", views: int = 0):
+                 on_error: str = "raise", views: int = 0, decode_frames: str = "workers"):
         super().__init__()
+        self.decode_frames = decode_frames
         self.cache_path, self.cache_format, self.views = cache_path, cache_format, views
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         self.num_workers = max(1, num_workers)
@@ -205,9 +247,12 @@ class CacheBatches(IterableDataset):
         self._last_good = None  # fills a batch whose samples are all corrupt (on_error: skip)
         for step in itertools.count(first_step, self.num_workers):
             taken, skipped = self._take(cache, samples)
-            frames = torch.from_numpy(np.stack([s.frames for s in taken]))
+            on_device = self.decode_frames == "device"
+            frames = None if on_device else torch.from_numpy(np.stack([s.frames for s in taken]))
             targets = torch.stack([s.latents for s in taken])
-            yield CacheBatch(step, frames, targets, [s.key for s in taken], masker(len(taken), step), skipped)
+            scales = torch.stack([s.latent_scales for s in taken]) if taken[0].latent_scales is not None else None
+            yield CacheBatch(step, frames, targets, [s.key for s in taken], masker(len(taken), step), skipped, scales,
+                             JpegFrames.pack([s.encoded_frames for s in taken]) if on_device else None)
 
     def _samples(self, cache, split_index: int, skip: int):
         """One split's samples, epoch after epoch, starting `skip` positions in."""
@@ -216,7 +261,8 @@ class CacheBatches(IterableDataset):
         while skip >= (length := cache.split_len(self.seed, epoch, **split)):
             skip, epoch = skip - length, epoch + 1
         while True:
-            yield from cache.stream(self.seed, epoch, start=skip, on_error=self.on_error, **split)
+            yield from cache.stream(self.seed, epoch, start=skip, on_error=self.on_error, latents="stored",
+                                    frames="encoded" if self.decode_frames == "device" else "decoded", **split)
             skip, epoch = 0, epoch + 1
 
     def _take(self, cache, samples) -> tuple[list, list[tuple[str, str]]]:

@@ -9,7 +9,6 @@ stage builds (`make_batches(start_step)`), so `train` reads top to bottom.
 from __future__ import annotations
 
 import datetime
-import math
 import os
 import socket
 import time
@@ -156,6 +155,11 @@ def train(
         save_config(config, out_dir / "config.yaml")
     precision = resolve_precision(config.engine.precision)
 
+    if run.compile:
+        if config.engine.zero_stage == 3:
+            raise TrainingError("run.compile with engine.zero_stage 3: ZeRO-3 gathers parameters in hooks that torch.compile "
+                                "does not trace here; use zero_stage 1 or 2, or run.compile: false")
+        objective.compile_parts()
     optimizer = torch.optim.AdamW(param_groups(objective), lr=optim.lr_start, betas=optim.betas, eps=optim.eps)
     engine, optimizer, _, _ = deepspeed.initialize(
         model=objective,
@@ -205,19 +209,19 @@ def train(
                     flops_per_step = {"trained": 3 * trained * optim.grad_accum * world, "frozen": frozen * optim.grad_accum * world}
                     # Counted from step 0, so a resumed run reports the whole run's FLOPs.
                     cumulative_flops = {source: flops * start_step for source, flops in flops_per_step.items()}
-                try:
-                    loss, metrics = engine(batch)
-                except FloatingPointError as err:  # non-finite targets, named by the objective
-                    raise TrainingError(f"step {step}: {err}; the run stops (last checkpoint in {checkpoint_dir})") from None
-                if not _all_finite(loss):
-                    checkpointing.save(engine, checkpoint_dir, step, client, rank, run.keep_checkpoints)
-                    raise TrainingError(
-                        f"loss is {loss.item()} at step {step}: stopping. The last good state is saved in "
-                        f"{checkpoint_dir} (tag step{step}); lower the learning rate or check the data, then --resume."
-                    )
+                loss, metrics = engine(batch)
+                finite = _finite_flag(loss)  # reduced over ranks, read after backward is queued
                 engine.backward(loss)
+                if not bool(finite.item() == 1.0):  # the step's one device sync; weights change only in step()
+                    checkpointing.save(engine, checkpoint_dir, step, client, rank, run.keep_checkpoints)
+                    cause = engine.module.diagnose(batch)
+                    raise TrainingError(
+                        f"loss is {loss.item()} at step {step}{f' ({cause})' if cause else ''}: stopping. The last good "
+                        f"state is saved in {checkpoint_dir} (tag step{step}); lower the learning rate or check the data, "
+                        "then --resume."
+                    )
                 engine.step()
-                window.add(loss.item(), metrics, micro_batch * world)
+                window.add(loss, metrics, micro_batch * world)
             engine.module.after_step(step)
             for source, flops in flops_per_step.items():
                 cumulative_flops[source] += flops
@@ -249,11 +253,12 @@ def train(
     return TrainResult(export_path, last_step, engine.module)
 
 
-def _all_finite(loss: torch.Tensor) -> bool:
-    """Every rank agrees: one rank's NaN stops all of them at the same step."""
-    flag = torch.tensor([1.0 if math.isfinite(loss.item()) else 0.0], device=loss.device)
+def _finite_flag(loss: torch.Tensor) -> torch.Tensor:
+    """1.0 on every rank if every rank's loss is finite, else 0.0: one rank's NaN stops all of
+    them at the same step. Computed on the loss's device, so nothing waits until it is read."""
+    flag = torch.isfinite(loss.detach()).to(torch.float32).reshape(1)
     dist.all_reduce(flag, op=dist.ReduceOp.MIN)
-    return bool(flag.item() == 1.0)
+    return flag
 
 
 def _progress_bar(run, rank: int, start: int, total: int):

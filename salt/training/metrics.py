@@ -35,20 +35,36 @@ class Window:
     seconds: float = 0.0  # wall time of the steps
     wait: float = 0.0  # of which waiting for the loader
     samples: int = 0  # clips, all ranks
-    losses: list[float] = field(default_factory=list)  # one per micro-batch
-    metrics: dict[str, list[float]] = field(default_factory=dict)
+    # One per micro-batch, kept as (device) tensors: read in one go when the record is made,
+    # so a step does not wait for its own results.
+    losses: list[torch.Tensor] = field(default_factory=list)
+    metrics: dict[str, list[torch.Tensor | float]] = field(default_factory=dict)
 
-    def add(self, loss: float, metrics: dict[str, float], samples: int) -> None:
-        self.losses.append(loss)
+    def add(self, loss: torch.Tensor, metrics: dict[str, torch.Tensor | float], samples: int) -> None:
+        self.losses.append(loss.detach())
         for key, value in metrics.items():
             self.metrics.setdefault(key, []).append(value)
         self.samples += samples
 
+    def _means(self) -> dict[str, float]:
+        series = {"loss": self.losses, **self.metrics}
+        values = [torch.as_tensor(v, dtype=torch.float32, device="cpu") if not isinstance(v, torch.Tensor) else v.float()
+                  for vs in series.values() for v in vs]
+        if not values:
+            return {}
+        flat = torch.stack([v.to(values[0].device).reshape(()) for v in values]).tolist()  # the one sync
+        means, start = {}, 0
+        for key, vs in series.items():
+            means[key] = sum(flat[start:start + len(vs)]) / len(vs) if vs else float("nan")
+            start += len(vs)
+        return means
+
     def record(self, step: int, lr: float, wd: float, grad_norm, grad_accum: int, flops: dict, bad_videos: int) -> dict[str, Any]:
         seconds = max(self.seconds, 1e-9)
+        means = self._means()
         record = {
             "step": step,
-            "loss": sum(self.losses) / max(1, len(self.losses)),
+            "loss": means.get("loss", float("nan")),
             "lr": lr,
             "wd": wd,
             "grad_norm": float(grad_norm) if grad_norm is not None else None,
@@ -61,8 +77,8 @@ class Window:
             "bad_videos": bad_videos,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # this process (Linux: KiB)
         }
-        for key, values in self.metrics.items():
-            record[key] = sum(values) / len(values)
+        for key in self.metrics:
+            record[key] = means[key]
         return record
 
 

@@ -1,7 +1,8 @@
 """What each stage trains. The loop is the same for all; an objective owns the rest.
 
 An objective is an `nn.Module` holding its model parts. `forward(batch)` returns the loss and
-a few metrics; `frozen_forward(batch)` is the work that makes targets without gradients (a
+a few metrics (0-d tensors, read by the loop once per log record, not per step: no device
+sync); `diagnose(batch)` names what made a loss non-finite; `frozen_forward(batch)` is the work that makes targets without gradients (a
 frozen teacher, an EMA copy), counted separately in FLOPs; `after_step(step)` runs after each
 optimiser step (e.g. an EMA update); `encoder` is what gets exported.
 """
@@ -27,8 +28,12 @@ class Objective(nn.Module, ABC):
     kind: str = "encoder"  # written into the exported checkpoint
 
     @abstractmethod
-    def forward(self, batch: ClipBatch) -> tuple[torch.Tensor, dict[str, float]]:
-        """Loss (a scalar tensor) and metrics (plain floats) of one micro-batch."""
+    def forward(self, batch: ClipBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        """Loss (a scalar tensor) and metrics (detached 0-d tensors or floats) of one micro-batch."""
+
+    def diagnose(self, batch) -> str:
+        """Called only after a non-finite loss: what in this batch explains it ("" if nothing)."""
+        return ""
 
     def frozen_forward(self, batch: ClipBatch) -> None:
         """The target computation inside `forward` (no gradients), alone: counted separately in
@@ -36,6 +41,13 @@ class Objective(nn.Module, ABC):
 
     def after_step(self, step: int) -> None:
         """Hook after each optimiser step."""
+
+    def compile_parts(self) -> None:
+        """torch.compile each model part in place (`run.compile`): parameter names, and so
+        checkpoints, stay as they are. Mask sizes change from step to step; after the first
+        change the graphs are recompiled with dynamic token counts, once."""
+        for module in self.children():
+            module.compile()
 
     def extra_state(self) -> dict:
         """State kept outside the engine's parameters that checkpoints must carry."""
@@ -77,7 +89,7 @@ class PixelObjective(Objective):
             checkpoint_activations=encoder.checkpoint_activations, pos_embed=pos_embed,
         )
 
-    def forward(self, batch: ClipBatch) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, batch: ClipBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         clip = to_model_input(batch.frames).to(self.encoder.patch_embed.proj.weight.dtype)
         grid = self.encoder.grid(*clip.shape[2:])
         targets = pixel_targets(batch.frames, self.encoder.tubelet_size, self.encoder.patch_size, self.norm_pix)
@@ -87,7 +99,7 @@ class PixelObjective(Objective):
             predicted = self.decoder(context, mask.context_idx, mask.target_idx, grid, mask_index=mask_index)
             losses.append(F.mse_loss(predicted.float(), apply_masks(targets, mask.target_idx)))
         loss = torch.stack(losses).mean()
-        return loss, {f"loss_mask{i}": l.item() for i, l in enumerate(losses)}
+        return loss, {f"loss_mask{i}": l.detach() for i, l in enumerate(losses)}
 
 
 class SupervisedObjective(Objective):
@@ -103,13 +115,13 @@ class SupervisedObjective(Objective):
         else:
             self.head = MeanPoolClassifier(encoder.embed_dim, num_classes)
 
-    def forward(self, batch: ClipBatch) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, batch: ClipBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if bool((batch.labels < 0).any()):
             raise ValueError("the supervised objective needs a label for every video (the CSV has unlabelled lines)")
         clip = to_model_input(batch.frames).to(self.encoder.patch_embed.proj.weight.dtype)
         logits = self.head(self.encoder(clip)).float()
         loss = F.cross_entropy(logits, batch.labels)
-        return loss, {"accuracy": (logits.argmax(1) == batch.labels).float().mean().item()}
+        return loss, {"accuracy": (logits.argmax(1) == batch.labels).float().mean().detach()}
 
 
 class StudentObjective(Objective):
@@ -118,7 +130,7 @@ class StudentObjective(Objective):
     The student sees the context tokens of each mask configuration; the predictor predicts the
     targets at the masked positions; L1 (or L2), averaged over configurations. Where the targets come
     from is the only difference between the three sources:
-    - "cache": read from the cache (batch.targets); no network involved.
+    - "cache": read from the cache (batch.float_targets()); no network involved.
     - "teacher": a frozen teacher runs on the same frames, online.
     - "ema": an EMA copy of the student encoder (V-JEPA), updated after each optimiser step.
     The teacher and the EMA encoder are kept outside the module's parameters, in fp32, so the
@@ -148,12 +160,9 @@ class StudentObjective(Objective):
             frozen.float().eval().requires_grad_(False)
         object.__setattr__(self, "frozen", frozen)  # not a submodule: see the class docstring
 
-    def forward(self, batch) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
         clip = to_model_input(batch.frames)
         targets = self._targets(batch, clip)
-        if not bool(torch.isfinite(targets).all()):
-            bad = [key for key, row in zip(batch.keys, targets) if not bool(torch.isfinite(row).all())]
-            raise FloatingPointError(f"non-finite targets from {self.source} in samples {bad[:5]}")
         student_clip = clip.to(self.encoder.patch_embed.proj.weight.dtype)
         grid = self.encoder.grid(*clip.shape[2:])
         losses, metrics = [], {}
@@ -164,8 +173,21 @@ class StudentObjective(Objective):
             if mask_index == 0 and self.health_every and batch.step % self.health_every == 0:
                 metrics.update(feature_health(context.detach()))
         loss = torch.stack(losses).mean()
-        metrics.update({f"loss_mask{i}": l.item() for i, l in enumerate(losses)})
+        metrics.update({f"loss_mask{i}": l.detach() for i, l in enumerate(losses)})
         return loss, metrics
+
+    def diagnose(self, batch) -> str:
+        # Non-finite targets at masked positions make the loss non-finite; checked only then, so
+        # a healthy step pays no device sync for it.
+        with torch.no_grad():
+            targets = self._targets(batch, to_model_input(batch.frames))
+            bad = [key for key, row in zip(batch.keys, targets) if not bool(torch.isfinite(row).all())]
+        return f"non-finite targets from {self.source} in samples {bad[:5]}" if bad else ""
+
+    def compile_parts(self) -> None:
+        super().compile_parts()
+        if self.frozen is not None:
+            self.frozen.compile()
 
     def frozen_forward(self, batch) -> None:
         if self.frozen is not None:
@@ -175,7 +197,7 @@ class StudentObjective(Objective):
         from salt.latents import normalise_targets
 
         if self.frozen is None:
-            targets = normalise_targets(batch.targets.float(), self.target_norm)
+            targets = normalise_targets(batch.float_targets(), self.target_norm)
             return targets if self.basis is None else self.basis.reconstruct(targets)
         if next(self.frozen.parameters()).device != clip.device:
             self.frozen.to(clip.device)

@@ -63,9 +63,11 @@ def check_target_rank(cfg: StudentConfig, manifest, source: str):
 
 
 def compatible_keys(config: dict) -> dict:
-    return {key: config[key] for key in ("targets", "cache", "teacher", "geometry", "data", "encoder", "predictor", "masks", "ema",
-                                         "loss") if key in config} | {
-        "seed": config["run"]["seed"], "grad_accum": config["optim"]["grad_accum"]}
+    kept = {key: config[key] for key in ("targets", "cache", "teacher", "geometry", "data", "encoder", "predictor", "masks", "ema",
+                                         "loss") if key in config}
+    # Where frames are decoded does not change what a step trains on: a run may resume either way.
+    kept["data"] = {key: value for key, value in kept.get("data", {}).items() if key != "decode_frames"}
+    return kept | {"seed": config["run"]["seed"], "grad_accum": config["optim"]["grad_accum"]}
 
 
 def run_student(config_path: str | None, overrides: list[str], resume: bool = False) -> TrainResult:
@@ -110,11 +112,12 @@ def run_student(config_path: str | None, overrides: list[str], resume: bool = Fa
     def make_batches(start_step: int):
         dataset = CacheBatches(cfg.cache.path, cfg.cache.format, cfg.data.batch_size, cfg.run.seed, dist_info.rank,
                                dist_info.world_size, cfg.data.workers, cfg.masks, grid, start_step, cfg.cache.on_error,
-                               cfg.cache.views)
+                               cfg.cache.views, cfg.data.decode_frames)
         loader = clip_loader(dataset, cfg.data.workers, pin_memory=dist_info.device.type == "cuda")
-        if cfg.data.reuse_first_batch:
-            first = next(iter(loader))
-            return itertools.repeat(first)
+        if cfg.data.preload_batches:
+            # Decoded on the device once, like every streamed batch; then cycled with no loader work.
+            preloaded = [batch.to(dist_info.device) for batch in itertools.islice(loader, cfg.data.preload_batches)]
+            return itertools.cycle(preloaded)
         return loader
 
     # Fewer shards than ranks × workers would leave a reader without data: refuse now, not hang later.
