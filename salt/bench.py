@@ -217,17 +217,22 @@ def _loader_costs(cache_path: Path, batch_size: int, grid: tuple[int, int, int],
             "masks_ms": masks_ms, "read_and_latents_ms": max(0.0, undecoded - masks_ms)}
 
 
-def bench_student(steps: int, batch_size: int, results_dir: str, repeats: int = 3) -> dict:
-    """Step time with targets from the cache, from the online teacher, and from one in-memory
-    batch; cache and in-memory runs interleaved `repeats` times (each run its own process), so
-    drifting machine load falls on both; the loader's CPU cost by part; data-wait share with
-    0/1/2 workers; peak RSS with a small and a larger teacher's cache."""
+def bench_student(steps: int, batch_size: int, results_dir: str, repeats: int = 3, window: int = 8, pairs: int = 8) -> dict:
+    """Step time with targets from the cache, from the online teacher and from memory; the
+    loader's CPU cost by part; data-wait share with 0/1/2 workers; peak RSS with a small and a
+    larger teacher's cache.
+
+    Cache vs in memory is paired in time within each run (`data.replay_every`): windows of
+    `window` steps alternate between the loader's batches and the very same batches again from
+    memory, so the machine's drifting load (which moved whole runs by ±25 % here) falls on both
+    sides of every pair; `repeats` such runs of `pairs` measured pairs, each its own process."""
     import yaml
 
     from salt.cache_latents import CacheJob, run_cache
     from salt.models import build_encoder, save_encoder
     from salt.video.synthetic import SyntheticSpec, make_synthetic
 
+    paired_steps = 2 * window * (pairs + 1)  # the first pair is the warm-up
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         make_synthetic(tmp / "data", SyntheticSpec(videos=32, size=80))
@@ -249,31 +254,34 @@ def bench_student(steps: int, batch_size: int, results_dir: str, repeats: int = 
         base = [f"data.batch_size={batch_size}", f"cache.path={caches['small']['path']}", f"teacher={caches['small']['teacher']}"]
         runs = 0
 
-        def measure(extra: list[str]) -> dict:
+        def run(extra: list[str]) -> list[dict]:
             nonlocal runs
             runs += 1
-            rows = _run_student(config, base + extra + [f"run.out_dir={tmp / f'run{runs}'}"])[1:]  # drop the warm-up window
+            return _run_student(config, base + extra + [f"run.out_dir={tmp / f'run{runs}'}"])
+
+        def measure(extra: list[str]) -> dict:
+            rows = run(extra)[1:]  # drop the warm-up window
             return {"step_s": float(np.mean([1 / r["steps_per_s"] for r in rows])),
                     "data_wait_share": float(np.mean([r["data_wait_share"] for r in rows])),
                     "peak_rss_mb": rows[-1]["peak_rss_mb"]}
 
-        def median_run(runs_: list[dict]) -> dict:
-            order = np.argsort([r["step_s"] for r in runs_])
-            return {**runs_[order[len(order) // 2]], "step_s_runs": [r["step_s"] for r in runs_]}
+        def paired(extra: list[str]) -> dict:
+            """Streamed / replayed window pairs of `repeats` runs, the first pair of each dropped."""
+            streamed, replayed, waits = [], [], []
+            for _ in range(repeats):
+                rows = run(extra + [f"optim.steps={paired_steps}", f"run.log_every={window}", f"data.replay_every={window}"])
+                seconds = [1 / r["steps_per_s"] for r in rows]
+                streamed += seconds[2::2]
+                replayed += seconds[3::2]
+                waits += [r["data_wait_share"] for r in rows[2::2]]
+            ratios = np.array(streamed) / np.array(replayed)
+            return {"streamed_s": float(np.mean(streamed)), "replayed_s": float(np.mean(replayed)),
+                    "data_wait_share": float(np.mean(waits)), "ratio": float(ratios.mean()),
+                    "ratio_se": float(ratios.std(ddof=1) / np.sqrt(len(ratios))), "ratios": ratios.tolist()}
 
-        variants = {
-            "cache": ["targets=cache", "data.workers=2"],
-            "cache, frames decoded in the training process": ["targets=cache", "data.workers=2", "data.decode_frames=device"],
-            # The same batches as the cache run (steps of them), read before step 1.
-            "in_memory": ["targets=cache", "data.workers=2", f"data.preload_batches={steps}"],
-        }
-        measured: dict[str, list[dict]] = {name: [] for name in variants}
-        for _ in range(repeats):
-            for name, extra in variants.items():
-                measured[name].append(measure(extra))
-        ratios = [c["step_s"] / m["step_s"] for c, m in zip(measured["cache"], measured["in_memory"])]
-        step_time = {name: median_run(rows) for name, rows in measured.items()}
-        step_time["teacher"] = measure(["targets=teacher", "data.workers=2"])
+        pairs = {"cache": paired(["targets=cache", "data.workers=2"]),
+                 "cache, frames decoded in the training process": paired(["targets=cache", "data.workers=2", "data.decode_frames=device"])}
+        step_time = {"teacher": measure(["targets=teacher", "data.workers=2"])}
         workers = {w: measure(["targets=cache", f"data.workers={w}"]) for w in (0, 1, 2)}
         rss = {}
         for name, cache in caches.items():
@@ -284,41 +292,43 @@ def bench_student(steps: int, batch_size: int, results_dir: str, repeats: int = 
     # two Adam moments, fp32) and the target tensors of a batch.
     extra_dim = rss["large"]["teacher_dim"] - rss["small"]["teacher_dim"]
     expected_mb = (129 * extra_dim * 4 * 4 + batch_size * 128 * extra_dim * 4 * 3) / 2**20
-    memory_s = step_time["in_memory"]["step_s"]
-    results = {"step_time": step_time, "workers": {str(k): v for k, v in workers.items()}, "rss": rss,
-               "cache_vs_in_memory": float(np.mean(ratios)),
-               "cache_vs_in_memory_se": float(np.std(ratios, ddof=1) / np.sqrt(len(ratios))) if len(ratios) > 1 else None,
-               "cache_vs_in_memory_runs": ratios,
+    memory_s = pairs["cache"]["replayed_s"]
+    results = {"pairs": pairs, "step_time": step_time, "workers": {str(k): v for k, v in workers.items()}, "rss": rss,
+               "cache_vs_in_memory": pairs["cache"]["ratio"], "cache_vs_in_memory_se": pairs["cache"]["ratio_se"],
                "loader_cpu_ms_per_batch": costs,
                # Two cores train; the loader's CPU time per step, spread over them, is what a CPU-only
                # machine cannot hide: the share the step should grow by.
                "loader_cpu_share_of_step": costs["batch_ms"] / 1000 / (memory_s * (os.cpu_count() or 1)),
-               "teacher_minus_cache_s": step_time["teacher"]["step_s"] - step_time["cache"]["step_s"],
+               "teacher_minus_cache_s": step_time["teacher"]["step_s"] - workers[2]["step_s"],
                "rss_difference_mb": rss["large"]["peak_rss_mb"] - rss["small"]["peak_rss_mb"],
                "rss_difference_expected_mb": expected_mb}
-    settings = {"steps": steps, "batch_size": batch_size, "repeats": repeats, "student": "vit_tiny (predictor 128x4)",
-                "geometry": "16x64²", "teachers": {"small": "vit_tiny (dim 128)", "large": "vit_small (dim 384)"}}
+    settings = {"steps": steps, "paired_steps": paired_steps, "window": window, "pairs": pairs, "batch_size": batch_size, "repeats": repeats,
+                "student": "vit_tiny (predictor 128x4)", "geometry": "16x64²",
+                "teachers": {"small": "vit_tiny (dim 128)", "large": "vit_small (dim 384)"}}
     save_record("student", settings, results, results_dir)
     return {"settings": settings, "results": results}
 
 
 def format_student(report: dict) -> str:
     s, r = report["settings"], report["results"]
-    lines = [f"salt bench student: {s['student']} at {s['geometry']}, batch {s['batch_size']}, {s['steps']} steps per run, "
-             f"cache and in-memory runs interleaved x{s['repeats']} (median run shown)"]
-    lines.append(f"{'targets':<48}{'ms/step':>9}{'data wait':>11}")
-    for name, row in r["step_time"].items():
+    lines = [f"salt bench student: {s['student']} at {s['geometry']}, batch {s['batch_size']}; cache vs in memory: "
+             f"{s['repeats']} runs of {s['paired_steps']} steps, windows of {s['window']} steps alternating streamed / "
+             f"the same batches replayed from memory (first pair dropped)"]
+    lines.append(f"{'frames decoded in':<48}{'streamed':>10}{'in memory':>11}{'ratio':>17}{'data wait':>11}")
+    for name, row in r["pairs"].items():
+        lines.append(f"{name:<48}{row['streamed_s'] * 1000:>10.1f}{row['replayed_s'] * 1000:>11.1f}"
+                     f"{row['ratio']:>9.3f} ± {row['ratio_se']:.3f}{row['data_wait_share']:>11.1%}")
+    lines.append(f"cache / in-memory step time: {r['cache_vs_in_memory']:.3f} ± {r['cache_vs_in_memory_se']:.3f} "
+                 f"(s.e. over {len(r['pairs']['cache']['ratios'])} window pairs; goal <= 1.05)")
+    lines.append(f"{'separate runs, ' + str(s['steps']) + ' steps':<48}{'ms/step':>9}{'data wait':>11}")
+    for name, row in [("online teacher (vit_tiny), 2 workers", r["step_time"]["teacher"])] + \
+            [(f"cache, {w} workers", row) for w, row in r["workers"].items()]:
         lines.append(f"{name:<48}{row['step_s'] * 1000:>9.1f}{row['data_wait_share']:>11.1%}")
-    se = r.get("cache_vs_in_memory_se")
-    lines.append(f"cache / in-memory step time: {r['cache_vs_in_memory']:.3f}" + (f" ± {se:.3f} (s.e. over pairs)" if se else "")
-                 + f" (goal <= 1.05); teacher − cache: {r['teacher_minus_cache_s'] * 1000:.1f} ms")
+    lines.append(f"teacher − cache (2 workers): {r['teacher_minus_cache_s'] * 1000:.1f} ms")
     c = r["loader_cpu_ms_per_batch"]
     lines.append(f"loader CPU per batch, one core: {c['batch_ms']:.1f} ms = read + CRC + latents {c['read_and_latents_ms']:.1f}, "
                  f"JPEG decode {c['jpeg_decode_ms']:.1f}, masks {c['masks_ms']:.1f}; bytes only (decode on the device) "
                  f"{c['bytes_only_batch_ms']:.1f} ms; {r['loader_cpu_share_of_step']:.1%} of the cores' step time")
-    lines.append(f"{'cache workers':<48}{'ms/step':>9}{'data wait':>11}")
-    for name, row in r["workers"].items():
-        lines.append(f"{name:<48}{row['step_s'] * 1000:>9.1f}{row['data_wait_share']:>11.1%}")
     for name, row in r["rss"].items():
         lines.append(f"peak RSS, {name} teacher's cache (dim {row['teacher_dim']}, weights {row['teacher_weights_mb']:.1f} MB): {row['peak_rss_mb']:.0f} MB")
     lines.append(f"RSS difference {r['rss_difference_mb']:.0f} MB; predictor output layer + target buffers predict {r['rss_difference_expected_mb']:.1f} MB")

@@ -290,15 +290,17 @@ def bench_cache_command(videos, views, arch, size, frames, workers, batch_size, 
 
 
 @bench_group.command("student")
-@click.option("--steps", default=40, help="Optimiser steps per measured run.")
+@click.option("--steps", default=40, help="Optimiser steps of each separate run (online teacher, worker counts, RSS).")
 @click.option("--batch-size", default=16)
-@click.option("--repeats", default=3, help="Interleaved cache / in-memory run pairs.")
+@click.option("--repeats", default=3, help="Runs of paired cache / in-memory windows, each its own process.")
+@click.option("--window", default=8, help="Steps per window; streamed and replayed windows alternate.")
+@click.option("--pairs", default=8, help="Measured window pairs per run (after one warm-up pair).")
 @click.option("--results", default="benchmarks/results", type=click.Path(file_okay=False))
-def bench_student_command(steps, batch_size, repeats, results) -> None:
+def bench_student_command(steps, batch_size, repeats, window, pairs, results) -> None:
     """Student step time with cache / online-teacher / in-memory targets; the loader's CPU cost by part; data wait by workers; peak RSS."""
     from salt.bench import bench_student, format_student
 
-    click.echo(format_student(bench_student(steps, batch_size, results, repeats)))
+    click.echo(format_student(bench_student(steps, batch_size, results, repeats, window, pairs)))
 
 
 @main.command("inspect")

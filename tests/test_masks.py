@@ -201,3 +201,19 @@ def test_mask_pair_moves_between_devices():
     if torch.cuda.is_available():
         pinned = pair.pin_memory()
         assert pinned.context_idx.is_pinned() and pinned.target_idx.is_pinned()
+
+
+def test_mask_pairs_travel_inline_from_loader_workers():
+    """A worker's masks are pickled as bytes (no shared-memory file per index tensor, whose
+    descriptor the training process would fetch from the worker over a socket)."""
+    import pickle
+
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch.multiprocessing  # noqa: F401  (registers the shared-memory reducers for tensors)
+
+    pair = MultiBlockMasker((4, 4, 4), list(DEFAULT_MASKS), seed=0)(3, 0)[0]
+    restored = pickle.loads(ForkingPickler.dumps(pair))
+    for name in ("context_idx", "target_idx", "masked_fraction_before"):
+        assert torch.equal(getattr(restored, name), getattr(pair, name)) and not getattr(restored, name).is_shared()
+    assert restored.num_tokens == pair.num_tokens

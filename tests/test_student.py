@@ -15,7 +15,7 @@ import yaml
 from salt.cache_latents import CacheJob, run_cache
 from salt.config import ConfigError
 from salt.models import Predictor, build_encoder, load_encoder, save_encoder
-from salt.training.data import CacheBatches
+from salt.training.data import CacheBatches, replayed
 from salt.training.loop import TrainingError
 from salt.training.objectives import StudentObjective
 from salt.training.student import run_student
@@ -274,14 +274,39 @@ def test_compiled_student_trains_as_the_eager_one(tmp_path, demo_cache):
         run_student(str(compiled), ["engine.zero_stage=3", f"run.out_dir={tmp_path / 'zero3'}"])
 
 
-def test_preloaded_batches_are_the_streamed_ones(tmp_path, demo_cache):
-    """data.preload_batches (the benchmarks' in-memory reference): the first N batches, cycled,
-    so its first N steps train exactly as a streamed run's."""
+def test_replayed_order_and_its_resume_arithmetic():
+    """data.replay_every (the benchmarks' in-memory reference): k loader batches, then the same k
+    again from memory; a stream restarted at any position continues the same sequence."""
+    import itertools
+
+    class Batch(int):
+        def to(self, device):
+            return self
+
+    def loader_from(first):
+        return (Batch(i) for i in itertools.count(first))
+
+    whole = list(itertools.islice(replayed(loader_from, 3, 0, "cpu"), 18))
+    assert whole == [0, 1, 2, 0, 1, 2, 3, 4, 5, 3, 4, 5, 6, 7, 8, 6, 7, 8]
+    for start in range(12):
+        assert list(itertools.islice(replayed(loader_from, 3, start, "cpu"), 18 - start)) == whole[start:]
+
+
+def test_replay_windows_stream_then_repeat_and_resume(tmp_path, demo_cache):
+    """A replay run's first window trains on the streamed run's batches; stopped inside a replayed
+    window and resumed, it continues with the uninterrupted run's losses."""
+    data, run = {"batch_size": 4, "workers": 2, "replay_every": 2}, {"log_every": 2, "checkpoint_every": 3, "progress": False}
     streamed = student_config(tmp_path / "streamed", demo_cache, data={"batch_size": 4, "workers": 2})
-    preloaded = student_config(tmp_path / "preloaded", demo_cache, data={"batch_size": 4, "workers": 2, "preload_batches": 3})
+    replay = student_config(tmp_path / "replay", demo_cache, data=data, run={**run, "out_dir": str(tmp_path / "replay" / "run")})
+    split = student_config(tmp_path / "split", demo_cache, data=data, run={**run, "out_dir": str(tmp_path / "split" / "run")})
     run_student(str(streamed), [])
-    run_student(str(preloaded), [])
+    run_student(str(replay), [])
+    run_student(str(split), ["run.stop_at=3"])  # step 3: the second batch of the first replayed window
+    run_student(str(split), [], resume=True)
     a = [r["loss"] for r in records(tmp_path / "streamed" / "run")]
-    b = [r["loss"] for r in records(tmp_path / "preloaded" / "run")]
-    np.testing.assert_allclose(b[:3], a[:3], rtol=1e-6)
-    assert len(b) == 6 and b[3:] != a[3:]  # then the same three batches again
+    b = [r["loss"] for r in records(tmp_path / "replay" / "run")]
+    np.testing.assert_allclose(b[0], np.mean(a[:2]), rtol=1e-6)
+    c = [r["loss"] for r in records(tmp_path / "split" / "run")]  # windows: steps 0-1, 2 | 3 (resumed), 4-5
+    np.testing.assert_allclose([c[0], (c[1] + c[2]) / 2, c[3]], b, rtol=1e-5)
+    with pytest.raises(ConfigError, match="data.replay_every"):
+        run_student(str(replay), ["data.replay_every=3", f"run.out_dir={tmp_path / 'other'}"])

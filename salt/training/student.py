@@ -8,8 +8,6 @@ measure what it saves); with `targets: ema` the V-JEPA baseline trains on the sa
 
 from __future__ import annotations
 
-import itertools
-
 import torch
 
 from salt.config import ConfigError, load_config
@@ -17,7 +15,7 @@ from salt.latents import CacheError, first_views, load_manifest
 from salt.models import Predictor, build_encoder, load_encoder, resolve_arch, token_grid
 from salt.precision import resolve_precision
 from salt.training.config import StudentConfig
-from salt.training.data import CacheBatches, clip_loader
+from salt.training.data import CacheBatches, clip_loader, replayed
 from salt.training.errors import TrainingError
 from salt.training.loop import TrainResult, init_distributed, launcher_main, train
 from salt.training.objectives import StudentObjective
@@ -110,15 +108,15 @@ def run_student(config_path: str | None, overrides: list[str], resume: bool = Fa
     )
 
     def make_batches(start_step: int):
-        dataset = CacheBatches(cfg.cache.path, cfg.cache.format, cfg.data.batch_size, cfg.run.seed, dist_info.rank,
-                               dist_info.world_size, cfg.data.workers, cfg.masks, grid, start_step, cfg.cache.on_error,
-                               cfg.cache.views, cfg.data.decode_frames)
-        loader = clip_loader(dataset, cfg.data.workers, pin_memory=dist_info.device.type == "cuda")
-        if cfg.data.preload_batches:
-            # Decoded on the device once, like every streamed batch; then cycled with no loader work.
-            preloaded = [batch.to(dist_info.device) for batch in itertools.islice(loader, cfg.data.preload_batches)]
-            return itertools.cycle(preloaded)
-        return loader
+        def loader(first_step: int):
+            dataset = CacheBatches(cfg.cache.path, cfg.cache.format, cfg.data.batch_size, cfg.run.seed, dist_info.rank,
+                                   dist_info.world_size, cfg.data.workers, cfg.masks, grid, first_step, cfg.cache.on_error,
+                                   cfg.cache.views, cfg.data.decode_frames)
+            return clip_loader(dataset, cfg.data.workers, pin_memory=dist_info.device.type == "cuda")
+
+        if cfg.data.replay_every:
+            return replayed(loader, cfg.data.replay_every, start_step, dist_info.device)
+        return loader(start_step)
 
     # Fewer shards than ranks × workers would leave a reader without data: refuse now, not hang later.
     splits = dist_info.world_size * max(1, cfg.data.workers)
