@@ -146,3 +146,16 @@ def test_resume_accepts_a_setting_added_after_the_checkpoint_at_its_default():
     changed = {"predictor": {"width": 64, "depth": 1, "pos_embed": "rope"}}
     assert config_differences(saved, changed, defaults=defaults) == ["predictor.pos_embed: checkpoint None, now 'rope'"]
     assert config_differences(saved, now) == ["predictor.pos_embed: checkpoint None, now 'sincos3d'"]
+
+
+def test_resume_accepts_a_retired_setting_at_its_no_op_value():
+    """Benchmark-only settings since removed (data.preload_batches, data.reuse_first_batch) do
+    not block resuming a checkpoint that saved them at the value that trained as today's code."""
+    from salt.training.checkpointing import config_differences
+
+    now = {"data": {"batch_size": 4, "replay_every": 0}}
+    defaults = {"data": {"batch_size": 16, "replay_every": 0}}
+    assert config_differences({"data": {"batch_size": 4, "preload_batches": 0}}, now, defaults=defaults) == []
+    assert config_differences({"data": {"batch_size": 4, "reuse_first_batch": False}}, now, defaults=defaults) == []
+    assert config_differences({"data": {"batch_size": 4, "preload_batches": 3}}, now, defaults=defaults) == [
+        "data.preload_batches: checkpoint 3, a setting this version no longer has"]

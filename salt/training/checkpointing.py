@@ -131,18 +131,29 @@ def has_committed_run(checkpoint_dir: Path) -> bool:
 _ABSENT = object()
 
 
+# Settings since removed, with the value at which they behaved as today's code does: a
+# checkpoint that saved them at that value resumes; at any other value it is refused.
+RETIRED_SETTINGS = {"data.reuse_first_batch": False, "data.preload_batches": 0}
+
+
 def config_differences(saved: Any, now: Any, prefix: str = "", defaults: Any = None) -> list[str]:
     """Dotted keys whose values differ between a checkpoint's config and the current one; a key
-    the checkpoint lacks is no difference while it holds its default (from `defaults`)."""
+    the checkpoint lacks is no difference while it holds its default (from `defaults`), nor is
+    a retired key the checkpoint holds at its no-op value (`RETIRED_SETTINGS`)."""
     if isinstance(saved, dict) and isinstance(now, dict):
         found = []
         defaults = defaults if isinstance(defaults, dict) else {}
         for key in sorted(set(saved) | set(now)):
+            dotted = f"{prefix}.{key}" if prefix else key
             value = saved.get(key, _ABSENT)
             if value is _ABSENT and key in defaults and now.get(key) == defaults[key]:
                 continue  # a setting added after the checkpoint was made, at its default
-            found += config_differences(None if value is _ABSENT else value, now.get(key),
-                                        f"{prefix}.{key}" if prefix else key, defaults.get(key))
+            if key not in now and dotted in RETIRED_SETTINGS:
+                if value == RETIRED_SETTINGS[dotted]:
+                    continue
+                found.append(f"{dotted}: checkpoint {value!r}, a setting this version no longer has")
+                continue
+            found += config_differences(None if value is _ABSENT else value, now.get(key), dotted, defaults.get(key))
         return found
     return [] if saved == now else [f"{prefix}: checkpoint {saved!r}, now {now!r}"]
 
