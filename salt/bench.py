@@ -279,8 +279,8 @@ def bench_student(steps: int, batch_size: int, results_dir: str, repeats: int = 
                     "data_wait_share": float(np.mean(waits)), "ratio": float(ratios.mean()),
                     "ratio_se": float(ratios.std(ddof=1) / np.sqrt(len(ratios))), "ratios": ratios.tolist()}
 
-        pairs = {"cache": paired(["targets=cache", "data.workers=2"]),
-                 "cache, frames decoded in the training process": paired(["targets=cache", "data.workers=2", "data.decode_frames=device"])}
+        paired_runs = {"cache": paired(["targets=cache", "data.workers=2"]),
+                       "cache, frames decoded in the training process": paired(["targets=cache", "data.workers=2", "data.decode_frames=device"])}
         step_time = {"teacher": measure(["targets=teacher", "data.workers=2"])}
         workers = {w: measure(["targets=cache", f"data.workers={w}"]) for w in (0, 1, 2)}
         rss = {}
@@ -292,9 +292,9 @@ def bench_student(steps: int, batch_size: int, results_dir: str, repeats: int = 
     # two Adam moments, fp32) and the target tensors of a batch.
     extra_dim = rss["large"]["teacher_dim"] - rss["small"]["teacher_dim"]
     expected_mb = (129 * extra_dim * 4 * 4 + batch_size * 128 * extra_dim * 4 * 3) / 2**20
-    memory_s = pairs["cache"]["replayed_s"]
-    results = {"pairs": pairs, "step_time": step_time, "workers": {str(k): v for k, v in workers.items()}, "rss": rss,
-               "cache_vs_in_memory": pairs["cache"]["ratio"], "cache_vs_in_memory_se": pairs["cache"]["ratio_se"],
+    memory_s = paired_runs["cache"]["replayed_s"]
+    results = {"pairs": paired_runs, "step_time": step_time, "workers": {str(k): v for k, v in workers.items()}, "rss": rss,
+               "cache_vs_in_memory": paired_runs["cache"]["ratio"], "cache_vs_in_memory_se": paired_runs["cache"]["ratio_se"],
                "loader_cpu_ms_per_batch": costs,
                # Two cores train; the loader's CPU time per step, spread over them, is what a CPU-only
                # machine cannot hide: the share the step should grow by.

@@ -58,8 +58,8 @@ class MaskConfig:
 DEFAULT_MASKS = (MaskConfig(8, (0.15, 0.15)), MaskConfig(2, (0.7, 0.7)))
 
 
-def _mask_pair_from_arrays(context_idx: np.ndarray, target_idx: np.ndarray, masked_fraction_before: np.ndarray,
-                           num_tokens: int) -> "MaskPair":
+def _mask_pair_from_arrays(context_idx: np.ndarray, target_idx: np.ndarray, num_tokens: int,
+                           masked_fraction_before: np.ndarray) -> "MaskPair":
     return MaskPair(torch.from_numpy(context_idx), torch.from_numpy(target_idx), num_tokens, torch.from_numpy(masked_fraction_before))
 
 
@@ -91,8 +91,8 @@ class MaskPair:
         # fetches over a socket from the worker (~0.4 ms each, on the training process's path).
         if self.context_idx.device.type != "cpu":
             return MaskPair, (self.context_idx, self.target_idx, self.num_tokens, self.masked_fraction_before)
-        arrays = (self.context_idx.numpy(), self.target_idx.numpy(), self.masked_fraction_before.numpy())
-        return _mask_pair_from_arrays, (*arrays, self.num_tokens)
+        return _mask_pair_from_arrays, (self.context_idx.numpy(), self.target_idx.numpy(), self.num_tokens,
+                                        self.masked_fraction_before.numpy())
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> MaskPair:
         return MaskPair(
