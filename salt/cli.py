@@ -19,6 +19,7 @@ def main() -> None:
     compact-cache   a smaller copy of a cache: low-rank (PCA) targets and/or int8, no teacher
     train-student   process 2: a student from the cache (also `deepspeed salt/train_student.py`)
     probe           frozen attentive or linear probe of any encoder (or --random-init ARCH)
+    export          any encoder as a Hugging Face transformers folder (VJEPA2Model / VideoMAEModel)
     inspect         offline inspection of a latent cache
     bench           benchmarks (cache, student, loader)
     flops           compute planner: FLOPs per stage and the teacher/student split
@@ -185,7 +186,7 @@ def compact_cache_command(source, out, rank, dtype, codec, fit_samples, format_,
 
 
 @main.command("probe")
-@click.option("--encoder", type=click.Path(), help="Encoder checkpoint (SALT .pt/.safetensors, V-JEPA 1/2, VideoMAE, Hugging Face VideoMAE folder).")
+@click.option("--encoder", type=click.Path(), help="Encoder checkpoint (SALT .pt/.safetensors, V-JEPA 1/2, VideoMAE, Hugging Face VideoMAE or V-JEPA 2 folder).")
 @click.option("--checkpoint-key", default="", help="State dict to read from a trainer checkpoint (default: target_encoder, else encoder).")
 @click.option("--random-init", help="Probe a randomly initialised encoder of this size instead (the floor).")
 @click.option("--train", "train_data", required=True, help="Labelled training videos (CSV, folder, shards: a path or URL).")
@@ -213,6 +214,26 @@ def probe_command(encoder, checkpoint_key, random_init, train_data, val_data, co
     if out:
         save_report(report, out)
         click.echo(f"wrote {out}")
+
+
+@main.command("export")
+@click.argument("encoder", metavar="ENCODER", type=click.Path(exists=True))
+@click.option("--out", required=True, type=click.Path(), help="New folder for config.json, model.safetensors, salt_export.json, README.md.")
+@click.option("--arch", "arch_pairs", multiple=True, metavar="KEY=VALUE", help="Architecture facts the checkpoint cannot tell (e.g. num_heads=16).")
+@click.option("--checkpoint-key", default="", help="State dict to read from a trainer checkpoint (default: target_encoder, else encoder).")
+def export_command(encoder, out, arch_pairs, checkpoint_key) -> None:
+    """Write ENCODER (anything `salt probe --encoder` reads) as a transformers folder that
+    `AutoModel.from_pretrained(OUT)` loads without SALT: RoPE -> VJEPA2Model, sincos1d -> VideoMAEModel."""
+    from salt.cache_latents.job import parse_arch_pairs
+    from salt.hf_export import export_encoder
+
+    try:
+        arch = parse_arch_pairs(arch_pairs)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--arch") from None
+    record = export_encoder(encoder, out, arch, checkpoint_key or None)
+    click.echo(f"wrote {out}: {record['transformers_class']}, {record['tokens']} tokens of {record['embed_dim']} "
+               f"per clip ({record['input']['clip']}); how to feed it: {out}/README.md")
 
 
 @main.command("flops")

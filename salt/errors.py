@@ -12,12 +12,12 @@ def user_errors() -> tuple[type[Exception], ...]:
     """Errors that describe bad input (a missing file, a corrupt cache, a wrong checkpoint, …)."""
     from salt.latents import CacheError
     from salt.latents.errors import CacheWriteError
-    from salt.models.errors import CheckpointError
+    from salt.models.errors import CheckpointError, ExportError
     from salt.reproduce import ReproduceError
     from salt.training.errors import TrainingError
     from salt.video import VideoDecodeError, VideoSourceError
 
-    return (CacheError, CacheWriteError, CheckpointError, ReproduceError, TrainingError, VideoDecodeError, VideoSourceError)
+    return (CacheError, CacheWriteError, CheckpointError, ExportError, ReproduceError, TrainingError, VideoDecodeError, VideoSourceError)
 
 
 @contextmanager

@@ -98,8 +98,9 @@ def test_bad_hf_folders_are_named(tmp_path):
         load_encoder(tmp_path / "hf")
 
 
-def test_hf_videomae_teacher_end_to_end_cache_then_student(tmp_path, synthetic_set):
-    """`salt cache-latents --teacher <HF folder>`, then a student trained from that cache."""
+def cache_then_student(tmp_path, synthetic_set, teacher, **sections):
+    """`salt cache-latents --teacher <teacher>` on 4 synthetic videos, then a 2-step student from
+    that cache (the student config's other sections from tests/test_student.py); (manifest, metrics)."""
     from click.testing import CliRunner
 
     from salt.cli import main
@@ -107,18 +108,23 @@ def test_hf_videomae_teacher_end_to_end_cache_then_student(tmp_path, synthetic_s
     from salt.training.student import run_student
     from tests.test_student import records, student_config
 
+    result = CliRunner().invoke(main, [
+        "cache-latents", "--teacher", str(teacher), "--data", str(synthetic_set / "train.csv"),
+        "--out", str(tmp_path / "cache"), "--views", "1", "--max-videos", "4", "--shard-videos", "2",
+        "--workers", "0", "--precision", "fp32", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    sections = dict(cache={"path": str(tmp_path / "cache")}, teacher=str(teacher), optim={"steps": 2, "warmup_steps": 1},
+                    run={"out_dir": str(tmp_path / "run"), "checkpoint_every": 2}, **sections)
+    run_student(str(student_config(tmp_path / "a", tmp_path, **sections)), [])
+    return open_cache(tmp_path / "cache").manifest, records(tmp_path / "run")
+
+
+def test_hf_videomae_teacher_end_to_end_cache_then_student(tmp_path, synthetic_set):
+    """`salt cache-latents --teacher <HF folder>`, then a student trained from that cache."""
     config = transformers.VideoMAEConfig(image_size=32, patch_size=16, num_frames=8, tubelet_size=2, hidden_size=64,
                                          num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
                                          use_mean_pooling=False)
     randomised(transformers.VideoMAEModel(config)).save_pretrained(tmp_path / "hf")
-    result = CliRunner().invoke(main, [
-        "cache-latents", "--teacher", str(tmp_path / "hf"), "--data", str(synthetic_set / "train.csv"),
-        "--out", str(tmp_path / "cache"), "--views", "1", "--max-videos", "4", "--shard-videos", "2",
-        "--workers", "0", "--precision", "fp32", "--no-progress"])
-    assert result.exit_code == 0, result.output
-    manifest = open_cache(tmp_path / "cache").manifest
+    manifest, metrics = cache_then_student(tmp_path, synthetic_set, tmp_path / "hf")
     assert manifest.teacher["arch"]["pos_embed"] == "sincos1d" and manifest.geometry["frames"] == 8
-    sections = dict(cache={"path": str(tmp_path / "cache")}, teacher=str(tmp_path / "hf"),
-                    optim={"steps": 2, "warmup_steps": 1}, run={"out_dir": str(tmp_path / "run"), "checkpoint_every": 2})
-    run_student(str(student_config(tmp_path / "a", tmp_path, **sections)), [])
-    assert len(records(tmp_path / "run")) == 2
+    assert len(metrics) == 2

@@ -50,7 +50,7 @@ def _formats_flag(formats: tuple[str, ...]) -> str:
 @dataclass
 class CacheJob:
     teacher: str = field(metadata=cli(
-        "Encoder checkpoint: SALT .pt/.safetensors, V-JEPA 1/2, VideoMAE, or a Hugging Face VideoMAE folder.",
+        "Encoder checkpoint: SALT .pt/.safetensors, V-JEPA 1/2, VideoMAE, or a Hugging Face VideoMAE or V-JEPA 2 folder.",
         required=True))
     data: str = field(metadata=cli("CSV of 'path label' lines, a folder of videos, or make-shards output.", required=True))
     out: str = field(metadata=cli("Cache folder, e.g. cache/NAME.", required=True))

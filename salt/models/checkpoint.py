@@ -1,6 +1,6 @@
 """Encoder checkpoints: the one format this project writes, and the safe loader for it and
 for imported V-JEPA 1/2 / VideoMAE checkpoints (``salt.models.converters``) and Hugging Face
-VideoMAE folders (``salt.models.hf_videomae``).
+VideoMAE and V-JEPA 2 folders (``salt.models.hf_folder``, ``hf_videomae``, ``hf_vjepa2``).
 
 Format (``.pt``, read with ``torch.load(weights_only=True)``): a dict of plain data and tensors
     {"format": "salt-encoder", "format_version": 1, "kind": "teacher" | "student" | ...,
@@ -24,7 +24,7 @@ from typing import Any, Mapping
 
 import torch
 
-from salt.models import hf_videomae
+from salt.models import hf_folder, hf_videomae, hf_vjepa2
 from salt.models.converters import check_arch_keys, import_state_dict
 from salt.models.errors import CheckpointError
 from salt.models.vit import VideoViT, build_encoder, complete_arch
@@ -251,8 +251,8 @@ def _load_salt_format(obj: dict, path: Path, arch: Mapping[str, Any] | None) -> 
 def load_encoder(path: str | os.PathLike, arch: Mapping[str, Any] | None = None,
                  checkpoint_key: str | None = None) -> tuple[VideoViT, dict]:
     """Load an encoder from a salt-encoder checkpoint (.pt or .safetensors), a V-JEPA 1/2 or
-    VideoMAE checkpoint, a Hugging Face VideoMAE folder (or its weight file beside its
-    config.json), or a bare state dict. Returns ``(encoder, arch)``.
+    VideoMAE checkpoint, a Hugging Face VideoMAE or V-JEPA 2 folder (or its weight file beside
+    its config.json), or a bare state dict. Returns ``(encoder, arch)``.
 
     ``arch`` supplies what the weights cannot tell (e.g. num_heads, img_size/num_frames) and
     must agree with whatever they do tell. ``checkpoint_key`` picks the state dict of a
@@ -262,7 +262,7 @@ def load_encoder(path: str | os.PathLike, arch: Mapping[str, Any] | None = None,
     """
     path = Path(path)
     if path.is_dir():
-        config_file, weights = hf_videomae.read_folder(path, read_checkpoint)
+        config_file, weights = hf_folder.read_folder(path, read_checkpoint)
         state_dict, imported_arch = _import_hf(weights, config_file, arch, path)
     else:
         obj = read_checkpoint(path)
@@ -271,11 +271,11 @@ def load_encoder(path: str | os.PathLike, arch: Mapping[str, Any] | None = None,
             log.info("loaded %s encoder from %s (fingerprint %s)", obj.get("kind"), path,
                      str(obj["fingerprint"])[:16])
             return encoder, stored_arch
-        config_file = hf_videomae.config_beside(path)
-        if config_file is not None and hf_videomae.looks_like_hf(obj):
+        config_file = hf_folder.config_beside(path)
+        if config_file is not None and hf_folder.looks_like_hf(obj):
             state_dict, imported_arch = _import_hf(obj, config_file, arch, path)
-        elif hf_videomae.looks_like_hf(obj):
-            raise CheckpointError(f"{path}: Hugging Face VideoMAE weights without their config.json; "
+        elif hf_folder.looks_like_hf(obj):
+            raise CheckpointError(f"{path}: Hugging Face weights without their config.json; "
                                   f"pass the folder save_pretrained wrote (config.json + weights)")
         else:
             state_dict, imported_arch = import_state_dict(obj, path, arch, checkpoint_key)
@@ -285,7 +285,9 @@ def load_encoder(path: str | os.PathLike, arch: Mapping[str, Any] | None = None,
 
 
 def _import_hf(weights, config_file: Path, arch: Mapping[str, Any] | None, path: Path) -> tuple[dict, dict]:
-    state_dict, imported = hf_videomae.import_hf_videomae(weights, config_file, check_arch_keys(arch), path)
+    importer = {"videomae": hf_videomae.import_hf_videomae, "vjepa2": hf_vjepa2.import_hf_vjepa2}
+    model_type = hf_folder.read_config(config_file)["model_type"]
+    state_dict, imported = importer[model_type](weights, config_file, check_arch_keys(arch), path)
     try:
         return state_dict, complete_arch(imported)
     except ValueError as err:

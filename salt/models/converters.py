@@ -27,7 +27,7 @@ from typing import Any, Mapping
 import torch
 
 from salt.models.errors import CheckpointError
-from salt.models.vit import ARCH_KEYS, ARCHS, DEFAULT_ARCH, complete_arch, position_table
+from salt.models.vit import ARCH_KEYS, ARCHS, DEFAULT_ARCH, ROPE_KINDS, complete_arch, position_table
 
 log = logging.getLogger("salt.models")
 
@@ -207,7 +207,8 @@ def _match_position_table(table: torch.Tensor, arch: dict[str, Any], given: Mapp
 
 def _num_heads(arch: dict[str, Any], path: Path) -> int:
     # Registry sizes with the same positions first: V-JEPA 2's ViT-g has 22 heads, V-JEPA 1's 16.
-    sizes = sorted(ARCHS.items(), key=lambda item: item[1]["pos_embed"] != arch["pos_embed"])
+    rope = arch["pos_embed"] in ROPE_KINDS
+    sizes = sorted(ARCHS.items(), key=lambda item: (item[1]["pos_embed"] in ROPE_KINDS) != rope)
     for name, size in sizes:
         if (size["embed_dim"], size["depth"]) == (arch["embed_dim"], arch["depth"]):
             log.warning("%s: head count is not stored in the weights; assuming %d (as %s). "
@@ -247,7 +248,7 @@ def import_state_dict(obj: Any, path: Path, arch: Mapping[str, Any] | None, chec
     source, raw = _extract(obj, path, checkpoint_key)
     state_dict = _encoder_keys(raw, path)
     table = state_dict.pop("pos_embed", None)
-    if table is not None and given.get("pos_embed") == "rope":
+    if table is not None and given.get("pos_embed") in ROPE_KINDS:
         log.warning("%s: ignoring the stored pos_embed %s: arch says pos_embed rope", path, tuple(table.shape))
         table = None
 
@@ -268,7 +269,7 @@ def import_state_dict(obj: Any, path: Path, arch: Mapping[str, Any] | None, chec
         # V-JEPA 1 stores its sin-cos table; V-JEPA 2 uses RoPE and stores no positions.
         resolved["pos_embed"] = "rope"
         log.info("%s: V-JEPA checkpoint without pos_embed: V-JEPA 2 layout, 3-D RoPE", path)
-    if resolved["pos_embed"] == "rope":
+    if resolved["pos_embed"] in ROPE_KINDS:
         missing = [key for key in ("img_size", "num_frames") if key not in given]
         if missing:
             log.warning("%s: a RoPE encoder does not store its clip geometry; assuming %s. Pass "

@@ -4,3 +4,7 @@ without importing each other)."""
 
 class CheckpointError(ValueError):
     """A checkpoint cannot be read, is corrupt, or does not match the architecture."""
+
+
+class ExportError(ValueError):
+    """An encoder cannot be exported exactly, or the export's destination is taken."""

@@ -22,21 +22,19 @@ table (``sincos1d``), which transformers computes and never stores.
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 
-from salt.models.converters import _mlp_ratio, agrees
+from salt.models import hf_folder
+from salt.models.converters import _mlp_ratio
 from salt.models.errors import CheckpointError
 
 log = logging.getLogger("salt.models")
 
-CONFIG_NAME = "config.json"
-WEIGHT_NAMES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
 _IGNORED = ("decoder.", "encoder_to_decoder.", "mask_token", "classifier.")
 _LAYER = re.compile(r"^encoder\.layer\.(\d+)\.(.+)$")
 _LAYER_RENAMES = {
@@ -50,83 +48,19 @@ _LAYER_RENAMES = {
     "attention.attention.query.bias": "attn.q_bias",
     "attention.attention.value.bias": "attn.v_bias",
 }
-_QKV = ("query", "key", "value")
-
-
-def config_beside(path: Path) -> Path | None:
-    """The VideoMAE config.json next to a weight file, or None."""
-    candidate = path.parent / CONFIG_NAME
-    if not candidate.is_file():
-        return None
-    try:
-        model_type = json.loads(candidate.read_text()).get("model_type")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return candidate if model_type == "videomae" else None
-
-
-def looks_like_hf(weights: Any) -> bool:
-    """transformers' VideoMAE key names (``encoder.layer.N.`` with or without ``videomae.``)."""
-    return isinstance(weights, Mapping) and any(
-        str(k).startswith(("encoder.layer.", "videomae.encoder.layer.")) for k in weights)
-
-
-def read_folder(folder: Path, read_weights: Callable[[Path], Any]) -> tuple[Path, dict[str, torch.Tensor]]:
-    """(config.json, merged weights) of a save_pretrained folder."""
-    config_file = folder / CONFIG_NAME
-    if not config_file.is_file():
-        raise CheckpointError(f"{folder}: a folder, but not a Hugging Face model folder (no {CONFIG_NAME}); "
-                              f"pass a checkpoint file, or the folder save_pretrained wrote")
-    weights: dict[str, torch.Tensor] = {}
-    for file in _weight_files(folder):
-        loaded = read_weights(file)
-        if not isinstance(loaded, Mapping) or not all(isinstance(v, torch.Tensor) for v in loaded.values()):
-            raise CheckpointError(f"{file}: not a state dict of tensors")
-        weights.update(loaded)
-    return config_file, weights
-
-
-def _weight_files(path: Path) -> list[Path]:
-    for name in WEIGHT_NAMES:
-        if (path / name).is_file():
-            return _shards(path / name) if name.endswith(".index.json") else [path / name]
-    raise CheckpointError(f"{path}: a Hugging Face folder without weights: expected one of {list(WEIGHT_NAMES)}")
-
-
-def _shards(index: Path) -> list[Path]:
-    try:
-        weight_map = json.loads(index.read_text())["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise CheckpointError(f"{index}: unreadable shard index ({err!r}); re-save the model") from None
-    files = [index.parent / name for name in dict.fromkeys(weight_map.values())]
-    absent = [str(f) for f in files if not f.is_file()]
-    if absent:
-        raise CheckpointError(f"{index}: shards {absent} are missing; copy the whole folder")
-    return files
 
 
 def read_config(config_file: Path) -> dict[str, Any]:
-    try:
-        config = json.loads(config_file.read_text())
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{config_file}: unreadable config.json ({err}); re-save the model") from None
-    if not isinstance(config, dict) or config.get("model_type") != "videomae":
-        model_type = config.get("model_type") if isinstance(config, dict) else None
-        raise CheckpointError(f"{config_file}: model_type {model_type!r}: only Hugging Face VideoMAE "
-                              f"(model_type 'videomae') folders are read")
+    config = hf_folder.read_config(config_file)
+    if config["model_type"] != "videomae":
+        raise CheckpointError(f"{config_file}: model_type {config['model_type']!r} is not VideoMAE's")
     return config
 
 
 def arch_from_config(config: Mapping[str, Any], config_file: Path) -> dict[str, Any]:
     """The arch keys config.json determines (final_norm is decided from the weights)."""
     def square(key: str) -> int:
-        value = config.get(key)
-        if isinstance(value, (list, tuple)):
-            if len(value) != 2 or value[0] != value[1]:
-                raise CheckpointError(f"{config_file}: {key} {value} is not square; only square "
-                                      f"frames and patches are supported")
-            value = value[0]
-        return int(value)
+        return hf_folder.square(config, key, config_file)
 
     try:
         if config.get("hidden_act", "gelu") != "gelu":
@@ -152,9 +86,9 @@ def convert_state_dict(weights: Mapping[str, torch.Tensor], depth: int, source: 
     """transformers key names -> the project's. Keys it does not know pass through unchanged,
     so the strict load names them."""
     state: dict[str, torch.Tensor] = {}
-    split: dict[int, dict[str, torch.Tensor]] = {}
+    split: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
     for key, value in weights.items():
-        key = key[len("videomae."):] if key.startswith("videomae.") else key
+        key = hf_folder.strip_base_prefix(key)
         if key.startswith(_IGNORED):
             continue
         if key.startswith("embeddings.patch_embeddings.projection."):
@@ -163,24 +97,19 @@ def convert_state_dict(weights: Mapping[str, torch.Tensor], depth: int, source: 
             state["norm." + key.split(".", 1)[1]] = value
         elif match := _LAYER.match(key):
             layer, rest = int(match.group(1)), match.group(2)
-            for name in _QKV:
-                if rest == f"attention.attention.{name}.weight":
-                    split.setdefault(layer, {})[name] = value
+            name = rest.removeprefix("attention.attention.").removesuffix(".weight")
+            if name in hf_folder.QKV and rest == f"attention.attention.{name}.weight":
+                split.setdefault((layer, "weight"), {})[name] = value
+                continue
+            for old, new in _LAYER_RENAMES.items():
+                if rest.startswith(old):
+                    rest = new + rest[len(old):]
                     break
-            else:
-                for old, new in _LAYER_RENAMES.items():
-                    if rest.startswith(old):
-                        rest = new + rest[len(old):]
-                        break
-                state[f"blocks.{layer}.{rest}"] = value
+            state[f"blocks.{layer}.{rest}"] = value
         else:
             state[key] = value
-    missing = [f"encoder.layer.{layer}.attention.attention.{name}.weight"
-               for layer in range(depth) for name in _QKV if name not in split.get(layer, {})]
-    if missing:
-        raise CheckpointError(f"{source}: weights do not match config.json: missing keys {missing[:40]}")
-    for layer, parts in split.items():
-        state[f"blocks.{layer}.attn.qkv.weight"] = torch.cat([parts[name] for name in _QKV], dim=0)
+    hf_folder.fuse_qkv(state, split, [(layer, "weight") for layer in range(depth)],
+                       lambda layer, name, kind: f"encoder.layer.{layer}.attention.attention.{name}.{kind}", source)
     return state
 
 
@@ -197,8 +126,5 @@ def import_hf_videomae(weights: Mapping[str, torch.Tensor], config_file: Path, g
     if not arch["final_norm"] and not config.get("use_mean_pooling", True):
         raise CheckpointError(f"{path}: config.json has use_mean_pooling false, so the weights should hold "
                               f"'layernorm.weight', and they do not; re-save the model")
-    for key, value in given.items():
-        if key in arch and not agrees(key, value, arch[key], arch["embed_dim"]):
-            raise CheckpointError(f"{path}: arch[{key!r}] = {value!r} contradicts config.json, which gives {arch[key]!r}")
     log.info("%s: Hugging Face VideoMAE (%s), %s", path, config.get("architectures", ["?"])[0], arch)
-    return state, {**given, **arch}
+    return state, hf_folder.merge_given(given, arch, path)

@@ -10,6 +10,9 @@ depend on every detail, so this follows `src/models/utils/modules.py` of faceboo
   D/2 frequencies (``.repeat(..., 2)``), not interleaving them, so the two elements of a pair
   see different frequencies. V-JEPA 2 calls this a bug and keeps it for compatibility with its
   weights; we reproduce it, or imported V-JEPA 2 encoders would compute something else.
+- ``interleaved=True`` (``pos_embed: rope_interleaved``) is the corrected layout of V-JEPA 2.1
+  (transformers' ``use_rope_interleave``): each frequency repeated twice in place
+  (``repeat_interleave``), so both elements of a pair turn by the same angle: textbook RoPE.
 
 Angles are computed in float32 (V-JEPA 2 uses the activations' dtype, which under bf16 rounds
 large angles) and cast to the activations' dtype at the end.
@@ -37,8 +40,9 @@ def token_coordinates(token_idx: torch.Tensor, grid: tuple[int, int, int]) -> tu
 
 
 def rope_tables(token_idx: torch.Tensor, grid: tuple[int, int, int], head_dim: int,
-                dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin [B, 1, N, 3·D] (D = axis_dims) for tokens at flat indices ``token_idx`` [B, N]."""
+                dtype: torch.dtype, interleaved: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin [B, 1, N, 3·D] (D = axis_dims) for tokens at flat indices ``token_idx`` [B, N];
+    frequencies tiled (V-JEPA 2) or, with ``interleaved``, repeated in place (V-JEPA 2.1)."""
     dims = axis_dims(head_dim)
     if dims < 2:
         raise ValueError(f"RoPE needs a head dimension of at least 6, got {head_dim}")
@@ -47,7 +51,8 @@ def rope_tables(token_idx: torch.Tensor, grid: tuple[int, int, int], head_dim: i
     angles = []
     for coordinate in token_coordinates(token_idx, grid):
         axis = coordinate.float().unsqueeze(-1) * omega  # [B, N, D/2]
-        angles.append(torch.cat([axis, axis], dim=-1))  # tiled, as V-JEPA 2 (see the docstring)
+        # tiled as V-JEPA 2 (see the docstring), or each frequency twice in place
+        angles.append(axis.repeat_interleave(2, dim=-1) if interleaved else torch.cat([axis, axis], dim=-1))
     angles = torch.cat(angles, dim=-1).unsqueeze(1)  # [B, 1, N, 3·D]: broadcast over heads
     return angles.cos().to(dtype), angles.sin().to(dtype)
 

@@ -33,7 +33,9 @@ ARCH_KEYS = (
     "img_size", "patch_size", "num_frames", "tubelet_size", "in_chans", "embed_dim", "depth",
     "num_heads", "mlp_ratio", "uniform_power", "pos_embed", "qkv_bias", "norm_eps", "final_norm",
 )
-POS_EMBED_KINDS = ("sincos3d", "sincos1d", "rope")
+# rope: V-JEPA 2's rotary positions (tiled sin/cos); rope_interleaved: V-JEPA 2.1's corrected layout.
+POS_EMBED_KINDS = ("sincos3d", "sincos1d", "rope", "rope_interleaved")
+ROPE_KINDS = ("rope", "rope_interleaved")
 QKV_BIAS_KINDS = (True, False, "qv")
 
 # Clip geometry defaults (V-JEPA: 16 frames of 224x224, patch 16, tubelet 2 -> 8x14x14 tokens).
@@ -121,7 +123,7 @@ def position_table(kind: str, dim: int, grid: tuple[int, int, int], uniform_powe
         table = sincos_3d_table(dim, grid, uniform_power)
     elif kind == "sincos1d":
         table = sinusoid_1d_table(grid[0] * grid[1] * grid[2], dim)
-    elif kind == "rope":
+    elif kind in ROPE_KINDS:
         raise ValueError("rope positions rotate queries and keys; they have no additive table")
     else:
         raise ValueError(f"unknown pos_embed {kind!r}; expected one of {POS_EMBED_KINDS}")
@@ -237,7 +239,7 @@ class VideoViT(nn.Module):
             a["in_chans"], a["embed_dim"],
             kernel_size=(a["tubelet_size"], a["patch_size"], a["patch_size"]),
             stride=(a["tubelet_size"], a["patch_size"], a["patch_size"]))
-        self.rope = a["pos_embed"] == "rope"
+        self.rope = a["pos_embed"] in ROPE_KINDS
         self.positions = None if self.rope else PositionCache(a["pos_embed"], a["embed_dim"], a["uniform_power"])
         self.blocks = nn.ModuleList(
             make_block(a["embed_dim"], a["num_heads"], a["mlp_ratio"], a["qkv_bias"], self.rope, a["norm_eps"])
@@ -258,7 +260,8 @@ class VideoViT(nn.Module):
         rope = ()
         if self.rope:
             token_idx = keep if keep is not None else torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
-            rope = rope_tables(token_idx, grid, self.embed_dim // self.num_heads, x.dtype)
+            rope = rope_tables(token_idx, grid, self.embed_dim // self.num_heads, x.dtype,
+                               interleaved=self.arch["pos_embed"] == "rope_interleaved")
         else:
             # Positions in the weights' dtype: under autocast the sum stays fp32 like V-JEPA's.
             x = x + self.positions.get(grid, x.device).to(self.patch_embed.proj.weight.dtype)
@@ -296,7 +299,7 @@ def complete_arch(arch: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"qkv_bias must be one of {QKV_BIAS_KINDS}, got {a['qkv_bias']!r}")
     if a["embed_dim"] % a["num_heads"]:
         raise ValueError(f"embed_dim {a['embed_dim']} is not divisible by num_heads {a['num_heads']}")
-    if a["pos_embed"] == "rope":
+    if a["pos_embed"] in ROPE_KINDS:
         if a["qkv_bias"] == "qv":
             raise ValueError("pos_embed rope takes qkv_bias true or false (q/v-only biases are VideoMAE's, "
                              "which uses sin-cos positions)")

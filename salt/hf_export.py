@@ -1,0 +1,312 @@
+"""`salt export`: any encoder ``load_encoder`` reads, as a Hugging Face ``transformers`` folder that
+``AutoModel.from_pretrained(DIR)`` loads without SALT, giving the same tokens.
+
+- RoPE encoders (V-JEPA 2's tiled layout) -> ``VJEPA2Model``. transformers requires predictor
+  weights: the source's own when it is a V-JEPA 2 folder, otherwise a freshly initialised one of
+  the smallest valid size (seeded, so every export of the same encoder is the same bytes),
+  stated in README.md, ``config.json``'s ``salt`` field and ``salt_export.json``.
+- VideoMAE's 1-D sin-cos positions (``sincos1d``) -> ``VideoMAEModel``. Its keys carry no bias;
+  a full qkv bias loses only the key part, which adds the same score to every key of a query
+  and so cancels in the softmax: the tokens are the same.
+- Anything no transformers class computes exactly (SALT's 3-D sin-cos table, V-JEPA 2.1's
+  interleaved RoPE, which transformers up to at least 5.24 does not read) is refused.
+
+The folder is built in a temporary sibling and renamed into place: a failure leaves nothing.
+Never imports transformers.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from salt.models import hf_folder, load_encoder, read_checkpoint, token_grid
+from salt.models.errors import ExportError
+from salt.video.views import IMAGENET_MEAN, IMAGENET_STD
+
+EXPORT_RECORD = "salt_export.json"
+# The smallest predictor VJEPA2Model accepts with RoPE on every axis: one layer, one head of 6
+# dims (2 per axis), MLP ratio 1, one mask token. Seeded: the same bytes on every export.
+FRESH_PREDICTOR = {"pred_hidden_size": 6, "pred_num_attention_heads": 1, "pred_num_hidden_layers": 1,
+                   "pred_num_mask_tokens": 1, "pred_mlp_ratio": 1.0, "pred_zero_init_mask_tokens": True}
+PREDICTOR_SEED = 0
+# VJEPA2Config's predictor defaults, for a source folder whose config.json leaves some out.
+VJEPA2_PREDICTOR_DEFAULTS = {"pred_hidden_size": 384, "pred_num_attention_heads": 12, "pred_num_hidden_layers": 12,
+                             "pred_num_mask_tokens": 10, "pred_mlp_ratio": 4.0, "pred_zero_init_mask_tokens": True}
+_INIT_STD = 0.02  # transformers' initializer_range default; trunc-normal within ±2 std
+
+
+# ----------------------------------------------------------------------------- weights
+
+def _split_qkv(state: Mapping[str, torch.Tensor], layer: int, kind: str) -> list[torch.Tensor]:
+    return list(state[f"blocks.{layer}.attn.qkv.{kind}"].chunk(3, dim=0))
+
+
+# SALT name -> transformers name, without ".weight"/".bias"; the fused qkv is split apart below.
+_VJEPA2_NAMES = {"patch_embed.proj": "encoder.embeddings.patch_embeddings.proj", "norm": "encoder.layernorm"}
+_VJEPA2_LAYER_NAMES = {"norm1": "norm1", "norm2": "norm2", "attn.proj": "attention.proj", "mlp.fc1": "mlp.fc1",
+                       "mlp.fc2": "mlp.fc2"}
+_VIDEOMAE_NAMES = {"patch_embed.proj": "embeddings.patch_embeddings.projection", "norm": "layernorm"}
+_VIDEOMAE_LAYER_NAMES = {"norm1": "layernorm_before", "norm2": "layernorm_after", "attn.proj": "attention.output.dense",
+                         "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense"}
+
+
+def _renamed(state: Mapping[str, torch.Tensor], names: Mapping[str, str], layer_names: Mapping[str, str],
+             depth: int) -> dict[str, torch.Tensor]:
+    """SALT names -> transformers names for everything but the attention's q/k/v; a key neither
+    map places is a bug here, so it raises instead of being left out."""
+    tensors, unplaced = {}, []
+    for key, value in state.items():
+        module, _, kind = key.rpartition(".")
+        block, _, inner = module.partition(".")[2].partition(".")
+        if module in names:
+            tensors[f"{names[module]}.{kind}"] = value
+        elif module.startswith("blocks.") and inner in layer_names and int(block) < depth:
+            tensors[f"encoder.layer.{block}.{layer_names[inner]}.{kind}"] = value
+        elif not key.endswith(("attn.qkv.weight", "attn.qkv.bias", "attn.q_bias", "attn.v_bias")):
+            unplaced.append(key)
+    if unplaced:
+        raise ExportError(f"export: encoder weights {unplaced[:20]} have no place in the transformers layout")
+    return {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+
+
+def vjepa2_tensors(state: Mapping[str, torch.Tensor], arch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The encoder's weights in VJEPA2Model's names."""
+    tensors = _renamed(state, _VJEPA2_NAMES, _VJEPA2_LAYER_NAMES, arch["depth"])
+    for i in range(arch["depth"]):
+        for kind in ("weight", "bias") if arch["qkv_bias"] else ("weight",):
+            for name, part in zip(hf_folder.QKV, _split_qkv(state, i, kind)):
+                tensors[f"encoder.layer.{i}.attention.{name}.{kind}"] = part.contiguous()
+    return tensors
+
+
+def videomae_tensors(state: Mapping[str, torch.Tensor], arch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The encoder's weights in VideoMAEModel's names (q and v biases only, see the docstring)."""
+    tensors = _renamed(state, _VIDEOMAE_NAMES, _VIDEOMAE_LAYER_NAMES, arch["depth"])
+    attention = "encoder.layer.{i}.attention.attention."
+    for i in range(arch["depth"]):
+        for name, part in zip(hf_folder.QKV, _split_qkv(state, i, "weight")):
+            tensors[attention.format(i=i) + f"{name}.weight"] = part.contiguous()
+        if arch["qkv_bias"] == "qv":
+            biases = (state[f"blocks.{i}.attn.q_bias"], state[f"blocks.{i}.attn.v_bias"])
+        elif arch["qkv_bias"]:
+            query, _, value = _split_qkv(state, i, "bias")  # the key bias cancels in the softmax
+            biases = (query, value)
+        else:
+            continue
+        for name, bias in zip(("query", "value"), biases):
+            tensors[attention.format(i=i) + f"{name}.bias"] = bias.detach().contiguous()
+    return tensors
+
+
+def fresh_predictor(hidden_size: int, qkv_bias: bool) -> dict[str, torch.Tensor]:
+    """VJEPA2Model's predictor of FRESH_PREDICTOR's size, initialised as transformers does
+    (trunc-normal linears, zero biases, unit norms, zero mask tokens) from PREDICTOR_SEED."""
+    generator = torch.Generator().manual_seed(PREDICTOR_SEED)
+    width = FRESH_PREDICTOR["pred_hidden_size"]
+    hidden = int(width * FRESH_PREDICTOR["pred_mlp_ratio"])
+    tensors: dict[str, torch.Tensor] = {
+        "predictor.embeddings.mask_tokens": torch.zeros(FRESH_PREDICTOR["pred_num_mask_tokens"], 1, 1, width)}
+
+    def linear(name: str, out_features: int, in_features: int, bias: bool = True) -> None:
+        weight = torch.empty(out_features, in_features)
+        torch.nn.init.trunc_normal_(weight, std=_INIT_STD, a=-2 * _INIT_STD, b=2 * _INIT_STD, generator=generator)
+        tensors[name + ".weight"] = weight
+        if bias:
+            tensors[name + ".bias"] = torch.zeros(out_features)
+
+    def norm(name: str) -> None:
+        tensors[name + ".weight"], tensors[name + ".bias"] = torch.ones(width), torch.zeros(width)
+
+    linear("predictor.embeddings.predictor_embeddings", width, hidden_size)
+    for i in range(FRESH_PREDICTOR["pred_num_hidden_layers"]):
+        layer = f"predictor.layer.{i}."
+        norm(layer + "norm1")
+        for name in hf_folder.QKV:
+            linear(layer + f"attention.{name}", width, width, bias=qkv_bias)
+        linear(layer + "attention.proj", width, width)
+        norm(layer + "norm2")
+        linear(layer + "mlp.fc1", hidden, width)
+        linear(layer + "mlp.fc2", width, hidden)
+    norm("predictor.layernorm")
+    linear("predictor.proj", hidden_size, width)
+    return tensors
+
+
+def source_predictor(source: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """A V-JEPA 2 folder's own predictor (tensors, pred_* config fields), or None for any other source."""
+    config_file = source / hf_folder.CONFIG_NAME if source.is_dir() else hf_folder.config_beside(source)
+    if config_file is None or hf_folder.read_config(config_file)["model_type"] != "vjepa2":
+        return None
+    config = hf_folder.read_config(config_file)
+    weights = hf_folder.read_folder(source, read_checkpoint)[1] if source.is_dir() else read_checkpoint(source)
+    tensors = {hf_folder.strip_base_prefix(k): v.contiguous() for k, v in weights.items()}
+    tensors = {k: v for k, v in tensors.items() if k.startswith("predictor.")}
+    fields = {k: config[k] for k in FRESH_PREDICTOR if k in config}
+    return (tensors, fields) if tensors else None
+
+
+# ----------------------------------------------------------------------------- configs
+
+def vjepa2_config(arch: Mapping[str, Any], predictor_fields: Mapping[str, Any], salt_note: Mapping[str, Any]) -> dict:
+    return {
+        "architectures": ["VJEPA2Model"], "model_type": "vjepa2", "dtype": "float32",
+        "crop_size": arch["img_size"], "frames_per_clip": arch["num_frames"], "patch_size": arch["patch_size"],
+        "tubelet_size": arch["tubelet_size"], "in_chans": arch["in_chans"], "hidden_size": arch["embed_dim"],
+        "num_hidden_layers": arch["depth"], "num_attention_heads": arch["num_heads"], "mlp_ratio": arch["mlp_ratio"],
+        "layer_norm_eps": arch["norm_eps"], "qkv_bias": arch["qkv_bias"], "hidden_act": "gelu",
+        "drop_path_rate": 0.0, "attention_probs_dropout_prob": 0.0, "attention_dropout": 0.0,
+        "initializer_range": _INIT_STD, **predictor_fields, "salt": dict(salt_note),
+    }
+
+
+def videomae_config(arch: Mapping[str, Any], salt_note: Mapping[str, Any]) -> dict:
+    return {
+        "architectures": ["VideoMAEModel"], "model_type": "videomae", "dtype": "float32",
+        "image_size": arch["img_size"], "patch_size": arch["patch_size"], "num_channels": arch["in_chans"],
+        "num_frames": arch["num_frames"], "tubelet_size": arch["tubelet_size"], "hidden_size": arch["embed_dim"],
+        "num_hidden_layers": arch["depth"], "num_attention_heads": arch["num_heads"],
+        "intermediate_size": int(arch["embed_dim"] * arch["mlp_ratio"]), "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "layer_norm_eps": arch["norm_eps"],
+        "qv_bias": bool(arch["qkv_bias"]), "use_mean_pooling": not arch["final_norm"], "salt": dict(salt_note),
+    }
+
+
+def refuse_unexportable(arch: Mapping[str, Any], source: Path) -> None:
+    """One line naming why no transformers class computes this encoder exactly, and what would."""
+    kind = arch["pos_embed"]
+    if kind == "sincos3d":
+        raise ExportError(f"{source}: pos_embed 'sincos3d' (SALT's / V-JEPA 1's 3-D sin-cos table): no transformers "
+                          f"class adds that table, so no export would be exact; nothing was written. Encoders trained "
+                          f"with pos_embed: rope export as VJEPA2Model, sincos1d ones as VideoMAEModel")
+    if kind == "rope_interleaved":
+        raise ExportError(f"{source}: pos_embed 'rope_interleaved' (V-JEPA 2.1's RoPE): the transformers VJEPA2Model "
+                          f"this was tested against computes only V-JEPA 2's tiled RoPE and would ignore "
+                          f"use_rope_interleave, computing something else; nothing was written")
+    if kind == "rope" and not arch["final_norm"]:
+        raise ExportError(f"{source}: final_norm false: VJEPA2Model always applies its last layernorm; nothing "
+                          f"was written")
+    if kind == "rope" and arch["qkv_bias"] == "qv":
+        raise ExportError(f"{source}: q/v-only biases have no place in VJEPA2Model; nothing was written")
+
+
+# ----------------------------------------------------------------------------- the folder
+
+def sha256_of(path: Path) -> dict[str, str]:
+    """sha256 of the source file, or of each file of a source folder (by relative name)."""
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digests = {}
+    for file in files:
+        digest = hashlib.sha256()
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        digests[str(file.relative_to(path)) if path.is_dir() else file.name] = digest.hexdigest()
+    return digests
+
+
+def export_record(source: Path, arch: Mapping[str, Any], model_class: str, predictor: str) -> dict:
+    """salt_export.json: where the weights came from and how to feed the model."""
+    grid = token_grid(arch, arch["num_frames"], arch["img_size"], arch["img_size"])
+    argument = "pixel_values_videos" if model_class == "VJEPA2Model" else "pixel_values"
+    if model_class == "VJEPA2Model":
+        geometry = (f"height = width = {arch['img_size']} (crop_size: transformers takes the RoPE grid from it); "
+                    f"any number of frames that is a multiple of {arch['tubelet_size']}")
+    else:
+        geometry = (f"exactly {arch['num_frames']} frames of {arch['img_size']}x{arch['img_size']} "
+                    f"(VideoMAE's position table has that many tokens)")
+    return {
+        "format": "salt-hf-export", "version": 1, "source": str(source.resolve()), "sha256": sha256_of(source),
+        "transformers_class": model_class, "arch": dict(arch), "token_grid": list(grid),
+        "tokens": grid[0] * grid[1] * grid[2], "embed_dim": arch["embed_dim"],
+        "input": {"argument": argument, "layout": "[B, T, C, H, W]", "dtype": "float32", "channels": "RGB",
+                  "clip": geometry, "normalisation": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+                                                      "how": "x = (pixels / 255 - mean) / std, per channel"}},
+        "output": "last_hidden_state [B, tokens, embed_dim], tokens in (t, h, w) order with t slowest"
+                  + ("" if arch["final_norm"] else "; no final norm (use_mean_pooling, as SALT's final_norm false)"),
+        "predictor": predictor,
+    }
+
+
+def readme(record: Mapping[str, Any]) -> str:
+    model_class, argument = record["transformers_class"], record["input"]["argument"]
+    return f"""# {model_class} exported by `salt export`
+
+Encoder weights from `{record['source']}` (sha256 in `{EXPORT_RECORD}`), exact: transformers computes
+the same tokens as SALT (checked in SALT's tests to 1e-4 in fp32).
+
+```python
+import torch
+from transformers import AutoModel
+model = AutoModel.from_pretrained("THIS_FOLDER").eval()
+clip = torch.rand(1, {record['arch']['num_frames']}, 3, {record['arch']['img_size']}, {record['arch']['img_size']})  # [B, T, C, H, W], RGB in [0, 1]
+mean, std = torch.tensor({record['input']['normalisation']['mean']}), torch.tensor({record['input']['normalisation']['std']})
+tokens = model({argument}=(clip - mean.view(3, 1, 1)) / std.view(3, 1, 1)).last_hidden_state
+```
+
+Input: {record['input']['clip']}. Output: {record['output']}.
+
+Predictor: {record['predictor']}
+"""
+
+
+def _write_folder(tmp: Path, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], record: Mapping) -> None:
+    from safetensors.torch import save_file
+
+    save_file(dict(tensors), str(tmp / "model.safetensors"), metadata={"format": "pt"})  # transformers needs "pt"
+    (tmp / hf_folder.CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+    (tmp / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
+    (tmp / "README.md").write_text(readme(record))
+    for file in tmp.iterdir():
+        with open(file, "rb") as handle:
+            os.fsync(handle.fileno())
+
+
+def _refuse_existing(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ExportError(f"--out {out} already exists and is not empty; nothing was written. Choose a new folder "
+                          f"(or remove that one yourself)")
+
+
+def export_encoder(source: str | os.PathLike, out: str | os.PathLike, arch: Mapping[str, Any] | None = None,
+                   checkpoint_key: str | None = None) -> dict:
+    """Write ``out`` as a transformers folder of the encoder at ``source``; returns its salt_export record."""
+    source, out = Path(source), Path(out)
+    _refuse_existing(out)
+    encoder, full_arch = load_encoder(source, arch, checkpoint_key)
+    refuse_unexportable(full_arch, source)
+    state = {k: v.float() for k, v in encoder.state_dict().items()}  # fp32: what the folder's config says
+    if full_arch["pos_embed"] == "rope":
+        carried = source_predictor(source)
+        if carried:
+            predictor = {"kind": "source", "about": "the source V-JEPA 2 folder's own predictor, copied unchanged"}
+            predictor_tensors, fields = carried[0], {**VJEPA2_PREDICTOR_DEFAULTS, **carried[1]}
+        else:
+            predictor = {"kind": "fresh", "seed": PREDICTOR_SEED, "size": FRESH_PREDICTOR,
+                         "about": "NOT TRAINED: VJEPA2Model requires a predictor and the source has none; this one is "
+                                  "freshly initialised (trunc-normal std 0.02, zero biases and mask tokens), of the "
+                                  "smallest valid size. Use the encoder (last_hidden_state) only"}
+            predictor_tensors, fields = fresh_predictor(full_arch["embed_dim"], full_arch["qkv_bias"]), FRESH_PREDICTOR
+        record = export_record(source, full_arch, "VJEPA2Model", predictor["about"])
+        config = vjepa2_config(full_arch, fields, {"exported_by": "salt export", "predictor": predictor})
+        tensors = {**vjepa2_tensors(state, full_arch), **{k: v.float() for k, v in predictor_tensors.items()}}
+    else:
+        record = export_record(source, full_arch, "VideoMAEModel", "none (VideoMAEModel has none)")
+        config = videomae_config(full_arch, {"exported_by": "salt export"})
+        tensors = videomae_tensors(state, full_arch)
+    _refuse_existing(out)  # again: it may have appeared while the encoder loaded
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        _write_folder(tmp, config, tensors, record)
+        os.rename(tmp, out)  # replaces an empty folder; a non-empty one makes it fail, never merge
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return record
