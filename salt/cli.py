@@ -232,8 +232,9 @@ def export_command(encoder, out, arch_pairs, checkpoint_key) -> None:
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--arch") from None
     record = export_encoder(encoder, out, arch, checkpoint_key or None)
-    click.echo(f"wrote {out}: {record['transformers_class']}, {record['tokens']} tokens of {record['embed_dim']} "
-               f"per clip ({record['input']['clip']}); how to feed it: {out}/README.md")
+    arch = record["arch"]
+    click.echo(f"wrote {out}: {record['transformers_class']}, {record['tokens']} tokens x {record['embed_dim']} per clip "
+               f"of {arch['num_frames']}x{arch['img_size']}x{arch['img_size']}; how to feed it: {out}/README.md")
 
 
 @main.command("flops")

@@ -263,7 +263,12 @@ def _write_folder(tmp: Path, config: Mapping[str, Any], tensors: Mapping[str, to
     (tmp / hf_folder.CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     (tmp / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     (tmp / "README.md").write_text(readme(record))
+    umask = os.umask(0)
+    os.umask(umask)
+    # mkdtemp (0700) and safetensors (0600) would hide the export from everyone else: as plain files.
+    os.chmod(tmp, 0o777 & ~umask)
     for file in tmp.iterdir():
+        os.chmod(file, 0o666 & ~umask)
         with open(file, "rb") as handle:
             os.fsync(handle.fileno())
 
@@ -285,7 +290,7 @@ def export_encoder(source: str | os.PathLike, out: str | os.PathLike, arch: Mapp
     if full_arch["pos_embed"] == "rope":
         carried = source_predictor(source)
         if carried:
-            predictor = {"kind": "source", "about": "the source V-JEPA 2 folder's own predictor, copied unchanged"}
+            predictor = {"kind": "source", "about": "the source V-JEPA 2 folder's own predictor, its values copied unchanged"}
             predictor_tensors, fields = carried[0], {**VJEPA2_PREDICTOR_DEFAULTS, **carried[1]}
         else:
             predictor = {"kind": "fresh", "seed": PREDICTOR_SEED, "size": FRESH_PREDICTOR,

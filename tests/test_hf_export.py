@@ -87,8 +87,12 @@ def test_exports_load_in_transformers_without_salt_and_give_the_same_tokens(tmp_
         crop_size=32, frames_per_clip=8, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
         pred_hidden_size=24, pred_num_attention_heads=2, pred_num_hidden_layers=1)), seed=3)
     hub.save_pretrained(tmp_path / "hub")
+    randomised(transformers.VideoMAEModel(transformers.VideoMAEConfig(
+        image_size=32, patch_size=8, num_frames=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        intermediate_size=128, use_mean_pooling=False)), seed=5).save_pretrained(tmp_path / "hub_mae")
     torch.save(vjepa2_checkpoint(random_encoder_weights(seed=4)), tmp_path / "vjepa2.pt")
     commands = {"student": ["student.pt"], "mae": ["mae.pt"], "mae_pooled": ["mae_pooled.safetensors"], "hub": ["hub"],
+                "hub_mae": ["hub_mae"],
                 "vjepa2": ["vjepa2.pt", "--checkpoint-key", "encoder", "--arch", "num_heads=4", "--arch", "img_size=8",
                            "--arch", "num_frames=4"]}
     for name, (source, *options) in commands.items():
@@ -108,13 +112,17 @@ def test_exports_load_in_transformers_without_salt_and_give_the_same_tokens(tmp_
         print(f"{name}: {report[name]['class']}, max abs diff {diff:.2e}")
         assert diff <= 1e-4 and not report[name]["problems"], (name, diff, report[name])
     assert {report[n]["class"] for n in ("student", "hub", "vjepa2")} == {"VJEPA2Model"}
-    assert {report[n]["class"] for n in ("mae", "mae_pooled")} == {"VideoMAEModel"}
+    assert {report[n]["class"] for n in ("mae", "mae_pooled", "hub_mae")} == {"VideoMAEModel"}
     assert report["student"]["salt"]["predictor"]["kind"] == "fresh" and report["hub"]["salt"]["predictor"]["kind"] == "source"
     exported = load_file(tmp_path / "out" / "hub" / "model.safetensors")  # the Hub folder's own predictor, unchanged
     assert all(torch.equal(exported[k], v) for k, v in hub.state_dict().items() if k.startswith("predictor."))
     record = json.loads((tmp_path / "out" / "student" / "salt_export.json").read_text())
     assert record["input"]["layout"] == "[B, T, C, H, W]" and record["token_grid"] == [4, 4, 4]
     assert record["input"]["normalisation"]["mean"] == [0.485, 0.456, 0.406] and len(record["sha256"]["student.pt"]) == 64
+    (tmp_path / "plain").mkdir()  # as readable as any folder and file made here (mkdtemp: 0700, safetensors: 0600)
+    (tmp_path / "plain" / "file").write_text("")
+    modes = lambda path: {p.stat().st_mode & 0o777 for p in [path, *path.iterdir()]}  # noqa: E731
+    assert modes(tmp_path / "out" / "student") == modes(tmp_path / "plain")
 
 
 def test_the_fresh_predictor_is_small_seeded_and_said_to_be_untrained(tmp_path):
