@@ -126,8 +126,11 @@ def test_exports_load_in_transformers_without_salt_and_give_the_same_tokens(tmp_
 
 
 def test_the_fresh_predictor_is_small_seeded_and_said_to_be_untrained(tmp_path):
-    save_encoder(tmp_path / "student.pt", tiny(), kind="student")
+    student = tiny()
+    save_encoder(tmp_path / "student.pt", student, kind="student")
     export_encoder(tmp_path / "student.pt", tmp_path / "a")
+    back, _ = load_encoder(tmp_path / "a")  # and the export reads back as the same encoder
+    assert all(torch.equal(v, student.state_dict()[k]) for k, v in back.state_dict().items())
     export_encoder(tmp_path / "student.pt", tmp_path / "b")
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
     config = json.loads((tmp_path / "a" / "config.json").read_text())

@@ -249,7 +249,8 @@ def import_state_dict(obj: Any, path: Path, arch: Mapping[str, Any] | None, chec
     state_dict = _encoder_keys(raw, path)
     table = state_dict.pop("pos_embed", None)
     if table is not None and given.get("pos_embed") in ROPE_KINDS:
-        log.warning("%s: ignoring the stored pos_embed %s: arch says pos_embed rope", path, tuple(table.shape))
+        log.warning("%s: ignoring the stored pos_embed %s: arch says pos_embed %s", path, tuple(table.shape),
+                    given["pos_embed"])
         table = None
 
     shapes, _ = _from_shapes(state_dict, path)
