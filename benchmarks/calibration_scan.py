@@ -114,7 +114,7 @@ def main() -> None:
     parser.add_argument("--init", choices=["vjepa", "xavier"], default="vjepa", help="xavier: every Linear re-initialised")
     parser.add_argument("--patch", type=int, default=8)
     parser.add_argument("--dim", type=int, default=128)
-    parser.add_argument("--norm-pix", type=int, default=1)
+    parser.add_argument("--norm", choices=["patch", "channel", "none"], default="channel")
     parser.add_argument("--masks", choices=sorted(MASKS), default="default")
     parser.add_argument("--probe-every", type=int, default=0)
     parser.add_argument("--seed", type=int, default=0)
@@ -143,7 +143,7 @@ def main() -> None:
                 else AttentiveClassifier(args.dim, classes, num_heads=4, depth=0))
         model = torch.nn.ModuleList([encoder, head])
     elif args.mode == "pixels":
-        model = PixelObjective(encoder, 128, 2, 4, len(MASKS[args.masks]), bool(args.norm_pix))
+        model = PixelObjective(encoder, 128, 2, 4, len(MASKS[args.masks]), args.norm)
     else:  # a student of a frozen random-init teacher
         teacher = build_encoder("vit_tiny", img_size=32, num_frames=8, patch_size=args.patch, embed_dim=args.dim)
         predictor = Predictor(args.dim, args.dim, width=128, depth=4, num_heads=4, num_mask_tokens=len(MASKS[args.masks]))

@@ -21,6 +21,7 @@ def main() -> None:
     probe           frozen attentive or linear probe of any encoder (or --random-init ARCH)
     export          any encoder as a Hugging Face transformers folder (VJEPA2Model / VideoMAEModel)
     inspect         offline inspection of a latent cache
+    reconstruct     a stage-1 teacher's reconstructions of masked clips, as a picture
     bench           benchmarks (cache, student, loader)
     flops           compute planner: FLOPs per stage and the teacher/student split
     report          one table for a pipeline run (teacher, cache, student, probes)
@@ -39,13 +40,16 @@ def main() -> None:
 @click.option("--motion", default=1.0, help="Scale of every class's motion per tubelet (shift, spin, zoom rate).")
 @click.option("--waves", default=6, help="Sinusoids in each scene's texture.")
 @click.option("--blobs", default=3, help="Soft blobs on each scene.")
-def make_synthetic_command(out, videos, seed, size, frames, frame_step, tubelet, val_fraction, motion, waves, blobs) -> None:
+@click.option("--generator-version", "version", default=2, type=click.IntRange(1, 2),
+              help="2: motion in screen space; 1: sets made before it (reproduced exactly).")
+def make_synthetic_command(out, videos, seed, size, frames, frame_step, tubelet, val_fraction, motion, waves, blobs,
+                           version) -> None:
     """Write a synthetic motion-classification set: videos/*.mp4, train.csv, val.csv."""
     from salt.video.synthetic import SyntheticSpec, format_summary, make_synthetic
 
     spec = SyntheticSpec(
         videos=videos, seed=seed, size=size, frames=frames, frame_step=frame_step, tubelet=tubelet, val_fraction=val_fraction,
-        motion=motion, waves=waves, blobs=blobs,
+        motion=motion, waves=waves, blobs=blobs, version=version,
     )
     try:
         summary = make_synthetic(out, spec)
@@ -263,15 +267,27 @@ def flops_command(teacher_config, student_config, teacher_steps, student_steps, 
 
 
 @main.command("report")
-@click.option("--teacher-run", required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--cache", required=True, type=click.Path(exists=True, file_okay=False))
-@click.option("--student-run", required=True, type=click.Path(exists=True, file_okay=False))
+@click.option("--teacher-run", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder of the stage-1 run (run.out_dir of salt train-teacher).")
+@click.option("--cache", required=True, type=click.Path(exists=True, file_okay=False), help="The latent cache the student read.")
+@click.option("--student-run", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Folder of the stage-2 run (run.out_dir of salt train-student).")
 @click.option("--probe", "probes", multiple=True, type=click.Path(exists=True, dir_okay=False), help="Probe JSON (repeatable).")
-def report_command(teacher_run, cache, student_run, probes) -> None:
-    """Probe accuracies, cache size and bytes per view, time and FLOPs per stage."""
-    from salt.report import pipeline_report
+@click.option("--curves", type=click.Path(dir_okay=False), help="Also draw both runs' loss and baseline curves into this PNG.")
+def report_command(teacher_run, cache, student_run, probes, curves) -> None:
+    """Loss beside its trivial baseline per stage, probe accuracies, cache size, time and FLOPs.
 
-    click.echo(pipeline_report(teacher_run, cache, student_run, list(probes)))
+    Example: salt report --teacher-run runs/teacher_tiny --cache cache/demo --student-run runs/student_tiny --probe p.json
+    """
+    from salt.report import loss_curves, pipeline_report
+
+    try:
+        click.echo(pipeline_report(teacher_run, cache, student_run, list(probes)))
+    except ValueError as err:
+        raise click.UsageError(str(err)) from None
+    if curves:
+        loss_curves({"stage 1": teacher_run, "stage 2": student_run}, curves)
+        click.echo(f"wrote {curves}")
 
 
 @main.command("reproduce")
@@ -323,6 +339,26 @@ def bench_student_command(steps, batch_size, repeats, window, pairs, results) ->
     from salt.bench import bench_student, format_student
 
     click.echo(format_student(bench_student(steps, batch_size, results, repeats, window, pairs)))
+
+
+@main.command("reconstruct")
+@click.argument("run_dir", metavar="RUN", type=click.Path(file_okay=False))
+@click.option("--data", required=True, help="CSV of 'path label' lines (e.g. the val split); its first videos are shown.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="PNG to write (e.g. runs/inspect/reconstruction.png).")
+@click.option("--clips", default=4, type=click.IntRange(1, 16), help="Videos shown, three rows each.")
+@click.option("--mask-index", default=0, help="Which of the run's mask configurations hides the tubelets.")
+@click.option("--seed", default=0, help="Seed of the masks.")
+def reconstruct_command(run_dir, data, out, clips, mask_index, seed) -> None:
+    """A stage-1 teacher's reconstructions: masked input, prediction and truth, frame by frame.
+
+    RUN is the folder of a `salt train-teacher` run (its config.yaml and checkpoints/).
+    Example: salt reconstruct runs/teacher_tiny --data data/synthetic/val.csv --out runs/inspect/reconstruction.png
+    """
+    from salt.reconstruction import reconstruction_picture
+
+    shown = reconstruction_picture(run_dir, data, out, clips, mask_index, seed)
+    click.echo(f"wrote {out}: {shown['clips']} clips from {run_dir} ({shown['checkpoint']}); masked-token loss "
+               f"{shown['loss']:.4f} vs {shown['baseline_loss']:.4f} predicting zeros")
 
 
 @main.command("inspect")

@@ -7,19 +7,48 @@ import math
 from pathlib import Path
 
 
-def _last_metrics(run_dir: Path) -> dict:
+def _records(run_dir: Path) -> list[dict]:
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return json.loads(lines[-1]) if lines else {}
+    return [json.loads(line) for line in lines if line.strip()]
+
+
+def check_run_kind(run_dir: Path, kind: str) -> None:
+    """Refuse a student run given as the teacher's (or the reverse): their configs differ in
+    `objective` (stage 1) and `targets` (stage 2)."""
+    config_file = run_dir / "config.yaml"
+    if not config_file.is_file():
+        return  # runs made by hand or by older versions: nothing to tell them by
+    import yaml
+
+    config = yaml.safe_load(config_file.read_text()) or {}
+    actual = "teacher" if "objective" in config else "student" if "targets" in config else None
+    if actual is not None and actual != kind:
+        raise ValueError(f"{run_dir} is a {actual} run, given as --{kind}-run; pass it as --{actual}-run")
+
+
+def stage_lines(name: str, records: list[dict]) -> list[str]:
+    """The stage's row (last loss, time, FLOPs) and, where logged, its trivial baseline: the
+    loss of predicting zeros (stage 1) or the mean target (stage 2) on the same micro-batches."""
+    last = records[-1] if records else {}
+    lines = [f"{name:<34}{'loss ' + format(last.get('loss', float('nan')), '.4f') + ' at step ' + str(last.get('step')):<34}"
+             f"{_seconds(last.get('elapsed_s')):>9}{last.get('flops', 0):>11.3g}"]
+    if "baseline_loss" in last:
+        trivial = "predicting zeros" if "explained_variance" not in last else "predicting the mean target"
+        text = f"  {'':<32}baseline {last['baseline_loss']:.4f} ({trivial}): loss/baseline {last['loss'] / last['baseline_loss']:.2f}"
+        if "explained_variance" in last:
+            text += f"; explains {last['explained_variance']:.0%} of the target variance"
+        lines.append(text)
+    return lines
 
 
 def pipeline_report(teacher_run: str, cache: str, student_run: str, probes: list[str]) -> str:
     from salt.latents import load_manifest
 
     lines = [f"{'stage':<34}{'result':<34}{'time':>9}{'FLOPs':>11}"]
-    for name, run_dir in (("stage 1: teacher", teacher_run), ("stage 2: student (from the cache)", student_run)):
-        last = _last_metrics(Path(run_dir))
-        lines.append(f"{name:<34}{'loss ' + format(last.get('loss', float('nan')), '.4f') + ' at step ' + str(last.get('step')):<34}"
-                     f"{_seconds(last.get('elapsed_s')):>9}{last.get('flops', 0):>11.3g}")
+    for name, kind, run_dir in (("stage 1: teacher", "teacher", Path(teacher_run)),
+                                ("stage 2: student (from the cache)", "student", Path(student_run))):
+        check_run_kind(run_dir, kind)
+        lines += stage_lines(name, _records(run_dir))
     manifest = load_manifest(cache)
     per_view = (manifest.latent_bytes + manifest.frame_bytes) / max(1, manifest.sample_count)
     lines.append(f"{'process 1: cache ' + cache:<34}{f'{manifest.sample_count} views, {per_view / 1e3:.1f} kB/view':<34}{'':>9}"
@@ -29,6 +58,30 @@ def pipeline_report(teacher_run: str, cache: str, student_run: str, probes: list
     lines += probe_table([json.loads(Path(path).read_text()) for path in probes])
     lines.append("FLOPs: training stages by torch's counter (forward x3, attention included); the cache by 2·N·D of the teacher")
     return "\n".join(lines)
+
+
+def loss_curves(runs: dict[str, str], out: str) -> None:
+    """One panel per run: loss and its trivial baseline against the step (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, len(runs), figsize=(4.5 * len(runs), 3.2), squeeze=False)
+    for ax, (name, run_dir) in zip(axes[0], runs.items()):
+        records = _records(Path(run_dir))
+        steps = [r["step"] for r in records]
+        ax.plot(steps, [r["loss"] for r in records], label="loss")
+        if records and "baseline_loss" in records[-1]:
+            ax.plot(steps, [r.get("baseline_loss", float("nan")) for r in records], "--", label="trivial baseline")
+        ax.set_title(f"{name}: {run_dir}", fontsize=8)
+        ax.set_xlabel("optimiser step")
+        ax.set_ylim(bottom=0)
+        ax.legend(fontsize=7)
+    figure.tight_layout()
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(out, dpi=110)
+    plt.close(figure)
 
 
 def probe_table(reports: list[dict]) -> list[str]:

@@ -69,6 +69,38 @@ def test_loss_goes_down_and_health_is_logged(tmp_path, demo_cache):
     first = records(tmp_path / "run")[0]  # micro-step 0: health_every=2
     assert first["feature_std"] > 0 and first["feature_rank"] > 1 and first["flops_frozen"] == 0
     assert result.export_path.name == "student.pt"
+    explained = [r["explained_variance"] for r in records(tmp_path / "run")]
+    assert all(r["baseline_loss"] > 0 for r in records(tmp_path / "run"))
+    assert np.mean(explained[-5:]) > np.mean(explained[:5]), explained
+
+
+def test_baseline_is_the_mean_target_and_explained_variance_its_share(demo_cache):
+    """`baseline_loss`: the run's loss for predicting the cache's mean (layer-normed) target
+    vector at every masked token; `explained_variance`: 1 − SSE / (spread about that mean)."""
+    from salt.latents import normalise_targets
+    from salt.masks import DEFAULT_MASKS, apply_masks
+    from salt.training.student import sample_of_targets
+
+    dataset = CacheBatches(str(demo_cache / "cache"), "auto", 4, seed=0, rank=0, world_size=1, num_workers=1,
+                           mask_configs=list(DEFAULT_MASKS), token_grid=(4, 2, 2))
+    batch = next(iter(dataset))
+    objective = StudentObjective(build_encoder("vit_tiny", img_size=32, num_frames=8, depth=2),
+                                 Predictor(128, 128, width=64, depth=1, num_heads=4), "cache")
+    stored = sample_of_targets(str(demo_cache / "cache"), count=5)
+    assert stored.shape == (5, 16, 128)
+    objective.set_target_mean(stored)
+    mean = normalise_targets(stored, "layer_norm").mean(dim=(0, 1))
+    torch.testing.assert_close(objective.target_mean, mean)
+    with torch.no_grad():
+        _, metrics = objective(batch)
+    targets = normalise_targets(batch.float_targets(), "layer_norm")
+    expected = [(apply_masks(targets, m.target_idx) - mean).abs().mean() for m in batch.masks]
+    assert float(metrics["baseline_loss"]) == pytest.approx(float(torch.stack(expected).mean()), rel=1e-5)
+    masked = apply_masks(targets, batch.masks[0].target_idx)
+    baseline, share = objective._against_the_mean(masked, masked)
+    assert float(share) == pytest.approx(1.0) and float(baseline) == pytest.approx(float(expected[0]), rel=1e-5)
+    _, share = objective._against_the_mean(mean.expand_as(masked), masked)
+    assert float(share) == pytest.approx(0.0, abs=1e-6)
 
 
 def test_cache_and_online_teacher_give_the_same_loss(demo_cache):

@@ -71,3 +71,66 @@ def test_cli_make_synthetic(tmp_path):
     assert "static" in result.output and (tmp_path / "s" / "train.csv").is_file()
     bad = CliRunner().invoke(main, ["make-synthetic", "--out", str(tmp_path / "t"), "--videos", "4"])
     assert bad.exit_code != 0 and "at least 8 videos" in bad.output
+
+
+def _screen_shift(before: np.ndarray, after: np.ndarray, reach: int = 6) -> tuple[int, int]:
+    """The integer (dy, dx) that best maps the centre of `before` onto `after` (least squares)."""
+    a, b, n = before.astype(float), after.astype(float), before.shape[0]
+    core = a[reach:n - reach, reach:n - reach]
+    errors = {(dy, dx): np.square(b[reach + dy:n - reach + dy, reach + dx:n - reach + dx] - core).mean()
+              for dy in range(-reach, reach + 1) for dx in range(-reach, reach + 1)}
+    return min(errors, key=errors.get)
+
+
+def _flows(spec: SyntheticSpec, videos: int, flip: bool = False) -> dict[str, np.ndarray]:
+    """Screen-space shift between the first two hold periods of each video, by class."""
+    flows = {name: [] for name in CLASSES}
+    for index in range(videos):
+        frames, label = render_video(spec, index)
+        if flip:
+            frames = frames[:, :, ::-1]
+        flows[CLASSES[label]].append(_screen_shift(frames[0], frames[spec.hold]))
+    return {name: np.array(shifts) for name, shifts in flows.items()}
+
+
+def test_translations_are_in_screen_space():
+    """Version 2: "up" moves the scene up the screen, "down" down, "sideways" and "shake" along
+    x, whatever the texture's orientation; the three translation classes differ in mean flow."""
+    spec = SyntheticSpec(videos=64, size=40, frames=8, tubelet=1, waves=2, blobs=0)
+    flows = _flows(spec, 64)
+    speed = 0.07 * spec.size  # the slowest class speed, pixels per period
+    # Along the motion every video moves at least that far; across it the integer estimate of
+    # a shift on a textured, scaled scene is off by a pixel or two at most, 0 typically.
+    along = {"up": -flows["up"][:, 0], "down": flows["down"][:, 0],
+             "sideways": np.abs(flows["sideways"][:, 1]), "shake": np.abs(flows["shake"][:, 1])}
+    across = {"up": flows["up"][:, 1], "down": flows["down"][:, 1], "sideways": flows["sideways"][:, 0],
+              "shake": flows["shake"][:, 0]}
+    for name in along:
+        assert (along[name] >= speed - 1).all(), (name, along[name])
+        assert np.median(np.abs(across[name])) == 0 and np.abs(across[name]).max() <= 2, (name, across[name])
+    assert (flows["static"] == 0).all()
+    # Version 1 (kept for old sets) turned the same translations by a random scene angle.
+    old = _flows(SyntheticSpec(videos=64, size=40, frames=8, tubelet=1, waves=2, blobs=0, version=1), 64)
+    assert (np.abs(old["up"][:, 1]) > 1).any() and (old["up"][:, 0] > 0).any()
+
+
+def test_horizontal_flips_keep_every_label():
+    """A flipped video of class c moves as some video of class c does: up/down keep their flow,
+    sideways and shake take the other sign, which the same class also draws."""
+    spec = SyntheticSpec(videos=64, size=40, frames=8, tubelet=1, waves=2, blobs=0)
+    flows, flipped = _flows(spec, 64), _flows(spec, 64, flip=True)
+    for name in CLASSES:
+        np.testing.assert_array_equal(flipped[name], flows[name] * [1, -1])
+    for name in ("sideways", "shake"):
+        assert set(np.sign(flows[name][:, 1])) == {-1, 1}, name
+
+
+def test_generator_version_1_is_reproduced():
+    """Sets made before version 2 render exactly as they did (checksum of the old generator's frames)."""
+    import hashlib
+
+    frames, label = render_video(SyntheticSpec(videos=16, size=32, frames=8, tubelet=1, version=1), 7)
+    assert label == 7 and frames.shape == (29, 32, 32, 3)
+    assert hashlib.sha256(frames.tobytes()).hexdigest() == "dc45f32d9cedac40d85887f4e09a0d3e9bf0fe45240533506bde1a34df6b08aa"
+    result = CliRunner().invoke(main, ["make-synthetic", "--out", "unused", "--generator-version", "3"])
+    assert result.exit_code == 2 and "generator-version" in result.output

@@ -211,7 +211,9 @@ def load_state_dict_strict(encoder: torch.nn.Module, state_dict: Mapping[str, to
         problems.append(f"shape mismatches {_listed(mismatched)}")
     if problems:
         raise CheckpointError(f"{path}: weights do not match the architecture: " + "; ".join(problems))
-    stored_dtype = state_dict["patch_embed.proj.weight"].dtype
+    # An encoder's patch embedding, else (a whole objective, e.g. encoder + decoder) its first tensor.
+    reference = state_dict.get("patch_embed.proj.weight", next(iter(state_dict.values()), None))
+    stored_dtype = reference.dtype if reference is not None else torch.float32
     if stored_dtype.is_floating_point:
         encoder.to(stored_dtype)
     encoder.load_state_dict(state_dict, strict=True)

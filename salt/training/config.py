@@ -120,7 +120,10 @@ def default_masks() -> list[MaskConfig]:
 
 @dataclass
 class PixelConfig:
-    norm_pix: bool = True  # VideoMAE's per-patch, per-channel normalised targets
+    # How each tubelet patch's pixel targets are standardised: channel (VideoMAE's, each channel
+    # apart), patch (MAE's norm_pix_loss, all values together), none (raw pixels in [0, 1]).
+    # On smooth synthetic textures only `patch` learns (docs/results.md, "Target normalisation").
+    norm: Literal["patch", "channel", "none"] = "channel"
 
 
 @dataclass

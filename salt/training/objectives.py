@@ -57,20 +57,29 @@ class Objective(nn.Module, ABC):
         """Restore what `extra_state` returned."""
 
 
-def pixel_targets(frames: torch.Tensor, tubelet: int, patch: int, normalise: bool = True) -> torch.Tensor:
+PIXEL_NORMS = ("patch", "channel", "none")
+
+
+def pixel_targets(frames: torch.Tensor, tubelet: int, patch: int, norm: str = "channel") -> torch.Tensor:
     """uint8 frames [B,T,H,W,3] → per-token pixel targets [B, N, tubelet·patch²·3].
 
-    As VideoMAE: pixels in [0, 1]; with `normalise`, each tubelet patch and channel is
-    standardised over its tubelet·patch² values, (x − mean) / (unbiased std + 1e-6).
+    Pixels in [0, 1], standardised per tubelet patch as `norm` says, (x − mean) / (unbiased
+    std + 1e-6): `patch` over all of the patch's values (MAE's norm_pix_loss), `channel` over
+    each channel's tubelet·patch² values apart (VideoMAE's), `none` not at all. Per channel,
+    a smooth texture leaves each channel a sliver of a sinusoid whose phase differs by channel,
+    which no model predicts better than zeros (docs/results.md, "Target normalisation").
     Token order (t, h, w) and value order (t, y, x, channel), as VideoMAE's rearrange.
     """
+    if norm not in PIXEL_NORMS:
+        raise ValueError(f"pixels.norm must be one of {PIXEL_NORMS}, got {norm!r}")
     b, t, h, w, c = frames.shape
     x = frames.float().div(255.0)
     x = x.view(b, t // tubelet, tubelet, h // patch, patch, w // patch, patch, c)
     x = x.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(b, -1, tubelet * patch * patch, c)
-    if normalise:
-        x = (x - x.mean(dim=-2, keepdim=True)) / (x.var(dim=-2, unbiased=True, keepdim=True).sqrt() + 1e-6)
-    return x.flatten(2)
+    groups = x.flatten(2).unsqueeze(-1) if norm == "patch" else x  # [B, N, values, groups]
+    if norm != "none":
+        groups = (groups - groups.mean(dim=-2, keepdim=True)) / (groups.var(dim=-2, unbiased=True, keepdim=True).sqrt() + 1e-6)
+    return groups.flatten(2)
 
 
 class PixelObjective(Objective):
@@ -78,11 +87,11 @@ class PixelObjective(Objective):
 
     kind = "teacher"
 
-    def __init__(self, encoder: VideoViT, width: int, depth: int, num_heads: int, num_masks: int, norm_pix: bool = True,
+    def __init__(self, encoder: VideoViT, width: int, depth: int, num_heads: int, num_masks: int, norm: str = "channel",
                  pos_embed: str = "sincos3d"):
         super().__init__()
         self.encoder = encoder
-        self.norm_pix = norm_pix
+        self.norm = norm
         pixels_per_token = encoder.tubelet_size * encoder.patch_size**2 * encoder.in_chans
         self.decoder = Predictor(
             encoder.embed_dim, pixels_per_token, width=width, depth=depth, num_heads=num_heads, num_mask_tokens=num_masks,
@@ -92,14 +101,17 @@ class PixelObjective(Objective):
     def forward(self, batch: ClipBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         clip = to_model_input(batch.frames).to(self.encoder.patch_embed.proj.weight.dtype)
         grid = self.encoder.grid(*clip.shape[2:])
-        targets = pixel_targets(batch.frames, self.encoder.tubelet_size, self.encoder.patch_size, self.norm_pix)
-        losses = []
+        targets = pixel_targets(batch.frames, self.encoder.tubelet_size, self.encoder.patch_size, self.norm)
+        losses, baselines = [], []
         for mask_index, mask in enumerate(batch.masks):
             context = self.encoder(clip, keep=mask.context_idx)
             predicted = self.decoder(context, mask.context_idx, mask.target_idx, grid, mask_index=mask_index)
-            losses.append(F.mse_loss(predicted.float(), apply_masks(targets, mask.target_idx)))
+            masked = apply_masks(targets, mask.target_idx)
+            losses.append(F.mse_loss(predicted.float(), masked))
+            baselines.append(masked.detach().square().mean())  # predicting zeros: the patch mean, if standardised
         loss = torch.stack(losses).mean()
-        return loss, {f"loss_mask{i}": l.detach() for i, l in enumerate(losses)}
+        metrics = {f"loss_mask{i}": l.detach() for i, l in enumerate(losses)}
+        return loss, {**metrics, "baseline_loss": torch.stack(baselines).mean()}
 
 
 class SupervisedObjective(Objective):
@@ -154,6 +166,7 @@ class StudentObjective(Objective):
         self.momentum = momentum  # a schedule: step -> momentum (ema only)
         self.precision = precision
         self.health_every = health_every
+        self.target_mean: torch.Tensor | None = None  # see set_target_mean
         if source == "ema":
             frozen = copy.deepcopy(encoder)
         if frozen is not None:
@@ -165,16 +178,36 @@ class StudentObjective(Objective):
         targets = self._targets(batch, clip)
         student_clip = clip.to(self.encoder.patch_embed.proj.weight.dtype)
         grid = self.encoder.grid(*clip.shape[2:])
-        losses, metrics = [], {}
+        losses, baselines, explained, metrics = [], [], [], {}
         for mask_index, mask in enumerate(batch.masks):
             context = self.encoder(student_clip, keep=mask.context_idx)
-            predicted = self.predictor(context, mask.context_idx, mask.target_idx, grid, mask_index=mask_index)
-            losses.append(self.loss(predicted.float(), apply_masks(targets, mask.target_idx)))
+            predicted = self.predictor(context, mask.context_idx, mask.target_idx, grid, mask_index=mask_index).float()
+            masked = apply_masks(targets, mask.target_idx)
+            losses.append(self.loss(predicted, masked))
+            baseline, share = self._against_the_mean(predicted.detach(), masked)
+            baselines.append(baseline)
+            explained.append(share)
             if mask_index == 0 and self.health_every and batch.step % self.health_every == 0:
                 metrics.update(feature_health(context.detach()))
         loss = torch.stack(losses).mean()
         metrics.update({f"loss_mask{i}": l.detach() for i, l in enumerate(losses)})
+        metrics.update(baseline_loss=torch.stack(baselines).mean(), explained_variance=torch.stack(explained).mean())
         return loss, metrics
+
+    def set_target_mean(self, stored_latents: torch.Tensor) -> None:
+        """The trivial predictor of cached targets: their mean vector over a sample of the cache
+        (stored latents [S, N, D'] as the reader dequantises them), a constant for the run."""
+        with torch.no_grad():
+            self.target_mean = self._cache_targets(stored_latents.float()).mean(dim=(0, 1))
+
+    @torch.no_grad()
+    def _against_the_mean(self, predicted: torch.Tensor, masked: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """This loss for predicting the mean target vector (the cache's; online targets: this
+        micro-batch's), and the share of the targets' variance about it that `predicted` explains."""
+        mean = self.target_mean if self.target_mean is not None else masked.mean(dim=(0, 1))
+        mean = mean.to(masked.device).expand_as(masked)
+        spread = (masked - mean).square().sum()
+        return self.loss(mean, masked), 1 - (predicted - masked).square().sum() / spread.clamp_min(1e-12)
 
     def diagnose(self, batch) -> str:
         # Non-finite targets at masked positions make the loss non-finite; checked only then, so
@@ -197,12 +230,17 @@ class StudentObjective(Objective):
         from salt.latents import normalise_targets
 
         if self.frozen is None:
-            targets = normalise_targets(batch.float_targets(), self.target_norm)
-            return targets if self.basis is None else self.basis.reconstruct(targets)
+            return self._cache_targets(batch.float_targets())
         if next(self.frozen.parameters()).device != clip.device:
             self.frozen.to(clip.device)
         with torch.no_grad(), torch.autocast(clip.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
             return normalise_targets(self.frozen(clip).float(), "layer_norm")
+
+    def _cache_targets(self, stored: torch.Tensor) -> torch.Tensor:
+        from salt.latents import normalise_targets
+
+        targets = normalise_targets(stored, self.target_norm)
+        return targets if self.basis is None else self.basis.reconstruct(targets)
 
     def after_step(self, step: int) -> None:
         if self.source != "ema":

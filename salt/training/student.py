@@ -60,6 +60,16 @@ def check_target_rank(cfg: StudentConfig, manifest, source: str):
         raise ConfigError(f"{source}: {err}") from None
 
 
+def sample_of_targets(cache_path: str, cache_format: str = "auto", views: int = 0, count: int = 64) -> torch.Tensor:
+    """Stored latents [S, N, D] of `count` samples spread evenly over the cache (the same on
+    every rank and every run): what the trivial baseline's mean target vector is taken from."""
+    from salt.latents import open_cache
+
+    cache = open_cache(cache_path, cache_format, views)
+    positions = sorted({round(i * (len(cache) - 1) / max(1, count - 1)) for i in range(min(count, len(cache)))})
+    return torch.stack([cache.get(position).latents for position in positions])
+
+
 def compatible_keys(config: dict) -> dict:
     kept = {key: config[key] for key in ("targets", "cache", "teacher", "geometry", "data", "encoder", "predictor", "masks", "ema",
                                          "loss") if key in config}
@@ -106,6 +116,9 @@ def run_student(config_path: str | None, overrides: list[str], resume: bool = Fa
         momentum=Linear(cfg.ema.momentum_start, cfg.ema.momentum_final, cfg.optim.steps),
         precision=precision, health_every=cfg.health_every,
     )
+
+    if cfg.targets == "cache":
+        objective.set_target_mean(sample_of_targets(cfg.cache.path, cfg.cache.format, cfg.cache.views))
 
     def make_batches(start_step: int):
         def loader(first_step: int):

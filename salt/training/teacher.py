@@ -25,7 +25,7 @@ def build_objective(cfg: TeacherConfig) -> Objective:
     )
     if cfg.objective == "pixels":
         return PixelObjective(
-            encoder, cfg.decoder.width, cfg.decoder.depth, cfg.decoder.num_heads, len(cfg.masks), cfg.pixels.norm_pix,
+            encoder, cfg.decoder.width, cfg.decoder.depth, cfg.decoder.num_heads, len(cfg.masks), cfg.pixels.norm,
             pos_embed=cfg.decoder.pos_embed,
         )
     return SupervisedObjective(encoder, cfg.supervised.num_classes, cfg.supervised.head, cfg.supervised.head_depth)

@@ -16,6 +16,12 @@ Built to be a fair probe benchmark (docs/results.md, "Calibration"):
   moves between every two clip frames, so the motion shows inside each tubelet of 2.
 - Flip-safe labels: a horizontal flip maps every class to itself (no left/right classes;
   clockwise and anticlockwise rotation are one class).
+- Motion in screen space (generator version 2, the default): "up" moves the texture up the
+  screen, "sideways" left or right, "shake" back and forth along the horizontal axis, whatever
+  the texture's random orientation. Version 1 (sets made before it; `--generator-version 1`)
+  applied the translation before the scene's random rotation, so "up", "down" and "sideways"
+  were each a translation in a uniformly random screen direction: one distribution, three
+  labels. A set's version is in its `synthetic.json`.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 CLASSES = ("static", "up", "down", "sideways", "zoom_in", "zoom_out", "rotate", "shake")
+GENERATOR_VERSIONS = (1, 2)  # 2: motion in screen space (see the module docstring)
 
 
 @dataclass
@@ -43,8 +50,11 @@ class SyntheticSpec:
     motion: float = 1.0  # scales every class's motion per hold period (shift, spin, zoom rate)
     waves: int = 6  # sinusoids in each scene's texture
     blobs: int = 3  # soft blobs on top of it
+    version: int = GENERATOR_VERSIONS[-1]  # the generator's version; older ones stay reproducible
 
     def validate(self) -> None:
+        if self.version not in GENERATOR_VERSIONS:
+            raise ValueError(f"generator version {self.version} is unknown; choose one of {GENERATOR_VERSIONS}")
         if self.size % 2 or self.size < 16:
             raise ValueError(f"size must be even and >= 16, got {self.size}")
         if self.videos < len(CLASSES):
@@ -74,19 +84,24 @@ def render_video(spec: SyntheticSpec, video_index: int) -> tuple[np.ndarray, int
     label = video_index % len(CLASSES)
     scene = _random_scene(rng, spec.waves, spec.blobs)
     periods = math.ceil(spec.video_frames / spec.hold)
-    motion = _motion(CLASSES[label], periods, spec.size, rng, spec.motion)
+    motion = _motion(CLASSES[label], periods, spec.size, rng, spec.motion, spec.version)
     grid = np.arange(spec.size, dtype=np.float64) + 0.5
     ys, xs = np.meshgrid(grid, grid, indexing="ij")
     centre = spec.size / 2
     frames = np.empty((spec.video_frames, spec.size, spec.size, 3), dtype=np.uint8)
+    offset = rng.uniform(0, spec.size, size=2)  # where in the texture the screen centre starts
     for period in range(periods):
         angle, scale, shift_y, shift_x = motion[period]
         cos, sin = math.cos(angle), math.sin(angle)
-        dy, dx = (ys - centre) / scale, (xs - centre) / scale
-        # Texture coordinates in [0, 1): rotate, scale about the centre, then translate.
-        u = (centre + cos * dy - sin * dx - shift_y) / spec.size
-        v = (centre + sin * dy + cos * dx - shift_x) / spec.size
-        image = _shade(scene, u, v)
+        if spec.version == 1:
+            # Rotate, scale about the centre, then translate in texture space (random direction).
+            dy, dx = (ys - centre) / scale, (xs - centre) / scale
+            u, v = centre + cos * dy - sin * dx - shift_y, centre + sin * dy + cos * dx - shift_x
+        else:
+            # Translate on the screen first: a texture point moves by (shift_y, shift_x) pixels.
+            dy, dx = (ys - centre - shift_y) / scale, (xs - centre - shift_x) / scale
+            u, v = centre + cos * dy - sin * dx + offset[0], centre + sin * dy + cos * dx + offset[1]
+        image = _shade(scene, u / spec.size, v / spec.size)  # texture coordinates, period 1
         first, last = period * spec.hold, min((period + 1) * spec.hold, spec.video_frames)
         frames[first:last] = image
     return frames, label
@@ -244,8 +259,12 @@ def _shade(scene: dict, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def _motion(kind: str, periods: int, size: int, rng: np.random.Generator, amount: float = 1.0) -> list[tuple[float, float, float, float]]:
-    """(angle, scale, shift_y, shift_x) per period; every class shares the same marginals."""
+def _motion(kind: str, periods: int, size: int, rng: np.random.Generator, amount: float = 1.0,
+            version: int = 2) -> list[tuple[float, float, float, float]]:
+    """(angle, scale, shift_y, shift_x) per period; every class shares the same marginals.
+
+    Version 1 adds a random texture offset to the shifts; version 2's shifts are the screen
+    motion alone (the offset is drawn by the caller) and its shake is horizontal."""
     centre_period = (periods - 1) / 2
     zoom_rate = rng.uniform(1.06, 1.10) ** amount
     angle0 = rng.uniform(0, 2 * np.pi)
@@ -269,7 +288,11 @@ def _motion(kind: str, periods: int, size: int, rng: np.random.Generator, amount
             scale = zoom_rate ** (centre_period - p)
         elif kind == "rotate":
             angle = angle0 + spin * p
-        elif kind == "shake":
+        elif kind == "shake" and version == 1:
             sy = speed * (p % 2)
-        steps.append((angle, scale, shift0[0] + sy, shift0[1] + sx))
+        elif kind == "shake":
+            sx = sideways_sign * speed * (p % 2)
+        if version == 1:
+            sy, sx = shift0[0] + sy, shift0[1] + sx
+        steps.append((angle, scale, sy, sx))
     return steps
