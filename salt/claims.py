@@ -84,6 +84,10 @@ def verdicts(rows: list[dict], chance: float) -> list[str]:
     random_student = get("SALT student of the random-init teacher")
     claim("4a", "control: student of the full teacher vs student of a random-init frozen teacher", student, random_student)
     claim("4b", "control: student of a random-init teacher vs the random-init floor", random_student, floor)
+    supervised_student = get("SALT student of the supervised teacher")
+    claim("6a", "control: student of the frozen supervised teacher vs the random-init floor", supervised_student, floor)
+    claim("6b", "control: student of the frozen supervised teacher vs that teacher (what distillation keeps)",
+          supervised_student, ceiling)
     return lines
 
 

@@ -186,6 +186,10 @@ def view_averaged_accuracy(probabilities: torch.Tensor, labels: torch.Tensor, vi
     video_labels = torch.zeros(len(unique), dtype=torch.long).index_copy_(0, inverse, labels)
     ranked = summed.argsort(dim=1, descending=True)
     result = {"top1": (ranked[:, 0] == video_labels).float().mean().item(), "videos": len(unique)}
+    # confusion[true][predicted], video counts: which classes a head tells apart.
+    classes = probabilities.shape[1]
+    result["confusion"] = torch.bincount(video_labels * classes + ranked[:, 0], minlength=classes * classes).view(
+        classes, classes).tolist()
     if probabilities.shape[1] > 5:
         result["top5"] = (ranked[:, :5] == video_labels[:, None]).any(1).float().mean().item()
     return result

@@ -14,6 +14,8 @@ Claims (docs/results.md, "Calibration" and "The claims at CPU scale"):
   matched_flops       SALT vs. the V-JEPA EMA baseline trained for the same FLOPs
   weak_teacher        a teacher with a fraction of the stage-1 steps, and its students
   random_teacher      control: students of a random-init frozen teacher (the floor's encoder)
+  supervised_teacher  control: students of the frozen supervised ceiling (the most any
+                      distillation of a teacher could transfer on this benchmark)
   views               students trained on the first K cached views per video
   dtype               students trained on int8 (or other) cached targets
   rank                smaller caches: a teacher's cache compacted to int8 at full rank and at
@@ -35,7 +37,8 @@ from typing import Callable
 
 from salt.config import ConfigError, load_config
 
-CLAIMS = ("calibration", "student_vs_teacher", "matched_flops", "weak_teacher", "random_teacher", "views", "dtype", "rank")
+CLAIMS = ("calibration", "student_vs_teacher", "matched_flops", "weak_teacher", "random_teacher", "supervised_teacher", "views",
+          "dtype", "rank")
 RANK_TEACHERS = ("teacher", "weak_teacher", "random_teacher")
 PROTOCOLS = ("linear", "attentive")
 
@@ -259,6 +262,9 @@ class Reproduction:
             self._teacher_and_students("weak_teacher", max(1, round(cfg.teacher_steps * cfg.weak_fraction)))
         if "random_teacher" in claims:  # the floor's first encoder, frozen, as the teacher
             self._students("random_teacher", self.floor_encoder(cfg.floor_seeds[0]))
+        if "supervised_teacher" in claims:
+            self._train_and_probe(self._teacher_step("supervised", cfg.supervised_steps, "supervised"), "supervised.pt")
+            self._students("supervised", self.out / "supervised" / "supervised.pt")
         if "views" in claims:
             for views in sorted(set(cfg.views_sweep)):
                 if views == cfg.views:
@@ -394,7 +400,7 @@ class Reproduction:
         """The compacted caches' students, each row with its cache's bytes per view; the fp16
         full-rank row of the same teacher is the reference (it carries its bytes too)."""
         teacher = self.cfg.rank_teacher
-        label = teacher.replace("_", " ").replace("random teacher", "random-init teacher")
+        label = _teacher_label(teacher)
         prefix, source = self._student_prefix(teacher), self._cache_dir(teacher)
         for row in rows:
             if row["row"] == f"SALT student of the {label}":
@@ -421,11 +427,10 @@ class Reproduction:
 
         add("calibration", "random-init floor", [f"floor_seed{s}" for s in cfg.floor_seeds], 0.0)
         add("calibration", "supervised ceiling", ["supervised"])
-        for teacher in ("teacher", "weak_teacher", "random_teacher"):
-            prefix = "student" if teacher == "teacher" else f"{teacher}_student"
-            label = teacher.replace("_", " ").replace("random teacher", "random-init teacher")
+        for teacher in ("teacher", "weak_teacher", "random_teacher", "supervised"):
+            prefix, label = self._student_prefix(teacher), _teacher_label(teacher)
             teacher_flops = self._measured_flops(teacher)  # 0 for the random-init teacher: it never trained
-            if teacher != "random_teacher":
+            if teacher in ("teacher", "weak_teacher"):  # the random-init and supervised encoders are rows above
                 add(teacher, f"{label} (pixels)", [teacher], teacher_flops)
             students = [f"{prefix}_seed{s}" for s in cfg.seeds]
             if self._probe_records(students):
@@ -445,11 +450,16 @@ class Reproduction:
         if "rank" in cfg.claims:
             from salt.claims import rank_verdicts
 
-            label = cfg.rank_teacher.replace("_", " ").replace("random teacher", "random-init teacher")
+            label = _teacher_label(cfg.rank_teacher)
             result["verdicts"] += rank_verdicts(rows, f"SALT student of the {label}")
         (self.out / "claims.json").write_text(json.dumps(result, indent=2) + "\n")
         (self.out / "claims.md").write_text(format_table(result))
         return result
+
+
+def _teacher_label(teacher: str) -> str:
+    """How the table names a teacher of the chain ("random_teacher" → "random-init teacher")."""
+    return {"random_teacher": "random-init teacher", "supervised": "supervised teacher"}.get(teacher, teacher.replace("_", " "))
 
 
 def _sets(pairs: list[str]) -> list[str]:

@@ -40,9 +40,10 @@ def test_multi_view_averaging():
     probabilities = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.6, 0.4], [0.7, 0.3], [0.8, 0.2]])
     labels = torch.tensor([1, 1, 1, 0, 0, 0])
     videos = torch.tensor([0, 0, 0, 1, 1, 1])
-    assert view_averaged_accuracy(probabilities, labels, videos) == {"top1": 1.0, "videos": 2}
+    assert view_averaged_accuracy(probabilities, labels, videos) == {"top1": 1.0, "videos": 2, "confusion": [[1, 0], [0, 1]]}
     single = view_averaged_accuracy(probabilities[[0, 3]], labels[[0, 3]], videos[[0, 3]])
     assert single["top1"] == 0.5
+    assert single["confusion"] == [[1, 0], [1, 0]]  # [true][predicted]: video 0 (label 1) taken for class 0
 
 
 def test_probe_command_writes_json(tmp_path, synthetic_set):
