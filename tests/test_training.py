@@ -121,6 +121,32 @@ def test_loss_goes_down(tmp_path, synthetic_set):
     assert record["flops"] > 0 and 0 <= record["data_wait_share"] <= 1
     assert (tmp_path / "run" / "config.yaml").is_file()
     assert result.export_path == tmp_path / "run" / "teacher.pt"
+    assert all(r["baseline_loss"] > 0 for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()))
+    # The run's reconstructions, from its newest checkpoint (the decoder is not in teacher.pt).
+    from click.testing import CliRunner
+
+    from salt.cli import main
+
+    picture = tmp_path / "pictures" / "reconstruction.png"
+    shown = CliRunner().invoke(main, ["reconstruct", str(tmp_path / "run"), "--data", str(synthetic_set / "val.csv"),
+                                      "--out", str(picture), "--clips", "2"])
+    assert shown.exit_code == 0, shown.output
+    assert picture.stat().st_size > 1000 and "2 clips" in shown.output and "(step30)" in shown.output
+    refused = CliRunner().invoke(main, ["reconstruct", str(tmp_path / "pictures"), "--data", str(synthetic_set / "val.csv"),
+                                        "--out", str(picture)])
+    assert refused.exit_code != 0 and "no config.yaml" in str(refused.exception)
+
+
+@pytest.mark.parametrize("norm", ["patch", "channel", "none"])
+def test_unnormalised_targets_are_the_pixels(norm):
+    """What `salt reconstruct` draws: targets mapped back with each patch's own statistics."""
+    from salt.reconstruction import tokens_to_frames, unnormalise
+
+    frames = torch.randint(0, 256, (2, 4, 16, 24, 3), dtype=torch.uint8)
+    targets, raw = pixel_targets(frames, 2, 8, norm), pixel_targets(frames, 2, 8, "none")
+    back = unnormalise(targets.flatten(0, 1), raw.flatten(0, 1), norm, 2 * 8 * 8).view_as(raw)
+    torch.testing.assert_close(back, raw, atol=1e-5, rtol=1e-5)
+    np.testing.assert_array_equal(tokens_to_frames(back[1], (2, 2, 3), 2, 8), frames[1].numpy())
 
 
 def test_resume_equals_uninterrupted_and_export_matches(tmp_path, synthetic_set):
