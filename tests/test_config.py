@@ -159,3 +159,10 @@ def test_resume_accepts_a_retired_setting_at_its_no_op_value():
     assert config_differences({"data": {"batch_size": 4, "reuse_first_batch": False}}, now, defaults=defaults) == []
     assert config_differences({"data": {"batch_size": 4, "preload_batches": 3}}, now, defaults=defaults) == [
         "data.preload_batches: checkpoint 3, a setting this version no longer has"]
+    # A teacher of pixels.norm_pix: true (per-channel targets) resumes as pixels.norm: channel only.
+    defaults = {"pixels": {"norm": "channel"}}
+    assert config_differences({"pixels": {"norm_pix": True}}, {"pixels": {"norm": "channel"}}, defaults=defaults) == []
+    assert config_differences({"pixels": {"norm_pix": True}}, {"pixels": {"norm": "patch"}}, defaults=defaults) == [
+        "pixels.norm: checkpoint None, now 'patch'"]
+    assert config_differences({"pixels": {"norm_pix": False}}, {"pixels": {"norm": "none"}}, defaults=defaults)[0] == (
+        "pixels.norm: checkpoint None, now 'none'")

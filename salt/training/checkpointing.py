@@ -133,7 +133,9 @@ _ABSENT = object()
 
 # Settings since removed, with the value at which they behaved as today's code does: a
 # checkpoint that saved them at that value resumes; at any other value it is refused.
-RETIRED_SETTINGS = {"data.reuse_first_batch": False, "data.preload_batches": 0}
+# pixels.norm_pix: true was VideoMAE's per-channel targets, today's `pixels.norm: channel` (the
+# default, so such a teacher resumes unless its config now asks for another normalisation).
+RETIRED_SETTINGS = {"data.reuse_first_batch": False, "data.preload_batches": 0, "pixels.norm_pix": True}
 
 
 def config_differences(saved: Any, now: Any, prefix: str = "", defaults: Any = None) -> list[str]:
