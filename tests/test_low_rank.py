@@ -175,12 +175,14 @@ def test_cache_latents_with_a_target_rank_stores_the_teachers_coefficients(demo_
 def test_inspect_shows_the_spectrum_and_measures_the_error_against_the_full_cache(demo_cache, compacted, tmp_path):  # noqa: F811
     from salt.inspection import format_report, inspect_cache
 
-    report = inspect_cache(compacted, samples=8, compare=demo_cache / "cache", pictures=tmp_path / "pictures")
+    # Compared over all 16 samples the basis was fit on: the fit's dropped share is their mean, and
+    # a subset of 8 can lie above it by more than int8 rounding (seen on generator version 2's set).
+    report = inspect_cache(compacted, samples=16, compare=demo_cache / "cache", pictures=tmp_path / "pictures")
     spectrum = report["statistics"]["spectrum"]
     assert spectrum["rank"] == 16 and spectrum["explained"] == pytest.approx(load_manifest(compacted).basis["explained"])
     assert spectrum["source"].startswith("basis fit on")
     compared = report["compare"]
-    assert compared["ranks"] == [16, 128] and compared["identical_frames"] == 8
+    assert compared["ranks"] == [16, 128] and compared["identical_frames"] == 16
     # Measured against the full cache: the dropped variance plus int8 rounding, no more.
     assert spectrum["dropped"] * 0.5 < compared["relative_error"] < spectrum["dropped"] + 0.02
     text = format_report(report)

@@ -67,7 +67,16 @@ def sample_of_targets(cache_path: str, cache_format: str = "auto", views: int = 
 
     cache = open_cache(cache_path, cache_format, views)
     positions = sorted({round(i * (len(cache) - 1) / max(1, count - 1)) for i in range(min(count, len(cache)))})
-    return torch.stack([cache.get(position).latents for position in positions])
+    latents = []
+    for position in positions:
+        try:
+            latents.append(cache.get(position).latents)
+        except CacheError:  # a corrupt sample: the run itself raises or skips it, per cache.on_error
+            continue
+    if not latents:
+        raise ConfigError(f"{cache_path}: none of {len(positions)} samples read for the baseline is readable; "
+                          f"run `salt inspect {cache_path} --verify`")
+    return torch.stack(latents)
 
 
 def compatible_keys(config: dict) -> dict:
