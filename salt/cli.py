@@ -8,24 +8,21 @@ import click
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-def main() -> None:
+@click.version_option(package_name="salt-video", prog_name="salt")
+@click.option("--debug", is_flag=True, help="Show the full traceback of any error (also: SALT_DEBUG=1).")
+def main(debug: bool) -> None:
     """SALT: video representation learning with a frozen teacher.
 
     \b
-    make-synthetic  write the embedded synthetic data set (mp4 + CSV)
-    make-shards     pack videos and labels into WebDataset tar shards
-    train-teacher   stage 1: pixel-reconstruction teacher (also under `deepspeed`)
-    cache-latents   process 1: the frozen teacher's latents into a WebDataset / Zarr cache
-    compact-cache   a smaller copy of a cache: low-rank (PCA) targets and/or int8, no teacher
-    train-student   process 2: a student from the cache (also `deepspeed salt/train_student.py`)
-    probe           frozen attentive or linear probe of any encoder (or --random-init ARCH)
-    export          any encoder as a Hugging Face transformers folder (VJEPA2Model / VideoMAEModel)
-    inspect         offline inspection of a latent cache
-    reconstruct     a stage-1 teacher's reconstructions of masked clips, as a picture
-    bench           benchmarks (cache, student, loader)
-    flops           compute planner: FLOPs per stage and the teacher/student split
-    report          one table for a pipeline run (teacher, cache, student, probes)
+    A first run on the embedded synthetic set:
+      salt make-synthetic --out data/syn --videos 64
+      salt check-data data/syn/train.csv
+    Every command has an example in its --help.
     """
+    if debug:
+        import os
+
+        os.environ["SALT_DEBUG"] = "1"  # read where errors are turned into one line
 
 
 @main.command("make-synthetic")
@@ -108,6 +105,9 @@ def options_from(record_type):
             shown = kwargs.pop("shown", None)
             if "choices" in kwargs:
                 kwargs["type"] = click.Choice(kwargs.pop("choices"))
+            if "bounds" in kwargs:  # out-of-range values are refused before any worker starts
+                bounds = kwargs.pop("bounds")
+                kwargs["type"] = click.FloatRange(**bounds) if isinstance(field.default, float) else click.IntRange(**bounds)
             if field.default is not dataclasses.MISSING:
                 kwargs["default"] = shown(field.default) if shown else field.default
             flag = spec["flag"] or "--" + field.name.replace("_", "-")
@@ -157,10 +157,15 @@ def cache_latents_command(**options) -> None:
         from salt.latents.storage import read_bytes
 
         summary = json.loads(read_bytes(manifest))
+        skipped = summary["skipped"]
         click.echo(
             f"cache {job.out}: {summary['sample_count']} views of {summary['num_videos']} videos, "
-            f"{len(summary['skipped'])} skipped; manifest {manifest}"
+            f"{len(skipped)} skipped; manifest {manifest}"
         )
+        for entry in skipped[:5]:  # all of them are in the manifest
+            click.echo(f"  skipped {entry['path']}: {entry['reason']}")
+        if len(skipped) > 5:
+            click.echo(f"  … and {len(skipped) - 5} more (manifest.json, 'skipped')")
 
 
 @main.command("compact-cache")
@@ -203,17 +208,25 @@ def compact_cache_command(source, out, rank, dtype, codec, fit_samples, format_,
               help="Keep the stored token maps here (default: a temporary folder); a later probe with the same folder reuses them.")
 @click.option("--protocol", type=click.Choice(["attentive", "linear"]), default=None,
               help="attentive (the paper's) or linear (mean-pooled tokens, MAE's protocol); default: the config's.")
+@click.option("--allow-missing", is_flag=True,
+              help="Probe the videos that decode and record the others under 'skipped' (default: refuse a split with any).")
+@click.option("--max-videos", default=0, type=click.IntRange(min=0), help="Use only the first N videos of each split (0: all).")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
 def probe_command(encoder, checkpoint_key, random_init, train_data, val_data, config_path, overrides, arch_pairs, out, work_dir,
-                  protocol) -> None:
-    """Frozen probe: token maps computed once, an lr x wd grid of heads, multi-view evaluation."""
+                  protocol, allow_missing, max_videos, no_progress) -> None:
+    """Frozen probe: token maps computed once, an lr x wd grid of heads, multi-view evaluation.
+
+    Example: salt probe --encoder runs/student/student.pt --train data/syn/train.csv --val data/syn/val.csv --out probe.json
+    """
     from salt.cache_latents.job import parse_arch_pairs
     from salt.config import load_config
-    from salt.probe import ProbeConfig, format_probe, run_probe, save_report
+    from salt.probe import ProbeConfig, ProbeData, format_probe, run_probe, save_report
 
     if bool(encoder) == bool(random_init):
         raise click.UsageError("give exactly one of --encoder and --random-init")
     cfg = load_config(ProbeConfig, config_path, list(overrides) + ([f"protocol={protocol}"] if protocol else []))
-    report = run_probe(encoder, random_init, train_data, val_data, cfg, work_dir, parse_arch_pairs(arch_pairs), checkpoint_key)
+    report = run_probe(encoder, random_init, train_data, val_data, cfg, work_dir, parse_arch_pairs(arch_pairs), checkpoint_key,
+                       ProbeData(allow_missing, max_videos, not no_progress))
     click.echo(format_probe(report))
     if out:
         save_report(report, out)
@@ -398,12 +411,35 @@ def bench_loader_command(videos, seconds, size, samples, results, store) -> None
     click.echo(format_loader(bench_loader(videos, seconds, size, samples, results, store)))
 
 
+def _command_name(ctx: click.Context | None) -> str:
+    """`salt inspect`, however the program was started (`python -m salt.cli`, the script)."""
+    names = []
+    while ctx is not None and ctx.parent is not None:
+        names.insert(0, ctx.info_name)
+        ctx = ctx.parent
+    return " ".join(["salt", *names])
+
+
 def run_cli() -> None:
-    """Entry point that turns bad-input errors into one clear line instead of a traceback."""
+    """Entry point: bad input, click's usage errors included, becomes one line
+    `error: <what> — <what to do>` (exit 1; 2 for a misused command line), not a traceback."""
+    import sys
+
     from salt.errors import one_line_errors
 
-    with one_line_errors():
-        main(standalone_mode=True)
+    try:
+        with one_line_errors():
+            code = main(standalone_mode=False)
+    except click.exceptions.UsageError as err:
+        click.echo(f"error: {err.format_message()} — see `{_command_name(err.ctx)} --help`", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(1)
+    except click.ClickException as err:
+        click.echo(f"error: {err.format_message()}", err=True)
+        sys.exit(err.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

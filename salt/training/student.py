@@ -86,6 +86,9 @@ def run_student(config_path: str | None, overrides: list[str], resume: bool = Fa
         manifest = first_views(manifest, cfg.cache.views, cfg.cache.path)
     except CacheError as err:
         raise ConfigError(f"{source}: cache.views: {err}") from None
+    if manifest.sample_count == 0:
+        raise TrainingError(f"{cfg.cache.path} holds no samples (all {len(manifest.skipped)} videos were skipped, reasons in "
+                            "its manifest.json) — cache data that decodes (salt check-data DATA) and point cache.path at it")
     grid = check_against_manifest(cfg, manifest, source)
     basis = check_target_rank(cfg, manifest, source)
     if cfg.targets == "ema" and cfg.engine.zero_stage == 3:
@@ -131,11 +134,12 @@ def run_student(config_path: str | None, overrides: list[str], resume: bool = Fa
             return replayed(loader, cfg.data.replay_every, start_step, dist_info.device)
         return loader(start_step)
 
-    # Fewer shards than ranks × workers would leave a reader without data: refuse now, not hang later.
+    # Fewer filled shards than ranks × workers would leave a reader without data: refuse now, not hang later.
     splits = dist_info.world_size * max(1, cfg.data.workers)
-    if len(manifest.shards) < splits:
-        raise TrainingError(f"{cfg.cache.path} has {len(manifest.shards)} shards for {dist_info.world_size} ranks × "
-                            f"{max(1, cfg.data.workers)} workers; use fewer workers or cache with smaller --shard-videos")
+    filled = sum(1 for shard in manifest.shards if shard.samples)
+    if filled < splits:
+        raise TrainingError(f"{cfg.cache.path} has {filled} shards with samples for {dist_info.world_size} ranks × "
+                            f"{max(1, cfg.data.workers)} workers — use fewer workers or cache with smaller --shard-videos")
     return train(
         cfg, objective, make_batches, dist_info, resume=resume, export_name="student.pt", compatible_keys=compatible_keys,
         max_bad_videos=10**9 if cfg.cache.on_error == "skip" else 0,
