@@ -85,6 +85,27 @@ def _fail_fast(scheme: str) -> dict:
     return {"config_kwargs": {"retries": {"max_attempts": 3, "mode": "standard"}, "connect_timeout": 5}}
 
 
+def umask() -> int:
+    """This process's umask, read without changing it (os.umask(0) would, for a moment, let
+    another thread create files anyone may write)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # no /proc: the only other way to read it
+    os.umask(mask)
+    return mask
+
+
+def make_readable(path: str | Path, folder: bool = False) -> None:
+    """Give a file made by mkstemp / mkdtemp (0600 / 0700) the mode the umask gives any new
+    file (0644 / 0755 by default), so a cache or checkpoint shared on a cluster is readable."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~umask())
+
+
 def join(base: str | Path, *parts: str) -> str | Path:
     if isinstance(base, Path) or not is_url(base):
         return Path(base, *parts)
