@@ -56,6 +56,32 @@ def make_synthetic_command(out, videos, seed, size, frames, frame_step, tubelet,
     click.echo(f"wrote {out}/train.csv, {out}/val.csv and {out}/synthetic.json")
 
 
+@main.command("check-data")
+@click.argument("data", metavar="DATA")
+@click.option("--workers", default=4, type=click.IntRange(min=1), help="Videos decoded at a time (each in its own process).")
+@click.option("--decode-timeout", default=60.0, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds per video before its decoder is killed and the video counted as failed.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def check_data_command(data, workers, decode_timeout, json_out, no_progress) -> None:
+    """Decode every video of DATA (a CSV of 'path label' lines, a folder, or make-shards output)
+    once: counts, frames, sizes, durations, labels per class, and every failure by file or line.
+    Exit status 1 when any line is unusable.
+
+    Example: salt check-data data/syn/train.csv
+    """
+    from pathlib import Path
+
+    from salt.check_data import check_data, format_check
+
+    report = check_data(data, workers, decode_timeout, not no_progress)
+    click.echo(format_check(report))
+    if json_out:
+        Path(json_out).write_text(json.dumps(report, indent=1) + "\n")
+    if report["failed"] or report["bad_lines"]:
+        raise SystemExit(1)
+
+
 @main.command("make-shards")
 @click.option("--data", required=True, help="CSV of 'path label' lines, or a folder of videos.")
 @click.option("--out", required=True, help="Output folder (e.g. shards/NAME) or object-store URL (s3://bucket/shards/NAME).")

@@ -53,14 +53,15 @@ class VideoRecord:
             return handle.read(self.size)
 
 
-def read_csv(csv_path: str | Path) -> list[VideoRecord]:
+def read_csv(csv_path: str | Path, problems: list[dict] | None = None) -> list[VideoRecord]:
     """Read V-JEPA-style lines `path [label]`.
 
     The label is the last space-separated field when it is an integer, so paths may contain
     spaces. Relative paths are resolved against the CSV's folder, which keeps a data set
     movable. Blank lines and lines starting with '#' are skipped. A line that cannot be a
     video (no video extension and no such file: `hi`, `a.mp4,3`, `a.mp4 cat`) is refused with
-    its line number, not read as a path that will be missing.
+    its line number, not read as a path that will be missing; or, given `problems`, recorded
+    there ({"line", "text", "reason"}) and left out (`salt check-data` lists them all).
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
@@ -81,13 +82,15 @@ def read_csv(csv_path: str | Path) -> list[VideoRecord]:
         problem = _line_problem(line, path_text, path)
         if problem:
             bad.append(f"{csv_path}:{line_number}: {problem}")
+            if problems is not None:
+                problems.append({"line": line_number, "text": line, "reason": problem})
             continue
         records.append(VideoRecord(len(records), str(path), label))
-    if bad:
+    if bad and problems is None:
         more = f" (and {len(bad) - 1} more bad lines)" if len(bad) > 1 else ""
         raise VideoSourceError(f"{bad[0]}{more} — write one 'path label' per line, separated by a space, e.g. "
                                "'videos/000000.mp4 3' (label: an integer class index)")
-    if not records:
+    if not records and not bad:
         raise VideoSourceError(f"{csv_path}: no videos listed — write one 'path label' per line")
     return records
 
