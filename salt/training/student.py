@@ -33,10 +33,13 @@ def check_against_manifest(cfg: StudentConfig, manifest, source: str) -> tuple[i
     ours = {"frames": cfg.geometry.frames, "frame_step": cfg.geometry.frame_step, "size": cfg.geometry.size,
             "patch": arch["patch_size"], "tubelet": arch["tubelet_size"], "grid": list(grid)}
     theirs = {**{k: manifest.geometry.get(k) for k in ("frames", "frame_step", "size", "patch", "tubelet")}, "grid": list(manifest.grid)}
-    mismatched = [f"{k}: config {ours[k]}, cache {theirs[k]}" for k in ours if ours[k] != theirs[k]]
+    keys = {"frames": "geometry.frames", "frame_step": "geometry.frame_step", "size": "geometry.size",
+            "patch": "encoder.overrides.patch_size", "tubelet": "encoder.overrides.tubelet_size"}  # the grid follows
+    mismatched = [f"{k}: config {ours[k]}, cache {theirs[k]}" + (f" (--set {keys[k]}={theirs[k]})" if k in keys else "")
+                  for k in ours if ours[k] != theirs[k]]
     if mismatched:
         raise ConfigError(f"{source}: the student does not fit the cache {cfg.cache.path}: " + "; ".join(mismatched)
-                          + ". Set geometry/encoder to the cache's values, or cache the data again for this geometry.")
+                          + " — set those keys to the cache's values, or cache the data again for this geometry")
     return grid
 
 

@@ -182,16 +182,19 @@ def test_student_on_an_empty_cache_refuses_within_seconds(tmp_path, cli, teacher
     fails and a student refuses before step 1, never hangs."""
     cache = tmp_path / "cache"
     assert cli(*cache_args(teacher, synthetic_set / "train.csv", cache, views=1, videos=2))[0] == 0
+    config = {"cache": {"path": str(cache)}, "geometry": {"frames": 8, "frame_step": 4, "size": 32},
+              "data": {"batch_size": 2, "workers": 0}, "encoder": {"arch": "vit_tiny", "overrides": {"depth": 1}},
+              "predictor": {"width": 32, "depth": 1, "num_heads": 2}, "optim": {"steps": 2, "warmup_steps": 1},
+              "run": {"out_dir": str(tmp_path / "run"), "progress": False}}
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(config))
+    other = ("--set", "geometry.size=64", "--set", "encoder.overrides.patch_size=8")  # refused before DeepSpeed starts
+    one_error_line(*cli("train-student", "--config", tmp_path / "s.yaml", *other), 1, "size: config 64, cache 32 "
+                   "(--set geometry.size=32)", "(--set encoder.overrides.patch_size=16)")
     manifest = json.loads((cache / "manifest.json").read_text())
     manifest["skipped"] = [{"video": v, "path": f"v{v}.mp4", "reason": "broken"} for v in range(2)]
     manifest["sample_count"], manifest["shards"][0]["samples"] = 0, 0
     (cache / "manifest.json").write_text(json.dumps(manifest))
     assert cli("inspect", cache, "--verify", "--samples", "0")[0] == 1
     assert "no samples" in cli.out
-    config = {"cache": {"path": str(cache)}, "geometry": {"frames": 8, "frame_step": 4, "size": 32},
-              "data": {"batch_size": 2, "workers": 0}, "encoder": {"arch": "vit_tiny", "overrides": {"depth": 1}},
-              "predictor": {"width": 32, "depth": 1, "num_heads": 2}, "optim": {"steps": 2, "warmup_steps": 1},
-              "run": {"out_dir": str(tmp_path / "run"), "progress": False}}
-    (tmp_path / "s.yaml").write_text(yaml.safe_dump(config))
     result = salt("train-student", "--config", str(tmp_path / "s.yaml"), timeout=120)
     one_error_line(result.returncode, result.stderr, 1, "holds no samples", str(cache))
