@@ -41,7 +41,10 @@ def main(debug: bool) -> None:
               help="2: motion in screen space; 1: sets made before it (reproduced exactly).")
 def make_synthetic_command(out, videos, seed, size, frames, frame_step, tubelet, val_fraction, motion, waves, blobs,
                            version) -> None:
-    """Write a synthetic motion-classification set: videos/*.mp4, train.csv, val.csv."""
+    """Write a synthetic motion-classification set: videos/*.mp4, train.csv, val.csv.
+
+    Example: salt make-synthetic --out data/syn --videos 64 --size 40 --frames 8
+    """
     from salt.video.synthetic import SyntheticSpec, format_summary, make_synthetic
 
     spec = SyntheticSpec(
@@ -54,6 +57,28 @@ def make_synthetic_command(out, videos, seed, size, frames, frame_step, tubelet,
         raise click.UsageError(str(err)) from None
     click.echo(format_summary(summary))
     click.echo(f"wrote {out}/train.csv, {out}/val.csv and {out}/synthetic.json")
+
+
+@main.command("models")
+@click.argument("pattern", default="*")
+def models_command(pattern) -> None:
+    """The registered encoder sizes (for --random-init, encoder.arch, --arch): name, parameters,
+    width, depth, heads, positions. PATTERN filters names, as timm's list_models does.
+
+    Example: salt models '*rope'
+    """
+    import fnmatch
+
+    from salt.models import ARCHS, count_params
+
+    names = [name for name in ARCHS if fnmatch.fnmatch(name, pattern)]
+    if not names:
+        raise click.UsageError(f"no size matches {pattern!r}; sizes: {', '.join(ARCHS)}")
+    click.echo(f"{'name':16}{'params':>9}{'width':>7}{'depth':>7}{'heads':>7}{'mlp':>6}  positions")
+    for name in names:
+        a = ARCHS[name]
+        click.echo(f"{name:16}{count_params(name) / 1e6:>8.1f}M{a['embed_dim']:>7}{a['depth']:>7}{a['num_heads']:>7}"
+                   f"{a['mlp_ratio']:>6.2f}  {a['pos_embed']}")
 
 
 @main.command("check-data")
@@ -87,7 +112,10 @@ def check_data_command(data, workers, decode_timeout, json_out, no_progress) -> 
 @click.option("--out", required=True, help="Output folder (e.g. shards/NAME) or object-store URL (s3://bucket/shards/NAME).")
 @click.option("--shard-size", default=256, help="Videos per tar shard.")
 def make_shards_command(data, out, shard_size) -> None:
-    """Pack videos (bytes untouched) and labels into tar shards that stream; `--data DIR` reads them."""
+    """Pack videos (bytes untouched) and labels into tar shards that stream; `--data DIR` reads them.
+
+    Example: salt make-shards --data data/syn/train.csv --out shards/syn_train
+    """
     from salt.video.shards import make_shards
 
     index = make_shards(data, out, shard_size)
@@ -98,7 +126,9 @@ def make_shards_command(data, out, shard_size) -> None:
 def _training_command(name: str, stage: str, config_dir: str):
     """`salt train-teacher` / `salt train-student`: the same options, one process."""
 
-    @main.command(name, help=f"{stage} in one process. For several, use `deepspeed --num_gpus N salt/{name.replace('-', '_')}.py`.")
+    example = f"salt {name} --config {config_dir}vit_tiny.yaml --set optim.steps=50"
+    @main.command(name, help=f"{stage} in one process. For several, use `deepspeed --num_gpus N salt/{name.replace('-', '_')}.py`."
+                  f"\n\nExample: {example}")
     @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help=f"YAML config ({config_dir}…).")
     @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value, e.g. optim.steps=50.")
     @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in run.out_dir.")
@@ -136,6 +166,8 @@ def options_from(record_type):
                 kwargs["type"] = click.FloatRange(**bounds) if isinstance(field.default, float) else click.IntRange(**bounds)
             if field.default is not dataclasses.MISSING:
                 kwargs["default"] = shown(field.default) if shown else field.default
+                if kwargs["default"] == "":  # the help text says what an empty value means
+                    kwargs["show_default"] = False
             flag = spec["flag"] or "--" + field.name.replace("_", "-")
             command = click.option(flag, field.name, help=spec["help"], **kwargs)(command)
         return command
@@ -168,7 +200,10 @@ def _cache_job_type():
 @main.command("cache-latents")
 @options_from(_cache_job_type())
 def cache_latents_command(**options) -> None:
-    """Precompute teacher latents over augmented views into compressed shards."""
+    """Precompute teacher latents over augmented views into compressed shards.
+
+    Example: salt cache-latents --teacher runs/teacher/teacher.pt --data data/syn/train.csv --out cache/syn --views 2
+    """
     from salt.cache_latents import CacheJob, command_line, run_cache
 
     job = record_from_options(CacheJob, options, command=command_line())
@@ -200,13 +235,18 @@ def cache_latents_command(**options) -> None:
 @click.option("--rank", default=0, show_default=True,
               help="Coefficients kept per token (PCA of the layer-normalised targets); 0: every channel, re-encoded only.")
 @click.option("--dtype", type=click.Choice(["int8", "fp16", "bf16"]), default="int8", help="Stored dtype of the targets.")
-@click.option("--codec", type=click.Choice(["blosc-zstd", "blosc-lz4", "zstd", "none"]), default="blosc-zstd")
+@click.option("--codec", type=click.Choice(["blosc-zstd", "blosc-lz4", "zstd", "none"]), default="blosc-zstd",
+              help="Compression of the stored targets.")
 @click.option("--fit-samples", default=1024, help="Samples (all their tokens) the basis is fit on, spread over the cache.")
-@click.option("--format", "format_", type=click.Choice(["wds", "zarr", "both"]), default="wds")
+@click.option("--format", "format_", type=click.Choice(["wds", "zarr", "both"]), default="wds",
+              help="Storage format(s) of the compacted cache.")
 @click.option("--overwrite", is_flag=True, help="Replace an --out made with other settings.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def compact_cache_command(source, out, rank, dtype, codec, fit_samples, format_, overwrite, no_progress) -> None:
-    """Shrink a cache without the teacher: low-rank targets (a basis stored once) and/or int8."""
+    """Shrink a cache without the teacher: low-rank targets (a basis stored once) and/or int8.
+
+    Example: salt compact-cache cache/syn --out cache/syn_r32 --rank 32
+    """
     from salt.cache_latents.job import FORMATS, command_line
     from salt.compact_cache import CompactJob, compact_cache
     from salt.latents import load_manifest
@@ -222,12 +262,13 @@ def compact_cache_command(source, out, rank, dtype, codec, fit_samples, format_,
 
 @main.command("probe")
 @click.option("--encoder", type=click.Path(), help="Encoder checkpoint (SALT .pt/.safetensors, V-JEPA 1/2, VideoMAE, Hugging Face VideoMAE or V-JEPA 2 folder).")
-@click.option("--checkpoint-key", default="", help="State dict to read from a trainer checkpoint (default: target_encoder, else encoder).")
+@click.option("--checkpoint-key", default="", show_default=False,
+              help="State dict to read from a trainer checkpoint (default: target_encoder, else encoder).")
 @click.option("--random-init", help="Probe a randomly initialised encoder of this size instead (the floor).")
 @click.option("--train", "train_data", required=True, help="Labelled training videos (CSV, folder, shards: a path or URL).")
 @click.option("--val", "val_data", required=True, help="Labelled validation videos.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML (configs/probe/default.yaml).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a probe config value, e.g. epochs=5.")
 @click.option("--arch", "arch_pairs", multiple=True, metavar="KEY=VALUE", help="Architecture facts (e.g. img_size=64).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the results as JSON here.")
 @click.option("--work-dir", type=click.Path(file_okay=False),
@@ -263,10 +304,14 @@ def probe_command(encoder, checkpoint_key, random_init, train_data, val_data, co
 @click.argument("encoder", metavar="ENCODER", type=click.Path(exists=True))
 @click.option("--out", required=True, type=click.Path(), help="New folder for config.json, model.safetensors, salt_export.json, README.md.")
 @click.option("--arch", "arch_pairs", multiple=True, metavar="KEY=VALUE", help="Architecture facts the checkpoint cannot tell (e.g. num_heads=16).")
-@click.option("--checkpoint-key", default="", help="State dict to read from a trainer checkpoint (default: target_encoder, else encoder).")
+@click.option("--checkpoint-key", default="", show_default=False,
+              help="State dict to read from a trainer checkpoint (default: target_encoder, else encoder).")
 def export_command(encoder, out, arch_pairs, checkpoint_key) -> None:
     """Write ENCODER (anything `salt probe --encoder` reads) as a transformers folder that
-    `AutoModel.from_pretrained(OUT)` loads without SALT: RoPE -> VJEPA2Model, sincos1d -> VideoMAEModel."""
+    `AutoModel.from_pretrained(OUT)` loads without SALT: RoPE -> VJEPA2Model, sincos1d -> VideoMAEModel.
+
+    Example: salt export runs/student/student.pt --out exports/student_hf
+    """
     from salt.cache_latents.job import parse_arch_pairs
     from salt.hf_export import export_encoder
 
@@ -282,9 +327,9 @@ def export_command(encoder, out, arch_pairs, checkpoint_key) -> None:
 
 @main.command("flops")
 @click.option("--teacher-config", type=click.Path(exists=True, dir_okay=False), help="Stage-1 config (omit for V-JEPA / EMA).")
-@click.option("--student-config", required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--teacher-steps", default=0)
-@click.option("--student-steps", required=True, type=int)
+@click.option("--student-config", required=True, type=click.Path(exists=True, dir_okay=False), help="Stage-2 config.")
+@click.option("--teacher-steps", default=0, help="Stage-1 optimiser steps (0: no teacher stage).")
+@click.option("--student-steps", required=True, type=int, help="Stage-2 optimiser steps.")
 @click.option("--batch", type=int, default=None, help="Global batch of both stages (default: each config's micro-batch x grad_accum x --gpus).")
 @click.option("--gpus", default=1, help="Data-parallel ranks, for the default global batch.")
 @click.option("--targets", type=click.Choice(["cache", "teacher", "ema"]), default=None, help="Override the student's targets.")
@@ -293,7 +338,11 @@ def export_command(encoder, out, arch_pairs, checkpoint_key) -> None:
 @click.option("--teacher-set", multiple=True, metavar="KEY=VALUE", help="Override the teacher config.")
 @click.option("--student-set", multiple=True, metavar="KEY=VALUE", help="Override the student config.")
 def flops_command(teacher_config, student_config, teacher_steps, student_steps, batch, gpus, targets, views, videos, teacher_set, student_set) -> None:
-    """FLOPs per stage counted the paper's way (6ND trained, 2ND frozen) and by torch's counter."""
+    """FLOPs per stage counted the paper's way (6ND trained, 2ND frozen) and by torch's counter.
+
+    Example: salt flops --teacher-config configs/teacher/vit_base.yaml --student-config configs/student/vit_base.yaml
+    --teacher-steps 20000 --student-steps 40000
+    """
     from salt.config import load_config
     from salt.flops import format_plan, plan
     from salt.training.config import StudentConfig, TeacherConfig
@@ -331,11 +380,14 @@ def report_command(teacher_run, cache, student_run, probes, curves) -> None:
 
 @main.command("reproduce")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML (configs/reproduce/small.yaml).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value, e.g. out=runs/claims.")
 def reproduce_command(config_path, overrides) -> None:
     """The paper's claims at small scale: a resumable chain of runs and a claims table.
 
-    Finished steps are kept; run the same command again to resume after a stop."""
+    Finished steps are kept; run the same command again to resume after a stop.
+
+    Example: salt reproduce --config configs/reproduce/small.yaml
+    """
     from salt.claims import format_table
     from salt.reproduce import reproduce
 
@@ -344,23 +396,29 @@ def reproduce_command(config_path, overrides) -> None:
 
 @main.group("bench")
 def bench_group() -> None:
-    """Benchmarks: tables on stdout, JSON records under benchmarks/results/."""
+    """Benchmarks: tables on stdout, JSON records under benchmarks/results/.
+
+    Example: salt bench cache --videos 8 --views 4
+    """
 
 
 @bench_group.command("cache")
-@click.option("--videos", default=8)
-@click.option("--views", default=4)
-@click.option("--arch", default="vit_tiny")
-@click.option("--size", default=64)
-@click.option("--frames", default=16)
-@click.option("--workers", default=2)
-@click.option("--batch-size", default=16)
+@click.option("--videos", default=8, help="Benchmark videos to make.")
+@click.option("--views", default=4, help="Views cached per video.")
+@click.option("--arch", default="vit_tiny", help="Teacher size (salt models lists them).")
+@click.option("--size", default=64, help="Clip height and width.")
+@click.option("--frames", default=16, help="Frames per clip.")
+@click.option("--workers", default=2, help="Decoding worker processes.")
+@click.option("--batch-size", default=16, help="Views per teacher forward.")
 @click.option("--seconds", default=4, help="Length of each 640x360 benchmark video.")
-@click.option("--results", default="benchmarks/results", type=click.Path(file_okay=False))
+@click.option("--results", default="benchmarks/results", type=click.Path(file_okay=False), help="Folder of the JSON records.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local",
               help="ray: also run the Ray engine on the same videos, beside the local one.")
 def bench_cache_command(videos, views, arch, size, frames, workers, batch_size, seconds, results, engine) -> None:
-    """cache-latents views/s vs. decode alone and teacher alone; bytes per view by dtype and codec."""
+    """cache-latents views/s vs. decode alone and teacher alone; bytes per view by dtype and codec.
+
+    Example: salt bench cache --videos 8 --views 4
+    """
     from salt.bench import bench_cache, format_cache
 
     click.echo(format_cache(bench_cache(videos, views, arch, size, frames, workers, batch_size, seconds, results, engine)))
@@ -368,13 +426,16 @@ def bench_cache_command(videos, views, arch, size, frames, workers, batch_size, 
 
 @bench_group.command("student")
 @click.option("--steps", default=40, help="Optimiser steps of each separate run (online teacher, worker counts, RSS).")
-@click.option("--batch-size", default=16)
+@click.option("--batch-size", default=16, help="Clips per step.")
 @click.option("--repeats", default=3, help="Runs of paired cache / in-memory windows, each its own process.")
 @click.option("--window", default=8, help="Steps per window; streamed and replayed windows alternate.")
 @click.option("--pairs", default=8, help="Measured window pairs per run (after one warm-up pair).")
-@click.option("--results", default="benchmarks/results", type=click.Path(file_okay=False))
+@click.option("--results", default="benchmarks/results", type=click.Path(file_okay=False), help="Folder of the JSON records.")
 def bench_student_command(steps, batch_size, repeats, window, pairs, results) -> None:
-    """Student step time with cache / online-teacher / in-memory targets; the loader's CPU cost by part; data wait by workers; peak RSS."""
+    """Student step time with cache / online-teacher / in-memory targets; the loader's CPU cost by part; data wait by workers; peak RSS.
+
+    Example: salt bench student --steps 40
+    """
     from salt.bench import bench_student, format_student
 
     click.echo(format_student(bench_student(steps, batch_size, results, repeats, window, pairs)))
@@ -409,7 +470,10 @@ def reconstruct_command(run_dir, data, out, clips, mask_index, seed) -> None:
 @click.option("--format", "format_", type=click.Choice(["auto", "wds", "zarr"]), default="auto", help="Which stored format to read.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
 def inspect_command(cache_path, run_verify, pictures, samples, compare, format_, json_out) -> None:
-    """Describe a latent cache: manifest, integrity, target statistics, comparison, pictures."""
+    """Describe a latent cache: manifest, integrity, target statistics, comparison, pictures.
+
+    Example: salt inspect cache/syn --verify --pictures runs/inspect
+    """
     from pathlib import Path
 
     from salt.inspection import format_report, inspect_cache
@@ -423,15 +487,18 @@ def inspect_command(cache_path, run_verify, pictures, samples, compare, format_,
 
 
 @bench_group.command("loader")
-@click.option("--videos", default=8)
+@click.option("--videos", default=8, help="Benchmark videos to make.")
 @click.option("--seconds", default=10, help="Length of each 640x360 benchmark video.")
-@click.option("--size", default=224)
+@click.option("--size", default=224, help="Clip height and width.")
 @click.option("--samples", default=64, help="Samples drawn from each pipeline.")
-@click.option("--results", default="benchmarks/results", type=click.Path(file_okay=False))
+@click.option("--results", default="benchmarks/results", type=click.Path(file_okay=False), help="Folder of the JSON records.")
 @click.option("--store", type=click.Choice(["local", "s3"]), default="local",
               help="s3: also read the cache from a local S3-protocol server (moto), beside local disk.")
 def bench_loader_command(videos, seconds, size, samples, results, store) -> None:
-    """Samples/s per worker: the student's cache reader vs. V-JEPA-style online decoding."""
+    """Samples/s per worker: the student's cache reader vs. V-JEPA-style online decoding.
+
+    Example: salt bench loader --videos 8 --size 112
+    """
     from salt.bench import bench_loader, format_loader
 
     click.echo(format_loader(bench_loader(videos, seconds, size, samples, results, store)))

@@ -1,0 +1,44 @@
+"""The command line a newcomer reads first: one command list, a version, an example in every
+command's help, help text for every option, and the registered sizes."""
+
+from __future__ import annotations
+
+import click
+from click.testing import CliRunner
+
+from salt.cli import main
+from salt.models import ARCHS
+
+
+def commands(group: click.Group, prefix: tuple[str, ...] = ()):
+    for name, command in group.commands.items():
+        if isinstance(command, click.Group):
+            yield from commands(command, (*prefix, name))
+        else:
+            yield (*prefix, name), command
+
+
+def test_the_command_list_is_clicks_alone_and_there_is_a_version():
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    for name in main.commands:
+        assert sum(line.split()[0] == name for line in result.output.splitlines() if line.strip()) == 1, name
+    version = CliRunner().invoke(main, ["--version"])
+    assert version.exit_code == 0 and version.output.startswith("salt, version ")
+
+
+def test_every_command_has_an_example_and_every_option_help():
+    for path, command in commands(main):
+        result = CliRunner().invoke(main, [*path, "--help"])
+        assert result.exit_code == 0 and "Example: salt " in result.output, path
+        for param in command.params:
+            if isinstance(param, click.Option) and not param.hidden:
+                assert param.help, (path, param.name)
+        assert '[default: ""]' not in result.output, path
+
+
+def test_models_lists_the_registered_sizes_and_filters_them():
+    listed = CliRunner().invoke(main, ["models"])
+    assert listed.exit_code == 0 and [line.split()[0] for line in listed.output.splitlines()[1:]] == list(ARCHS)
+    rope = CliRunner().invoke(main, ["models", "*rope"])
+    assert [line.split()[0] for line in rope.output.splitlines()[1:]] == [name for name in ARCHS if name.endswith("rope")]
