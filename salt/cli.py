@@ -23,6 +23,9 @@ def main(debug: bool) -> None:
         import os
 
         os.environ["SALT_DEBUG"] = "1"  # read where errors are turned into one line
+    from salt.noise import quiet_third_party
+
+    quiet_third_party()
 
 
 @main.command("make-synthetic")

@@ -66,6 +66,9 @@ def launcher_main(description: str, run_stage: Callable[[str, list[str], bool], 
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    from salt.noise import quiet_third_party
+
+    quiet_third_party()
     with one_line_errors():
         print(describe(run_stage(args.config, args.overrides, args.resume)))
 
