@@ -23,7 +23,11 @@ from salt.training.schedules import Linear
 
 
 def check_against_manifest(cfg: StudentConfig, manifest, source: str) -> tuple[int, int, int]:
-    """Refuse, before step 1, a student whose clips or tokens differ from the cache's."""
+    """Refuse, before step 1, a student whose clips or tokens differ from the cache's, or a cache
+    with nothing in it (its loader could never fill a batch)."""
+    if manifest.sample_count == 0:
+        raise TrainingError(f"{cfg.cache.path} holds no samples (all {len(manifest.skipped)} videos were skipped, reasons in "
+                            "its manifest.json) — cache data that decodes (salt check-data DATA) and point cache.path at it")
     try:
         arch = resolve_arch(cfg.encoder.arch, **{"img_size": cfg.geometry.size, "num_frames": cfg.geometry.frames,
                                                  **cfg.encoder.overrides})
@@ -89,9 +93,6 @@ def run_student(config_path: str | None, overrides: list[str], resume: bool = Fa
         manifest = first_views(manifest, cfg.cache.views, cfg.cache.path)
     except CacheError as err:
         raise ConfigError(f"{source}: cache.views: {err}") from None
-    if manifest.sample_count == 0:
-        raise TrainingError(f"{cfg.cache.path} holds no samples (all {len(manifest.skipped)} videos were skipped, reasons in "
-                            "its manifest.json) — cache data that decodes (salt check-data DATA) and point cache.path at it")
     grid = check_against_manifest(cfg, manifest, source)
     basis = check_target_rank(cfg, manifest, source)
     if cfg.targets == "ema" and cfg.engine.zero_stage == 3:
