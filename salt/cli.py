@@ -233,7 +233,7 @@ def cache_latents_command(**options) -> None:
 
 
 @main.command("compact-cache")
-@click.argument("source", metavar="SRC", type=click.Path())
+@click.argument("source", metavar="CACHE", type=click.Path())
 @click.option("--out", required=True, help="Folder (or object-store URL) of the compacted cache.")
 @click.option("--rank", default=0, show_default=True,
               help="Coefficients kept per token (PCA of the layer-normalised targets); 0: every channel, re-encoded only.")

@@ -132,7 +132,7 @@ def extract_features(encoder_path: Path, data: str, out: Path, cfg: ProbeConfig,
     skipped = load_manifest(out).skipped
     if skipped and not which.allow_missing:
         forget_shards_with_skips(out)  # a --work-dir rerun after the fix redoes them
-        storage.remove_tree(storage.join(out, "manifest.json"))
+        storage.remove(storage.join(out, "manifest.json"))
         raise VideoSourceError(f"probe {split} data {data}: {len(skipped)} videos are missing or do not decode "
                                f"({name_skipped(skipped)}), so the accuracy would be over another set than asked — fix the "
                                f"list (`salt check-data {data}` names every failure) or pass --allow-missing to probe the "

@@ -52,7 +52,7 @@ def _formats_flag(formats: tuple[str, ...]) -> str:
 class CacheJob:
     teacher: str = field(metadata=cli(
         "Encoder checkpoint: SALT .pt/.safetensors, V-JEPA 1/2, VideoMAE, or a Hugging Face VideoMAE or V-JEPA 2 folder.",
-        required=True))
+        required=True, metavar="PATH"))
     data: str = field(metadata=cli("CSV of 'path label' lines, a folder of videos, or make-shards output.", required=True))
     out: str = field(metadata=cli("Cache folder, e.g. cache/NAME.", required=True))
     views: int = field(default=1, metadata=cli("Augmented views per video (a larger value later adds the missing ones).", bounds=dict(min=1)))

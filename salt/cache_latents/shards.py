@@ -264,7 +264,7 @@ def forget_shards_with_skips(out: Path | str) -> None:
     for name in storage.list_names(storage.join(out, "done"), suffix=".json"):
         path = storage.join(out, "done", name)
         if json.loads(storage.read_bytes(path))["skipped"]:
-            storage.remove_tree(path)
+            storage.remove(path)
 
 
 def merge(job: CacheJob, out: Path | str, settings: dict, num_videos: int, grid, dim: int, view: ViewConfig, arch: dict) -> Path | None:
