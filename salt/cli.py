@@ -535,6 +535,9 @@ def run_cli() -> None:
     except click.ClickException as err:
         click.echo(f"error: {err.format_message()}", err=True)
         sys.exit(err.exit_code)
+    except BrokenPipeError:  # `salt models | head`: the reader left, as click's standalone mode allows
+        sys.stdout = None
+        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)
 
 
