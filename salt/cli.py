@@ -281,7 +281,7 @@ def compact_cache_command(source, out, rank, dtype, codec, fit_samples, format_,
 @click.option("--allow-missing", is_flag=True,
               help="Probe the videos that decode and record the others under 'skipped' (default: refuse a split with any).")
 @click.option("--max-videos", default=0, type=click.IntRange(min=0), help="Use only the first N videos of each split (0: all).")
-@click.option("--no-progress", is_flag=True, help="No progress bars.")
+@click.option("--no-progress", is_flag=True, help="No progress bars (none either when stderr is not a terminal).")
 def probe_command(encoder, checkpoint_key, random_init, train_data, val_data, config_path, overrides, arch_pairs, out, work_dir,
                   protocol, allow_missing, max_videos, no_progress) -> None:
     """Frozen probe: token maps computed once, an lr x wd grid of heads, multi-view evaluation.
@@ -296,7 +296,7 @@ def probe_command(encoder, checkpoint_key, random_init, train_data, val_data, co
         raise click.UsageError("give exactly one of --encoder and --random-init")
     cfg = load_config(ProbeConfig, config_path, list(overrides) + ([f"protocol={protocol}"] if protocol else []))
     report = run_probe(encoder, random_init, train_data, val_data, cfg, work_dir, parse_arch_pairs(arch_pairs), checkpoint_key,
-                       ProbeData(allow_missing, max_videos, not no_progress))
+                       ProbeData(allow_missing, max_videos, not no_progress and click.get_text_stream("stderr").isatty()))
     click.echo(format_probe(report))
     if out:
         save_report(report, out)
