@@ -8,24 +8,24 @@ import click
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
-def main() -> None:
+@click.version_option(package_name="salt-video", prog_name="salt")
+@click.option("--debug", is_flag=True, help="Show the full traceback of any error (also: SALT_DEBUG=1).")
+def main(debug: bool) -> None:
     """SALT: video representation learning with a frozen teacher.
 
     \b
-    make-synthetic  write the embedded synthetic data set (mp4 + CSV)
-    make-shards     pack videos and labels into WebDataset tar shards
-    train-teacher   stage 1: pixel-reconstruction teacher (also under `deepspeed`)
-    cache-latents   process 1: the frozen teacher's latents into a WebDataset / Zarr cache
-    compact-cache   a smaller copy of a cache: low-rank (PCA) targets and/or int8, no teacher
-    train-student   process 2: a student from the cache (also `deepspeed salt/train_student.py`)
-    probe           frozen attentive or linear probe of any encoder (or --random-init ARCH)
-    export          any encoder as a Hugging Face transformers folder (VJEPA2Model / VideoMAEModel)
-    inspect         offline inspection of a latent cache
-    reconstruct     a stage-1 teacher's reconstructions of masked clips, as a picture
-    bench           benchmarks (cache, student, loader)
-    flops           compute planner: FLOPs per stage and the teacher/student split
-    report          one table for a pipeline run (teacher, cache, student, probes)
+    A first run on the embedded synthetic set:
+      salt make-synthetic --out data/syn --videos 64
+      salt check-data data/syn/train.csv
+    Every command has an example in its --help.
     """
+    if debug:
+        import os
+
+        os.environ["SALT_DEBUG"] = "1"  # read where errors are turned into one line
+    from salt.noise import quiet_third_party
+
+    quiet_third_party()
 
 
 @main.command("make-synthetic")
@@ -44,7 +44,10 @@ def main() -> None:
               help="2: motion in screen space; 1: sets made before it (reproduced exactly).")
 def make_synthetic_command(out, videos, seed, size, frames, frame_step, tubelet, val_fraction, motion, waves, blobs,
                            version) -> None:
-    """Write a synthetic motion-classification set: videos/*.mp4, train.csv, val.csv."""
+    """Write a synthetic motion-classification set: videos/*.mp4, train.csv, val.csv.
+
+    Example: salt make-synthetic --out data/syn --videos 64 --size 40 --frames 8
+    """
     from salt.video.synthetic import SyntheticSpec, format_summary, make_synthetic
 
     spec = SyntheticSpec(
@@ -59,12 +62,63 @@ def make_synthetic_command(out, videos, seed, size, frames, frame_step, tubelet,
     click.echo(f"wrote {out}/train.csv, {out}/val.csv and {out}/synthetic.json")
 
 
+@main.command("models")
+@click.argument("pattern", default="*")
+def models_command(pattern) -> None:
+    """The registered encoder sizes (for --random-init, encoder.arch, --arch): name, parameters,
+    width, depth, heads, positions. PATTERN filters names, as timm's list_models does.
+
+    Example: salt models '*rope'
+    """
+    import fnmatch
+
+    from salt.models import ARCHS, count_params
+
+    names = [name for name in ARCHS if fnmatch.fnmatch(name, pattern)]
+    if not names:
+        raise click.UsageError(f"no size matches {pattern!r}; sizes: {', '.join(ARCHS)}")
+    click.echo(f"{'name':16}{'params':>9}{'width':>7}{'depth':>7}{'heads':>7}{'mlp':>6}  positions")
+    for name in names:
+        a = ARCHS[name]
+        click.echo(f"{name:16}{count_params(name) / 1e6:>8.1f}M{a['embed_dim']:>7}{a['depth']:>7}{a['num_heads']:>7}"
+                   f"{a['mlp_ratio']:>6.2f}  {a['pos_embed']}")
+
+
+@main.command("check-data")
+@click.argument("data", metavar="DATA")
+@click.option("--workers", default=4, type=click.IntRange(min=1), help="Videos decoded at a time (each in its own process).")
+@click.option("--decode-timeout", default=60.0, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds per video before its decoder is killed and the video counted as failed.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+def check_data_command(data, workers, decode_timeout, json_out, no_progress) -> None:
+    """Decode every video of DATA (a CSV of 'path label' lines, a folder, or make-shards output)
+    once: counts, frames, sizes, durations, labels per class, and every failure by file or line.
+    Exit status 1 when any line is unusable.
+
+    Example: salt check-data data/syn/train.csv
+    """
+    from pathlib import Path
+
+    from salt.check_data import check_data, format_check
+
+    report = check_data(data, workers, decode_timeout, not no_progress)
+    click.echo(format_check(report))
+    if json_out:
+        Path(json_out).write_text(json.dumps(report, indent=1) + "\n")
+    if report["failed"] or report["bad_lines"]:
+        raise SystemExit(1)
+
+
 @main.command("make-shards")
 @click.option("--data", required=True, help="CSV of 'path label' lines, or a folder of videos.")
 @click.option("--out", required=True, help="Output folder (e.g. shards/NAME) or object-store URL (s3://bucket/shards/NAME).")
 @click.option("--shard-size", default=256, help="Videos per tar shard.")
 def make_shards_command(data, out, shard_size) -> None:
-    """Pack videos (bytes untouched) and labels into tar shards that stream; `--data DIR` reads them."""
+    """Pack videos (bytes untouched) and labels into tar shards that stream; `--data DIR` reads them.
+
+    Example: salt make-shards --data data/syn/train.csv --out shards/syn_train
+    """
     from salt.video.shards import make_shards
 
     index = make_shards(data, out, shard_size)
@@ -75,7 +129,9 @@ def make_shards_command(data, out, shard_size) -> None:
 def _training_command(name: str, stage: str, config_dir: str):
     """`salt train-teacher` / `salt train-student`: the same options, one process."""
 
-    @main.command(name, help=f"{stage} in one process. For several, use `deepspeed --num_gpus N salt/{name.replace('-', '_')}.py`.")
+    example = f"salt {name} --config {config_dir}vit_tiny.yaml --set optim.steps=50"
+    @main.command(name, help=f"{stage} in one process. For several, use `deepspeed --num_gpus N salt/{name.replace('-', '_')}.py`."
+                  f"\n\nExample: {example}")
     @click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False), help=f"YAML config ({config_dir}…).")
     @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value, e.g. optim.steps=50.")
     @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in run.out_dir.")
@@ -108,8 +164,13 @@ def options_from(record_type):
             shown = kwargs.pop("shown", None)
             if "choices" in kwargs:
                 kwargs["type"] = click.Choice(kwargs.pop("choices"))
+            if "bounds" in kwargs:  # out-of-range values are refused before any worker starts
+                bounds = kwargs.pop("bounds")
+                kwargs["type"] = click.FloatRange(**bounds) if isinstance(field.default, float) else click.IntRange(**bounds)
             if field.default is not dataclasses.MISSING:
                 kwargs["default"] = shown(field.default) if shown else field.default
+                if kwargs["default"] == "":  # the help text says what an empty value means
+                    kwargs["show_default"] = False
             flag = spec["flag"] or "--" + field.name.replace("_", "-")
             command = click.option(flag, field.name, help=spec["help"], **kwargs)(command)
         return command
@@ -142,7 +203,10 @@ def _cache_job_type():
 @main.command("cache-latents")
 @options_from(_cache_job_type())
 def cache_latents_command(**options) -> None:
-    """Precompute teacher latents over augmented views into compressed shards."""
+    """Precompute teacher latents over augmented views into compressed shards.
+
+    Example: salt cache-latents --teacher runs/teacher/teacher.pt --data data/syn/train.csv --out cache/syn --views 2
+    """
     from salt.cache_latents import CacheJob, command_line, run_cache
 
     job = record_from_options(CacheJob, options, command=command_line())
@@ -157,25 +221,35 @@ def cache_latents_command(**options) -> None:
         from salt.latents.storage import read_bytes
 
         summary = json.loads(read_bytes(manifest))
+        skipped = summary["skipped"]
         click.echo(
             f"cache {job.out}: {summary['sample_count']} views of {summary['num_videos']} videos, "
-            f"{len(summary['skipped'])} skipped; manifest {manifest}"
+            f"{len(skipped)} skipped; manifest {manifest}"
         )
+        for entry in skipped[:5]:  # all of them are in the manifest
+            click.echo(f"  skipped {entry['path']}: {entry['reason']}")
+        if len(skipped) > 5:
+            click.echo(f"  … and {len(skipped) - 5} more (manifest.json, 'skipped')")
 
 
 @main.command("compact-cache")
-@click.argument("source", metavar="SRC", type=click.Path())
+@click.argument("source", metavar="CACHE", type=click.Path())
 @click.option("--out", required=True, help="Folder (or object-store URL) of the compacted cache.")
 @click.option("--rank", default=0, show_default=True,
               help="Coefficients kept per token (PCA of the layer-normalised targets); 0: every channel, re-encoded only.")
 @click.option("--dtype", type=click.Choice(["int8", "fp16", "bf16"]), default="int8", help="Stored dtype of the targets.")
-@click.option("--codec", type=click.Choice(["blosc-zstd", "blosc-lz4", "zstd", "none"]), default="blosc-zstd")
+@click.option("--codec", type=click.Choice(["blosc-zstd", "blosc-lz4", "zstd", "none"]), default="blosc-zstd",
+              help="Compression of the stored targets.")
 @click.option("--fit-samples", default=1024, help="Samples (all their tokens) the basis is fit on, spread over the cache.")
-@click.option("--format", "format_", type=click.Choice(["wds", "zarr", "both"]), default="wds")
+@click.option("--format", "format_", type=click.Choice(["wds", "zarr", "both"]), default="wds",
+              help="Storage format(s) of the compacted cache.")
 @click.option("--overwrite", is_flag=True, help="Replace an --out made with other settings.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def compact_cache_command(source, out, rank, dtype, codec, fit_samples, format_, overwrite, no_progress) -> None:
-    """Shrink a cache without the teacher: low-rank targets (a basis stored once) and/or int8."""
+    """Shrink a cache without the teacher: low-rank targets (a basis stored once) and/or int8.
+
+    Example: salt compact-cache cache/syn --out cache/syn_r32 --rank 32
+    """
     from salt.cache_latents.job import FORMATS, command_line
     from salt.compact_cache import CompactJob, compact_cache
     from salt.latents import load_manifest
@@ -191,29 +265,38 @@ def compact_cache_command(source, out, rank, dtype, codec, fit_samples, format_,
 
 @main.command("probe")
 @click.option("--encoder", type=click.Path(), help="Encoder checkpoint (SALT .pt/.safetensors, V-JEPA 1/2, VideoMAE, Hugging Face VideoMAE or V-JEPA 2 folder).")
-@click.option("--checkpoint-key", default="", help="State dict to read from a trainer checkpoint (default: target_encoder, else encoder).")
+@click.option("--checkpoint-key", default="", show_default=False,
+              help="State dict to read from a trainer checkpoint (default: target_encoder, else encoder).")
 @click.option("--random-init", help="Probe a randomly initialised encoder of this size instead (the floor).")
 @click.option("--train", "train_data", required=True, help="Labelled training videos (CSV, folder, shards: a path or URL).")
 @click.option("--val", "val_data", required=True, help="Labelled validation videos.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML (configs/probe/default.yaml).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a probe config value, e.g. epochs=5.")
 @click.option("--arch", "arch_pairs", multiple=True, metavar="KEY=VALUE", help="Architecture facts (e.g. img_size=64).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the results as JSON here.")
 @click.option("--work-dir", type=click.Path(file_okay=False),
               help="Keep the stored token maps here (default: a temporary folder); a later probe with the same folder reuses them.")
 @click.option("--protocol", type=click.Choice(["attentive", "linear"]), default=None,
               help="attentive (the paper's) or linear (mean-pooled tokens, MAE's protocol); default: the config's.")
+@click.option("--allow-missing", is_flag=True,
+              help="Probe the videos that decode and record the others under 'skipped' (default: refuse a split with any).")
+@click.option("--max-videos", default=0, type=click.IntRange(min=0), help="Use only the first N videos of each split (0: all).")
+@click.option("--no-progress", is_flag=True, help="No progress bars (none either when stderr is not a terminal).")
 def probe_command(encoder, checkpoint_key, random_init, train_data, val_data, config_path, overrides, arch_pairs, out, work_dir,
-                  protocol) -> None:
-    """Frozen probe: token maps computed once, an lr x wd grid of heads, multi-view evaluation."""
+                  protocol, allow_missing, max_videos, no_progress) -> None:
+    """Frozen probe: token maps computed once, an lr x wd grid of heads, multi-view evaluation.
+
+    Example: salt probe --encoder runs/student/student.pt --train data/syn/train.csv --val data/syn/val.csv --out probe.json
+    """
     from salt.cache_latents.job import parse_arch_pairs
     from salt.config import load_config
-    from salt.probe import ProbeConfig, format_probe, run_probe, save_report
+    from salt.probe import ProbeConfig, ProbeData, format_probe, run_probe, save_report
 
     if bool(encoder) == bool(random_init):
         raise click.UsageError("give exactly one of --encoder and --random-init")
     cfg = load_config(ProbeConfig, config_path, list(overrides) + ([f"protocol={protocol}"] if protocol else []))
-    report = run_probe(encoder, random_init, train_data, val_data, cfg, work_dir, parse_arch_pairs(arch_pairs), checkpoint_key)
+    report = run_probe(encoder, random_init, train_data, val_data, cfg, work_dir, parse_arch_pairs(arch_pairs), checkpoint_key,
+                       ProbeData(allow_missing, max_videos, not no_progress and click.get_text_stream("stderr").isatty()))
     click.echo(format_probe(report))
     if out:
         save_report(report, out)
@@ -224,10 +307,14 @@ def probe_command(encoder, checkpoint_key, random_init, train_data, val_data, co
 @click.argument("encoder", metavar="ENCODER", type=click.Path(exists=True))
 @click.option("--out", required=True, type=click.Path(), help="New folder for config.json, model.safetensors, salt_export.json, README.md.")
 @click.option("--arch", "arch_pairs", multiple=True, metavar="KEY=VALUE", help="Architecture facts the checkpoint cannot tell (e.g. num_heads=16).")
-@click.option("--checkpoint-key", default="", help="State dict to read from a trainer checkpoint (default: target_encoder, else encoder).")
+@click.option("--checkpoint-key", default="", show_default=False,
+              help="State dict to read from a trainer checkpoint (default: target_encoder, else encoder).")
 def export_command(encoder, out, arch_pairs, checkpoint_key) -> None:
     """Write ENCODER (anything `salt probe --encoder` reads) as a transformers folder that
-    `AutoModel.from_pretrained(OUT)` loads without SALT: RoPE -> VJEPA2Model, sincos1d -> VideoMAEModel."""
+    `AutoModel.from_pretrained(OUT)` loads without SALT: RoPE -> VJEPA2Model, sincos1d -> VideoMAEModel.
+
+    Example: salt export runs/student/student.pt --out exports/student_hf
+    """
     from salt.cache_latents.job import parse_arch_pairs
     from salt.hf_export import export_encoder
 
@@ -243,9 +330,9 @@ def export_command(encoder, out, arch_pairs, checkpoint_key) -> None:
 
 @main.command("flops")
 @click.option("--teacher-config", type=click.Path(exists=True, dir_okay=False), help="Stage-1 config (omit for V-JEPA / EMA).")
-@click.option("--student-config", required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--teacher-steps", default=0)
-@click.option("--student-steps", required=True, type=int)
+@click.option("--student-config", required=True, type=click.Path(exists=True, dir_okay=False), help="Stage-2 config.")
+@click.option("--teacher-steps", default=0, help="Stage-1 optimiser steps (0: no teacher stage).")
+@click.option("--student-steps", required=True, type=int, help="Stage-2 optimiser steps.")
 @click.option("--batch", type=int, default=None, help="Global batch of both stages (default: each config's micro-batch x grad_accum x --gpus).")
 @click.option("--gpus", default=1, help="Data-parallel ranks, for the default global batch.")
 @click.option("--targets", type=click.Choice(["cache", "teacher", "ema"]), default=None, help="Override the student's targets.")
@@ -254,7 +341,11 @@ def export_command(encoder, out, arch_pairs, checkpoint_key) -> None:
 @click.option("--teacher-set", multiple=True, metavar="KEY=VALUE", help="Override the teacher config.")
 @click.option("--student-set", multiple=True, metavar="KEY=VALUE", help="Override the student config.")
 def flops_command(teacher_config, student_config, teacher_steps, student_steps, batch, gpus, targets, views, videos, teacher_set, student_set) -> None:
-    """FLOPs per stage counted the paper's way (6ND trained, 2ND frozen) and by torch's counter."""
+    """FLOPs per stage counted the paper's way (6ND trained, 2ND frozen) and by torch's counter.
+
+    Example: salt flops --teacher-config configs/teacher/vit_base.yaml --student-config configs/student/vit_base.yaml
+    --teacher-steps 20000 --student-steps 40000
+    """
     from salt.config import load_config
     from salt.flops import format_plan, plan
     from salt.training.config import StudentConfig, TeacherConfig
@@ -292,11 +383,14 @@ def report_command(teacher_run, cache, student_run, probes, curves) -> None:
 
 @main.command("reproduce")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML (configs/reproduce/small.yaml).")
-@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value, e.g. out=runs/claims.")
 def reproduce_command(config_path, overrides) -> None:
     """The paper's claims at small scale: a resumable chain of runs and a claims table.
 
-    Finished steps are kept; run the same command again to resume after a stop."""
+    Finished steps are kept; run the same command again to resume after a stop.
+
+    Example: salt reproduce --config configs/reproduce/small.yaml
+    """
     from salt.claims import format_table
     from salt.reproduce import reproduce
 
@@ -305,23 +399,29 @@ def reproduce_command(config_path, overrides) -> None:
 
 @main.group("bench")
 def bench_group() -> None:
-    """Benchmarks: tables on stdout, JSON records under benchmarks/results/."""
+    """Benchmarks: tables on stdout, JSON records under benchmarks/results/.
+
+    Example: salt bench cache --videos 8 --views 4
+    """
 
 
 @bench_group.command("cache")
-@click.option("--videos", default=8)
-@click.option("--views", default=4)
-@click.option("--arch", default="vit_tiny")
-@click.option("--size", default=64)
-@click.option("--frames", default=16)
-@click.option("--workers", default=2)
-@click.option("--batch-size", default=16)
+@click.option("--videos", default=8, help="Benchmark videos to make.")
+@click.option("--views", default=4, help="Views cached per video.")
+@click.option("--arch", default="vit_tiny", help="Teacher size (salt models lists them).")
+@click.option("--size", default=64, help="Clip height and width.")
+@click.option("--frames", default=16, help="Frames per clip.")
+@click.option("--workers", default=2, help="Decoding worker processes.")
+@click.option("--batch-size", default=16, help="Views per teacher forward.")
 @click.option("--seconds", default=4, help="Length of each 640x360 benchmark video.")
-@click.option("--results", default="benchmarks/results", type=click.Path(file_okay=False))
+@click.option("--results", default="benchmarks/results", type=click.Path(file_okay=False), help="Folder of the JSON records.")
 @click.option("--engine", type=click.Choice(["local", "ray"]), default="local",
               help="ray: also run the Ray engine on the same videos, beside the local one.")
 def bench_cache_command(videos, views, arch, size, frames, workers, batch_size, seconds, results, engine) -> None:
-    """cache-latents views/s vs. decode alone and teacher alone; bytes per view by dtype and codec."""
+    """cache-latents views/s vs. decode alone and teacher alone; bytes per view by dtype and codec.
+
+    Example: salt bench cache --videos 8 --views 4
+    """
     from salt.bench import bench_cache, format_cache
 
     click.echo(format_cache(bench_cache(videos, views, arch, size, frames, workers, batch_size, seconds, results, engine)))
@@ -329,13 +429,16 @@ def bench_cache_command(videos, views, arch, size, frames, workers, batch_size, 
 
 @bench_group.command("student")
 @click.option("--steps", default=40, help="Optimiser steps of each separate run (online teacher, worker counts, RSS).")
-@click.option("--batch-size", default=16)
+@click.option("--batch-size", default=16, help="Clips per step.")
 @click.option("--repeats", default=3, help="Runs of paired cache / in-memory windows, each its own process.")
 @click.option("--window", default=8, help="Steps per window; streamed and replayed windows alternate.")
 @click.option("--pairs", default=8, help="Measured window pairs per run (after one warm-up pair).")
-@click.option("--results", default="benchmarks/results", type=click.Path(file_okay=False))
+@click.option("--results", default="benchmarks/results", type=click.Path(file_okay=False), help="Folder of the JSON records.")
 def bench_student_command(steps, batch_size, repeats, window, pairs, results) -> None:
-    """Student step time with cache / online-teacher / in-memory targets; the loader's CPU cost by part; data wait by workers; peak RSS."""
+    """Student step time with cache / online-teacher / in-memory targets; the loader's CPU cost by part; data wait by workers; peak RSS.
+
+    Example: salt bench student --steps 40
+    """
     from salt.bench import bench_student, format_student
 
     click.echo(format_student(bench_student(steps, batch_size, results, repeats, window, pairs)))
@@ -370,7 +473,10 @@ def reconstruct_command(run_dir, data, out, clips, mask_index, seed) -> None:
 @click.option("--format", "format_", type=click.Choice(["auto", "wds", "zarr"]), default="auto", help="Which stored format to read.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
 def inspect_command(cache_path, run_verify, pictures, samples, compare, format_, json_out) -> None:
-    """Describe a latent cache: manifest, integrity, target statistics, comparison, pictures."""
+    """Describe a latent cache: manifest, integrity, target statistics, comparison, pictures.
+
+    Example: salt inspect cache/syn --verify --pictures runs/inspect
+    """
     from pathlib import Path
 
     from salt.inspection import format_report, inspect_cache
@@ -384,26 +490,55 @@ def inspect_command(cache_path, run_verify, pictures, samples, compare, format_,
 
 
 @bench_group.command("loader")
-@click.option("--videos", default=8)
+@click.option("--videos", default=8, help="Benchmark videos to make.")
 @click.option("--seconds", default=10, help="Length of each 640x360 benchmark video.")
-@click.option("--size", default=224)
+@click.option("--size", default=224, help="Clip height and width.")
 @click.option("--samples", default=64, help="Samples drawn from each pipeline.")
-@click.option("--results", default="benchmarks/results", type=click.Path(file_okay=False))
+@click.option("--results", default="benchmarks/results", type=click.Path(file_okay=False), help="Folder of the JSON records.")
 @click.option("--store", type=click.Choice(["local", "s3"]), default="local",
               help="s3: also read the cache from a local S3-protocol server (moto), beside local disk.")
 def bench_loader_command(videos, seconds, size, samples, results, store) -> None:
-    """Samples/s per worker: the student's cache reader vs. V-JEPA-style online decoding."""
+    """Samples/s per worker: the student's cache reader vs. V-JEPA-style online decoding.
+
+    Example: salt bench loader --videos 8 --size 112
+    """
     from salt.bench import bench_loader, format_loader
 
     click.echo(format_loader(bench_loader(videos, seconds, size, samples, results, store)))
 
 
+def _command_name(ctx: click.Context | None) -> str:
+    """`salt inspect`, however the program was started (`python -m salt.cli`, the script)."""
+    names = []
+    while ctx is not None and ctx.parent is not None:
+        names.insert(0, ctx.info_name)
+        ctx = ctx.parent
+    return " ".join(["salt", *names])
+
+
 def run_cli() -> None:
-    """Entry point that turns bad-input errors into one clear line instead of a traceback."""
+    """Entry point: bad input, click's usage errors included, becomes one line
+    `error: <what> — <what to do>` (exit 1; 2 for a misused command line), not a traceback."""
+    import sys
+
     from salt.errors import one_line_errors
 
-    with one_line_errors():
-        main(standalone_mode=True)
+    try:
+        with one_line_errors():
+            code = main(standalone_mode=False)
+    except click.exceptions.UsageError as err:
+        click.echo(f"error: {err.format_message()} — see `{_command_name(err.ctx)} --help`", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(1)
+    except click.ClickException as err:
+        click.echo(f"error: {err.format_message()}", err=True)
+        sys.exit(err.exit_code)
+    except BrokenPipeError:  # `salt models | head`: the reader left, as click's standalone mode allows
+        sys.stdout = None
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from typing import Any, Mapping
 import torch
 
 from salt.models import hf_folder, load_encoder, read_checkpoint, token_grid
+from salt.latents.storage import make_readable
 from salt.models.errors import ExportError
 from salt.video.views import IMAGENET_MEAN, IMAGENET_STD
 
@@ -263,12 +264,10 @@ def _write_folder(tmp: Path, config: Mapping[str, Any], tensors: Mapping[str, to
     (tmp / hf_folder.CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
     (tmp / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
     (tmp / "README.md").write_text(readme(record))
-    umask = os.umask(0)
-    os.umask(umask)
     # mkdtemp (0700) and safetensors (0600) would hide the export from everyone else: as plain files.
-    os.chmod(tmp, 0o777 & ~umask)
+    make_readable(tmp, folder=True)
     for file in tmp.iterdir():
-        os.chmod(file, 0o666 & ~umask)
+        make_readable(file)
         with open(file, "rb") as handle:
             os.fsync(handle.fileno())
 

@@ -233,6 +233,17 @@ def _pca_rgb(target_list: list[torch.Tensor]) -> list[np.ndarray]:
     return np.split(colours, len(target_list))
 
 
+def _norm_range(norms: list[np.ndarray]) -> tuple[tuple[float, float], str]:
+    """Colour range of the token norms. Norms that differ by less than 1 % of their mean are
+    flat (a final LayerNorm does that): a range of ±1 % shows them as one colour rather than
+    drawing noise in the 4th digit as structure, and the label says so."""
+    low, high = float(min(n.min() for n in norms)), float(max(n.max() for n in norms))
+    mean = float(np.mean([n.mean() for n in norms]))
+    if high - low >= 0.01 * abs(mean):
+        return (low, high), "L2 norm"
+    return (mean * 0.99, mean * 1.01), "L2 norm: flat\n(scale ±1 %)"
+
+
 def sample_figsize(steps: int) -> tuple[float, float]:
     """Inches of one sample's figure: a column per time step, three rows, room for labels."""
     return 1.5 * steps + 1.2, 5.2
@@ -257,7 +268,7 @@ def write_pictures(cache: LatentCache, out_dir: str | Path, samples: int = PICTU
     if shown:
         colours = _pca_rgb([student_targets(cache, s) for s in shown])
         norms = [s.latents.norm(dim=-1).reshape(steps, height, width).numpy() for s in shown]
-        norm_range = (min(n.min() for n in norms), max(n.max() for n in norms))
+        norm_range, norm_label = _norm_range(norms)
         for sample, colour, norm in zip(shown, colours, norms):
             frame_h, frame_w = sample.frames.shape[1:3]
             colour = colour.reshape(steps, height, width, 3)
@@ -268,11 +279,11 @@ def write_pictures(cache: LatentCache, out_dir: str | Path, samples: int = PICTU
                 axes[1, t].imshow(colour[t].repeat(frame_h // height, 0).repeat(frame_w // width, 1), interpolation="nearest")
                 image = axes[2, t].imshow(norm[t], cmap="magma", vmin=norm_range[0], vmax=norm_range[1], interpolation="nearest")
                 axes[0, t].set_title(f"t'={t} (frame {t * tubelet})", fontsize=8)
-            for row, label in enumerate(("frames", "teacher PCA\n(targets)", "token norm\n(raw)")):
+            for row, label in enumerate(("frames", "teacher PCA:\nPC1-3 as RGB", "token norm\n(raw)")):
                 axes[row, 0].set_ylabel(label, fontsize=9)
             for ax in axes.flat:
                 ax.set(xticks=[], yticks=[])
-            colorbar = fig.colorbar(image, ax=axes[2, :].tolist(), shrink=0.9, pad=0.01, label="L2 norm")
+            colorbar = fig.colorbar(image, ax=axes[2, :].tolist(), shrink=0.9, pad=0.01, label=norm_label)
             colorbar.ax.ticklabel_format(useOffset=False)  # norms differ in the 3rd digit: show them whole
             params = sample.meta.get("view_params", {})
             fig.suptitle(f"{sample.key}: {Path(str(sample.meta.get('source', '?'))).name}, view {sample.view}, "
@@ -303,7 +314,7 @@ def _spectrum_figure(plt, spectrum: dict[str, Any], path: Path) -> Path:
         ax.axvline(spectrum["rank"], color="tab:red", label=f"stored rank {spectrum['rank']} ({spectrum['explained']:.1%})")
     ax.set(xscale="log", ylim=(0, 1.01), xlabel="principal components of the targets", ylabel="share of variance",
            title=f"explained variance ({spectrum['source']})")
-    ax.legend(fontsize=8, loc="lower right")
+    fig.legend(fontsize=8, loc="outside lower center", ncols=2)  # below the axes: never over the rank marks
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
     return path
@@ -316,6 +327,9 @@ def _summary_figure(plt, stats: dict[str, Any], path: Path) -> Path:
     axes[0, 0].stairs(counts, edges, fill=True, alpha=0.7)
     axes[0, 0].set(title=f"raw token norm over {raw['tokens']} tokens (targets: all {targets['norm']['mean']:.2f})",
                    xlabel="L2 norm", ylabel="tokens")
+    axes[0, 0].xaxis.set_major_locator(plt.MaxNLocator(4))  # long tick labels (narrow spreads) must not overlap
+    axes[0, 0].ticklabel_format(axis="x", useOffset=False)
+    plt.setp(axes[0, 0].get_xticklabels(), rotation=20, ha="right")
     # Dashed raw over solid targets: when the teacher's final norm already normalises its tokens
     # the two coincide, and both must stay visible.
     for name, s, style, marker in (("targets", targets, "-", "o"), ("raw", raw, "--", "x")):

@@ -98,20 +98,45 @@ def pool_tokens(features: dict) -> dict:
     return {**features, "tokens": features["tokens"].float().mean(dim=1)}
 
 
+@dataclass(frozen=True)
+class ProbeData:
+    """Which videos a probe reads: a missing or undecodable one refuses the probe (its accuracy
+    would be over another set than asked) unless `allow_missing`, which records it instead."""
+
+    allow_missing: bool = False
+    max_videos: int = 0  # the first N videos of each split (0: all)
+    progress: bool = False
+
+
 def extract_features(encoder_path: Path, data: str, out: Path, cfg: ProbeConfig, evaluation: bool,
-                     arch: dict | None = None, checkpoint_key: str = "") -> tuple[dict, float]:
+                     arch: dict | None = None, checkpoint_key: str = "", which: ProbeData = ProbeData()) -> tuple[dict, float]:
     """Token maps of every (video, view) through the cache writer; returns arrays and seconds."""
     from salt.cache_latents import CacheJob, run_cache
-    from salt.latents import open_cache
+    from salt.cache_latents.shards import TooManySkipped, forget_shards_with_skips, name_skipped
+    from salt.latents import load_manifest, open_cache, storage
+    from salt.video import VideoSourceError
 
     start = time.perf_counter()
     views = cfg.eval_clips * cfg.eval_spatial if evaluation else cfg.train_views
-    run_cache(CacheJob(
-        teacher=str(encoder_path), data=data, out=str(out), views=views, dtype=cfg.feature_dtype, workers=cfg.workers,
-        frames=cfg.frames, size=cfg.size, frame_step=cfg.frame_step, seed=cfg.seed, progress=False,
-        eval_clips=cfg.eval_clips if evaluation else 0, eval_spatial=cfg.eval_spatial if evaluation else 0,
-        arch=arch, checkpoint_key=checkpoint_key,
-    ))
+    split = "val" if evaluation else "train"
+    try:
+        run_cache(CacheJob(
+            teacher=str(encoder_path), data=data, out=str(out), views=views, dtype=cfg.feature_dtype, workers=cfg.workers,
+            frames=cfg.frames, size=cfg.size, frame_step=cfg.frame_step, seed=cfg.seed, progress=which.progress,
+            eval_clips=cfg.eval_clips if evaluation else 0, eval_spatial=cfg.eval_spatial if evaluation else 0,
+            arch=arch, checkpoint_key=checkpoint_key, max_videos=which.max_videos, max_skipped=1.0,
+        ))
+    except TooManySkipped as err:  # not one video decoded
+        raise VideoSourceError(f"probe {split} data {data}: none of its {err.num_videos} videos decode "
+                               f"({name_skipped(err.skipped)}) — fix the list (`salt check-data {data}` names every failure)") from None
+    skipped = load_manifest(out).skipped
+    if skipped and not which.allow_missing:
+        forget_shards_with_skips(out)  # a --work-dir rerun after the fix redoes them
+        storage.remove(storage.join(out, "manifest.json"))
+        raise VideoSourceError(f"probe {split} data {data}: {len(skipped)} videos are missing or do not decode "
+                               f"({name_skipped(skipped)}), so the accuracy would be over another set than asked — fix the "
+                               f"list (`salt check-data {data}` names every failure) or pass --allow-missing to probe the "
+                               "rest and record them")
     seconds = time.perf_counter() - start
     cache = open_cache(out)
     # One sequential pass (no shard seek per key); key order keeps the head training identical.
@@ -119,16 +144,17 @@ def extract_features(encoder_path: Path, data: str, out: Path, cfg: ProbeConfig,
     samples = sorted(cache.stream(seed=0, epoch=0, frames="none"), key=lambda sample: sample.key)
     labels = [s.meta["label"] for s in samples]
     if any(label is None for label in labels):
-        raise ValueError(f"{data}: every video needs a label for probing")
+        raise VideoSourceError(f"{data}: every video needs a label for probing — write 'path label' lines")
     features = {
         "tokens": torch.stack([s.latents for s in samples]),  # [S, N, D], the encoder's output
         "labels": torch.tensor(labels),
         "videos": torch.tensor([s.video for s in samples]),
+        "skipped": cache.manifest.skipped,
     }
     return features, seconds
 
 
-def train_heads(train: dict, val: dict, num_classes: int, cfg: ProbeConfig) -> dict:
+def train_heads(train: dict, val: dict, num_classes: int, cfg: ProbeConfig, progress: bool = False) -> dict:
     """Train one head of `cfg.protocol` per (lr, wd) on frozen tokens; evaluate with view averaging."""
     torch.manual_seed(cfg.seed)
     if cfg.protocol == "linear":
@@ -150,7 +176,10 @@ def train_heads(train: dict, val: dict, num_classes: int, cfg: ProbeConfig) -> d
     generator = torch.Generator().manual_seed(cfg.seed)
     step = 0
     start = time.perf_counter()
-    for _ in range(schedule.epochs):
+    from tqdm import tqdm
+
+    for _ in tqdm(range(schedule.epochs), desc=f"probe heads ({len(grid)})", unit="epoch", disable=not progress,
+                  dynamic_ncols=True, mininterval=1.0):
         for batch in torch.randperm(samples, generator=generator).split(schedule.batch_size):
             scale = (step + 1) / max(1, warmup) if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
             for group in optimizer.param_groups:
@@ -196,7 +225,8 @@ def view_averaged_accuracy(probabilities: torch.Tensor, labels: torch.Tensor, vi
 
 
 def run_probe(encoder: str | None, random_init: str | None, train_data: str, val_data: str, cfg: ProbeConfig,
-              work_dir: str | None = None, arch: dict | None = None, checkpoint_key: str = "") -> dict:
+              work_dir: str | None = None, arch: dict | None = None, checkpoint_key: str = "",
+              which: ProbeData = ProbeData()) -> dict:
     from salt.models import build_encoder, fingerprint, load_encoder, save_encoder
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -212,10 +242,11 @@ def run_probe(encoder: str | None, random_init: str | None, train_data: str, val
             encoder_path = Path(encoder)
             model, _ = load_encoder(encoder_path, arch, checkpoint_key or None)
         encoder_fingerprint = fingerprint(model.state_dict())
-        train, train_seconds = extract_features(encoder_path, train_data, work / "features_train", cfg, False, arch, checkpoint_key)
-        val, val_seconds = extract_features(encoder_path, val_data, work / "features_val", cfg, True, arch, checkpoint_key)
+        train, train_seconds = extract_features(encoder_path, train_data, work / "features_train", cfg, False, arch,
+                                                checkpoint_key, which)
+        val, val_seconds = extract_features(encoder_path, val_data, work / "features_val", cfg, True, arch, checkpoint_key, which)
         num_classes = int(max(train["labels"].max(), val["labels"].max()).item()) + 1
-        heads = train_heads(train, val, num_classes, cfg)
+        heads = train_heads(train, val, num_classes, cfg, which.progress)
     # Without the stored tokens, every epoch would decode and run the encoder over the training
     # views again: that is what the feature cache saves.
     per_epoch_heads = heads["head_train_seconds"] / heads["epochs"]
@@ -229,6 +260,7 @@ def run_probe(encoder: str | None, random_init: str | None, train_data: str, val
         "classes": num_classes,
         "train_samples": int(train["tokens"].shape[0]),
         "val_videos": heads["best"]["videos"],
+        "skipped": {"train": train["skipped"], "val": val["skipped"]},  # only with --allow-missing
         **heads,
         "seconds": {"train_features": train_seconds, "val_features": val_seconds, "heads": heads["head_train_seconds"]},
         "feature_cache_speedup": online_total / cached_total,
@@ -244,6 +276,10 @@ def format_probe(report: dict) -> str:
         top5 = f"{head['top5']:.1%}" if "top5" in head else "-"
         marker = "  <- best" if head is report["best"] or head == report["best"] else ""
         lines.append(f"{head['lr']:>9.0e}{head['weight_decay']:>9.0e}{head['top1']:>8.1%}{head['top1_se']:>8.1%}{top5:>8}{marker}")
+    for split, skipped in report.get("skipped", {}).items():
+        if skipped:
+            lines.append(f"skipped {len(skipped)} {split} videos (--allow-missing): "
+                         + "; ".join(f"{e['path']}: {e['reason']}" for e in skipped[:3]) + ("; …" if len(skipped) > 3 else ""))
     s = report["seconds"]
     lines.append(f"features: train {s['train_features']:.1f} s, val {s['val_features']:.1f} s; heads {s['heads']:.1f} s; "
                  f"feature cache speed-up vs. encoding every epoch: {report['feature_cache_speedup']:.1f}x")

@@ -166,3 +166,12 @@ def test_resume_accepts_a_retired_setting_at_its_no_op_value():
         "pixels.norm: checkpoint None, now 'patch'"]
     assert config_differences({"pixels": {"norm_pix": False}}, {"pixels": {"norm": "none"}}, defaults=defaults)[0] == (
         "pixels.norm: checkpoint None, now 'none'")
+
+
+def test_schedules_that_cannot_be_meant_are_warned_with_the_key_to_set():
+    from salt.training.config import OptimConfig, RunConfig, schedule_warnings
+
+    assert schedule_warnings(OptimConfig(steps=100, warmup_steps=10), RunConfig(log_every=10, checkpoint_every=50)) == []
+    found = schedule_warnings(OptimConfig(steps=20, warmup_steps=40), RunConfig(log_every=50, checkpoint_every=200))
+    assert [line.split()[0] for line in found] == ["optim.warmup_steps", "run.log_every", "run.checkpoint_every"]
+    assert all(" — set " in line for line in found)

@@ -167,3 +167,12 @@ def test_statistics_match_direct_computation():
     assert mean_token_cosine(first_step[0]) == pytest.approx(direct, abs=1e-9)
     raw_stats = token_statistics(raw, grid)
     assert raw_stats["norm"]["p50"] == pytest.approx(float(torch.cat(raw).norm(dim=-1).median()), rel=0.05)
+
+
+def test_flat_token_norms_are_drawn_flat_not_as_noise():
+    from salt.inspection import _norm_range
+
+    flat = 9.7975 + np.linspace(0, 1e-3, 8).reshape(2, 2, 2)  # the spread a final LayerNorm leaves
+    (low, high), label = _norm_range([flat])
+    assert high - low > 0.1 and "flat" in label
+    assert _norm_range([np.linspace(1.0, 3.0, 8)]) == ((1.0, 3.0), "L2 norm")

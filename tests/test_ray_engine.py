@@ -110,9 +110,9 @@ def test_ray_engine_writes_the_local_engines_bytes_including_skips(tmp_path, tea
     csv = tmp_path / "data.csv"
     csv.write_text("".join(f"{synthetic_set / line}\n" for line in lines[:2]) + f"{broken} 1\n"
                    + "".join(f"{synthetic_set / line}\n" for line in lines[2:]))
-    local = salt(*cache_args(teacher, csv, tmp_path / "local"))
+    local = salt(*cache_args(teacher, csv, tmp_path / "local", "--max-skipped", "0.2"))  # 1 of 6 skipped
     assert local.returncode == 0, local.stderr
-    ray = salt(*cache_args(teacher, csv, tmp_path / "ray", "--engine", "ray"))  # starts and stops a local Ray instance
+    ray = salt(*cache_args(teacher, csv, tmp_path / "ray", "--engine", "ray", "--max-skipped", "0.2"))  # starts and stops a local Ray instance
     assert ray.returncode == 0, ray.stderr
     assert stored_files(tmp_path / "ray") == stored_files(tmp_path / "local")
     manifest = json.loads((tmp_path / "ray" / "manifest.json").read_text())

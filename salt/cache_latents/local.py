@@ -13,7 +13,7 @@ import time
 import numpy as np
 from torch.utils.data import Dataset
 
-from salt.cache_latents.shards import CachePlan, ShardAssembler
+from salt.cache_latents.shards import CachePlan, ShardAssembler, TooManySkipped
 from salt.cache_latents.teacher import TeacherForward
 from salt.latents import roundtrip_frames
 from salt.video.decode import VideoDecodeError
@@ -73,12 +73,15 @@ def run_local(plan: CachePlan, assembler: ShardAssembler) -> None:
             batch.clear()
 
     progress = _progress(job, len(loader), plan.planned_views)
-    views_done, skipped, started = 0, 0, time.perf_counter()
+    views_done, skipped, started = 0, [], time.perf_counter()
+    allowed = job.max_skipped * len(plan.records)  # of the whole data: more here and the run cannot pass
     for item in loader:
         record = plan.records[item["video"]]
         if isinstance(item["views"], str):
             assembler.skip_video(item["shard"], record, item["views"])
-            skipped += 1
+            skipped.append({"path": record.name, "reason": item["views"]})
+            if len(skipped) > allowed:
+                raise TooManySkipped(skipped, len(plan.records), job.max_skipped, views_done)
         else:
             for view_item in item["views"]:
                 batch.append((item["shard"], record, view_item))
@@ -88,7 +91,7 @@ def run_local(plan: CachePlan, assembler: ShardAssembler) -> None:
         if progress is not None:
             progress.update(1)
             progress.set_postfix({"views/s": f"{views_done / max(time.perf_counter() - started, 1e-9):.1f}",
-                                  "skipped": skipped}, refresh=False)
+                                  "skipped": len(skipped)}, refresh=False)
     flush()
     if progress is not None:
         progress.close()

@@ -12,7 +12,17 @@ import numpy as np
 
 from salt.cache_latents.job import CacheJob
 from salt.cache_latents.locks import OutputLock, file_lock
-from salt.cache_latents.shards import CachePlan, ShardAssembler, check_settings, done_shards, merge, plan_missing, rank_of
+from salt.cache_latents.shards import (
+    CachePlan,
+    ShardAssembler,
+    TooManySkipped,
+    check_settings,
+    done_shards,
+    forget_shards_with_skips,
+    merge,
+    plan_missing,
+    rank_of,
+)
 from salt.latents import LatentCodec, ZarrCacheWriter, storage
 from salt.latents.codecs import CODECS
 from salt.latents.errors import CacheWriteError
@@ -83,15 +93,22 @@ def run_cache(job: CacheJob) -> Path | str | None:
                         frames_per_clip=view.frames, videos_per_shard=job.shard_videos,
                     )
             plan = CachePlan(job, out, records, view, encoder, arch, mine)
-            with ShardAssembler(out, mine, codec, zarr_writer, job, basis) as assembler:
-                if job.engine == "ray":
-                    from salt.cache_latents.ray_engine import run_ray
-
-                    run_ray(plan, assembler)
-                else:
-                    from salt.cache_latents.local import run_local
-
-                    run_local(plan, assembler)
+            _fill(plan, ShardAssembler(out, mine, codec, zarr_writer, job, basis))
         return merge(job, out, settings, len(records), grid, encoder.embed_dim, view, arch)
+    except TooManySkipped:
+        forget_shards_with_skips(out)  # after the writer thread stopped: the corrected rerun redoes them
+        raise
     finally:
         lock.release()
+
+
+def _fill(plan: CachePlan, assembler: ShardAssembler) -> None:
+    with assembler:
+        if plan.job.engine == "ray":
+            from salt.cache_latents.ray_engine import run_ray
+
+            run_ray(plan, assembler)
+        else:
+            from salt.cache_latents.local import run_local
+
+            run_local(plan, assembler)

@@ -235,6 +235,38 @@ def store_shard(out: Path | str, shard: ShardId, state: _OpenShard, codec: Laten
 
 # ----------------------------------------------------------------------------- the merge
 
+class TooManySkipped(CacheWriteError):
+    """No view was cached, or more videos were skipped than --max-skipped allows."""
+
+    def __init__(self, skipped: list[dict], num_videos: int, max_skipped: float, samples: int):
+        self.skipped, self.num_videos = skipped, num_videos
+        why = "no view was cached" if not samples else f"more than --max-skipped {max_skipped:g} of them"
+        super().__init__(f"{len(skipped)} of {num_videos} videos could not be used, {why} ({name_skipped(skipped)}) — fix the "
+                         "data (`salt check-data DATA` lists every failure) or raise --max-skipped, then run the same "
+                         "command again")
+
+
+def check_skipped(skipped: list[dict], samples: int, num_videos: int, max_skipped: float) -> None:
+    """Refuse a cache that holds nothing, or that lost more videos than the user allows."""
+    if samples and len(skipped) <= max_skipped * num_videos:
+        return
+    raise TooManySkipped(skipped, num_videos, max_skipped, samples)
+
+
+def name_skipped(skipped: list[dict], shown: int = 3) -> str:
+    """The first skipped videos with their reasons (all of them are in the manifest)."""
+    first = "; ".join(f"{entry['path']}: {entry['reason']}" for entry in skipped[:shown])
+    return first + (f"; and {len(skipped) - shown} more" if len(skipped) > shown else "")
+
+
+def forget_shards_with_skips(out: Path | str) -> None:
+    """Unmark the shards that hold skipped videos, so the rerun after a fix redoes them."""
+    for name in storage.list_names(storage.join(out, "done"), suffix=".json"):
+        path = storage.join(out, "done", name)
+        if json.loads(storage.read_bytes(path))["skipped"]:
+            storage.remove(path)
+
+
 def merge(job: CacheJob, out: Path | str, settings: dict, num_videos: int, grid, dim: int, view: ViewConfig, arch: dict) -> Path | None:
     """Write manifest.json when every planned shard is done (by whichever writer gets here last)."""
     done = done_shards(out)
@@ -242,6 +274,8 @@ def merge(job: CacheJob, out: Path | str, settings: dict, num_videos: int, grid,
         return None
     done.sort(key=lambda d: (d[0].view_start, d[0].video_start))
     skipped = {entry["video"]: entry for _, d in done for entry in d["skipped"]}
+    check_skipped([skipped[v] for v in sorted(skipped)], sum(d["record"]["samples"] for _, d in done), num_videos,
+                  job.max_skipped)
     manifest = Manifest(
         teacher={"fingerprint": settings["teacher_fingerprint"], "arch": arch, "source": str(job.teacher),
                  "checkpoint_key": job.checkpoint_key},

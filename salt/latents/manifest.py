@@ -43,6 +43,7 @@ def write_bytes_atomic(path: str | Path, data: bytes, exclusive: bool = False) -
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        storage.make_readable(tmp)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

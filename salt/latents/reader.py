@@ -333,6 +333,9 @@ def verify(cache: LatentCache) -> list[Problem]:
     An empty list means the cache is healthy."""
     problems: list[Problem] = []
     manifest = cache.manifest
+    if manifest.sample_count == 0:  # every video skipped: nothing a student could read
+        problems.append(Problem("manifest.json", None, f"no samples: all {len(manifest.skipped)} videos were skipped "
+                                "(their reasons: 'skipped' in manifest.json); cache the data again once it decodes"))
     # A low-rank cache's basis was checked against the manifest when the cache was opened.
     for shard_index, record in enumerate(manifest.shards):
         ids = cache._shard_samples(shard_index)

@@ -63,11 +63,47 @@ def filesystem(url: str):
         raise CacheError(f"{url}: the URL scheme {scheme}:// is not one this project can read or write (fsspec knows "
                          "no such file system); use a local path, file://, s3://, gs:// or another fsspec URL")
     try:
-        fs = fsspec.filesystem(scheme)
+        fs = fsspec.filesystem(scheme, **_fail_fast(scheme))
+        if scheme in ("s3", "s3a"):
+            fs.retries = 1  # s3fs's own loop around botocore's retries
     except ImportError:
         hint = known_implementations.get(scheme, {}).get("err", f"the fsspec implementation of {scheme}://")
         raise CacheError(f"{url}: {scheme}:// needs a package that is not installed ({hint})") from None
     return fs, fs._strip_protocol(url)
+
+
+def _fail_fast(scheme: str) -> dict:
+    """S3 without credentials or endpoint fails in seconds, not after s3fs's and botocore's
+    nested retries (~40 s); throttling is still retried (botocore's standard mode, 3 attempts).
+    Settings the user gave (fsspec config, FSSPEC_S3_*) win."""
+    import fsspec.config
+
+    if scheme not in ("s3", "s3a"):
+        return {}
+    if "config_kwargs" in fsspec.config.conf.get(scheme, {}):
+        return {}
+    return {"config_kwargs": {"retries": {"max_attempts": 3, "mode": "standard"}, "connect_timeout": 5}}
+
+
+def umask() -> int:
+    """This process's umask, read without changing it (os.umask(0) would, for a moment, let
+    another thread create files anyone may write)."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # no /proc: the only other way to read it
+    os.umask(mask)
+    return mask
+
+
+def make_readable(path: str | Path, folder: bool = False) -> None:
+    """Give a file made by mkstemp / mkdtemp (0600 / 0700) the mode the umask gives any new
+    file (0644 / 0755 by default), so a cache or checkpoint shared on a cluster is readable."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~umask())
 
 
 def join(base: str | Path, *parts: str) -> str | Path:

@@ -26,6 +26,7 @@ import torch
 
 from salt.models import hf_folder, hf_videomae, hf_vjepa2
 from salt.models.converters import check_arch_keys, import_state_dict
+from salt.latents.storage import make_readable
 from salt.models.errors import CheckpointError
 from salt.models.vit import VideoViT, build_encoder, complete_arch
 
@@ -99,6 +100,7 @@ def save_encoder(path: str | os.PathLike, encoder: VideoViT, kind: str,
             torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind,
                         "arch": arch, "state_dict": state_dict, "fingerprint": digest,
                         "meta": meta}, tmp)
+        make_readable(tmp)  # mkstemp's 0600 (safetensors writes its own file, also 0600)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)

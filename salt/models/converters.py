@@ -212,13 +212,13 @@ def _num_heads(arch: dict[str, Any], path: Path) -> int:
     for name, size in sizes:
         if (size["embed_dim"], size["depth"]) == (arch["embed_dim"], arch["depth"]):
             log.warning("%s: head count is not stored in the weights; assuming %d (as %s). "
-                        "Pass arch={'num_heads': ...} if that is wrong", path, size["num_heads"], name)
+                        "Pass --arch num_heads=N if that is wrong", path, size["num_heads"], name)
             return size["num_heads"]
     heads = max(arch["embed_dim"] // 64, 1)
     while arch["embed_dim"] % heads:
         heads -= 1
     log.warning("%s: head count is not stored in the weights; assuming %d (head dim %d). "
-                "Pass arch={'num_heads': ...} if that is wrong", path, heads, arch["embed_dim"] // heads)
+                "Pass --arch num_heads=N if that is wrong", path, heads, arch["embed_dim"] // heads)
     return heads
 
 

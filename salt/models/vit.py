@@ -329,7 +329,10 @@ def resolve_arch(name_or_arch: str | Mapping[str, Any], **overrides: Any) -> dic
     """Registry name or arch dict (+ overrides of arch keys) -> complete arch dict."""
     if isinstance(name_or_arch, str):
         if name_or_arch not in ARCHS:
-            raise ValueError(f"unknown encoder size {name_or_arch!r}; known: {sorted(ARCHS)}")
+            from salt.models.errors import CheckpointError  # a ValueError: a size no one registered is bad input
+
+            raise CheckpointError(f"unknown encoder size {name_or_arch!r} — use one of {', '.join(sorted(ARCHS))} "
+                                  "(salt models lists them)")
         base = ARCHS[name_or_arch]
     else:
         base = name_or_arch

@@ -15,6 +15,8 @@ loads anything.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import shutil
@@ -166,7 +168,8 @@ def export(engine, objective, checkpoint_dir: Path, tag: str, path: Path, rank: 
 
     if rank == 0:
         if engine.zero_optimization_stage() > 0:
-            state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
+            with contextlib.redirect_stdout(io.StringIO()):  # its "Processing zero checkpoint …" lines
+                state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
         else:
             state = {k: v.float() for k, v in engine.module.state_dict().items()}
         encoder_state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}

@@ -257,3 +257,19 @@ class StudentConfig:
             raise ValueError(f"data.replay_every ({self.data.replay_every}) must equal run.log_every × optim.grad_accum "
                              f"({self.run.log_every} × {self.optim.grad_accum}), so that each logged window is all streamed "
                              "or all replayed batches")
+
+
+def schedule_warnings(optim: OptimConfig, run: RunConfig) -> list[str]:
+    """Settings that run but cannot be what was meant. Warned, not refused: a short smoke run
+    (`--set optim.steps=2` on a real config) is the usual way to meet them, and it is fine."""
+    steps, found = optim.steps, []
+    if optim.warmup_steps > steps:
+        found.append(f"optim.warmup_steps {optim.warmup_steps} > optim.steps {steps}: the lr never reaches its peak — "
+                     f"set optim.warmup_steps to at most {steps} (a few % of the steps is usual)")
+    if run.log_every > steps:
+        found.append(f"run.log_every {run.log_every} > optim.steps {steps}: one metrics line, at the end — "
+                     f"set run.log_every to at most {steps}")
+    if run.checkpoint_every > steps:
+        found.append(f"run.checkpoint_every {run.checkpoint_every} > optim.steps {steps}: only the final checkpoint, so a "
+                     "stopped run restarts from step 0 — set run.checkpoint_every below optim.steps")
+    return found

@@ -258,6 +258,8 @@ class CacheBatches(IterableDataset):
         """One split's samples, epoch after epoch, starting `skip` positions in."""
         split = dict(rank=self.rank, world_size=self.world_size, worker=split_index, num_workers=self.num_workers)
         epoch = 0
+        if len(cache) == 0:  # a loader that can produce nothing says so instead of looping forever
+            raise VideoDecodeError("cache", f"{self.cache_path} holds no samples; nothing to train on")
         while skip >= (length := cache.split_len(self.seed, epoch, **split)):
             skip, epoch = skip - length, epoch + 1
         while True:

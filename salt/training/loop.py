@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ import torch.distributed as dist
 from salt.config import save_config, to_dict
 from salt.precision import resolve_precision
 from salt.training import checkpointing
-from salt.training.config import EngineConfig, OptimConfig
+from salt.training.config import EngineConfig, OptimConfig, schedule_warnings
 from salt.training.errors import TrainingError
 from salt.training.metrics import MetricsLog, Window, measure_flops
 from salt.training.objectives import Objective
@@ -65,6 +66,9 @@ def launcher_main(description: str, run_stage: Callable[[str, list[str], bool], 
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    from salt.noise import quiet_third_party
+
+    quiet_third_party()
     with one_line_errors():
         print(describe(run_stage(args.config, args.overrides, args.resume)))
 
@@ -151,6 +155,8 @@ def train(
         )
     resume_from = checkpointing.find_resume_point(checkpoint_dir, out_dir, announce=rank == 0) if resume else None
     if rank == 0:
+        for line in schedule_warnings(optim, run):
+            print(f"warning: {line}", file=sys.stderr, flush=True)
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, out_dir / "config.yaml")
     precision = resolve_precision(config.engine.precision)

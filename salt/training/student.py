@@ -23,7 +23,11 @@ from salt.training.schedules import Linear
 
 
 def check_against_manifest(cfg: StudentConfig, manifest, source: str) -> tuple[int, int, int]:
-    """Refuse, before step 1, a student whose clips or tokens differ from the cache's."""
+    """Refuse, before step 1, a student whose clips or tokens differ from the cache's, or a cache
+    with nothing in it (its loader could never fill a batch)."""
+    if manifest.sample_count == 0:
+        raise TrainingError(f"{cfg.cache.path} holds no samples (all {len(manifest.skipped)} videos were skipped, reasons in "
+                            "its manifest.json) — cache data that decodes (salt check-data DATA) and point cache.path at it")
     try:
         arch = resolve_arch(cfg.encoder.arch, **{"img_size": cfg.geometry.size, "num_frames": cfg.geometry.frames,
                                                  **cfg.encoder.overrides})
@@ -33,10 +37,13 @@ def check_against_manifest(cfg: StudentConfig, manifest, source: str) -> tuple[i
     ours = {"frames": cfg.geometry.frames, "frame_step": cfg.geometry.frame_step, "size": cfg.geometry.size,
             "patch": arch["patch_size"], "tubelet": arch["tubelet_size"], "grid": list(grid)}
     theirs = {**{k: manifest.geometry.get(k) for k in ("frames", "frame_step", "size", "patch", "tubelet")}, "grid": list(manifest.grid)}
-    mismatched = [f"{k}: config {ours[k]}, cache {theirs[k]}" for k in ours if ours[k] != theirs[k]]
+    keys = {"frames": "geometry.frames", "frame_step": "geometry.frame_step", "size": "geometry.size",
+            "patch": "encoder.overrides.patch_size", "tubelet": "encoder.overrides.tubelet_size"}  # the grid follows
+    mismatched = [f"{k}: config {ours[k]}, cache {theirs[k]}" + (f" (--set {keys[k]}={theirs[k]})" if k in keys else "")
+                  for k in ours if ours[k] != theirs[k]]
     if mismatched:
         raise ConfigError(f"{source}: the student does not fit the cache {cfg.cache.path}: " + "; ".join(mismatched)
-                          + ". Set geometry/encoder to the cache's values, or cache the data again for this geometry.")
+                          + " — set those keys to the cache's values, or cache the data again for this geometry")
     return grid
 
 
@@ -140,11 +147,12 @@ def run_student(config_path: str | None, overrides: list[str], resume: bool = Fa
             return replayed(loader, cfg.data.replay_every, start_step, dist_info.device)
         return loader(start_step)
 
-    # Fewer shards than ranks × workers would leave a reader without data: refuse now, not hang later.
+    # Fewer filled shards than ranks × workers would leave a reader without data: refuse now, not hang later.
     splits = dist_info.world_size * max(1, cfg.data.workers)
-    if len(manifest.shards) < splits:
-        raise TrainingError(f"{cfg.cache.path} has {len(manifest.shards)} shards for {dist_info.world_size} ranks × "
-                            f"{max(1, cfg.data.workers)} workers; use fewer workers or cache with smaller --shard-videos")
+    filled = sum(1 for shard in manifest.shards if shard.samples)
+    if filled < splits:
+        raise TrainingError(f"{cfg.cache.path} has {filled} shards with samples for {dist_info.world_size} ranks × "
+                            f"{max(1, cfg.data.workers)} workers — use fewer workers or cache with smaller --shard-videos")
     return train(
         cfg, objective, make_batches, dist_info, resume=resume, export_name="student.pt", compatible_keys=compatible_keys,
         max_bad_videos=10**9 if cfg.cache.on_error == "skip" else 0,

@@ -147,3 +147,19 @@ def replay_view(source: VideoSource, params: ViewParams, name: str | None = None
 def _first_line(err: Exception) -> str:
     text = str(err).strip().splitlines()
     return text[0][:200] if text else ""
+
+
+def describe_record(record, chunk: int = 64) -> dict:
+    """Decode every frame of a video once (in chunks, to hold little) and describe it: what
+    `salt check-data` reports. Raises `VideoDecodeError` naming the file and what failed."""
+    source = record.path if record.offset is None and not is_url(record.path) else record.read_bytes()
+    reader = open_reader(source, record.name)
+    frames = len(reader)
+    height = width = 0
+    for start in range(0, frames, chunk):
+        decoded = read_frames(reader, range(start, min(start + chunk, frames)), record.name, source)
+        height, width = decoded.shape[1:3]
+    fps = float(reader.get_avg_fps() or 0.0)
+    size = len(source) if isinstance(source, bytes) else Path(source).stat().st_size
+    return {"frames": frames, "height": int(height), "width": int(width), "fps": fps,
+            "seconds": frames / fps if fps > 0 else None, "bytes": size}

@@ -22,6 +22,7 @@ import sys
 import time
 from typing import Any
 
+from salt.errors import debugging
 from salt.video.decode import VideoDecodeError
 
 _HEADER = struct.Struct("<Q")
@@ -83,6 +84,9 @@ class IsolatedDecoder:
                 [sys.executable, "-c", "from salt.video.isolated import _serve; _serve()", self.function],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
+                # decord's and ffmpeg's own lines ("moov atom not found", "ERROR opening: …" with
+                # its build path) repeat what the VideoDecodeError says; SALT_DEBUG=1 shows them.
+                stderr=None if debugging() else subprocess.DEVNULL,
                 env=env,
             )
             # Start-up (Python, numpy, decord imports) can take seconds on a loaded machine; it

@@ -53,18 +53,22 @@ class VideoRecord:
             return handle.read(self.size)
 
 
-def read_csv(csv_path: str | Path) -> list[VideoRecord]:
+def read_csv(csv_path: str | Path, problems: list[dict] | None = None) -> list[VideoRecord]:
     """Read V-JEPA-style lines `path [label]`.
 
     The label is the last space-separated field when it is an integer, so paths may contain
     spaces. Relative paths are resolved against the CSV's folder, which keeps a data set
-    movable. Blank lines and lines starting with '#' are skipped.
+    movable. Blank lines and lines starting with '#' are skipped. A line that cannot be a
+    video (no video extension and no such file: `hi`, `a.mp4,3`, `a.mp4 cat`) is refused with
+    its line number, not read as a path that will be missing; or, given `problems`, recorded
+    there ({"line", "text", "reason"}) and left out (`salt check-data` lists them all).
     """
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise VideoSourceError(f"data file not found: {csv_path}")
     records: list[VideoRecord] = []
-    for line_number, line in enumerate(csv_path.read_text(encoding="utf-8").splitlines(), start=1):
+    bad: list[str] = []
+    for line_number, line in enumerate(csv_path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
@@ -72,15 +76,35 @@ def read_csv(csv_path: str | Path) -> list[VideoRecord]:
         head, _, tail = line.rpartition(" ")
         if head and _is_int(tail):
             path_text, label = head.strip(), int(tail)
-        if not path_text:
-            raise VideoSourceError(f"{csv_path}:{line_number}: no video path in {line!r}")
         path = Path(path_text)
         if not path.is_absolute():
             path = csv_path.parent / path
+        problem = _line_problem(line, path_text, path)
+        if problem:
+            bad.append(f"{csv_path}:{line_number}: {problem}")
+            if problems is not None:
+                problems.append({"line": line_number, "text": line, "reason": problem})
+            continue
         records.append(VideoRecord(len(records), str(path), label))
-    if not records:
-        raise VideoSourceError(f"{csv_path}: no videos listed")
+    if bad and problems is None:
+        more = f" (and {len(bad) - 1} more bad lines)" if len(bad) > 1 else ""
+        raise VideoSourceError(f"{bad[0]}{more} — write one 'path label' per line, separated by a space, e.g. "
+                               "'videos/000000.mp4 3' (label: an integer class index)")
+    if not records and not bad:
+        raise VideoSourceError(f"{csv_path}: no videos listed — write one 'path label' per line")
     return records
+
+
+def _line_problem(line: str, path_text: str, path: Path) -> str | None:
+    """What is wrong with a CSV line that cannot name a video, or None."""
+    if Path(path_text).suffix.lower() in VIDEO_EXTENSIONS or storage.is_url(path_text) or path.is_file():
+        return None
+    head, _, tail = line.rpartition(" ")
+    if "," in line or "\t" in line:
+        return f"{line!r} looks comma- or tab-separated"
+    if head and Path(head.strip()).suffix.lower() in VIDEO_EXTENSIONS:
+        return f"label {tail!r} is not an integer"
+    return f"{line!r} is not a video path (no {'/'.join(VIDEO_EXTENSIONS)} extension and no such file)"
 
 
 def list_folder(folder: str | Path) -> list[VideoRecord]:

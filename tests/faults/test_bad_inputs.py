@@ -56,7 +56,7 @@ def test_bad_videos_are_skipped_and_recorded_or_handled(tmp_path, teacher, synth
     (videos / "list.csv").write_text("".join(f"{name} {i % 8}\n" for i, name in enumerate(names)))
     monkeypatch.setattr(local_engine, "IsolatedDecoder", functools.partial(IsolatedDecoder, "tests.faults.stubs:hang_on_marked"))
 
-    run_cache(job(teacher, videos / "list.csv", tmp_path / "cache", decode_timeout=5.0))
+    run_cache(job(teacher, videos / "list.csv", tmp_path / "cache", decode_timeout=5.0, max_skipped=1.0))
 
     manifest = load_manifest(tmp_path / "cache")
     reasons = {Path(entry["path"]).name: entry["reason"] for entry in manifest.skipped}
