@@ -176,11 +176,13 @@ def format_cache(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _run_student(config: Path, overrides: list[str]) -> list[dict]:
-    """One student run in a fresh process (clean RSS); returns its metric records."""
+def _run_student(config: Path, overrides: list[str], replay_window: int = 0) -> list[dict]:
+    """One student run in a fresh process (clean RSS); returns its metric records. With
+    `replay_window`, windows of that many steps alternate streamed / replayed (salt/replayed_student.py)."""
     import sys
 
-    result = subprocess.run([sys.executable, "-m", "salt.cli", "train-student", "--config", str(config), *[a for o in overrides for a in ("--set", o)]],
+    entry = ["salt.replayed_student", str(replay_window)] if replay_window else ["salt.cli", "train-student"]
+    result = subprocess.run([sys.executable, "-m", *entry, "--config", str(config), *[a for o in overrides for a in ("--set", o)]],
                             capture_output=True, text=True)
     if result.returncode != 0:
         raise RuntimeError(f"student run failed:\n{result.stdout[-2000:]}\n{result.stderr[-3000:]}")
@@ -222,7 +224,7 @@ def bench_student(steps: int, batch_size: int, results_dir: str, repeats: int = 
     loader's CPU cost by part; data-wait share with 0/1/2 workers; peak RSS with a small and a
     larger teacher's cache.
 
-    Cache vs in memory is paired in time within each run (`data.replay_every`): windows of
+    Cache vs in memory is paired in time within each run (salt/replayed_student.py): windows of
     `window` steps alternate between the loader's batches and the very same batches again from
     memory, so the machine's drifting load (which moved whole runs by ±25 % here) falls on both
     sides of every pair; `repeats` such runs of `pairs` measured pairs, each its own process."""
@@ -254,10 +256,10 @@ def bench_student(steps: int, batch_size: int, results_dir: str, repeats: int = 
         base = [f"data.batch_size={batch_size}", f"cache.path={caches['small']['path']}", f"teacher={caches['small']['teacher']}"]
         runs = 0
 
-        def run(extra: list[str]) -> list[dict]:
+        def run(extra: list[str], replay_window: int = 0) -> list[dict]:
             nonlocal runs
             runs += 1
-            return _run_student(config, base + extra + [f"run.out_dir={tmp / f'run{runs}'}"])
+            return _run_student(config, base + extra + [f"run.out_dir={tmp / f'run{runs}'}"], replay_window)
 
         def measure(extra: list[str]) -> dict:
             rows = run(extra)[1:]  # drop the warm-up window
@@ -269,7 +271,7 @@ def bench_student(steps: int, batch_size: int, results_dir: str, repeats: int = 
             """Streamed / replayed window pairs of `repeats` runs, the first pair of each dropped."""
             streamed, replayed, waits = [], [], []
             for _ in range(repeats):
-                rows = run(extra + [f"optim.steps={paired_steps}", f"run.log_every={window}", f"data.replay_every={window}"])
+                rows = run(extra + [f"optim.steps={paired_steps}", f"run.log_every={window}"], replay_window=window)
                 seconds = [1 / r["steps_per_s"] for r in rows]
                 streamed += seconds[2::2]
                 replayed += seconds[3::2]
@@ -335,58 +337,6 @@ def format_student(report: dict) -> str:
     return "\n".join(lines)
 
 
-@contextlib.contextmanager
-def local_s3_server(bucket: str):
-    """A real S3-protocol server (moto's standalone server, `pip install 'moto[server]'`) on
-    127.0.0.1 with `bucket` made, and fsspec/s3fs pointed at it, here and in child processes
-    (FSSPEC_S3_ENDPOINT_URL and dummy credentials); stopped by pid on exit. Yields the s3fs
-    file system."""
-    import socket
-    import sys
-
-    import fsspec
-
-    server_bin = Path(sys.executable).with_name("moto_server")
-    if not server_bin.exists():
-        raise RuntimeError(f"{server_bin} not found: pip install 'moto[server]' s3fs (the dev extras have them)")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen([str(server_bin), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "FSSPEC_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    # Child processes read FSSPEC_S3_ENDPOINT_URL when they import fsspec; this one has imported it already.
-    fsspec.config.conf.setdefault("s3", {})["endpoint_url"] = env["FSSPEC_S3_ENDPOINT_URL"]
-    try:
-        deadline = time.monotonic() + 60  # a bound on start-up
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto_server did not start on 127.0.0.1:{port}") from None
-                time.sleep(0.1)
-        fs = fsspec.filesystem("s3", skip_instance_cache=True)
-        fs.mkdir(bucket)
-        yield fs
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        fsspec.config.conf.get("s3", {}).pop("endpoint_url", None)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 def _jpeg_decoders(samples: list[list[bytes]], rounds: int = 3) -> dict:
     """ms per view (one core) of each JPEG decoder at hand, on a cache's stored frames, and
     whether it gives torchvision's pixels exactly. The reader uses the fastest exact one."""
@@ -428,10 +378,23 @@ def _jpeg_decoders(samples: list[list[bytes]], rounds: int = 3) -> dict:
     return table
 
 
-def bench_loader(videos: int, seconds: int, size: int, samples: int, results_dir: str, store: str = "local") -> dict:
+def _empty_remote_folder(url: str):
+    """(file system, path) of an object-store folder the benchmark may fill and delete (an
+    unreachable store or missing credentials: salt/errors.py names them in one line)."""
+    import fsspec
+
+    from salt.config import ConfigError
+
+    fs, root = fsspec.core.url_to_fs(url)
+    if fs.exists(root) and fs.ls(root):
+        raise ConfigError(f"--s3 {url} holds files already; name an empty folder (the benchmark deletes it after)")
+    return fs, root
+
+
+def bench_loader(videos: int, seconds: int, size: int, samples: int, results_dir: str, s3_url: str | None = None) -> dict:
     """Samples/s of one worker: the student's cache reader vs. a V-JEPA-style online pipeline,
-    on the same 640x360 H.264 videos, side by side in one process. With store "s3", the same
-    cache is also read from a local S3-protocol server (whole shards, read ahead)."""
+    on the same 640x360 H.264 videos, side by side in one process. With `s3_url`, the same
+    cache is also uploaded there and read back from the object store (whole shards, read ahead)."""
     from salt.cache_latents import CacheJob, run_cache
     from salt.latents import open_cache
     from salt.models import build_encoder, save_encoder
@@ -484,10 +447,11 @@ def bench_loader(videos: int, seconds: int, size: int, samples: int, results_dir
         decoders = _jpeg_decoders(stored_frames)
         bytes_read = {"cache reader": per_view_bytes}
         with contextlib.ExitStack() as stack:
-            if store == "s3":
-                fs = stack.enter_context(local_s3_server("bench"))
-                fs.put(str(tmp / "cache"), "bench/cache", recursive=True)
-                remote = open_cache("s3://bench/cache", "wds")
+            if s3_url:
+                fs, root = _empty_remote_folder(s3_url)
+                fs.put(str(tmp / "cache"), root, recursive=True)
+                stack.callback(fs.rm, root, recursive=True)
+                remote = open_cache(s3_url, "wds")
 
                 def s3_reader():
                     stream = itertools.chain.from_iterable(remote.stream(seed=0, epoch=e, latents="stored") for e in itertools.count())
@@ -495,11 +459,11 @@ def bench_loader(videos: int, seconds: int, size: int, samples: int, results_dir
                         sample = next(stream)
                         torch.from_numpy(sample.frames), sample.latents
 
-                pipelines.insert(1, ("cache reader, local S3 server", s3_reader))
+                pipelines.insert(1, ("cache reader, object store", s3_reader))
                 # Whole shards are read: the tar (and its index) per sample, whatever the sample's own size.
                 shard_bytes = sum(r.bytes["wds"] for r in cache.manifest.shards)
-                index_bytes = sum(len(fs.cat_file(p)) for p in fs.find("bench/cache/wds") if p.endswith(".idx.json"))
-                bytes_read["cache reader, local S3 server"] = (shard_bytes + index_bytes) / cache.manifest.sample_count
+                index_bytes = sum(len(fs.cat_file(p)) for p in fs.find(f"{root}/wds") if p.endswith(".idx.json"))
+                bytes_read["cache reader, object store"] = (shard_bytes + index_bytes) / cache.manifest.sample_count
             rates = {}
             for name, fn in pipelines:
                 torch.set_num_threads(1)  # one worker = one core
@@ -510,11 +474,12 @@ def bench_loader(videos: int, seconds: int, size: int, samples: int, results_dir
     results = {"samples_per_s_per_worker": rates, "speedup": rates["cache reader"] / rates["online decode + augment"],
                "jpeg_decoders": decoders,
                "cache_bytes_per_view": per_view_bytes, "bytes_read_per_sample": bytes_read}
-    if store == "s3":
-        results["s3_vs_local_disk"] = rates["cache reader, local S3 server"] / rates["cache reader"]
+    if s3_url:
+        results["s3_vs_local_disk"] = rates["cache reader, object store"] / rates["cache reader"]
     settings = {"videos": videos, "video": f"640x360 H.264, {seconds} s", "clip": f"16 frames step 4 at {size}²",
-                "samples": samples, "teacher for the cache": "vit_tiny (dim 128), fp16, blosc-zstd, JPEG q90", "store": store}
-    save_record("loader" if store == "local" else f"loader-{store}", settings, results, results_dir)
+                "samples": samples, "teacher for the cache": "vit_tiny (dim 128), fp16, blosc-zstd, JPEG q90",
+                "store": "s3" if s3_url else "local", "s3_url": s3_url}
+    save_record("loader-s3" if s3_url else "loader", settings, results, results_dir)
     return {"settings": settings, "results": results}
 
 
@@ -528,6 +493,6 @@ def format_loader(report: dict) -> str:
         lines.append(f"{name:<56}{row['ms_per_view']:>8.2f}  {'yes' if row['exact'] else 'no'}")
     if "s3_vs_local_disk" in r:
         read = r["bytes_read_per_sample"]
-        lines.append(f"local S3 server / local disk: {r['s3_vs_local_disk']:.2f}; bytes read per sample: disk "
-                     f"{read['cache reader'] / 1e3:.0f} kB, S3 {read['cache reader, local S3 server'] / 1e3:.0f} kB (whole shards)")
+        lines.append(f"object store / local disk: {r['s3_vs_local_disk']:.2f}; bytes read per sample: disk "
+                     f"{read['cache reader'] / 1e3:.0f} kB, S3 {read['cache reader, object store'] / 1e3:.0f} kB (whole shards)")
     return "\n".join(lines)

@@ -495,16 +495,17 @@ def inspect_command(cache_path, run_verify, pictures, samples, compare, format_,
 @click.option("--size", default=224, help="Clip height and width.")
 @click.option("--samples", default=64, help="Samples drawn from each pipeline.")
 @click.option("--results", default="benchmarks/results", type=click.Path(file_okay=False), help="Folder of the JSON records.")
-@click.option("--store", type=click.Choice(["local", "s3"]), default="local",
-              help="s3: also read the cache from a local S3-protocol server (moto), beside local disk.")
-def bench_loader_command(videos, seconds, size, samples, results, store) -> None:
+@click.option("--s3", "s3_url", metavar="URL", help="Also read the cache from this empty object-store folder (s3://bucket/dir; "
+              "endpoint and credentials from the environment, as s3fs reads them); deleted after. benchmarks/loader_s3.sh "
+              "runs it against a local S3-protocol server.")
+def bench_loader_command(videos, seconds, size, samples, results, s3_url) -> None:
     """Samples/s per worker: the student's cache reader vs. V-JEPA-style online decoding.
 
     Example: salt bench loader --videos 8 --size 112
     """
     from salt.bench import bench_loader, format_loader
 
-    click.echo(format_loader(bench_loader(videos, seconds, size, samples, results, store)))
+    click.echo(format_loader(bench_loader(videos, seconds, size, samples, results, s3_url)))
 
 
 def _command_name(ctx: click.Context | None) -> str:

@@ -8,6 +8,7 @@ and applied before validation. The resolved config is written next to each run's
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import types
 import typing
@@ -133,14 +134,11 @@ def _coerce(hint: Any, value: Any, source: str, key: str) -> Any:
         options = get_args(hint)
         if value is None and type(None) in options:
             return None
-        errors = []
         for option in options:
             if option is type(None):
                 continue
-            try:
+            with contextlib.suppress(ConfigError):  # the next option may fit
                 return _coerce(option, value, source, key)
-            except ConfigError as err:
-                errors.append(str(err))
         raise ConfigError(f"{source}: {key} = {value!r} fits none of {_type_name(hint)}")
     if origin is Literal:
         if value not in get_args(hint):

@@ -12,7 +12,7 @@ from salt.compact_cache import CompactJob, compact_cache
 from salt.config import ConfigError
 from salt.latents import BasisFit, CacheError, TargetBasis, load_manifest, normalise_targets, open_cache, verify
 from salt.training.student import run_student
-from tests.faults.conftest import killed, salt
+from tests.helpers import killed, salt
 from tests.test_student import demo_cache, student_config  # noqa: F401  (the module's cache fixture)
 
 

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 import yaml
 
-from salt.bench import local_s3_server
 from salt.latents import open_cache
-from tests.faults.conftest import REPO, free_port, killed, salt
+from tests.helpers import REPO, free_port, killed, local_s3_server, salt
 
 BUCKET = "salt-test"
 

@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from salt.latents import open_cache
-from tests.faults.conftest import free_port, killed, salt
+from tests.helpers import free_port, killed, salt
 
 RAY = str(Path(sys.executable).with_name("ray"))
 # The test cluster's token (Ray's token authentication), in the environment of both ends.
@@ -128,7 +128,7 @@ def test_two_nodes_decode_and_killed_workers_are_retried(tmp_path, teacher, synt
     # most 2 videos in flight per decoder, the one that meets video 6 has finished a video already.
     fault = f"decoders@2:{tmp_path / 'decoders'},decode@6:{marks[0]},teacher@5:{marks[1]}"  # each worker SIGKILLed once
     result = salt(*cache_args(teacher, synthetic_set / "train.csv", out, "--engine", "ray", "--ray-address", two_node_cluster,
-                              "--decode-cpus", "2"), env={**AUTH, "SALT_RAY_FAULT": fault})
+                              "--decode-cpus", "2"), env=AUTH, fault=f"ray:{fault}")
     assert result.returncode == 0, result.stderr
     assert all(mark.exists() for mark in marks), "both faults should have fired"
     assert stored_files(out) == local_reference  # nothing lost, nothing twice, the same bytes

@@ -15,7 +15,8 @@ import yaml
 from salt.cache_latents import CacheJob, run_cache
 from salt.config import ConfigError
 from salt.models import Predictor, build_encoder, load_encoder, save_encoder
-from salt.training.data import CacheBatches, replayed
+from salt.replayed_student import replay_windows
+from salt.training.data import CacheBatches
 from salt.training.loop import TrainingError
 from salt.training.objectives import StudentObjective
 from salt.training.student import run_student
@@ -306,39 +307,28 @@ def test_compiled_student_trains_as_the_eager_one(tmp_path, demo_cache):
         run_student(str(compiled), ["engine.zero_stage=3", f"run.out_dir={tmp_path / 'zero3'}"])
 
 
-def test_replayed_order_and_its_resume_arithmetic():
-    """data.replay_every (the benchmarks' in-memory reference): k loader batches, then the same k
-    again from memory; a stream restarted at any position continues the same sequence."""
+def test_replay_windows_stream_then_repeat():
+    """`salt bench student`'s in-memory reference: k loader batches, then the same k again from memory."""
     import itertools
 
-    class Batch(int):
-        def to(self, device):
-            return self
-
-    def loader_from(first):
-        return (Batch(i) for i in itertools.count(first))
-
-    whole = list(itertools.islice(replayed(loader_from, 3, 0, "cpu"), 18))
+    whole = list(itertools.islice(replay_windows(itertools.count(), 3), 18))
     assert whole == [0, 1, 2, 0, 1, 2, 3, 4, 5, 3, 4, 5, 6, 7, 8, 6, 7, 8]
-    for start in range(12):
-        assert list(itertools.islice(replayed(loader_from, 3, start, "cpu"), 18 - start)) == whole[start:]
 
 
-def test_replay_windows_stream_then_repeat_and_resume(tmp_path, demo_cache):
-    """A replay run's first window trains on the streamed run's batches; stopped inside a replayed
-    window and resumed, it continues with the uninterrupted run's losses."""
-    data, run = {"batch_size": 4, "workers": 2, "replay_every": 2}, {"log_every": 2, "checkpoint_every": 3, "progress": False}
-    streamed = student_config(tmp_path / "streamed", demo_cache, data={"batch_size": 4, "workers": 2})
+def test_replayed_student_trains_its_first_window_on_the_streamed_batches(tmp_path, demo_cache):
+    """The benchmark's mode, run as the benchmark runs it (its own entry point, no training
+    setting): the first window is the streamed run's first batches; the next one replays them."""
+    run = {"log_every": 2, "checkpoint_every": 100, "progress": False}
+    data = {"batch_size": 4, "workers": 2}
+    streamed = student_config(tmp_path / "streamed", demo_cache, data=data)
     replay = student_config(tmp_path / "replay", demo_cache, data=data, run={**run, "out_dir": str(tmp_path / "replay" / "run")})
-    split = student_config(tmp_path / "split", demo_cache, data=data, run={**run, "out_dir": str(tmp_path / "split" / "run")})
     run_student(str(streamed), [])
-    run_student(str(replay), [])
-    run_student(str(split), ["run.stop_at=3"])  # step 3: the second batch of the first replayed window
-    run_student(str(split), [], resume=True)
+    group = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # this process's group of one
+    env = {k: v for k, v in os.environ.items() if k not in group}
+    result = subprocess.run([sys.executable, "-m", "salt.replayed_student", "2", "--config", str(replay)],
+                            capture_output=True, text=True, env={**env, "PYTHONPATH": str(Path(__file__).parents[1])})
+    assert result.returncode == 0, result.stderr[-3000:]
     a = [r["loss"] for r in records(tmp_path / "streamed" / "run")]
     b = [r["loss"] for r in records(tmp_path / "replay" / "run")]
     np.testing.assert_allclose(b[0], np.mean(a[:2]), rtol=1e-6)
-    c = [r["loss"] for r in records(tmp_path / "split" / "run")]  # windows: steps 0-1, 2 | 3 (resumed), 4-5
-    np.testing.assert_allclose([c[0], (c[1] + c[2]) / 2, c[3]], b, rtol=1e-5)
-    with pytest.raises(ConfigError, match="data.replay_every"):
-        run_student(str(replay), ["data.replay_every=3", f"run.out_dir={tmp_path / 'other'}"])
+    assert len(b) == len(a) // 2  # every logged window is all streamed or all replayed batches

@@ -1,4 +1,3 @@
-import time
 
 import numpy as np
 import pytest
@@ -100,11 +99,9 @@ def bad_files(tmp_path, make_video):
 def test_broken_files_raise_one_clear_error(tmp_path, make_video):
     with IsolatedDecoder("salt.video.decode:decode_views", timeout=30) as decoder:
         for kind, path in bad_files(tmp_path, make_video).items():
-            start = time.monotonic()
             with pytest.raises(VideoDecodeError) as err:
                 decoder(str(path), str(path), 0, [0], CFG)
             assert str(path) in str(err.value), kind
-            assert time.monotonic() - start < 30
         # The same decoder still works after the failures.
         good = make_video("good.mp4", frames=24)
         (frames, _), = decoder(str(good), str(good), 0, [0], CFG)
@@ -124,11 +121,11 @@ def test_isolated_equals_in_process(make_video):
 
 
 def test_hanging_decoder_times_out_and_recovers():
+    # The stub sleeps an hour: only the timeout returns this call (pytest-timeout bounds a failure;
+    # no wall-clock bound here, the child's start-up time depends on the machine's load).
     with IsolatedDecoder("tests.video_stubs:hang", timeout=1.0) as decoder:
-        start = time.monotonic()
         with pytest.raises(VideoDecodeError, match="longer than 1 s"):
             decoder("hangs.mp4")
-        assert time.monotonic() - start < 10
     with IsolatedDecoder("tests.video_stubs:echo", timeout=10) as decoder:
         assert decoder("x", 1, "two") == (1, "two")
 

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
-import signal
 import socket
 import time
 from dataclasses import asdict
@@ -33,10 +31,6 @@ from salt.latents.errors import CacheWriteError
 from salt.video.isolated import IsolatedDecoder
 from salt.video.views import ViewConfig, ViewParams
 
-# Tests only: "decode@VIDEO:MARK" / "teacher@VIDEO:MARK" SIGKILLs that worker once; "decoders@N:DIR" holds
-# every decoder's first video until N decoders have started, so that work reaches every node deterministically.
-FAULT_ENV = "SALT_RAY_FAULT"
-GATE_BOUND_S = 240  # a gate that never opens lets the run go on (and the test that set it fail) rather than hang
 MAX_BLOCKS = 4096  # input blocks (a retried task redoes one block); one video per block below this
 
 
@@ -49,30 +43,6 @@ def import_ray():
     return ray
 
 
-def _fault_specs(stage: str) -> list[tuple[int, str]]:
-    """(number, path) of each $SALT_RAY_FAULT entry for `stage` ("decode@3:/tmp/mark,decoders@2:/tmp/dir")."""
-    specs = []
-    for spec in filter(None, os.environ.get(FAULT_ENV, "").split(",")):
-        name, _, rest = spec.partition("@")
-        number, _, path = rest.partition(":")
-        if name == stage:
-            specs.append((int(number), path))
-    return specs
-
-
-def _fault_point(stage: str, videos) -> None:
-    """Tests only: SIGKILL this worker once when it meets a video named for its stage; the mark
-    file makes the retry run through."""
-    for video, mark in _fault_specs(stage):
-        if video not in {int(v) for v in videos}:
-            continue
-        try:
-            os.close(os.open(mark, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-        except FileExistsError:
-            continue
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
 class DecodeVideo:
     """Ray Data actor: one planned video in, one row per view out (or one row naming the skip)."""
 
@@ -83,24 +53,11 @@ class DecodeVideo:
         self.frames_codec, self.quality = frames_codec, quality
         self.decoder = IsolatedDecoder(timeout=timeout)
         self.node = ray.get_runtime_context().get_node_id()
-        self.gates = _fault_specs("decoders")
-        for _, folder in self.gates:  # this decoder has started
-            os.makedirs(folder, exist_ok=True)
-            open(os.path.join(folder, f"{self.node}-{os.getpid()}"), "w").close()
-
-    def _wait_at_gates(self) -> None:
-        deadline = time.monotonic() + GATE_BOUND_S
-        for count, folder in self.gates:
-            while len(os.listdir(folder)) < count and time.monotonic() < deadline:
-                time.sleep(0.1)
-        self.gates = []
 
     def __call__(self, batch: dict) -> dict:
-        self._wait_at_gates()
         rows = {name: [] for name in ("shard", "video", "view", "skipped", "params", "frames", "pixels", "node", "decode_s")}
         for shard, video, view_start, view_end, record in zip(batch["shard"], batch["video"], batch["view_start"],
                                                               batch["view_end"], batch["record"]):
-            _fault_point("decode", [video])
             started = time.perf_counter()
             views = decode_views(self.decoder, pickle.loads(record), int(view_start), int(view_end), self.view,
                                  self.frames_codec, self.quality)
@@ -136,7 +93,6 @@ class TeacherActor:
         self.frame_shape = tuple(frame_shape)
 
     def __call__(self, batch: dict) -> dict:
-        _fault_point("teacher", batch["video"])
         started = time.perf_counter()
         decoded = [i for i, skipped in enumerate(batch["skipped"]) if not skipped]
         latents = [b""] * len(batch["skipped"])
@@ -154,8 +110,7 @@ def _connect(ray, address: str) -> bool:
     """Join the cluster at `address`, or start a local one; True when this call started Ray."""
     if ray.is_initialized():
         return False
-    env = {name: os.environ[name] for name in (FAULT_ENV,) if name in os.environ}
-    options = dict(log_to_driver=False, logging_level=logging.WARNING, runtime_env={"env_vars": env} if env else None)
+    options = dict(log_to_driver=False, logging_level=logging.WARNING)
     if address:
         try:
             _check_reachable(address)  # ray.init retries an unreachable GCS for minutes

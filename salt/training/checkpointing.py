@@ -20,7 +20,6 @@ import io
 import json
 import os
 import shutil
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +31,6 @@ from salt.training.errors import TrainingError
 
 RUN_STATE = "salt_run_state.json"  # per checkpoint: step and settings, readable without torch
 POINTER = "latest"
-KILL_AT_ENV = "SALT_KILL_AT"  # tests only: "point@step" SIGKILLs rank 0 there (tests/faults)
-KILL_POINTS = ("after-deepspeed-files", "after-run-state", "after-pointer", "mid-deletion")
 
 
 def tag_of(step: int) -> str:
@@ -60,13 +57,10 @@ def save(engine, checkpoint_dir: Path, step: int, client: dict, rank: int, keep:
     state = {**client, "step": step, "objective_state": engine.module.extra_state()}
     engine.save_checkpoint(str(checkpoint_dir), tag=tag, client_state=state, save_latest=False)
     _fsync_tree(folder)
-    _kill_point("after-deepspeed-files", step, rank)
     dist.barrier()  # every rank's files are on disk before the checkpoint is called complete
     if rank == 0:
         write_atomic(folder / RUN_STATE, json.dumps({**client, "step": step}, indent=1))
-        _kill_point("after-run-state", step, rank)
         write_atomic(checkpoint_dir / POINTER, tag)
-        _kill_point("after-pointer", step, rank)
         if keep > 0:
             older = [p for p in checkpoint_dir.glob("step*") if p.is_dir() and p.name[4:].isdigit() and int(p.name[4:]) < step]
             committed = [p for p in complete_checkpoints(checkpoint_dir) if int(p.name[4:]) < step]
@@ -74,7 +68,6 @@ def save(engine, checkpoint_dir: Path, step: int, client: dict, rank: int, keep:
             for old in sorted(older, key=lambda p: int(p.name[4:])):
                 if old not in kept:  # incomplete leftovers go too
                     _retract(old)
-                    _kill_point("mid-deletion", step, rank, old)
                     shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
 
@@ -134,10 +127,13 @@ _ABSENT = object()
 
 
 # Settings since removed, with the value at which they behaved as today's code does: a
-# checkpoint that saved them at that value resumes; at any other value it is refused.
-# pixels.norm_pix: true was VideoMAE's per-channel targets, today's `pixels.norm: channel` (the
-# default, so such a teacher resumes unless its config now asks for another normalisation).
-RETIRED_SETTINGS = {"data.reuse_first_batch": False, "data.preload_batches": 0, "pixels.norm_pix": True}
+# checkpoint that saved them at that value resumes; at any other value it is refused. Users'
+# checkpoints hold them: pixels.norm_pix: true was VideoMAE's per-channel targets, today's
+# `pixels.norm: channel` (the default, so such a teacher resumes unless its config now asks for
+# another normalisation); every student checkpoint before 2026-12-03 saved data.replay_every: 0
+# (a benchmark mode, now `python -m salt.replayed_student`), and older ones the two before it.
+RETIRED_SETTINGS = {"data.reuse_first_batch": False, "data.preload_batches": 0, "data.replay_every": 0,
+                    "pixels.norm_pix": True}
 
 
 def config_differences(saved: Any, now: Any, prefix: str = "", defaults: Any = None) -> list[str]:
@@ -224,13 +220,3 @@ def _fsync_dir(folder: Path) -> None:
     finally:
         os.close(descriptor)
 
-
-def _kill_point(point: str, step: int, rank: int, deleting: Path | None = None) -> None:
-    """Tests only (tests/faults): SIGKILL rank 0 at a named point of the save sequence."""
-    if rank != 0 or os.environ.get(KILL_AT_ENV) != f"{point}@{step}":
-        return
-    if deleting is not None:  # half-way through: the run state is gone, some weights too
-        files = sorted(p for p in deleting.rglob("*") if p.is_file())
-        for path in files[: max(1, len(files) // 2)]:
-            path.unlink()
-    os.kill(os.getpid(), signal.SIGKILL)

@@ -196,18 +196,14 @@ class GeometryConfig:
 class StudentDataConfig:
     batch_size: int = 16  # micro-batch per rank
     workers: int = 2  # DataLoader workers per rank reading the cache
-    # Benchmarks only (the in-memory reference, paired in time): every K micro-batches streamed
-    # are trained on a second time from memory, so windows of `run.log_every` = K steps alternate
-    # between the loader's batches and the very same batches with no loader work.
-    replay_every: int = 0
     # workers: the loader workers decode the JPEG frames (CPU, libjpeg-turbo). device: they only
     # read bytes and the training process decodes each batch on its device (nvJPEG on a GPU;
     # on a CPU-only run, in the training process with the workers' decoder).
     decode_frames: Literal["workers", "device"] = "workers"
 
     def validate(self) -> None:
-        if self.batch_size < 1 or self.workers < 0 or self.replay_every < 0:
-            raise ValueError("data: batch_size >= 1, workers >= 0 and replay_every >= 0 are required")
+        if self.batch_size < 1 or self.workers < 0:
+            raise ValueError("data: batch_size >= 1 and workers >= 0 are required")
 
 
 @dataclass
@@ -253,10 +249,6 @@ class StudentConfig:
                 raise ValueError(f"cache.low_rank: coefficients needs targets: cache (targets: {self.targets} are D-dim)")
         if not self.masks:
             raise ValueError("masks: at least one mask configuration is needed")
-        if self.data.replay_every and self.data.replay_every != self.run.log_every * self.optim.grad_accum:
-            raise ValueError(f"data.replay_every ({self.data.replay_every}) must equal run.log_every × optim.grad_accum "
-                             f"({self.run.log_every} × {self.optim.grad_accum}), so that each logged window is all streamed "
-                             "or all replayed batches")
 
 
 def schedule_warnings(optim: OptimConfig, run: RunConfig) -> list[str]:

@@ -296,26 +296,6 @@ class CacheBatches(IterableDataset):
         return taken, skipped
 
 
-def replayed(loader_from, every: int, start: int, device):
-    """The benchmarks' in-memory reference, paired in time with the streamed batches: `every`
-    batches from the loader (moved to `device` as they arrive, like any batch), then the same
-    `every` again from memory, and so on. Micro-batch `p` is loader batch
-    `(p // 2k)·k + p mod k`; a resumed run restarts its block's stream by arithmetic
-    (`loader_from(first_step)`) and re-reads only the batches of its block it already passed."""
-    block, offset = divmod(start, 2 * every)
-    batches = iter(loader_from(block * every))
-    while True:
-        held = []
-        for i in range(every):
-            held.append(next(batches).to(device))
-            if i >= offset:
-                yield held[-1]
-        for i in range(every):
-            if every + i >= offset:
-                yield held[i]
-        offset = 0
-
-
 def clip_loader(dataset: IterableDataset, workers: int, pin_memory: bool = False) -> DataLoader:
     """A DataLoader over whole batches; forkserver workers that exit with this process."""
     return owned_loader(dataset, workers, batch_size=None, pin_memory=pin_memory, prefetch_factor=2 if workers else None,

@@ -15,7 +15,7 @@ from salt.latents import CacheError, first_views, load_manifest
 from salt.models import Predictor, build_encoder, load_encoder, resolve_arch, token_grid
 from salt.precision import resolve_precision
 from salt.training.config import StudentConfig
-from salt.training.data import CacheBatches, clip_loader, replayed
+from salt.training.data import CacheBatches, clip_loader
 from salt.training.errors import TrainingError
 from salt.training.loop import TrainResult, init_distributed, launcher_main, train
 from salt.training.objectives import StudentObjective
@@ -136,16 +136,11 @@ def run_student(config_path: str | None, overrides: list[str], resume: bool = Fa
     if cfg.targets == "cache":
         objective.set_target_mean(sample_of_targets(cfg.cache.path, cfg.cache.format, cfg.cache.views))
 
-    def make_batches(start_step: int):
-        def loader(first_step: int):
-            dataset = CacheBatches(cfg.cache.path, cfg.cache.format, cfg.data.batch_size, cfg.run.seed, dist_info.rank,
-                                   dist_info.world_size, cfg.data.workers, cfg.masks, grid, first_step, cfg.cache.on_error,
-                                   cfg.cache.views, cfg.data.decode_frames)
-            return clip_loader(dataset, cfg.data.workers, pin_memory=dist_info.device.type == "cuda")
-
-        if cfg.data.replay_every:
-            return replayed(loader, cfg.data.replay_every, start_step, dist_info.device)
-        return loader(start_step)
+    def make_batches(first_micro_step: int):
+        dataset = CacheBatches(cfg.cache.path, cfg.cache.format, cfg.data.batch_size, cfg.run.seed, dist_info.rank,
+                               dist_info.world_size, cfg.data.workers, cfg.masks, grid, first_micro_step, cfg.cache.on_error,
+                               cfg.cache.views, cfg.data.decode_frames)
+        return clip_loader(dataset, cfg.data.workers, pin_memory=dist_info.device.type == "cuda")
 
     # Fewer filled shards than ranks × workers would leave a reader without data: refuse now, not hang later.
     splits = dist_info.world_size * max(1, cfg.data.workers)

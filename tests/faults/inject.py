@@ -5,6 +5,7 @@
 kill-before-first-shard   SIGKILL when the first shard is about to be written (teacher ran)
 kill-mid-shard            SIGKILL after a few members of a shard's tar (a partial .tar.tmp stays)
 kill-in-manifest-write    SIGKILL while manifest.json is written (its half-written temp file stays)
+ray:SPEC                  faults inside the Ray engine's actors (tests/faults/ray_faults.py)
 """
 
 from __future__ import annotations
@@ -50,6 +51,10 @@ def install(fault: str) -> None:
             return real_write(path, obj)
 
         shards.write_json_atomic = write
+    elif fault.startswith("ray:"):
+        from tests.faults import ray_faults
+
+        ray_faults.install(fault[len("ray:"):])
     else:
         raise SystemExit(f"unknown fault {fault!r}")
 

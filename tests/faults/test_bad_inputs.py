@@ -21,7 +21,7 @@ from salt.models import build_encoder, fingerprint, save_encoder
 from salt.video.isolated import IsolatedDecoder
 from salt.video.synthetic import write_mp4
 
-from .conftest import cache_args, salt
+from tests.helpers import cache_args, salt
 
 pytestmark = pytest.mark.timeout(600)  # the bound: nothing here may hang
 

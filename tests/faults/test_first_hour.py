@@ -18,7 +18,7 @@ import yaml
 
 from salt.cli import run_cli
 
-from .conftest import cache_args, free_port, salt
+from tests.helpers import cache_args, free_port, salt
 
 pytestmark = pytest.mark.timeout(600)
 

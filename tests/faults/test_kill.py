@@ -17,7 +17,7 @@ import yaml
 
 from salt.latents import open_cache
 
-from .conftest import BOUND_S, REPO, cache_args, killed, salt
+from tests.helpers import BOUND_S, REPO, cache_args, killed, salt
 
 EXPECTED = sorted(f"v{v:08d}k{k:03d}" for v in range(8) for k in range(2))
 
@@ -119,11 +119,13 @@ def student_config(folder: Path, cache: Path, steps: int) -> Path:
     return folder / "student.yaml"
 
 
-def student_command(config: Path, ranks: int, port: int) -> list[str]:
+def student_command(config: Path, ranks: int, port: int, script: Path | None = None) -> list[str]:
+    """`salt train-student` (one rank) or the deepspeed launcher; `script` replaces salt/train_student.py."""
     if ranks == 1:
-        return [sys.executable, "-m", "salt.cli", "train-student", "--config", str(config)]
+        entry = [str(script)] if script else ["-m", "salt.cli", "train-student"]
+        return [sys.executable, *entry, "--config", str(config)]
     launcher = Path(sys.executable).parent / "deepspeed"
-    return [str(launcher), "--num_gpus", str(ranks), "--master_port", str(port), str(REPO / "salt" / "train_student.py"),
+    return [str(launcher), "--num_gpus", str(ranks), "--master_port", str(port), str(script or REPO / "salt" / "train_student.py"),
             "--config", str(config)]
 
 
@@ -188,14 +190,15 @@ def test_one_rank_killed_the_other_fails_within_the_group_timeout(tmp_path, stud
 
 
 # ------------------------------------------------------- kills placed inside the checkpoint commit
-# Each kill lands at a named point of `salt/training/checkpointing.save` (SALT_KILL_AT=point@step,
-# rank 0), so nothing here races a poll loop. One run is killed at every point in turn: at the
-# first checkpoint after DeepSpeed's files (nothing committed yet: resume starts at step 0), at
-# the second after its run state (complete, but `latest` still names step4), at the third after
-# the pointer (before old checkpoints are deleted), and at the fourth half-way through deleting
-# the oldest (step4). Each resume continues from the newest complete checkpoint.
+# Each kill lands at a named point of `salt/training/checkpointing.save` (tests/faults/kill_at.py
+# wraps its steps; KILL_AT=point@step, rank 0), so nothing here races a poll loop. One run is
+# killed at every point in turn: at the first checkpoint after DeepSpeed's files (nothing
+# committed yet: resume starts at step 0), at the second after its run state (complete, but
+# `latest` still names step4), at the third after the pointer (before old checkpoints are
+# deleted), and at the fourth half-way through deleting the oldest (step4). Each resume continues from the newest complete checkpoint.
 COMMIT_KILLS = [("after-deepspeed-files", 4), ("after-run-state", 8), ("after-pointer", 12), ("mid-deletion", 16)]
 COMMIT_STEPS = 20
+KILL_AT_SCRIPT = REPO / "tests" / "faults" / "kill_at.py"
 
 
 def run_to_end(command: list[str], folder: Path, env: dict | None = None) -> int:
@@ -210,7 +213,7 @@ def run_to_end(command: list[str], folder: Path, env: dict | None = None) -> int
 @pytest.mark.slow
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_student_killed_at_every_point_of_the_checkpoint_commit(tmp_path, student_cache, ranks):
-    from salt.training.checkpointing import KILL_AT_ENV, RUN_STATE, complete_checkpoints
+    from salt.training.checkpointing import RUN_STATE, complete_checkpoints
 
     port = 29800 + 40 * ranks
     full = student_config(tmp_path / "full", student_cache, COMMIT_STEPS)
@@ -219,8 +222,8 @@ def test_student_killed_at_every_point_of_the_checkpoint_commit(tmp_path, studen
     config = student_config(tmp_path / "split", student_cache, COMMIT_STEPS)
     checkpoints = tmp_path / "split" / "run" / "checkpoints"
     for attempt, (point, step) in enumerate(COMMIT_KILLS, start=1):
-        command = student_command(config, ranks, port + attempt) + (["--resume"] if attempt > 1 else [])
-        code = run_to_end(command, tmp_path / "split", {KILL_AT_ENV: f"{point}@{step}"})
+        command = student_command(config, ranks, port + attempt, KILL_AT_SCRIPT) + (["--resume"] if attempt > 1 else [])
+        code = run_to_end(command, tmp_path / "split", {"KILL_AT": f"{point}@{step}"})
         log = (tmp_path / "split" / "log.txt").read_text()
         assert code != 0, f"{point}@{step}: the run should have been killed\n{log[-3000:]}"
         complete = [int(p.name[4:]) for p in complete_checkpoints(checkpoints)]
