@@ -77,6 +77,8 @@ $(INSPECT)/summary.json: $(CACHE)/manifest.json
 	$(BIN)/salt inspect $(CACHE) --verify --pictures $(INSPECT) --json $@
 
 test: $(STAMP)
+	$(BIN)/ruff check salt tests benchmarks
+	$(BIN)/ruff format --check salt tests benchmarks
 	$(BIN)/python -m pytest -q
 
 # Only the fault-injection suite (`make test` runs it too).

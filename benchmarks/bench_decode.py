@@ -60,13 +60,34 @@ def main() -> None:
         counter = iter(range(10**9))
         rows = [
             ("open + decode random 16-frame window", timed(window, args.repeats), 1),
-            ("decode_views, 1 view (decode + crop + resize 224)", timed(lambda: decode_views(path, next(counter), [0], cfg), args.repeats), 1),
-            (f"decode_views, {args.views} views in one pass", timed(lambda: decode_views(path, next(counter), range(args.views), cfg), args.repeats), args.views),
-            (f"{args.views} separate decode_views calls", timed(lambda: [decode_views(path, next(counter), [v], cfg) for v in range(args.views)], args.repeats), args.views),
+            (
+                "decode_views, 1 view (decode + crop + resize 224)",
+                timed(lambda: decode_views(path, next(counter), [0], cfg), args.repeats),
+                1,
+            ),
+            (
+                f"decode_views, {args.views} views in one pass",
+                timed(lambda: decode_views(path, next(counter), range(args.views), cfg), args.repeats),
+                args.views,
+            ),
+            (
+                f"{args.views} separate decode_views calls",
+                timed(lambda: [decode_views(path, next(counter), [v], cfg) for v in range(args.views)], args.repeats),
+                args.views,
+            ),
         ]
         with IsolatedDecoder() as decoder:
-            rows.append(("IsolatedDecoder, 1 view", timed(lambda: decoder(path, path, next(counter), [0], cfg), args.repeats), 1))
-    print(f"machine: {platform.processor() or platform.machine()}, {platform.node()}; video 640x360 H.264, {args.seconds} s at 30 fps")
+            rows.append(
+                (
+                    "IsolatedDecoder, 1 view",
+                    timed(lambda: decoder(path, path, next(counter), [0], cfg), args.repeats),
+                    1,
+                )
+            )
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {platform.node()}; video 640x360 H.264, "
+        f"{args.seconds} s at 30 fps"
+    )
     print(f"{'what':<52} {'ms/call':>9} {'ms/view':>9}")
     for name, ms, views in rows:
         print(f"{name:<52} {ms:>9.1f} {ms / views:>9.1f}")

@@ -48,16 +48,20 @@ def main() -> None:
     args = parser.parse_args()
 
     masker = MultiBlockMasker(GRID, DEFAULT_MASKS, seed=0)
-    print(f"grid {GRID}, {masker.num_tokens} tokens; {platform.processor() or platform.machine()}, "
-          f"torch {torch.__version__}")
+    print(
+        f"grid {GRID}, {masker.num_tokens} tokens; {platform.processor() or platform.machine()}, "
+        f"torch {torch.__version__}"
+    )
 
     # DataLoader workers run with one torch thread; the main process with all cores.
     default_threads = torch.get_num_threads()
     for threads in sorted({default_threads, 1}, reverse=True):
         torch.set_num_threads(threads)
         us = time_per_call_us(masker, 64, args.calls)
-        print(f"masker(64, step), {threads} torch thread(s): median {us:8.0f} µs per call "
-              f"({us / 64:.1f} µs per sample, {len(masker.configs)} configs)")
+        print(
+            f"masker(64, step), {threads} torch thread(s): median {us:8.0f} µs per call "
+            f"({us / 64:.1f} µs per sample, {len(masker.configs)} configs)"
+        )
     torch.set_num_threads(default_threads)
 
     print(f"\nmean over {args.steps} steps (masked before = union fraction per sample before equalisation)")

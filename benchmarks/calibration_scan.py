@@ -52,7 +52,9 @@ def load_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
 def views(videos: np.ndarray, cfg: ViewConfig, view_index: int, ids: np.ndarray | None = None) -> torch.Tensor:
     out = []
     for j, video in enumerate(videos):
-        params = sample_view(int(ids[j]) if ids is not None else j, view_index, len(video), video.shape[1], video.shape[2], cfg)
+        params = sample_view(
+            int(ids[j]) if ids is not None else j, view_index, len(video), video.shape[1], video.shape[2], cfg
+        )
         out.append(render_view(video[list(params.frame_indices)], params))
     return torch.from_numpy(np.stack(out))
 
@@ -60,7 +62,9 @@ def views(videos: np.ndarray, cfg: ViewConfig, view_index: int, ids: np.ndarray 
 def pooled_features(encoder, frames: torch.Tensor) -> torch.Tensor:
     encoder.eval()
     with torch.no_grad():
-        out = torch.cat([encoder(to_model_input(frames[i:i + 256])).float().mean(1) for i in range(0, len(frames), 256)])
+        out = torch.cat(
+            [encoder(to_model_input(frames[i : i + 256])).float().mean(1) for i in range(0, len(frames), 256)]
+        )
     encoder.train()
     return out
 
@@ -94,7 +98,11 @@ def linear_probe(encoder, train_views: list[torch.Tensor], train_labels, val_vie
 
 
 def schedule(step: int, steps: int, lr: float, warmup: int, wd_start: float, wd_final: float) -> tuple[float, float]:
-    rate = lr * (step + 1) / warmup if step < warmup else lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+    rate = (
+        lr * (step + 1) / warmup
+        if step < warmup
+        else lr * 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+    )
     return rate, wd_final + 0.5 * (wd_start - wd_final) * (1 + math.cos(math.pi * step / steps))
 
 
@@ -105,13 +113,26 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=500)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--wd", type=float, nargs=2, default=None, help="start, final (default: 0.05 constant for "
-                        "supervised, V-JEPA's 0.04 -> 0.4 otherwise)")
-    parser.add_argument("--betas", type=float, nargs=2, default=None, help="default: (0.9, 0.999) supervised, (0.9, 0.95) else")
-    parser.add_argument("--clip", type=float, default=None, help="gradient clipping (default: none supervised, 1.0 else)")
-    parser.add_argument("--bf16", action="store_true", help="bf16 autocast, as the training loop's precision 'auto' on this CPU")
+    parser.add_argument(
+        "--wd",
+        type=float,
+        nargs=2,
+        default=None,
+        help="start, final (default: 0.05 constant for supervised, V-JEPA's 0.04 -> 0.4 otherwise)",
+    )
+    parser.add_argument(
+        "--betas", type=float, nargs=2, default=None, help="default: (0.9, 0.999) supervised, (0.9, 0.95) else"
+    )
+    parser.add_argument(
+        "--clip", type=float, default=None, help="gradient clipping (default: none supervised, 1.0 else)"
+    )
+    parser.add_argument(
+        "--bf16", action="store_true", help="bf16 autocast, as the training loop's precision 'auto' on this CPU"
+    )
     parser.add_argument("--head", choices=["mean_pool", "attentive"], default="mean_pool")
-    parser.add_argument("--init", choices=["vjepa", "xavier"], default="vjepa", help="xavier: every Linear re-initialised")
+    parser.add_argument(
+        "--init", choices=["vjepa", "xavier"], default="vjepa", help="xavier: every Linear re-initialised"
+    )
     parser.add_argument("--patch", type=int, default=8)
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--norm", choices=["patch", "channel", "none"], default="channel")
@@ -139,14 +160,19 @@ def main() -> None:
 
     classes = int(y_train.max()) + 1
     if supervised:
-        head = (MeanPoolClassifier(args.dim, classes) if args.head == "mean_pool"
-                else AttentiveClassifier(args.dim, classes, num_heads=4, depth=0))
+        head = (
+            MeanPoolClassifier(args.dim, classes)
+            if args.head == "mean_pool"
+            else AttentiveClassifier(args.dim, classes, num_heads=4, depth=0)
+        )
         model = torch.nn.ModuleList([encoder, head])
     elif args.mode == "pixels":
         model = PixelObjective(encoder, 128, 2, 4, len(MASKS[args.masks]), args.norm)
     else:  # a student of a frozen random-init teacher
         teacher = build_encoder("vit_tiny", img_size=32, num_frames=8, patch_size=args.patch, embed_dim=args.dim)
-        predictor = Predictor(args.dim, args.dim, width=128, depth=4, num_heads=4, num_mask_tokens=len(MASKS[args.masks]))
+        predictor = Predictor(
+            args.dim, args.dim, width=128, depth=4, num_heads=4, num_mask_tokens=len(MASKS[args.masks])
+        )
         model = StudentObjective(encoder, predictor, "teacher", frozen=teacher)
     if args.init == "xavier":
         for module in model.modules():
@@ -154,8 +180,14 @@ def main() -> None:
                 torch.nn.init.xavier_uniform_(module.weight)
                 torch.nn.init.zeros_(module.bias)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW([{"params": [p for p in params if p.ndim > 1], "decay": True},
-                                   {"params": [p for p in params if p.ndim <= 1], "decay": False}], lr=args.lr, betas=betas)
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": [p for p in params if p.ndim > 1], "decay": True},
+            {"params": [p for p in params if p.ndim <= 1], "decay": False},
+        ],
+        lr=args.lr,
+        betas=betas,
+    )
     masker = None if supervised else MultiBlockMasker(encoder.grid(8, 32, 32), MASKS[args.masks], seed=args.seed)
     rng, warmup, history, started = np.random.default_rng(args.seed), max(1, args.steps // 15), [], time.time()
     for step in range(args.steps):
@@ -169,7 +201,13 @@ def main() -> None:
                 logits = model[1](model[0](to_model_input(frames))).float()
                 loss, metric = F.cross_entropy(logits, labels), (logits.argmax(1) == labels).float().mean().item()
             else:
-                batch = ClipBatch(step=step, frames=frames, labels=labels, video_ids=torch.from_numpy(ids), masks=masker(args.batch, step))
+                batch = ClipBatch(
+                    step=step,
+                    frames=frames,
+                    labels=labels,
+                    video_ids=torch.from_numpy(ids),
+                    masks=masker(args.batch, step),
+                )
                 batch.keys = [str(i) for i in ids]  # the student objective names bad samples by key
                 loss, _ = model(batch)
                 metric = loss.item()
@@ -180,8 +218,11 @@ def main() -> None:
         optimizer.step()
         history.append(metric)
         if (step + 1) % 100 == 0:
-            print(f"step {step + 1}: {'train accuracy' if supervised else 'loss'} {np.mean(history[-100:]):.4f} "
-                  f"({time.time() - started:.0f} s)", flush=True)
+            print(
+                f"step {step + 1}: {'train accuracy' if supervised else 'loss'} {np.mean(history[-100:]):.4f} "
+                f"({time.time() - started:.0f} s)",
+                flush=True,
+            )
         if args.probe_every and (step + 1) % args.probe_every == 0 and step + 1 < args.steps:
             print("linear probe", step + 1, linear_probe(encoder, probe_views, y_train, val_view, y_val), flush=True)
     print("linear probe", args.steps, linear_probe(encoder, probe_views, y_train, val_view, y_val), flush=True)

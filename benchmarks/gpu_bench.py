@@ -6,7 +6,8 @@ on a bare CUDA machine. Prints a table and writes JSON to $OUT (or ./benchmarks/
     python benchmarks/gpu_bench.py [--quick]
 
 - Teacher forward: views/s of `VideoViT` in bf16 autocast with SDPA, vit_base, vit_large and
-  the RoPE vit_large (V-JEPA 2's backbone), and MFU = measured FLOP/s ÷ the GPU's dense bf16 peak (FLOPs from torch's FLOP counter).
+  the RoPE vit_large (V-JEPA 2's backbone), and MFU = measured FLOP/s ÷ the GPU's dense bf16
+  peak (FLOPs from torch's FLOP counter).
 - Student step (vit_large student, predictor 384×12 → 1024-d targets, L1 on masked tokens, the
   two default mask configurations at micro-batch B, AdamW): the `targets: cache` case, where
   targets arrive as tensors, in plain torch (DeepSpeed is not on the machine); eager and with the
@@ -84,15 +85,24 @@ def teacher_forward(arch: str, batch: int, iters: int, compile_model: bool) -> d
     seconds = timed(forward, warmup=3 if compile_model else 2, iters=iters)
     with torch.no_grad():
         flops = count_flops(lambda: encoder(clip[:1])) * batch  # forward FLOPs of one batch
-    result = {"arch": arch, "batch": batch, "compiled": compile_model, "s_per_batch": seconds,
-              "views_per_s": batch / seconds, "tflop_per_view": flops / batch / 1e12, "mfu": flops / seconds / peak_flops()}
+    result = {
+        "arch": arch,
+        "batch": batch,
+        "compiled": compile_model,
+        "s_per_batch": seconds,
+        "views_per_s": batch / seconds,
+        "tflop_per_view": flops / batch / 1e12,
+        "mfu": flops / seconds / peak_flops(),
+    }
     return result
 
 
 def student_step(arch: str, batch: int, iters: int, teacher_dim: int = 1024, compile_model: bool = False) -> dict:
     f, s = GEOMETRY["frames"], GEOMETRY["size"]
     student = build_encoder(arch, num_frames=f, img_size=s).to(DEVICE)
-    predictor = Predictor(student.embed_dim, teacher_dim, width=384, depth=12, num_heads=12, num_mask_tokens=2).to(DEVICE)
+    predictor = Predictor(student.embed_dim, teacher_dim, width=384, depth=12, num_heads=12, num_mask_tokens=2).to(
+        DEVICE
+    )
     if compile_model:  # what run.compile does: in place, the parameter names unchanged
         student.compile()
         predictor.compile()
@@ -123,10 +133,19 @@ def student_step(arch: str, batch: int, iters: int, teacher_dim: int = 1024, com
     forward_flops = count_flops(loss_fn)
     train_flops = 3 * forward_flops  # backward ≈ 2× forward
     memory = torch.cuda.max_memory_allocated() / 2**30 if DEVICE == "cuda" else float("nan")
-    return {"student": arch, "batch": batch, "compiled": compile_model, "s_per_step": seconds, "clips_per_s": batch / seconds,
-            "context_ratio": [m.context_ratio for m in masks], "target_ratio": [m.target_ratio for m in masks],
-            "tflop_per_step": train_flops / 1e12, "mfu": train_flops / seconds / peak_flops(), "peak_memory_gib": memory,
-            "framework": "plain torch (deepspeed not installed on this machine)"}
+    return {
+        "student": arch,
+        "batch": batch,
+        "compiled": compile_model,
+        "s_per_step": seconds,
+        "clips_per_s": batch / seconds,
+        "context_ratio": [m.context_ratio for m in masks],
+        "target_ratio": [m.target_ratio for m in masks],
+        "tflop_per_step": train_flops / 1e12,
+        "mfu": train_flops / seconds / peak_flops(),
+        "peak_memory_gib": memory,
+        "framework": "plain torch (deepspeed not installed on this machine)",
+    }
 
 
 def jpeg_decode(views: int, iters: int) -> dict:
@@ -154,7 +173,9 @@ def main() -> None:
     global DEVICE
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer iterations")
-    parser.add_argument("--smoke", action="store_true", help="CPU, vit_tiny at 8x32²: checks the script, measures nothing useful")
+    parser.add_argument(
+        "--smoke", action="store_true", help="CPU, vit_tiny at 8x32²: checks the script, measures nothing useful"
+    )
     parser.add_argument("--no-compile", action="store_true")
     args = parser.parse_args()
     iters = 3 if args.quick else 10
@@ -167,7 +188,14 @@ def main() -> None:
     else:
         torch.backends.cuda.matmul.allow_tf32 = True
     gpu = torch.cuda.get_device_name(0) if DEVICE == "cuda" else "cpu (smoke)"
-    report = {"gpu": gpu, "torch": torch.__version__, "peak_bf16_flops": peak_flops(), "teacher": [], "student": [], "jpeg": None}
+    report = {
+        "gpu": gpu,
+        "torch": torch.__version__,
+        "peak_bf16_flops": peak_flops(),
+        "teacher": [],
+        "student": [],
+        "jpeg": None,
+    }
     print(f"device: {gpu}, torch {torch.__version__}, geometry {GEOMETRY}")
     for arch, batch in teachers:
         for compiled in (False,) if (args.no_compile or args.smoke) else (False, True):
@@ -177,29 +205,47 @@ def main() -> None:
                 print(f"teacher {arch} compiled={compiled}: FAILED {type(err).__name__}: {err}", flush=True)
                 continue
             report["teacher"].append(row)
-            print(f"teacher {arch:<10} batch {batch:>3} {'compiled' if compiled else 'eager   '}: {row['views_per_s']:8.1f} views/s, "
-                  f"{row['tflop_per_view']:.3f} TFLOP/view, MFU {row['mfu']:.1%}", flush=True)
-    for (arch, batch), compiled in [(s, c) for s in students for c in ((False,) if (args.no_compile or args.smoke) else (False, True))]:
+            print(
+                f"teacher {arch:<10} batch {batch:>3} {'compiled' if compiled else 'eager   '}: "
+                f"{row['views_per_s']:8.1f} views/s, "
+                f"{row['tflop_per_view']:.3f} TFLOP/view, MFU {row['mfu']:.1%}",
+                flush=True,
+            )
+    for (arch, batch), compiled in [
+        (s, c) for s in students for c in ((False,) if (args.no_compile or args.smoke) else (False, True))
+    ]:
         try:
             row = student_step(arch, batch, iters, compile_model=compiled)
         except Exception as err:
             print(f"student {arch} batch {batch} compiled={compiled}: FAILED {type(err).__name__}: {err}", flush=True)
             continue
         report["student"].append(row)
-        print(f"student {arch} batch {batch} {'compiled' if compiled else 'eager   '}: {row['s_per_step'] * 1000:7.1f} ms/step "
-              f"({row['clips_per_s']:.1f} clips/s), "
-              f"{row['tflop_per_step']:.2f} TFLOP/step, MFU {row['mfu']:.1%}, peak {row['peak_memory_gib']:.1f} GiB, "
-              f"context ratios {[round(r, 3) for r in row['context_ratio']]}", flush=True)
+        print(
+            f"student {arch} batch {batch} {'compiled' if compiled else 'eager   '}: {row['s_per_step'] * 1000:7.1f} "
+            "ms/step "
+            f"({row['clips_per_s']:.1f} clips/s), "
+            f"{row['tflop_per_step']:.2f} TFLOP/step, MFU {row['mfu']:.1%}, peak {row['peak_memory_gib']:.1f} GiB, "
+            f"context ratios {[round(r, 3) for r in row['context_ratio']]}",
+            flush=True,
+        )
     try:
         report["jpeg"] = row = jpeg_decode(views=4 if args.smoke else 32, iters=iters)
-        print(f"JPEG decode, 16-frame {GEOMETRY['size']}² views: CPU core {row['cpu_ms_per_view']:.2f} ms/view"
-              + (f", nvJPEG {row['gpu_ms_per_view']:.3f} ms/view ({row['gpu_vs_cpu_core']:.1f}x a core)" if "gpu_ms_per_view" in row else ""),
-              flush=True)
+        print(
+            f"JPEG decode, 16-frame {GEOMETRY['size']}² views: CPU core {row['cpu_ms_per_view']:.2f} ms/view"
+            + (
+                f", nvJPEG {row['gpu_ms_per_view']:.3f} ms/view ({row['gpu_vs_cpu_core']:.1f}x a core)"
+                if "gpu_ms_per_view" in row
+                else ""
+            ),
+            flush=True,
+        )
     except Exception as err:
         print(f"JPEG decode: FAILED {type(err).__name__}: {err}", flush=True)
     out = Path(os.environ.get("OUT", "benchmarks/results"))
     out.mkdir(parents=True, exist_ok=True)
-    (out / ("gpu-smoke.json" if args.smoke else "gpu.json")).write_text(json.dumps(report, indent=1))  # a smoke run measures nothing
+    (out / ("gpu-smoke.json" if args.smoke else "gpu.json")).write_text(
+        json.dumps(report, indent=1)
+    )  # a smoke run measures nothing
 
 
 if __name__ == "__main__":

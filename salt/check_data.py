@@ -52,8 +52,15 @@ def check_data(data: str, workers: int = 4, timeout: float = 60.0, progress: boo
     try:
         with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
             futures = {pool.submit(describe, record): i for i, record in enumerate(records)}
-            for future in tqdm(concurrent.futures.as_completed(futures), total=len(futures), desc="check-data", unit="video",
-                               disable=not progress, dynamic_ncols=True, mininterval=1.0):
+            for future in tqdm(
+                concurrent.futures.as_completed(futures),
+                total=len(futures),
+                desc="check-data",
+                unit="video",
+                disable=not progress,
+                dynamic_ncols=True,
+                mininterval=1.0,
+            ):
                 results[futures[future]] = future.result()
     finally:
         for decoder in decoders:
@@ -68,15 +75,20 @@ def summarise(data: str, records: list[VideoRecord], results: list[dict], bad_li
         "data": str(data),
         "listed": len(records) + len(bad_lines),
         "decoded": len(good),
-        "failed": [{"path": record.name, "reason": result["reason"]} for record, result in zip(records, results)
-                   if not result["ok"]],
+        "failed": [
+            {"path": record.name, "reason": result["reason"]}
+            for record, result in zip(records, results)
+            if not result["ok"]
+        ],
         "bad_lines": bad_lines,
         "frames": _spread([r["frames"] for r in good]),
         "seconds": _spread([r["seconds"] for r in good if r["seconds"] is not None]),
         "fps": _spread([r["fps"] for r in good if r["fps"]]),
         "sizes": Counter(f"{r['width']}x{r['height']}" for r in good).most_common(),
         "bytes": sum(r["bytes"] for r in good),
-        "labels": {str(label): count for label, count in sorted(labels.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))},
+        "labels": {
+            str(label): count for label, count in sorted(labels.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))
+        },
     }
 
 

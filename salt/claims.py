@@ -20,8 +20,14 @@ PROTOCOLS = ("linear", "attentive")
 CALIBRATION = {"floor_above_chance": 0.05, "ceiling_above_floor": 0.30}  # the issue's bar, linear protocol
 
 
-def row(group: str, name: str, runs: list[str], probes: dict[str, dict[str, dict]], flops: float,
-        flops_with_cache: float | None = None) -> dict | None:
+def row(
+    group: str,
+    name: str,
+    runs: list[str],
+    probes: dict[str, dict[str, dict]],
+    flops: float,
+    flops_with_cache: float | None = None,
+) -> dict | None:
     """`probes[run][protocol]` is that run's probe record; None when no run of the row was probed."""
     by_protocol = {}
     for protocol in PROTOCOLS:
@@ -29,21 +35,37 @@ def row(group: str, name: str, runs: list[str], probes: dict[str, dict[str, dict
         if not records:
             continue
         top1 = [rec["best"]["top1"] for rec in records]
-        errors = [rec["best"].get("top1_se", binomial_se(rec["best"]["top1"], rec.get("val_videos", 0))) for rec in records]
-        by_protocol[protocol] = {"top1": top1, "se": errors, "mean": mean(top1),
-                                 "se_mean": math.sqrt(sum(e * e for e in errors)) / len(errors),
-                                 "spread": stdev(top1) if len(top1) > 1 else 0.0}
+        errors = [
+            rec["best"].get("top1_se", binomial_se(rec["best"]["top1"], rec.get("val_videos", 0))) for rec in records
+        ]
+        by_protocol[protocol] = {
+            "top1": top1,
+            "se": errors,
+            "mean": mean(top1),
+            "se_mean": math.sqrt(sum(e * e for e in errors)) / len(errors),
+            "spread": stdev(top1) if len(top1) > 1 else 0.0,
+        }
     if not by_protocol:
         return None
-    return {"group": group, "row": name, "runs": runs, "by_protocol": by_protocol, "flops": flops,
-            "flops_with_cache": flops_with_cache}
+    return {
+        "group": group,
+        "row": name,
+        "runs": runs,
+        "by_protocol": by_protocol,
+        "flops": flops,
+        "flops_with_cache": flops_with_cache,
+    }
 
 
 def compare(a: dict, b: dict) -> tuple[float, float, str]:
     """(a − b, its standard error, 'holds' | 'fails' | 'within noise') for one protocol's stats."""
     diff = a["mean"] - b["mean"]
     se = math.sqrt(a["se_mean"] ** 2 + b["se_mean"] ** 2)
-    return diff, se, "holds" if diff > 2 * se else "fails" if diff < -2 * se else "within noise (|difference| <= 2 s.e.)"
+    return (
+        diff,
+        se,
+        "holds" if diff > 2 * se else "fails" if diff < -2 * se else "within noise (|difference| <= 2 s.e.)",
+    )
 
 
 def verdicts(rows: list[dict], chance: float) -> list[str]:
@@ -56,12 +78,16 @@ def verdicts(rows: list[dict], chance: float) -> list[str]:
         near_chance = f["mean"] - chance <= CALIBRATION["floor_above_chance"]
         gap = c["mean"] - f["mean"]
         calibrated = near_chance and gap >= CALIBRATION["ceiling_above_floor"]
-        lines.append(f"0. calibration (linear): floor {_pct(f)} (chance {chance:.1%}: "
-                     f"{'within' if near_chance else 'more than'} 5 points), ceiling {_pct(c)}, gap {gap * 100:+.1f} points -> "
-                     f"{'calibrated' if calibrated else 'NOT calibrated: the claims below cannot be judged on this benchmark'}")
+        lines.append(
+            f"0. calibration (linear): floor {_pct(f)} (chance {chance:.1%}: "
+            f"{'within' if near_chance else 'more than'} 5 points), ceiling {_pct(c)}, gap {gap * 100:+.1f} points -> "
+            f"{'calibrated' if calibrated else 'NOT calibrated: the claims below cannot be judged on this benchmark'}"
+        )
     else:
-        lines.append("0. calibration: not in this run (the claims below count only where a calibration of the same data "
-                     "puts the linear floor within 5 points of chance and the ceiling >= 30 points above it)")
+        lines.append(
+            "0. calibration: not in this run (the claims below count only where a calibration of the same data "
+            "puts the linear floor within 5 points of chance and the ceiling >= 30 points above it)"
+        )
     caveat = "" if calibrated else " [benchmark not calibrated]"
 
     def claim(number: str, text: str, a: dict | None, b: dict | None) -> None:
@@ -72,7 +98,9 @@ def verdicts(rows: list[dict], chance: float) -> list[str]:
             if protocol in a["by_protocol"] and protocol in b["by_protocol"]:
                 x, y = a["by_protocol"][protocol], b["by_protocol"][protocol]
                 diff, se, verdict = compare(x, y)
-                parts.append(f"{protocol}: {_pct(x)} vs {_pct(y)}, difference {diff * 100:+.1f} ± {se * 100:.1f} -> {verdict}")
+                parts.append(
+                    f"{protocol}: {_pct(x)} vs {_pct(y)}, difference {diff * 100:+.1f} ± {se * 100:.1f} -> {verdict}"
+                )
         lines.append(f"{number}. {text}: " + "; ".join(parts) + caveat)
 
     student, teacher = get("SALT student of the teacher"), get("teacher (pixels)")
@@ -82,12 +110,18 @@ def verdicts(rows: list[dict], chance: float) -> list[str]:
     claim("3a", "weak teacher (its steps) vs the full teacher", get("weak teacher (pixels)"), teacher)
     claim("3b", "student of the weak teacher vs student of the full teacher (paper: within ~2 points)", weak, student)
     random_student = get("SALT student of the random-init teacher")
-    claim("4a", "control: student of the full teacher vs student of a random-init frozen teacher", student, random_student)
+    claim(
+        "4a", "control: student of the full teacher vs student of a random-init frozen teacher", student, random_student
+    )
     claim("4b", "control: student of a random-init teacher vs the random-init floor", random_student, floor)
     supervised_student = get("SALT student of the supervised teacher")
     claim("6a", "control: student of the frozen supervised teacher vs the random-init floor", supervised_student, floor)
-    claim("6b", "control: student of the frozen supervised teacher vs that teacher (what distillation keeps)",
-          supervised_student, ceiling)
+    claim(
+        "6b",
+        "control: student of the frozen supervised teacher vs that teacher (what distillation keeps)",
+        supervised_student,
+        ceiling,
+    )
     return lines
 
 
@@ -106,26 +140,35 @@ def rank_verdicts(rows: list[dict], reference: str) -> list[str]:
         if r["group"] != "rank" or not r.get("cache"):
             continue
         c = r["cache"]
-        size = (f"{c['latent_kb']:.1f} + {c['frame_kb']:.1f} kB/view (latents + frames) = {(c['latent_kb'] + c['frame_kb']) / base:.2f}x "
-                f"the fp16 cache's bytes (latents alone {c['latent_kb'] / ref['cache']['latent_kb']:.2f}x), "
-                f"{c['explained']:.1%} of the target variance kept")
+        size = (
+            f"{c['latent_kb']:.1f} + {c['frame_kb']:.1f} kB/view (latents + frames) = "
+            f"{(c['latent_kb'] + c['frame_kb']) / base:.2f}x "
+            f"the fp16 cache's bytes (latents alone {c['latent_kb'] / ref['cache']['latent_kb']:.2f}x), "
+            f"{c['explained']:.1%} of the target variance kept"
+        )
         parts = []
         for protocol in PROTOCOLS:
             if protocol in r["by_protocol"] and protocol in ref["by_protocol"]:
                 x, y = r["by_protocol"][protocol], ref["by_protocol"][protocol]
                 diff, se, _ = compare(x, y)
                 limit = -RANK_GOAL["points_lost"]
-                decided = ("lost <= 1 point" if diff - 2 * se >= limit else "lost > 1 point" if diff + 2 * se < limit
-                           else "undecided (the interval holds both)")
-                parts.append(f"{protocol}: {_pct(x)} vs {_pct(y)}, difference {diff * 100:+.1f} ± {se * 100:.1f} -> {decided}")
+                decided = (
+                    "lost <= 1 point"
+                    if diff - 2 * se >= limit
+                    else "lost > 1 point"
+                    if diff + 2 * se < limit
+                    else "undecided (the interval holds both)"
+                )
+                parts.append(
+                    f"{protocol}: {_pct(x)} vs {_pct(y)}, difference {diff * 100:+.1f} ± {se * 100:.1f} -> {decided}"
+                )
         lines.append(f"5. {r['row']} vs fp16 full rank: {size}; " + "; ".join(parts))
     return lines
 
 
 def format_table(result: dict) -> str:
     header = "| group | row | " + " | ".join(f"{p} top-1 (mean ± s.e.) | {p} per run" for p in PROTOCOLS)
-    lines = [header + " | FLOPs (teacher online) | FLOPs (with cache) |",
-             "|" + "---|" * (4 + 2 * len(PROTOCOLS))]
+    lines = [header + " | FLOPs (teacher online) | FLOPs (with cache) |", "|" + "---|" * (4 + 2 * len(PROTOCOLS))]
     for r in result["rows"]:
         cells = []
         for protocol in PROTOCOLS:

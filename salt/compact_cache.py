@@ -59,20 +59,33 @@ def compact_cache(job: CompactJob) -> Path | str:
     if str(out) == str(source.path):
         raise CacheWriteError(f"--out {out} is the source cache: write the compacted copy to another folder")
     if not storage.is_url(out) and out.exists() and not out.is_dir():
-        raise CacheWriteError(f"{out} is a file, not a cache folder: give --out a folder (new or a compaction to resume)")
+        raise CacheWriteError(
+            f"{out} is a file, not a cache folder: give --out a folder (new or a compaction to resume)"
+        )
     if storage.is_url(out) and "zarr" in job.formats:
-        raise CacheWriteError(f"{job.out}: the Zarr store is written to local or shared file systems only; use --format wds")
+        raise CacheWriteError(
+            f"{job.out}: the Zarr store is written to local or shared file systems only; use --format wds"
+        )
     have = manifest.target_rank or manifest.dim
     if not 0 <= job.rank <= have:
-        raise CacheWriteError(f"--rank {job.rank}: {job.source} holds {have} channels per token "
-                              f"({'rank' if manifest.target_rank else 'dim'} {have}); choose 1..{have} (or 0 to keep them)")
+        raise CacheWriteError(
+            f"--rank {job.rank}: {job.source} holds {have} channels per token "
+            f"({'rank' if manifest.target_rank else 'dim'} {have}); choose 1..{have} (or 0 to keep them)"
+        )
     rank = job.rank or manifest.target_rank  # 0: keep the source's channels
     rank = 0 if rank == manifest.dim else rank  # every channel of a full-rank cache is full rank
     codec = LatentCodec(job.dtype, CODECS[job.codec])
-    settings = {"source": str(source.path), "teacher_fingerprint": manifest.teacher.get("fingerprint"),
-                "source_samples": manifest.sample_count, "source_rank": manifest.target_rank, "rank": rank,
-                "dtype": job.dtype, "compressor": codec.compressor, "fit_samples": job.fit_samples,
-                "formats": sorted(job.formats)}
+    settings = {
+        "source": str(source.path),
+        "teacher_fingerprint": manifest.teacher.get("fingerprint"),
+        "source_samples": manifest.sample_count,
+        "source_rank": manifest.target_rank,
+        "rank": rank,
+        "dtype": job.dtype,
+        "compressor": codec.compressor,
+        "fit_samples": job.fit_samples,
+        "formats": sorted(job.formats),
+    }
     lock = OutputLock(storage.join(out, "locks", "compact.lock"))
     lock.acquire()
     try:
@@ -81,17 +94,29 @@ def compact_cache(job: CompactJob) -> Path | str:
         zarr_writer = None
         if "zarr" in job.formats:
             zarr_writer = ZarrCacheWriter.open(
-                out / "cache.zarr", num_videos=manifest.num_videos, views=manifest.views, grid_tokens=manifest.tokens,
-                dim=rank or manifest.dim, stored_dtype=job.dtype, compressor=codec.compressor,
-                frames_per_clip=manifest.geometry["frames"], videos_per_shard=_zarr_block(manifest))
+                out / "cache.zarr",
+                num_videos=manifest.num_videos,
+                views=manifest.views,
+                grid_tokens=manifest.tokens,
+                dim=rank or manifest.dim,
+                stored_dtype=job.dtype,
+                compressor=codec.compressor,
+                frames_per_clip=manifest.geometry["frames"],
+                videos_per_shard=_zarr_block(manifest),
+            )
         finished = {shard.name for shard, _ in done_shards(out)}
         todo = [i for i, record in enumerate(manifest.shards) if record.name not in finished]
         progress = None
         if job.progress:
             from tqdm import tqdm
 
-            progress = tqdm(total=sum(manifest.shards[i].samples for i in todo), desc=f"compact to {out}", unit="view",
-                            dynamic_ncols=True, mininterval=1.0)
+            progress = tqdm(
+                total=sum(manifest.shards[i].samples for i in todo),
+                desc=f"compact to {out}",
+                unit="view",
+                dynamic_ncols=True,
+                mininterval=1.0,
+            )
         for index in todo:
             _compact_shard(source, index, out, codec, basis, zarr_writer, job)
             if progress is not None:
@@ -142,23 +167,44 @@ def _compact_shard(source, index: int, out, codec: LatentCodec, basis, zarr_writ
     encoded, zarr_samples = [], []
     for video, view, latents, frames, meta in source.raw_shard(index):
         stored = codec.to_stored(_targets(source, basis, latents))
-        encoded.append(EncodedSample(key=sample_key(video, view), frames=frames, frame_ext=FRAME_EXT[manifest.frames_codec],
-                                     latents=codec.encode(stored), meta=meta))
+        encoded.append(
+            EncodedSample(
+                key=sample_key(video, view),
+                frames=frames,
+                frame_ext=FRAME_EXT[manifest.frames_codec],
+                latents=codec.encode(stored),
+                meta=meta,
+            )
+        )
         zarr_samples.append((video, view, stored, frames, meta))
     shard = record.shard_id
     try:
         files = write_wds_shard(storage.join(out, "wds"), shard, encoded) if "wds" in job.formats else None
-        zarr_bytes = zarr_writer.write_shard(shard, zarr_samples, allow_partial_zarr_shard=True) if zarr_writer else None
+        zarr_bytes = (
+            zarr_writer.write_shard(shard, zarr_samples, allow_partial_zarr_shard=True) if zarr_writer else None
+        )
     except OSError as err:
-        raise CacheWriteError(f"{out}: writing shard {shard.name} failed: {err.strerror or err}. It is not marked done; "
-                              "fix the disk and run the same command again: finished shards are kept.") from err
-    new = ShardRecord.for_shard(shard, len(encoded), wds_bytes=files.bytes if files else None,
-                                wds_sha256=files.sha256 if files else None, zarr_bytes=zarr_bytes)
+        raise CacheWriteError(
+            f"{out}: writing shard {shard.name} failed: {err.strerror or err}. It is not marked done; "
+            "fix the disk and run the same command again: finished shards are kept."
+        ) from err
+    new = ShardRecord.for_shard(
+        shard,
+        len(encoded),
+        wds_bytes=files.bytes if files else None,
+        wds_sha256=files.sha256 if files else None,
+        zarr_bytes=zarr_bytes,
+    )
     skipped = [s for s in manifest.skipped if shard.video_start <= int(s["video"]) < shard.video_end]
-    write_json_atomic(storage.join(out, "done", f"{shard.name}.json"), {
-        "record": dataclasses.asdict(new), "skipped": skipped,
-        "latent_bytes": sum(len(b) for e in encoded for b in e.latents.values()),
-        "frame_bytes": sum(len(f) for e in encoded for f in e.frames)})
+    write_json_atomic(
+        storage.join(out, "done", f"{shard.name}.json"),
+        {
+            "record": dataclasses.asdict(new),
+            "skipped": skipped,
+            "latent_bytes": sum(len(b) for e in encoded for b in e.latents.values()),
+            "frame_bytes": sum(len(f) for e in encoded for f in e.frames),
+        },
+    )
 
 
 def _merge(source, out, codec: LatentCodec, rank: int, basis: TargetBasis | None, job: CompactJob):
@@ -167,14 +213,23 @@ def _merge(source, out, codec: LatentCodec, rank: int, basis: TargetBasis | None
     shards = [ShardRecord(**done[r.name]["record"]) for r in manifest.shards]
     basis_entry = None
     if basis is not None:
-        basis_entry = manifest_record(storage.read_bytes(storage.join(out, BASIS_NAME)), min(job.fit_samples, len(source)),
-                                      str(source.path))
+        basis_entry = manifest_record(
+            storage.read_bytes(storage.join(out, BASIS_NAME)), min(job.fit_samples, len(source)), str(source.path)
+        )
     compacted = dataclasses.replace(
-        manifest, latent_dtype=codec.dtype, compressor=codec.compressor, formats=sorted(job.formats), shards=shards,
-        target_rank=rank, basis=basis_entry, target_norm="none" if rank else manifest.target_norm,
+        manifest,
+        latent_dtype=codec.dtype,
+        compressor=codec.compressor,
+        formats=sorted(job.formats),
+        shards=shards,
+        target_rank=rank,
+        basis=basis_entry,
+        target_norm="none" if rank else manifest.target_norm,
         latent_bytes=sum(done[r.name]["latent_bytes"] for r in manifest.shards),
         frame_bytes=sum(done[r.name]["frame_bytes"] for r in manifest.shards),
-        command=job.command, created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        command=job.command,
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
     path = storage.join(out, "manifest.json")
     compacted.validate(str(path))
     write_json_atomic(path, compacted.to_json())

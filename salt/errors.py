@@ -13,11 +13,11 @@ from typing import Iterator
 # user's to fix, and naming them here keeps botocore an optional import.
 STORE_ERRORS = {
     "NoCredentialsError": "no credentials for the object store — set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
-                          "(or a profile), or use a local path",
+    "(or a profile), or use a local path",
     "PartialCredentialsError": "incomplete credentials for the object store — set both AWS_ACCESS_KEY_ID and "
-                               "AWS_SECRET_ACCESS_KEY",
+    "AWS_SECRET_ACCESS_KEY",
     "EndpointConnectionError": "the object store cannot be reached — check FSSPEC_S3_ENDPOINT_URL / the network, or "
-                               "use a local path",
+    "use a local path",
     "ConnectTimeoutError": "the object store did not answer — check FSSPEC_S3_ENDPOINT_URL / the network",
     "NoSuchBucket": "the bucket does not exist — create it or fix the URL",
 }
@@ -32,7 +32,16 @@ def user_errors() -> tuple[type[Exception], ...]:
     from salt.training.errors import TrainingError
     from salt.video import VideoDecodeError, VideoSourceError
 
-    return (CacheError, CacheWriteError, CheckpointError, ExportError, ReproduceError, TrainingError, VideoDecodeError, VideoSourceError)
+    return (
+        CacheError,
+        CacheWriteError,
+        CheckpointError,
+        ExportError,
+        ReproduceError,
+        TrainingError,
+        VideoDecodeError,
+        VideoSourceError,
+    )
 
 
 def debugging() -> bool:
@@ -46,8 +55,10 @@ def one_line(err: BaseException) -> str | None:
     if isinstance(err, ConfigError) or isinstance(err, user_errors()):
         return f"error: {err}"
     if isinstance(err, PermissionError):
-        return (f"error: permission denied: {err.filename or err} — choose a folder you can write to, or change its "
-                "permissions")
+        return (
+            f"error: permission denied: {err.filename or err} — choose a folder you can write to, or change its "
+            "permissions"
+        )
     for cause in _chain(err):
         for kind in type(cause).__mro__:
             if kind.__name__ in STORE_ERRORS:

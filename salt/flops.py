@@ -55,7 +55,9 @@ def _count(fn) -> float:
     return float(counter.get_total_flops())
 
 
-def _counted(encoder_arch: dict, predictor: dict | None, shares, frames: int, size: int, full_clip: bool) -> tuple[float, float]:
+def _counted(
+    encoder_arch: dict, predictor: dict | None, shares, frames: int, size: int, full_clip: bool
+) -> tuple[float, float]:
     """Forward FLOPs of one clip for (encoder, predictor) from torch's counter on the meta device."""
     with torch.device("meta"):
         encoder = build_encoder(encoder_arch)
@@ -75,8 +77,9 @@ def _counted(encoder_arch: dict, predictor: dict | None, shares, frames: int, si
     return encoder_flops, predictor_flops
 
 
-def masked_training_parts(stage: str, encoder_arch: dict, predictor: dict, masks, micro_batch: int, frames: int, size: int,
-                          clips: float) -> list[Part]:
+def masked_training_parts(
+    stage: str, encoder_arch: dict, predictor: dict, masks, micro_batch: int, frames: int, size: int, clips: float
+) -> list[Part]:
     """Encoder on the context tokens + predictor on context and mask tokens, per configuration."""
     grid = token_grid(encoder_arch, frames, size, size)
     tokens = grid[0] * grid[1] * grid[2]
@@ -84,10 +87,24 @@ def masked_training_parts(stage: str, encoder_arch: dict, predictor: dict, masks
     encoder_count, predictor_count = _counted(encoder_arch, predictor, shares, frames, size, full_clip=False)
     predictor_params = sum(p.numel() for p in Predictor(encoder_arch["embed_dim"], **predictor).parameters())
     return [
-        Part(stage, f"encoder {encoder_arch['embed_dim']}x{encoder_arch['depth']} on context", count_params(encoder_arch),
-             tokens * sum(c for c, _ in shares), True, clips, encoder_count),
-        Part(stage, f"predictor {predictor['width']}x{predictor['depth']} on context + masked", predictor_params,
-             tokens * sum(c + t for c, t in shares), True, clips, predictor_count),
+        Part(
+            stage,
+            f"encoder {encoder_arch['embed_dim']}x{encoder_arch['depth']} on context",
+            count_params(encoder_arch),
+            tokens * sum(c for c, _ in shares),
+            True,
+            clips,
+            encoder_count,
+        ),
+        Part(
+            stage,
+            f"predictor {predictor['width']}x{predictor['depth']} on context + masked",
+            predictor_params,
+            tokens * sum(c + t for c, t in shares),
+            True,
+            clips,
+            predictor_count,
+        ),
     ]
 
 
@@ -110,8 +127,17 @@ def latent_bytes_per_view(tokens: int, channels: int, dtype: str) -> float:
     return tokens * channels * itemsize / COMPRESSION[dtype] + (4 * channels if dtype == "int8" else 0)
 
 
-def plan(teacher_cfg, student_cfg, teacher_steps: int, student_steps: int, teacher_batch: int, student_batch: int,
-         cache_views: int = 0, cache_videos: int = 0, bytes_per_view: float = 0.0) -> dict:
+def plan(
+    teacher_cfg,
+    student_cfg,
+    teacher_steps: int,
+    student_steps: int,
+    teacher_batch: int,
+    student_batch: int,
+    cache_views: int = 0,
+    cache_videos: int = 0,
+    bytes_per_view: float = 0.0,
+) -> dict:
     """Every part of a SALT (or V-JEPA, with student targets 'ema') run, with FLOPs."""
     from salt.models import resolve_arch
 
@@ -119,30 +145,81 @@ def plan(teacher_cfg, student_cfg, teacher_steps: int, student_steps: int, teach
     teacher_arch = None
     if teacher_cfg is not None and teacher_steps > 0:
         view = teacher_cfg.data.view
-        teacher_arch = resolve_arch(teacher_cfg.encoder.arch, img_size=view.size, num_frames=view.frames, **teacher_cfg.encoder.overrides)
+        teacher_arch = resolve_arch(
+            teacher_cfg.encoder.arch, img_size=view.size, num_frames=view.frames, **teacher_cfg.encoder.overrides
+        )
         pixels = teacher_arch["tubelet_size"] * teacher_arch["patch_size"] ** 2 * 3
-        decoder = {"out_dim": pixels, "width": teacher_cfg.decoder.width, "depth": teacher_cfg.decoder.depth,
-                   "num_heads": teacher_cfg.decoder.num_heads, "num_mask_tokens": len(teacher_cfg.masks),
-                   "pos_embed": teacher_cfg.decoder.pos_embed}
-        parts += masked_training_parts("1 teacher", teacher_arch, decoder, teacher_cfg.masks, teacher_cfg.data.batch_size,
-                                       view.frames, view.size, teacher_steps * teacher_batch)
+        decoder = {
+            "out_dim": pixels,
+            "width": teacher_cfg.decoder.width,
+            "depth": teacher_cfg.decoder.depth,
+            "num_heads": teacher_cfg.decoder.num_heads,
+            "num_mask_tokens": len(teacher_cfg.masks),
+            "pos_embed": teacher_cfg.decoder.pos_embed,
+        }
+        parts += masked_training_parts(
+            "1 teacher",
+            teacher_arch,
+            decoder,
+            teacher_cfg.masks,
+            teacher_cfg.data.batch_size,
+            view.frames,
+            view.size,
+            teacher_steps * teacher_batch,
+        )
     geometry = student_cfg.geometry
-    student_arch = resolve_arch(student_cfg.encoder.arch, img_size=geometry.size, num_frames=geometry.frames, **student_cfg.encoder.overrides)
+    student_arch = resolve_arch(
+        student_cfg.encoder.arch, img_size=geometry.size, num_frames=geometry.frames, **student_cfg.encoder.overrides
+    )
     target_arch = teacher_arch or student_arch
     target_dim = target_arch["embed_dim"]
-    predictor = {"out_dim": target_dim, "width": student_cfg.predictor.width, "depth": student_cfg.predictor.depth,
-                 "num_heads": student_cfg.predictor.num_heads, "num_mask_tokens": len(student_cfg.masks),
-                 "pos_embed": student_cfg.predictor.pos_embed}
+    predictor = {
+        "out_dim": target_dim,
+        "width": student_cfg.predictor.width,
+        "depth": student_cfg.predictor.depth,
+        "num_heads": student_cfg.predictor.num_heads,
+        "num_mask_tokens": len(student_cfg.masks),
+        "pos_embed": student_cfg.predictor.pos_embed,
+    }
     student_clips = student_steps * student_batch
-    parts += masked_training_parts("2 student", student_arch, predictor, student_cfg.masks, student_cfg.data.batch_size,
-                                   geometry.frames, geometry.size, student_clips)
+    parts += masked_training_parts(
+        "2 student",
+        student_arch,
+        predictor,
+        student_cfg.masks,
+        student_cfg.data.batch_size,
+        geometry.frames,
+        geometry.size,
+        student_clips,
+    )
     if student_cfg.targets == "teacher":
-        parts.append(frozen_forward_part("2 student", "teacher forward, online (frozen)", target_arch, geometry.frames, geometry.size, student_clips))
+        parts.append(
+            frozen_forward_part(
+                "2 student",
+                "teacher forward, online (frozen)",
+                target_arch,
+                geometry.frames,
+                geometry.size,
+                student_clips,
+            )
+        )
     elif student_cfg.targets == "ema":
-        parts.append(frozen_forward_part("2 student", "EMA target encoder forward", student_arch, geometry.frames, geometry.size, student_clips))
+        parts.append(
+            frozen_forward_part(
+                "2 student", "EMA target encoder forward", student_arch, geometry.frames, geometry.size, student_clips
+            )
+        )
     else:
-        parts.append(frozen_forward_part("1b cache", f"teacher forward, once ({cache_views} views x {cache_videos} videos)",
-                                         target_arch, geometry.frames, geometry.size, cache_views * cache_videos))
+        parts.append(
+            frozen_forward_part(
+                "1b cache",
+                f"teacher forward, once ({cache_views} views x {cache_videos} videos)",
+                target_arch,
+                geometry.frames,
+                geometry.size,
+                cache_views * cache_videos,
+            )
+        )
     total = sum(p.flops for p in parts)
     teacher_share = sum(p.flops for p in parts if not p.stage.startswith("2")) / total
     grid = token_grid(student_arch, geometry.frames, geometry.size, geometry.size)
@@ -151,32 +228,64 @@ def plan(teacher_cfg, student_cfg, teacher_steps: int, student_steps: int, teach
         tokens = grid[0] * grid[1] * grid[2]
         views = cache_views * cache_videos
         per_view = bytes_per_view or latent_bytes_per_view(tokens, target_dim, "fp16") + FRAME_BYTES_PER_VIEW
-        cache = {"views": views, "bytes_per_view": per_view, "bytes": per_view * views,
-                 "bytes_per_step": per_view * student_batch, "epochs_over_views": student_clips / max(1, views),
-                 "by_format": [{"dtype": dtype, "rank": rank, "bytes_per_view": b, "bytes": b * views, "bytes_per_step": b * student_batch}
-                               for dtype in COMPRESSION for rank in (target_dim, target_dim // 2, target_dim // 4, target_dim // 8)
-                               if rank >= 1
-                               for b in [latent_bytes_per_view(tokens, rank, dtype) + FRAME_BYTES_PER_VIEW]]}
-    return {"parts": parts, "total": total, "teacher_share": teacher_share, "cache": cache,
-            "counted_total": sum(p.counted for p in parts)}
+        cache = {
+            "views": views,
+            "bytes_per_view": per_view,
+            "bytes": per_view * views,
+            "bytes_per_step": per_view * student_batch,
+            "epochs_over_views": student_clips / max(1, views),
+            "by_format": [
+                {
+                    "dtype": dtype,
+                    "rank": rank,
+                    "bytes_per_view": b,
+                    "bytes": b * views,
+                    "bytes_per_step": b * student_batch,
+                }
+                for dtype in COMPRESSION
+                for rank in (target_dim, target_dim // 2, target_dim // 4, target_dim // 8)
+                if rank >= 1
+                for b in [latent_bytes_per_view(tokens, rank, dtype) + FRAME_BYTES_PER_VIEW]
+            ],
+        }
+    return {
+        "parts": parts,
+        "total": total,
+        "teacher_share": teacher_share,
+        "cache": cache,
+        "counted_total": sum(p.counted for p in parts),
+    }
 
 
 def format_plan(result: dict) -> str:
     lines = [f"{'stage':<10}{'part':<62}{'params':>9}{'tokens/clip':>12}{'clips':>10}{'6ND/2ND':>11}{'counter':>11}"]
     for p in result["parts"]:
-        lines.append(f"{p.stage:<10}{p.name:<62}{p.params / 1e6:>8.1f}M{p.tokens_per_clip:>12.0f}{p.clips:>10.3g}"
-                     f"{p.flops:>11.3g}{p.counted:>11.3g}")
-    lines.append(f"total: {result['total']:.3g} FLOPs the paper's way (6ND/2ND), {result['counted_total']:.3g} by torch's counter "
-                 f"(with attention); teacher side (stage 1 + caching or online teacher): {result['teacher_share']:.1%}")
+        lines.append(
+            f"{p.stage:<10}{p.name:<62}{p.params / 1e6:>8.1f}M{p.tokens_per_clip:>12.0f}{p.clips:>10.3g}"
+            f"{p.flops:>11.3g}{p.counted:>11.3g}"
+        )
+    lines.append(
+        f"total: {result['total']:.3g} FLOPs the paper's way (6ND/2ND), {result['counted_total']:.3g} by torch's "
+        "counter "
+        f"(with attention); teacher side (stage 1 + caching or online teacher): {result['teacher_share']:.1%}"
+    )
     cache = result["cache"]
     if cache:
-        lines.append(f"cache: {cache['views']:.3g} views x {cache['bytes_per_view'] / 1e6:.2f} MB = {cache['bytes'] / 1e12:.2f} TB; "
-                     f"reads {cache['bytes_per_step'] / 1e9:.2f} GB per student step; the student sees each view "
-                     f"{cache['epochs_over_views']:.1f} times")
+        lines.append(
+            f"cache: {cache['views']:.3g} views x {cache['bytes_per_view'] / 1e6:.2f} MB = "
+            f"{cache['bytes'] / 1e12:.2f} TB; "
+            f"reads {cache['bytes_per_step'] / 1e9:.2f} GB per student step; the student sees each view "
+            f"{cache['epochs_over_views']:.1f} times"
+        )
         full = cache["by_format"][0]["bytes"]
-        lines.append(f"cache by stored dtype and target rank (salt compact-cache; +{FRAME_BYTES_PER_VIEW / 1e3:.0f} kB of frames a view):")
+        lines.append(
+            f"cache by stored dtype and target rank (salt compact-cache; +{FRAME_BYTES_PER_VIEW / 1e3:.0f} kB of "
+            "frames a view):"
+        )
         lines.append(f"  {'dtype':<6}{'rank':>6}{'MB/view':>10}{'total TB':>10}{'GB/step':>10}{'vs fp16 full':>14}")
         for row in cache["by_format"]:
-            lines.append(f"  {row['dtype']:<6}{row['rank']:>6}{row['bytes_per_view'] / 1e6:>10.3f}{row['bytes'] / 1e12:>10.2f}"
-                         f"{row['bytes_per_step'] / 1e9:>10.2f}{row['bytes'] / full:>13.2f}x")
+            lines.append(
+                f"  {row['dtype']:<6}{row['rank']:>6}{row['bytes_per_view'] / 1e6:>10.3f}{row['bytes'] / 1e12:>10.2f}"
+                f"{row['bytes_per_step'] / 1e9:>10.2f}{row['bytes'] / full:>13.2f}x"
+            )
     return "\n".join(lines)

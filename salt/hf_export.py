@@ -14,6 +14,7 @@
 The folder is built in a temporary sibling and renamed into place: a failure leaves nothing.
 Never imports transformers.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,24 +27,37 @@ from typing import Any, Mapping
 
 import torch
 
-from salt.models import hf_folder, load_encoder, read_checkpoint, token_grid
 from salt.latents.storage import make_readable
+from salt.models import hf_folder, load_encoder, read_checkpoint, token_grid
 from salt.models.errors import ExportError
 from salt.video.views import IMAGENET_MEAN, IMAGENET_STD
 
 EXPORT_RECORD = "salt_export.json"
 # The smallest predictor VJEPA2Model accepts with RoPE on every axis: one layer, one head of 6
 # dims (2 per axis), MLP ratio 1, one mask token. Seeded: the same bytes on every export.
-FRESH_PREDICTOR = {"pred_hidden_size": 6, "pred_num_attention_heads": 1, "pred_num_hidden_layers": 1,
-                   "pred_num_mask_tokens": 1, "pred_mlp_ratio": 1.0, "pred_zero_init_mask_tokens": True}
+FRESH_PREDICTOR = {
+    "pred_hidden_size": 6,
+    "pred_num_attention_heads": 1,
+    "pred_num_hidden_layers": 1,
+    "pred_num_mask_tokens": 1,
+    "pred_mlp_ratio": 1.0,
+    "pred_zero_init_mask_tokens": True,
+}
 PREDICTOR_SEED = 0
 # VJEPA2Config's predictor defaults, for a source folder whose config.json leaves some out.
-VJEPA2_PREDICTOR_DEFAULTS = {"pred_hidden_size": 384, "pred_num_attention_heads": 12, "pred_num_hidden_layers": 12,
-                             "pred_num_mask_tokens": 10, "pred_mlp_ratio": 4.0, "pred_zero_init_mask_tokens": True}
+VJEPA2_PREDICTOR_DEFAULTS = {
+    "pred_hidden_size": 384,
+    "pred_num_attention_heads": 12,
+    "pred_num_hidden_layers": 12,
+    "pred_num_mask_tokens": 10,
+    "pred_mlp_ratio": 4.0,
+    "pred_zero_init_mask_tokens": True,
+}
 _INIT_STD = 0.02  # transformers' initializer_range default; trunc-normal within ±2 std
 
 
 # ----------------------------------------------------------------------------- weights
+
 
 def _split_qkv(state: Mapping[str, torch.Tensor], layer: int, kind: str) -> list[torch.Tensor]:
     return list(state[f"blocks.{layer}.attn.qkv.{kind}"].chunk(3, dim=0))
@@ -51,15 +65,26 @@ def _split_qkv(state: Mapping[str, torch.Tensor], layer: int, kind: str) -> list
 
 # SALT name -> transformers name, without ".weight"/".bias"; the fused qkv is split apart below.
 _VJEPA2_NAMES = {"patch_embed.proj": "encoder.embeddings.patch_embeddings.proj", "norm": "encoder.layernorm"}
-_VJEPA2_LAYER_NAMES = {"norm1": "norm1", "norm2": "norm2", "attn.proj": "attention.proj", "mlp.fc1": "mlp.fc1",
-                       "mlp.fc2": "mlp.fc2"}
+_VJEPA2_LAYER_NAMES = {
+    "norm1": "norm1",
+    "norm2": "norm2",
+    "attn.proj": "attention.proj",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+}
 _VIDEOMAE_NAMES = {"patch_embed.proj": "embeddings.patch_embeddings.projection", "norm": "layernorm"}
-_VIDEOMAE_LAYER_NAMES = {"norm1": "layernorm_before", "norm2": "layernorm_after", "attn.proj": "attention.output.dense",
-                         "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense"}
+_VIDEOMAE_LAYER_NAMES = {
+    "norm1": "layernorm_before",
+    "norm2": "layernorm_after",
+    "attn.proj": "attention.output.dense",
+    "mlp.fc1": "intermediate.dense",
+    "mlp.fc2": "output.dense",
+}
 
 
-def _renamed(state: Mapping[str, torch.Tensor], names: Mapping[str, str], layer_names: Mapping[str, str],
-             depth: int) -> dict[str, torch.Tensor]:
+def _renamed(
+    state: Mapping[str, torch.Tensor], names: Mapping[str, str], layer_names: Mapping[str, str], depth: int
+) -> dict[str, torch.Tensor]:
     """SALT names -> transformers names for everything but the attention's q/k/v; a key neither
     map places is a bug here, so it raises instead of being left out."""
     tensors, unplaced = {}, []
@@ -113,7 +138,8 @@ def fresh_predictor(hidden_size: int, qkv_bias: bool) -> dict[str, torch.Tensor]
     width = FRESH_PREDICTOR["pred_hidden_size"]
     hidden = int(width * FRESH_PREDICTOR["pred_mlp_ratio"])
     tensors: dict[str, torch.Tensor] = {
-        "predictor.embeddings.mask_tokens": torch.zeros(FRESH_PREDICTOR["pred_num_mask_tokens"], 1, 1, width)}
+        "predictor.embeddings.mask_tokens": torch.zeros(FRESH_PREDICTOR["pred_num_mask_tokens"], 1, 1, width)
+    }
 
     def linear(name: str, out_features: int, in_features: int, bias: bool = True) -> None:
         weight = torch.empty(out_features, in_features)
@@ -155,27 +181,54 @@ def source_predictor(source: Path) -> tuple[dict[str, torch.Tensor], dict[str, A
 
 # ----------------------------------------------------------------------------- configs
 
+
 def vjepa2_config(arch: Mapping[str, Any], predictor_fields: Mapping[str, Any], salt_note: Mapping[str, Any]) -> dict:
     return {
-        "architectures": ["VJEPA2Model"], "model_type": "vjepa2", "dtype": "float32",
-        "crop_size": arch["img_size"], "frames_per_clip": arch["num_frames"], "patch_size": arch["patch_size"],
-        "tubelet_size": arch["tubelet_size"], "in_chans": arch["in_chans"], "hidden_size": arch["embed_dim"],
-        "num_hidden_layers": arch["depth"], "num_attention_heads": arch["num_heads"], "mlp_ratio": arch["mlp_ratio"],
-        "layer_norm_eps": arch["norm_eps"], "qkv_bias": arch["qkv_bias"], "hidden_act": "gelu",
-        "drop_path_rate": 0.0, "attention_probs_dropout_prob": 0.0, "attention_dropout": 0.0,
-        "initializer_range": _INIT_STD, **predictor_fields, "salt": dict(salt_note),
+        "architectures": ["VJEPA2Model"],
+        "model_type": "vjepa2",
+        "dtype": "float32",
+        "crop_size": arch["img_size"],
+        "frames_per_clip": arch["num_frames"],
+        "patch_size": arch["patch_size"],
+        "tubelet_size": arch["tubelet_size"],
+        "in_chans": arch["in_chans"],
+        "hidden_size": arch["embed_dim"],
+        "num_hidden_layers": arch["depth"],
+        "num_attention_heads": arch["num_heads"],
+        "mlp_ratio": arch["mlp_ratio"],
+        "layer_norm_eps": arch["norm_eps"],
+        "qkv_bias": arch["qkv_bias"],
+        "hidden_act": "gelu",
+        "drop_path_rate": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "attention_dropout": 0.0,
+        "initializer_range": _INIT_STD,
+        **predictor_fields,
+        "salt": dict(salt_note),
     }
 
 
 def videomae_config(arch: Mapping[str, Any], salt_note: Mapping[str, Any]) -> dict:
     return {
-        "architectures": ["VideoMAEModel"], "model_type": "videomae", "dtype": "float32",
-        "image_size": arch["img_size"], "patch_size": arch["patch_size"], "num_channels": arch["in_chans"],
-        "num_frames": arch["num_frames"], "tubelet_size": arch["tubelet_size"], "hidden_size": arch["embed_dim"],
-        "num_hidden_layers": arch["depth"], "num_attention_heads": arch["num_heads"],
-        "intermediate_size": int(arch["embed_dim"] * arch["mlp_ratio"]), "hidden_act": "gelu",
-        "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "layer_norm_eps": arch["norm_eps"],
-        "qv_bias": bool(arch["qkv_bias"]), "use_mean_pooling": not arch["final_norm"], "salt": dict(salt_note),
+        "architectures": ["VideoMAEModel"],
+        "model_type": "videomae",
+        "dtype": "float32",
+        "image_size": arch["img_size"],
+        "patch_size": arch["patch_size"],
+        "num_channels": arch["in_chans"],
+        "num_frames": arch["num_frames"],
+        "tubelet_size": arch["tubelet_size"],
+        "hidden_size": arch["embed_dim"],
+        "num_hidden_layers": arch["depth"],
+        "num_attention_heads": arch["num_heads"],
+        "intermediate_size": int(arch["embed_dim"] * arch["mlp_ratio"]),
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "layer_norm_eps": arch["norm_eps"],
+        "qv_bias": bool(arch["qkv_bias"]),
+        "use_mean_pooling": not arch["final_norm"],
+        "salt": dict(salt_note),
     }
 
 
@@ -183,21 +236,27 @@ def refuse_unexportable(arch: Mapping[str, Any], source: Path) -> None:
     """One line naming why no transformers class computes this encoder exactly, and what would."""
     kind = arch["pos_embed"]
     if kind == "sincos3d":
-        raise ExportError(f"{source}: pos_embed 'sincos3d' (SALT's / V-JEPA 1's 3-D sin-cos table): no transformers "
-                          f"class adds that table, so no export would be exact; nothing was written. Encoders trained "
-                          f"with pos_embed: rope export as VJEPA2Model, sincos1d ones as VideoMAEModel")
+        raise ExportError(
+            f"{source}: pos_embed 'sincos3d' (SALT's / V-JEPA 1's 3-D sin-cos table): no transformers "
+            f"class adds that table, so no export would be exact; nothing was written. Encoders trained "
+            f"with pos_embed: rope export as VJEPA2Model, sincos1d ones as VideoMAEModel"
+        )
     if kind == "rope_interleaved":
-        raise ExportError(f"{source}: pos_embed 'rope_interleaved' (V-JEPA 2.1's RoPE): the transformers VJEPA2Model "
-                          f"this was tested against computes only V-JEPA 2's tiled RoPE and would ignore "
-                          f"use_rope_interleave, computing something else; nothing was written")
+        raise ExportError(
+            f"{source}: pos_embed 'rope_interleaved' (V-JEPA 2.1's RoPE): the transformers VJEPA2Model "
+            f"this was tested against computes only V-JEPA 2's tiled RoPE and would ignore "
+            f"use_rope_interleave, computing something else; nothing was written"
+        )
     if kind == "rope" and not arch["final_norm"]:
-        raise ExportError(f"{source}: final_norm false: VJEPA2Model always applies its last layernorm; nothing "
-                          f"was written")
+        raise ExportError(
+            f"{source}: final_norm false: VJEPA2Model always applies its last layernorm; nothing was written"
+        )
     if kind == "rope" and arch["qkv_bias"] == "qv":
         raise ExportError(f"{source}: q/v-only biases have no place in VJEPA2Model; nothing was written")
 
 
 # ----------------------------------------------------------------------------- the folder
+
 
 def sha256_of(path: Path) -> dict[str, str]:
     """sha256 of the source file, or of each file of a source folder (by relative name)."""
@@ -217,20 +276,39 @@ def export_record(source: Path, arch: Mapping[str, Any], model_class: str, predi
     grid = token_grid(arch, arch["num_frames"], arch["img_size"], arch["img_size"])
     argument = "pixel_values_videos" if model_class == "VJEPA2Model" else "pixel_values"
     if model_class == "VJEPA2Model":
-        geometry = (f"height = width = {arch['img_size']} (crop_size: transformers takes the RoPE grid from it); "
-                    f"any number of frames that is a multiple of {arch['tubelet_size']}")
+        geometry = (
+            f"height = width = {arch['img_size']} (crop_size: transformers takes the RoPE grid from it); "
+            f"any number of frames that is a multiple of {arch['tubelet_size']}"
+        )
     else:
-        geometry = (f"exactly {arch['num_frames']} frames of {arch['img_size']}x{arch['img_size']} "
-                    f"(VideoMAE's position table has that many tokens)")
+        geometry = (
+            f"exactly {arch['num_frames']} frames of {arch['img_size']}x{arch['img_size']} "
+            f"(VideoMAE's position table has that many tokens)"
+        )
     return {
-        "format": "salt-hf-export", "version": 1, "source": str(source.resolve()), "sha256": sha256_of(source),
-        "transformers_class": model_class, "arch": dict(arch), "token_grid": list(grid),
-        "tokens": grid[0] * grid[1] * grid[2], "embed_dim": arch["embed_dim"],
-        "input": {"argument": argument, "layout": "[B, T, C, H, W]", "dtype": "float32", "channels": "RGB",
-                  "clip": geometry, "normalisation": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-                                                      "how": "x = (pixels / 255 - mean) / std, per channel"}},
+        "format": "salt-hf-export",
+        "version": 1,
+        "source": str(source.resolve()),
+        "sha256": sha256_of(source),
+        "transformers_class": model_class,
+        "arch": dict(arch),
+        "token_grid": list(grid),
+        "tokens": grid[0] * grid[1] * grid[2],
+        "embed_dim": arch["embed_dim"],
+        "input": {
+            "argument": argument,
+            "layout": "[B, T, C, H, W]",
+            "dtype": "float32",
+            "channels": "RGB",
+            "clip": geometry,
+            "normalisation": {
+                "mean": list(IMAGENET_MEAN),
+                "std": list(IMAGENET_STD),
+                "how": "x = (pixels / 255 - mean) / std, per channel",
+            },
+        },
         "output": "last_hidden_state [B, tokens, embed_dim], tokens in (t, h, w) order with t slowest"
-                  + ("" if arch["final_norm"] else "; no final norm (use_mean_pooling, as SALT's final_norm false)"),
+        + ("" if arch["final_norm"] else "; no final norm (use_mean_pooling, as SALT's final_norm false)"),
         "predictor": predictor,
     }
 
@@ -239,21 +317,23 @@ def readme(record: Mapping[str, Any]) -> str:
     model_class, argument = record["transformers_class"], record["input"]["argument"]
     return f"""# {model_class} exported by `salt export`
 
-Encoder weights from `{record['source']}` (sha256 in `{EXPORT_RECORD}`), exact: transformers computes
+Encoder weights from `{record["source"]}` (sha256 in `{EXPORT_RECORD}`), exact: transformers computes
 the same tokens as SALT (checked in SALT's tests to 1e-4 in fp32).
 
 ```python
 import torch
 from transformers import AutoModel
 model = AutoModel.from_pretrained("THIS_FOLDER").eval()
-clip = torch.rand(1, {record['arch']['num_frames']}, 3, {record['arch']['img_size']}, {record['arch']['img_size']})  # [B, T, C, H, W], RGB in [0, 1]
-mean, std = torch.tensor({record['input']['normalisation']['mean']}), torch.tensor({record['input']['normalisation']['std']})
+frames, size = {record["arch"]["num_frames"]}, {record["arch"]["img_size"]}
+clip = torch.rand(1, frames, 3, size, size)  # [B, T, C, H, W], RGB in [0, 1]
+mean = torch.tensor({record["input"]["normalisation"]["mean"]})
+std = torch.tensor({record["input"]["normalisation"]["std"]})
 tokens = model({argument}=(clip - mean.view(3, 1, 1)) / std.view(3, 1, 1)).last_hidden_state
 ```
 
-Input: {record['input']['clip']}. Output: {record['output']}.
+Input: {record["input"]["clip"]}. Output: {record["output"]}.
 
-Predictor: {record['predictor']}
+Predictor: {record["predictor"]}
 """
 
 
@@ -274,12 +354,18 @@ def _write_folder(tmp: Path, config: Mapping[str, Any], tensors: Mapping[str, to
 
 def _refuse_existing(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ExportError(f"--out {out} already exists and is not empty; nothing was written. Choose a new folder "
-                          f"(or remove that one yourself)")
+        raise ExportError(
+            f"--out {out} already exists and is not empty; nothing was written. Choose a new folder "
+            f"(or remove that one yourself)"
+        )
 
 
-def export_encoder(source: str | os.PathLike, out: str | os.PathLike, arch: Mapping[str, Any] | None = None,
-                   checkpoint_key: str | None = None) -> dict:
+def export_encoder(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    arch: Mapping[str, Any] | None = None,
+    checkpoint_key: str | None = None,
+) -> dict:
     """Write ``out`` as a transformers folder of the encoder at ``source``; returns its salt_export record."""
     source, out = Path(source), Path(out)
     _refuse_existing(out)
@@ -289,13 +375,20 @@ def export_encoder(source: str | os.PathLike, out: str | os.PathLike, arch: Mapp
     if full_arch["pos_embed"] == "rope":
         carried = source_predictor(source)
         if carried:
-            predictor = {"kind": "source", "about": "the source V-JEPA 2 folder's own predictor, its values copied unchanged"}
+            predictor = {
+                "kind": "source",
+                "about": "the source V-JEPA 2 folder's own predictor, its values copied unchanged",
+            }
             predictor_tensors, fields = carried[0], {**VJEPA2_PREDICTOR_DEFAULTS, **carried[1]}
         else:
-            predictor = {"kind": "fresh", "seed": PREDICTOR_SEED, "size": FRESH_PREDICTOR,
-                         "about": "NOT TRAINED: VJEPA2Model requires a predictor and the source has none; this one is "
-                                  "freshly initialised (trunc-normal std 0.02, zero biases and mask tokens), of the "
-                                  "smallest valid size. Use the encoder (last_hidden_state) only"}
+            predictor = {
+                "kind": "fresh",
+                "seed": PREDICTOR_SEED,
+                "size": FRESH_PREDICTOR,
+                "about": "NOT TRAINED: VJEPA2Model requires a predictor and the source has none; this one is "
+                "freshly initialised (trunc-normal std 0.02, zero biases and mask tokens), of the "
+                "smallest valid size. Use the encoder (last_hidden_state) only",
+            }
             predictor_tensors, fields = fresh_predictor(full_arch["embed_dim"], full_arch["qkv_bias"]), FRESH_PREDICTOR
         record = export_record(source, full_arch, "VJEPA2Model", predictor["about"])
         config = vjepa2_config(full_arch, fields, {"exported_by": "salt export", "predictor": predictor})

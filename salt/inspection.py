@@ -45,12 +45,16 @@ def spectrum(cache: LatentCache, samples: list[CacheSample]) -> dict[str, Any]:
     ratio = variance / max(float(variance.sum()), 1e-30)
     cumulative = np.cumsum(ratio)
     kept = cache.manifest.target_rank
-    return {"source": source, "ratio": ratio.tolist(),
-            "rank_for": {f"{q:.0%}": int(np.searchsorted(cumulative, q) + 1) for q in (0.9, 0.95, 0.99)},
-            "rank": kept, "explained": float(cumulative[kept - 1]) if kept else 1.0,
-            # Without the full-rank latents, the reconstruction error is the fit's dropped share
-            # (measured against a full cache by `--compare`).
-            "dropped": float(1 - cumulative[kept - 1]) if kept else 0.0}
+    return {
+        "source": source,
+        "ratio": ratio.tolist(),
+        "rank_for": {f"{q:.0%}": int(np.searchsorted(cumulative, q) + 1) for q in (0.9, 0.95, 0.99)},
+        "rank": kept,
+        "explained": float(cumulative[kept - 1]) if kept else 1.0,
+        # Without the full-rank latents, the reconstruction error is the fit's dropped share
+        # (measured against a full cache by `--compare`).
+        "dropped": float(1 - cumulative[kept - 1]) if kept else 0.0,
+    }
 
 
 def evenly_spaced_keys(keys: list[str], count: int) -> list[str]:
@@ -87,22 +91,43 @@ def summarise(cache: LatentCache) -> dict[str, Any]:
     views_stored = max(m.sample_count, 1)
     # Bytes the latents would take uncompressed in their stored dtype (+ int8's float32 scales).
     stored = m.stored_dim
-    raw_per_view = m.tokens * stored * STORED_NUMPY_DTYPE[m.latent_dtype].itemsize + (4 * stored if m.latent_dtype == "int8" else 0)
+    raw_per_view = m.tokens * stored * STORED_NUMPY_DTYPE[m.latent_dtype].itemsize + (
+        4 * stored if m.latent_dtype == "int8" else 0
+    )
     latent_per_view = m.latent_bytes / views_stored
     arch = m.teacher.get("arch", {})
     return {
         "path": str(cache.path),
-        "teacher": {"fingerprint": m.teacher.get("fingerprint", ""), "arch_name": arch_name(arch), "arch": arch,
-                    "source": m.teacher.get("source", "")},
-        "geometry": dict(m.geometry), "grid": list(m.grid), "tokens": m.tokens, "dim": m.dim, "target_rank": m.target_rank,
-        "latent_dtype": m.latent_dtype, "compressor": m.compressor, "target_norm": m.target_norm,
-        "frames_codec": m.frames_codec, "jpeg_quality": m.jpeg_quality, "frames_decoder": m.frames_decoder,
-        "formats": list(m.formats), "samples": len(cache), "videos": m.num_videos - len(m.skipped_videos),
-        "planned_videos": m.num_videos, "views_per_video": m.views, "shards": len(m.shards), "skipped": list(m.skipped),
-        "latent_bytes_per_view": latent_per_view, "raw_latent_bytes_per_view": raw_per_view,
+        "teacher": {
+            "fingerprint": m.teacher.get("fingerprint", ""),
+            "arch_name": arch_name(arch),
+            "arch": arch,
+            "source": m.teacher.get("source", ""),
+        },
+        "geometry": dict(m.geometry),
+        "grid": list(m.grid),
+        "tokens": m.tokens,
+        "dim": m.dim,
+        "target_rank": m.target_rank,
+        "latent_dtype": m.latent_dtype,
+        "compressor": m.compressor,
+        "target_norm": m.target_norm,
+        "frames_codec": m.frames_codec,
+        "jpeg_quality": m.jpeg_quality,
+        "frames_decoder": m.frames_decoder,
+        "formats": list(m.formats),
+        "samples": len(cache),
+        "videos": m.num_videos - len(m.skipped_videos),
+        "planned_videos": m.num_videos,
+        "views_per_video": m.views,
+        "shards": len(m.shards),
+        "skipped": list(m.skipped),
+        "latent_bytes_per_view": latent_per_view,
+        "raw_latent_bytes_per_view": raw_per_view,
         "frame_bytes_per_view": m.frame_bytes / views_stored,
         "compression_ratio": raw_per_view / latent_per_view if latent_per_view else None,
-        "created": m.created, "command": m.command,
+        "created": m.created,
+        "command": m.command,
     }
 
 
@@ -157,13 +182,24 @@ def token_statistics(latent_list: list[torch.Tensor], grid: tuple[int, int, int]
     per_step = x.reshape(samples, steps, tokens // steps, dim)
     generator = torch.Generator().manual_seed(seed)  # the same token subsample on every run
     return {
-        "samples": samples, "tokens": samples * tokens, "rank_tokens": min(samples * tokens, RANK_TOKENS),
+        "samples": samples,
+        "tokens": samples * tokens,
+        "rank_tokens": min(samples * tokens, RANK_TOKENS),
         "max_rank": min(dim, samples * tokens),
-        "norm": {"mean": float(norms.mean()), "std": float(norms.std()), "min": float(norms.min()), "max": float(norms.max()),
-                 **{f"p{q}": float(v) for q, v in zip(PERCENTILES, np.percentile(norms, PERCENTILES))}},
+        "norm": {
+            "mean": float(norms.mean()),
+            "std": float(norms.std()),
+            "min": float(norms.min()),
+            "max": float(norms.max()),
+            **{f"p{q}": float(v) for q, v in zip(PERCENTILES, np.percentile(norms, PERCENTILES))},
+        },
         "norm_histogram": {"counts": counts.tolist(), "edges": edges.tolist()},
-        "channel": {"mean_abs_mean": float(channel_mean.abs().mean()), "min_std": float(channel_std.min()),
-                    "max_std": float(channel_std.max()), "std": channel_std.tolist()},
+        "channel": {
+            "mean_abs_mean": float(channel_mean.abs().mean()),
+            "min_std": float(channel_std.min()),
+            "max_std": float(channel_std.max()),
+            "std": channel_std.tolist(),
+        },
         "effective_rank": _pooled_rank(flat, generator),
         "cosine": {"mean": float(np.mean(cosines)), "max": float(np.max(cosines))},
         "rank_per_step": [_pooled_rank(per_step[:, t].reshape(-1, dim), generator) for t in range(steps)],
@@ -187,7 +223,11 @@ def compare_caches(a: LatentCache, b: LatentCache, samples: int | None = None) -
     """Targets of two caches of the same views, sample by sample (over `samples` evenly spaced
     keys of the intersection, or all of it)."""
     ma, mb = a.manifest, b.manifest
-    for name, left, right in (("geometry", ma.geometry, mb.geometry), ("grid", ma.grid, mb.grid), ("dim", ma.dim, mb.dim)):
+    for name, left, right in (
+        ("geometry", ma.geometry, mb.geometry),
+        ("grid", ma.grid, mb.grid),
+        ("dim", ma.dim, mb.dim),
+    ):
         if left != right:
             raise CacheError(f"cannot compare {a.path} and {b.path}: {name} differs ({left} vs {right})")
     keys_a, keys_b = set(a.keys()), set(b.keys())
@@ -201,22 +241,35 @@ def compare_caches(a: LatentCache, b: LatentCache, samples: int | None = None) -
         sa, sb = a.get(key), b.get(key)
         ta, tb = student_targets(a, sa).double(), student_targets(b, sb).double()
         squared_error += float((ta - tb).square().sum())
-        target_sum, target_square, tokens = target_sum + ta.sum(0), target_square + float(ta.square().sum()), tokens + len(ta)
+        target_sum, target_square, tokens = (
+            target_sum + ta.sum(0),
+            target_square + float(ta.square().sum()),
+            tokens + len(ta),
+        )
         ta, tb = ta.flatten(), tb.flatten()
         # Layer-normed tokens all have norm sqrt(D), so this flat cosine is also the mean token cosine.
         cosines.append(float(torch.nn.functional.cosine_similarity(ta, tb, dim=0)))
         deltas.append(float((ta - tb).abs().mean()))
         same_frames += bool(np.array_equal(sa.frames, sb.frames))
     return {
-        "a": str(a.path), "b": str(b.path), "same_teacher": ma.teacher.get("fingerprint") == mb.teacher.get("fingerprint"),
-        "matched": len(common), "only_in_a": len(keys_a - keys_b),
-        "only_in_b": len(keys_b - keys_a), "compared": len(chosen), "identical_frames": same_frames,
-        **{name: {"mean": float(np.mean(v)), "min": float(np.min(v)), "max": float(np.max(v))}
-           for name, v in (("cosine", cosines), ("mean_abs_diff", deltas))},
+        "a": str(a.path),
+        "b": str(b.path),
+        "same_teacher": ma.teacher.get("fingerprint") == mb.teacher.get("fingerprint"),
+        "matched": len(common),
+        "only_in_a": len(keys_a - keys_b),
+        "only_in_b": len(keys_b - keys_a),
+        "compared": len(chosen),
+        "identical_frames": same_frames,
+        **{
+            name: {"mean": float(np.mean(v)), "min": float(np.min(v)), "max": float(np.max(v))}
+            for name, v in (("cosine", cosines), ("mean_abs_diff", deltas))
+        },
         # B's squared error as a share of A's target variance over the compared tokens: the same
         # measure as a basis fit's dropped share (1 - explained variance).
-        "relative_error": squared_error / max(target_square - float((target_sum / tokens).square().sum()) * tokens, 1e-12),
-        "ranks": [ma.target_rank or ma.dim, mb.target_rank or mb.dim], "dtypes": [ma.latent_dtype, mb.latent_dtype],
+        "relative_error": squared_error
+        / max(target_square - float((target_sum / tokens).square().sum()) * tokens, 1e-12),
+        "ranks": [ma.target_rank or ma.dim, mb.target_rank or mb.dim],
+        "dtypes": [ma.latent_dtype, mb.latent_dtype],
         "worst_key": chosen[int(np.argmin(cosines))],
     }
 
@@ -249,8 +302,9 @@ def sample_figsize(steps: int) -> tuple[float, float]:
     return 1.5 * steps + 1.2, 5.2
 
 
-def write_pictures(cache: LatentCache, out_dir: str | Path, samples: int = PICTURE_SAMPLES,
-                   stats: dict[str, Any] | None = None) -> list[Path]:
+def write_pictures(
+    cache: LatentCache, out_dir: str | Path, samples: int = PICTURE_SAMPLES, stats: dict[str, Any] | None = None
+) -> list[Path]:
     """One PNG per shown sample (frames, PCA colours, token norms per time step) and one of the
     statistics; returns the paths written."""
     import matplotlib
@@ -276,8 +330,12 @@ def write_pictures(cache: LatentCache, out_dir: str | Path, samples: int = PICTU
             for t in range(steps):
                 axes[0, t].imshow(sample.frames[min(t * tubelet, len(sample.frames) - 1)])
                 # Nearest upsampling to the frame's pixels: one flat square per token.
-                axes[1, t].imshow(colour[t].repeat(frame_h // height, 0).repeat(frame_w // width, 1), interpolation="nearest")
-                image = axes[2, t].imshow(norm[t], cmap="magma", vmin=norm_range[0], vmax=norm_range[1], interpolation="nearest")
+                axes[1, t].imshow(
+                    colour[t].repeat(frame_h // height, 0).repeat(frame_w // width, 1), interpolation="nearest"
+                )
+                image = axes[2, t].imshow(
+                    norm[t], cmap="magma", vmin=norm_range[0], vmax=norm_range[1], interpolation="nearest"
+                )
                 axes[0, t].set_title(f"t'={t} (frame {t * tubelet})", fontsize=8)
             for row, label in enumerate(("frames", "teacher PCA:\nPC1-3 as RGB", "token norm\n(raw)")):
                 axes[row, 0].set_ylabel(label, fontsize=9)
@@ -286,8 +344,11 @@ def write_pictures(cache: LatentCache, out_dir: str | Path, samples: int = PICTU
             colorbar = fig.colorbar(image, ax=axes[2, :].tolist(), shrink=0.9, pad=0.01, label=norm_label)
             colorbar.ax.ticklabel_format(useOffset=False)  # norms differ in the 3rd digit: show them whole
             params = sample.meta.get("view_params", {})
-            fig.suptitle(f"{sample.key}: {Path(str(sample.meta.get('source', '?'))).name}, view {sample.view}, "
-                         f"label {sample.meta.get('label')}, flip {params.get('flip', '?')}", fontsize=10)
+            fig.suptitle(
+                f"{sample.key}: {Path(str(sample.meta.get('source', '?'))).name}, view {sample.view}, "
+                f"label {sample.meta.get('label')}, flip {params.get('flip', '?')}",
+                fontsize=10,
+            )
             path = out_dir / f"sample_{sample.key}.png"
             fig.savefig(path, dpi=DPI)
             plt.close(fig)
@@ -311,9 +372,16 @@ def _spectrum_figure(plt, spectrum: dict[str, Any], path: Path) -> Path:
         ax.axvline(rank, color="grey", linestyle=":", linewidth=0.8)
         ax.annotate(f"{' / '.join(shares)} at {rank}", (rank, 0.02), fontsize=8, rotation=90, va="bottom")
     if spectrum["rank"]:
-        ax.axvline(spectrum["rank"], color="tab:red", label=f"stored rank {spectrum['rank']} ({spectrum['explained']:.1%})")
-    ax.set(xscale="log", ylim=(0, 1.01), xlabel="principal components of the targets", ylabel="share of variance",
-           title=f"explained variance ({spectrum['source']})")
+        ax.axvline(
+            spectrum["rank"], color="tab:red", label=f"stored rank {spectrum['rank']} ({spectrum['explained']:.1%})"
+        )
+    ax.set(
+        xscale="log",
+        ylim=(0, 1.01),
+        xlabel="principal components of the targets",
+        ylabel="share of variance",
+        title=f"explained variance ({spectrum['source']})",
+    )
     fig.legend(fontsize=8, loc="outside lower center", ncols=2)  # below the axes: never over the rank marks
     fig.savefig(path, dpi=DPI)
     plt.close(fig)
@@ -325,8 +393,11 @@ def _summary_figure(plt, stats: dict[str, Any], path: Path) -> Path:
     fig, axes = plt.subplots(2, 2, figsize=SUMMARY_FIGSIZE, layout="constrained")
     edges, counts = np.array(raw["norm_histogram"]["edges"]), raw["norm_histogram"]["counts"]
     axes[0, 0].stairs(counts, edges, fill=True, alpha=0.7)
-    axes[0, 0].set(title=f"raw token norm over {raw['tokens']} tokens (targets: all {targets['norm']['mean']:.2f})",
-                   xlabel="L2 norm", ylabel="tokens")
+    axes[0, 0].set(
+        title=f"raw token norm over {raw['tokens']} tokens (targets: all {targets['norm']['mean']:.2f})",
+        xlabel="L2 norm",
+        ylabel="tokens",
+    )
     axes[0, 0].xaxis.set_major_locator(plt.MaxNLocator(4))  # long tick labels (narrow spreads) must not overlap
     axes[0, 0].ticklabel_format(axis="x", useOffset=False)
     plt.setp(axes[0, 0].get_xticklabels(), rotation=20, ha="right")
@@ -335,13 +406,16 @@ def _summary_figure(plt, stats: dict[str, Any], path: Path) -> Path:
     for name, s, style, marker in (("targets", targets, "-", "o"), ("raw", raw, "--", "x")):
         axes[0, 1].plot(sorted(s["channel"]["std"]), style, label=name)
         axes[1, 0].plot(s["rank_per_step"], style, marker=marker, label=f"{name} (pooled {s['effective_rank']:.1f})")
-        axes[1, 1].plot(s["cosine_per_step"], style, marker=marker, label=f"{name} (per sample {s['cosine']['mean']:.3f})")
+        axes[1, 1].plot(
+            s["cosine_per_step"], style, marker=marker, label=f"{name} (per sample {s['cosine']['mean']:.3f})"
+        )
     axes[0, 1].set(title="per-channel std (sorted)", xlabel="channel rank", ylabel="std", yscale="log")
     axes[1, 0].axhline(raw["max_rank"], color="grey", linestyle=":", label=f"max {raw['max_rank']}")
     axes[1, 0].set(title="effective rank (RankMe) per time step", xlabel="t'", ylabel="rank", ylim=(0, None))
     lowest = min(min(raw["cosine_per_step"]), min(targets["cosine_per_step"]), 0.0)
-    axes[1, 1].set(title="mean token cosine within a sample (1 = collapsed)", xlabel="t'", ylabel="cosine",
-                   ylim=(lowest, 1.02))  # the whole scale up to collapse, not a zoom on noise
+    axes[1, 1].set(
+        title="mean token cosine within a sample (1 = collapsed)", xlabel="t'", ylabel="cosine", ylim=(lowest, 1.02)
+    )  # the whole scale up to collapse, not a zoom on noise
     for ax in axes.flat[1:]:
         ax.legend(fontsize=8)
     fig.suptitle(f"statistics over {raw['samples']} samples")
@@ -350,8 +424,14 @@ def _summary_figure(plt, stats: dict[str, Any], path: Path) -> Path:
     return path
 
 
-def inspect_cache(path: str | Path, format: str = "auto", samples: int = STATS_SAMPLES, run_verify: bool = False,
-                  compare: str | Path | None = None, pictures: str | Path | None = None) -> dict[str, Any]:
+def inspect_cache(
+    path: str | Path,
+    format: str = "auto",
+    samples: int = STATS_SAMPLES,
+    run_verify: bool = False,
+    compare: str | Path | None = None,
+    pictures: str | Path | None = None,
+) -> dict[str, Any]:
     """Everything `salt inspect` reports, as one JSON-able dict."""
     cache = open_cache(path, format)
     report: dict[str, Any] = {"summary": summarise(cache)}
@@ -362,7 +442,9 @@ def inspect_cache(path: str | Path, format: str = "auto", samples: int = STATS_S
     if compare is not None:
         report["compare"] = compare_caches(cache, open_cache(compare), samples if samples > 0 else None)
     if pictures is not None:
-        report["pictures"] = [str(p) for p in write_pictures(cache, pictures, PICTURE_SAMPLES, report.get("statistics"))]
+        report["pictures"] = [
+            str(p) for p in write_pictures(cache, pictures, PICTURE_SAMPLES, report.get("statistics"))
+        ]
     return report
 
 
@@ -376,7 +458,8 @@ def _format_summary(s: dict[str, Any]) -> list[str]:
     ratio = f"{s['compression_ratio']:.2f}x" if s["compression_ratio"] else "n/a"
     lines = [
         f"cache       {s['path']}  (formats: {', '.join(s['formats'])})",
-        f"teacher     {s['teacher']['fingerprint'][:12]}  {s['teacher']['arch_name']} (dim {arch.get('embed_dim')}, depth "
+        f"teacher     {s['teacher']['fingerprint'][:12]}  {s['teacher']['arch_name']} (dim {arch.get('embed_dim')}, "
+        "depth "
         f"{arch.get('depth')}, heads {arch.get('num_heads')})  from {s['teacher']['source']}",
         f"geometry    {g.get('frames')} frames step {g.get('frame_step')}, {g.get('size')}px, patch {g.get('patch')}, "
         f"tubelet {g.get('tubelet')}",
@@ -395,7 +478,9 @@ def _format_summary(s: dict[str, Any]) -> list[str]:
 
 
 def _format_statistics(st: dict[str, Any], dtype: str) -> list[str]:
-    lines = [f"statistics over {st['read']} samples" + (f" ({len(st['unreadable'])} unreadable)" if st["unreadable"] else "")]
+    lines = [
+        f"statistics over {st['read']} samples" + (f" ({len(st['unreadable'])} unreadable)" if st["unreadable"] else "")
+    ]
     lines += [f"  unreadable {u['key']}: {u['reason']}" for u in st["unreadable"][:5]]
     if "targets" not in st:
         return lines
@@ -414,12 +499,18 @@ def _format_statistics(st: dict[str, Any], dtype: str) -> list[str]:
     for label, key, fmt in (("rank", "rank_per_step", "{:8.1f}"), ("cosine", "cosine_per_step", "{:8.3f}")):
         for name, s in (("targets", t), ("raw", r)):
             lines.append(f"  {label + ' ' + name:21}" + "".join(fmt.format(v) for v in s[key]))
-    lines.append(f"  (rank over {t['rank_tokens']} of {t['tokens']} pooled tokens; cosine between tokens of one sample)")
+    lines.append(
+        f"  (rank over {t['rank_tokens']} of {t['tokens']} pooled tokens; cosine between tokens of one sample)"
+    )
     sp = st["spectrum"]
-    lines.append(f"  explained variance ({sp['source']}): " + ", ".join(f"{q} at rank {r}" for q, r in sp["rank_for"].items()))
+    lines.append(
+        f"  explained variance ({sp['source']}): " + ", ".join(f"{q} at rank {r}" for q, r in sp["rank_for"].items())
+    )
     if sp["rank"]:
-        lines.append(f"  stored rank {sp['rank']}: keeps {sp['explained']:.2%} of the target variance; reconstruction error "
-                     f"{sp['dropped']:.2%} of it (the fit's dropped share; --compare a full cache to measure it)")
+        lines.append(
+            f"  stored rank {sp['rank']}: keeps {sp['explained']:.2%} of the target variance; reconstruction error "
+            f"{sp['dropped']:.2%} of it (the fit's dropped share; --compare a full cache to measure it)"
+        )
     return lines
 
 
@@ -442,12 +533,19 @@ def format_report(report: dict[str, Any]) -> str:
     if "compare" in report:
         c = report["compare"]
         teachers = "the same teacher" if c["same_teacher"] else "different teachers"
-        lines.append(f"compare with {c['b']} ({teachers}): {c['matched']} keys matched ({c['only_in_a']} only here, {c['only_in_b']} "
-                     f"only there); {c['compared']} compared, {c['identical_frames']} with identical frames")
+        lines.append(
+            f"compare with {c['b']} ({teachers}): {c['matched']} keys matched ({c['only_in_a']} only here, "
+            f"{c['only_in_b']} "
+            f"only there); {c['compared']} compared, {c['identical_frames']} with identical frames"
+        )
         lines.append(f"  channels per token {c['ranks'][0]} ({c['dtypes'][0]}) vs {c['ranks'][1]} ({c['dtypes'][1]})")
-        lines.append(f"  target error: {c['relative_error']:.3%} of the target variance (squared, over the compared tokens)")
+        lines.append(
+            f"  target error: {c['relative_error']:.3%} of the target variance (squared, over the compared tokens)"
+        )
         for name in ("cosine", "mean_abs_diff"):
-            lines.append(f"  target {name:14} mean {c[name]['mean']:.5f}  min {c[name]['min']:.5f}  max {c[name]['max']:.5f}")
+            lines.append(
+                f"  target {name:14} mean {c[name]['mean']:.5f}  min {c[name]['min']:.5f}  max {c[name]['max']:.5f}"
+            )
         if c["cosine"]["min"] < c["cosine"]["max"]:
             lines.append(f"  lowest cosine: {c['worst_key']}")
     if report.get("pictures"):

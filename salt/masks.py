@@ -58,9 +58,15 @@ class MaskConfig:
 DEFAULT_MASKS = (MaskConfig(8, (0.15, 0.15)), MaskConfig(2, (0.7, 0.7)))
 
 
-def _mask_pair_from_arrays(context_idx: np.ndarray, target_idx: np.ndarray, num_tokens: int,
-                           masked_fraction_before: np.ndarray) -> "MaskPair":
-    return MaskPair(torch.from_numpy(context_idx), torch.from_numpy(target_idx), num_tokens, torch.from_numpy(masked_fraction_before))
+def _mask_pair_from_arrays(
+    context_idx: np.ndarray, target_idx: np.ndarray, num_tokens: int, masked_fraction_before: np.ndarray
+) -> "MaskPair":
+    return MaskPair(
+        torch.from_numpy(context_idx),
+        torch.from_numpy(target_idx),
+        num_tokens,
+        torch.from_numpy(masked_fraction_before),
+    )
 
 
 @dataclass
@@ -91,8 +97,12 @@ class MaskPair:
         # fetches over a socket from the worker (~0.4 ms each, on the training process's path).
         if self.context_idx.device.type != "cpu":
             return MaskPair, (self.context_idx, self.target_idx, self.num_tokens, self.masked_fraction_before)
-        return _mask_pair_from_arrays, (self.context_idx.numpy(), self.target_idx.numpy(), self.num_tokens,
-                                        self.masked_fraction_before.numpy())
+        return _mask_pair_from_arrays, (
+            self.context_idx.numpy(),
+            self.target_idx.numpy(),
+            self.num_tokens,
+            self.masked_fraction_before.numpy(),
+        )
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> MaskPair:
         return MaskPair(
@@ -162,9 +172,7 @@ class MultiBlockMasker:
     def _draw_masked(self, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
         return [self._draw_config(config, batch_size, generator) for config in self.configs]
 
-    def _draw_config(
-        self, config: MaskConfig, batch_size: int, generator: torch.Generator
-    ) -> torch.Tensor:
+    def _draw_config(self, config: MaskConfig, batch_size: int, generator: torch.Generator) -> torch.Tensor:
         block_size = self._draw_block_size(config, generator)
         largest_context = self.num_tokens - math.prod(block_size)  # all blocks on one spot
         if largest_context < self.min_context:

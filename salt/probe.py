@@ -67,8 +67,12 @@ class ProbeConfig:
     linear: LinearProbeConfig = field(default_factory=LinearProbeConfig)
 
     def validate(self) -> None:
-        for name, grid in (("lrs", self.lrs), ("weight_decays", self.weight_decays),
-                           ("linear.lrs", self.linear.lrs), ("linear.weight_decays", self.linear.weight_decays)):
+        for name, grid in (
+            ("lrs", self.lrs),
+            ("weight_decays", self.weight_decays),
+            ("linear.lrs", self.linear.lrs),
+            ("linear.weight_decays", self.linear.weight_decays),
+        ):
             if not grid:
                 raise ValueError(f"probe: {name} needs at least one value")
         if min(self.epochs, self.batch_size, self.linear.epochs, self.linear.batch_size, self.train_views) < 1:
@@ -108,8 +112,16 @@ class ProbeData:
     progress: bool = False
 
 
-def extract_features(encoder_path: Path, data: str, out: Path, cfg: ProbeConfig, evaluation: bool,
-                     arch: dict | None = None, checkpoint_key: str = "", which: ProbeData = ProbeData()) -> tuple[dict, float]:
+def extract_features(
+    encoder_path: Path,
+    data: str,
+    out: Path,
+    cfg: ProbeConfig,
+    evaluation: bool,
+    arch: dict | None = None,
+    checkpoint_key: str = "",
+    which: ProbeData = ProbeData(),
+) -> tuple[dict, float]:
     """Token maps of every (video, view) through the cache writer; returns arrays and seconds."""
     from salt.cache_latents import CacheJob, run_cache
     from salt.cache_latents.shards import TooManySkipped, forget_shards_with_skips, name_skipped
@@ -120,23 +132,42 @@ def extract_features(encoder_path: Path, data: str, out: Path, cfg: ProbeConfig,
     views = cfg.eval_clips * cfg.eval_spatial if evaluation else cfg.train_views
     split = "val" if evaluation else "train"
     try:
-        run_cache(CacheJob(
-            teacher=str(encoder_path), data=data, out=str(out), views=views, dtype=cfg.feature_dtype, workers=cfg.workers,
-            frames=cfg.frames, size=cfg.size, frame_step=cfg.frame_step, seed=cfg.seed, progress=which.progress,
-            eval_clips=cfg.eval_clips if evaluation else 0, eval_spatial=cfg.eval_spatial if evaluation else 0,
-            arch=arch, checkpoint_key=checkpoint_key, max_videos=which.max_videos, max_skipped=1.0,
-        ))
+        run_cache(
+            CacheJob(
+                teacher=str(encoder_path),
+                data=data,
+                out=str(out),
+                views=views,
+                dtype=cfg.feature_dtype,
+                workers=cfg.workers,
+                frames=cfg.frames,
+                size=cfg.size,
+                frame_step=cfg.frame_step,
+                seed=cfg.seed,
+                progress=which.progress,
+                eval_clips=cfg.eval_clips if evaluation else 0,
+                eval_spatial=cfg.eval_spatial if evaluation else 0,
+                arch=arch,
+                checkpoint_key=checkpoint_key,
+                max_videos=which.max_videos,
+                max_skipped=1.0,
+            )
+        )
     except TooManySkipped as err:  # not one video decoded
-        raise VideoSourceError(f"probe {split} data {data}: none of its {err.num_videos} videos decode "
-                               f"({name_skipped(err.skipped)}) — fix the list (`salt check-data {data}` names every failure)") from None
+        raise VideoSourceError(
+            f"probe {split} data {data}: none of its {err.num_videos} videos decode "
+            f"({name_skipped(err.skipped)}) — fix the list (`salt check-data {data}` names every failure)"
+        ) from None
     skipped = load_manifest(out).skipped
     if skipped and not which.allow_missing:
         forget_shards_with_skips(out)  # a --work-dir rerun after the fix redoes them
         storage.remove(storage.join(out, "manifest.json"))
-        raise VideoSourceError(f"probe {split} data {data}: {len(skipped)} videos are missing or do not decode "
-                               f"({name_skipped(skipped)}), so the accuracy would be over another set than asked — fix the "
-                               f"list (`salt check-data {data}` names every failure) or pass --allow-missing to probe the "
-                               "rest and record them")
+        raise VideoSourceError(
+            f"probe {split} data {data}: {len(skipped)} videos are missing or do not decode "
+            f"({name_skipped(skipped)}), so the accuracy would be over another set than asked — fix the "
+            f"list (`salt check-data {data}` names every failure) or pass --allow-missing to probe the "
+            "rest and record them"
+        )
     seconds = time.perf_counter() - start
     cache = open_cache(out)
     # One sequential pass (no shard seek per key); key order keeps the head training identical.
@@ -168,8 +199,13 @@ def train_heads(train: dict, val: dict, num_classes: int, cfg: ProbeConfig, prog
         make_head = lambda: AttentiveClassifier(dim, num_classes, num_heads=cfg.head_heads, depth=cfg.head_depth)  # noqa: E731
     grid = [(lr, wd) for lr in schedule.lrs for wd in schedule.weight_decays]
     heads = torch.nn.ModuleList(make_head() for _ in grid)
-    optimizer = torch.optim.AdamW([{"params": head.parameters(), "lr": lr, "weight_decay": wd, "peak": lr}
-                                   for head, (lr, wd) in zip(heads, grid)], betas=(0.9, 0.999))
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": head.parameters(), "lr": lr, "weight_decay": wd, "peak": lr}
+            for head, (lr, wd) in zip(heads, grid)
+        ],
+        betas=(0.9, 0.999),
+    )
     samples = train["tokens"].shape[0]
     steps_per_epoch = max(1, math.ceil(samples / schedule.batch_size))
     total, warmup = schedule.epochs * steps_per_epoch, int(schedule.warmup_epochs * steps_per_epoch)
@@ -178,10 +214,20 @@ def train_heads(train: dict, val: dict, num_classes: int, cfg: ProbeConfig, prog
     start = time.perf_counter()
     from tqdm import tqdm
 
-    for _ in tqdm(range(schedule.epochs), desc=f"probe heads ({len(grid)})", unit="epoch", disable=not progress,
-                  dynamic_ncols=True, mininterval=1.0):
+    for _ in tqdm(
+        range(schedule.epochs),
+        desc=f"probe heads ({len(grid)})",
+        unit="epoch",
+        disable=not progress,
+        dynamic_ncols=True,
+        mininterval=1.0,
+    ):
         for batch in torch.randperm(samples, generator=generator).split(schedule.batch_size):
-            scale = (step + 1) / max(1, warmup) if step < warmup else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+            scale = (
+                (step + 1) / max(1, warmup)
+                if step < warmup
+                else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+            )
             for group in optimizer.param_groups:
                 group["lr"] = group["peak"] * scale
             tokens, labels = train["tokens"][batch], train["labels"][batch]
@@ -197,10 +243,17 @@ def train_heads(train: dict, val: dict, num_classes: int, cfg: ProbeConfig, prog
             head.eval()
             probabilities = torch.cat([head(chunk).softmax(-1) for chunk in val["tokens"].split(256)])
             scores = view_averaged_accuracy(probabilities, val["labels"], val["videos"])
-            results.append({"lr": lr, "weight_decay": wd, **scores, "top1_se": binomial_se(scores["top1"], scores["videos"])})
+            results.append(
+                {"lr": lr, "weight_decay": wd, **scores, "top1_se": binomial_se(scores["top1"], scores["videos"])}
+            )
     best = max(range(len(results)), key=lambda i: results[i]["top1"])
-    return {"heads": results, "best": results[best], "head_train_seconds": train_seconds, "steps": total,
-            "epochs": schedule.epochs}
+    return {
+        "heads": results,
+        "best": results[best],
+        "head_train_seconds": train_seconds,
+        "steps": total,
+        "epochs": schedule.epochs,
+    }
 
 
 def binomial_se(accuracy: float, count: int) -> float:
@@ -217,16 +270,27 @@ def view_averaged_accuracy(probabilities: torch.Tensor, labels: torch.Tensor, vi
     result = {"top1": (ranked[:, 0] == video_labels).float().mean().item(), "videos": len(unique)}
     # confusion[true][predicted], video counts: which classes a head tells apart.
     classes = probabilities.shape[1]
-    result["confusion"] = torch.bincount(video_labels * classes + ranked[:, 0], minlength=classes * classes).view(
-        classes, classes).tolist()
+    result["confusion"] = (
+        torch.bincount(video_labels * classes + ranked[:, 0], minlength=classes * classes)
+        .view(classes, classes)
+        .tolist()
+    )
     if probabilities.shape[1] > 5:
         result["top5"] = (ranked[:, :5] == video_labels[:, None]).any(1).float().mean().item()
     return result
 
 
-def run_probe(encoder: str | None, random_init: str | None, train_data: str, val_data: str, cfg: ProbeConfig,
-              work_dir: str | None = None, arch: dict | None = None, checkpoint_key: str = "",
-              which: ProbeData = ProbeData()) -> dict:
+def run_probe(
+    encoder: str | None,
+    random_init: str | None,
+    train_data: str,
+    val_data: str,
+    cfg: ProbeConfig,
+    work_dir: str | None = None,
+    arch: dict | None = None,
+    checkpoint_key: str = "",
+    which: ProbeData = ProbeData(),
+) -> dict:
     from salt.models import build_encoder, fingerprint, load_encoder, save_encoder
 
     with tempfile.TemporaryDirectory() as scratch:
@@ -242,9 +306,12 @@ def run_probe(encoder: str | None, random_init: str | None, train_data: str, val
             encoder_path = Path(encoder)
             model, _ = load_encoder(encoder_path, arch, checkpoint_key or None)
         encoder_fingerprint = fingerprint(model.state_dict())
-        train, train_seconds = extract_features(encoder_path, train_data, work / "features_train", cfg, False, arch,
-                                                checkpoint_key, which)
-        val, val_seconds = extract_features(encoder_path, val_data, work / "features_val", cfg, True, arch, checkpoint_key, which)
+        train, train_seconds = extract_features(
+            encoder_path, train_data, work / "features_train", cfg, False, arch, checkpoint_key, which
+        )
+        val, val_seconds = extract_features(
+            encoder_path, val_data, work / "features_val", cfg, True, arch, checkpoint_key, which
+        )
         num_classes = int(max(train["labels"].max(), val["labels"].max()).item()) + 1
         heads = train_heads(train, val, num_classes, cfg, which.progress)
     # Without the stored tokens, every epoch would decode and run the encoder over the training
@@ -268,21 +335,31 @@ def run_probe(encoder: str | None, random_init: str | None, train_data: str, val
 
 
 def format_probe(report: dict) -> str:
-    lines = [f"{report['protocol']} probe of {report['encoder']} (fingerprint {report['fingerprint'][:12]}), {report['classes']} classes, "
-             f"{report['train_samples']} training views, {report['val_videos']} val videos × "
-             f"{report['config']['eval_clips']}×{report['config']['eval_spatial']} views, seed {report['config']['seed']}",
-             f"{'lr':>9}{'wd':>9}{'top-1':>8}{'± s.e.':>8}{'top-5':>8}"]
+    lines = [
+        f"{report['protocol']} probe of {report['encoder']} (fingerprint {report['fingerprint'][:12]}), "
+        f"{report['classes']} classes, "
+        f"{report['train_samples']} training views, {report['val_videos']} val videos × "
+        f"{report['config']['eval_clips']}×{report['config']['eval_spatial']} views, seed {report['config']['seed']}",
+        f"{'lr':>9}{'wd':>9}{'top-1':>8}{'± s.e.':>8}{'top-5':>8}",
+    ]
     for head in report["heads"]:
         top5 = f"{head['top5']:.1%}" if "top5" in head else "-"
         marker = "  <- best" if head is report["best"] or head == report["best"] else ""
-        lines.append(f"{head['lr']:>9.0e}{head['weight_decay']:>9.0e}{head['top1']:>8.1%}{head['top1_se']:>8.1%}{top5:>8}{marker}")
+        lines.append(
+            f"{head['lr']:>9.0e}{head['weight_decay']:>9.0e}{head['top1']:>8.1%}{head['top1_se']:>8.1%}{top5:>8}{marker}"
+        )
     for split, skipped in report.get("skipped", {}).items():
         if skipped:
-            lines.append(f"skipped {len(skipped)} {split} videos (--allow-missing): "
-                         + "; ".join(f"{e['path']}: {e['reason']}" for e in skipped[:3]) + ("; …" if len(skipped) > 3 else ""))
+            lines.append(
+                f"skipped {len(skipped)} {split} videos (--allow-missing): "
+                + "; ".join(f"{e['path']}: {e['reason']}" for e in skipped[:3])
+                + ("; …" if len(skipped) > 3 else "")
+            )
     s = report["seconds"]
-    lines.append(f"features: train {s['train_features']:.1f} s, val {s['val_features']:.1f} s; heads {s['heads']:.1f} s; "
-                 f"feature cache speed-up vs. encoding every epoch: {report['feature_cache_speedup']:.1f}x")
+    lines.append(
+        f"features: train {s['train_features']:.1f} s, val {s['val_features']:.1f} s; heads {s['heads']:.1f} s; "
+        f"feature cache speed-up vs. encoding every epoch: {report['feature_cache_speedup']:.1f}x"
+    )
     return "\n".join(lines)
 
 

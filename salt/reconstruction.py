@@ -33,7 +33,9 @@ def load_pixel_objective(run_dir: str | Path):
         raise ConfigError(f"{run_dir}: no config.yaml; pass the folder of a `salt train-teacher` run (its run.out_dir)")
     cfg = load_config(TeacherConfig, str(run_dir / "config.yaml"), [])
     if cfg.objective != "pixels":
-        raise ConfigError(f"{run_dir} is a run of objective '{cfg.objective}': only a pixel teacher reconstructs pixels")
+        raise ConfigError(
+            f"{run_dir} is a run of objective '{cfg.objective}': only a pixel teacher reconstructs pixels"
+        )
     committed = complete_checkpoints(run_dir / "checkpoints")
     if not committed:
         raise ConfigError(f"{run_dir}/checkpoints holds no committed checkpoint yet; train longer (or --resume) first")
@@ -73,8 +75,9 @@ def reconstruct(objective, frames: torch.Tensor, masks, mask_index: int, norm: s
     tubelet, patch = encoder.tubelet_size, encoder.patch_size
     clip = to_model_input(frames)
     grid = encoder.grid(*clip.shape[2:])
-    predicted = objective.decoder(encoder(clip, keep=mask.context_idx), mask.context_idx, mask.target_idx, grid,
-                                  mask_index=mask_index)
+    predicted = objective.decoder(
+        encoder(clip, keep=mask.context_idx), mask.context_idx, mask.target_idx, grid, mask_index=mask_index
+    )
     targets = apply_masks(pixel_targets(frames, tubelet, patch, norm), mask.target_idx)
     raw = pixel_targets(frames, tubelet, patch, "none")
     masked_raw = apply_masks(raw, mask.target_idx)
@@ -83,11 +86,18 @@ def reconstruct(objective, frames: torch.Tensor, masks, mask_index: int, norm: s
     shown, blanked = raw.clone().scatter_(1, index, pixels.reshape(masked_raw.shape)), raw.clone()
     blanked.scatter_(1, index, torch.full_like(masked_raw, 0.5))  # masked tubelets drawn grey
     to_frames = lambda tokens: np.stack([tokens_to_frames(row, grid, tubelet, patch) for row in tokens])  # noqa: E731
-    return {"masked": to_frames(blanked), "predicted": to_frames(shown), "truth": frames.numpy(),
-            "loss": float((predicted - targets).square().mean()), "baseline_loss": float(targets.square().mean())}
+    return {
+        "masked": to_frames(blanked),
+        "predicted": to_frames(shown),
+        "truth": frames.numpy(),
+        "loss": float((predicted - targets).square().mean()),
+        "baseline_loss": float(targets.square().mean()),
+    }
 
 
-def reconstruction_picture(run_dir: str, data: str, out: str, clips: int = 4, mask_index: int = 0, seed: int = 0) -> dict:
+def reconstruction_picture(
+    run_dir: str, data: str, out: str, clips: int = 4, mask_index: int = 0, seed: int = 0
+) -> dict:
     """Write the PNG for the first `clips` videos of `data` (evaluation views: centre crop, no
     flip); return the numbers it shows."""
     import matplotlib
@@ -101,7 +111,9 @@ def reconstruction_picture(run_dir: str, data: str, out: str, clips: int = 4, ma
 
     cfg, objective, tag = load_pixel_objective(run_dir)
     if not 0 <= mask_index < len(cfg.masks):
-        raise ConfigError(f"--mask-index {mask_index}: the run has {len(cfg.masks)} mask configurations (0…{len(cfg.masks) - 1})")
+        raise ConfigError(
+            f"--mask-index {mask_index}: the run has {len(cfg.masks)} mask configurations (0…{len(cfg.masks) - 1})"
+        )
     view = replace(cfg.data.view, eval_clips=1, eval_spatial=1)
     records = load_records(data)[:clips]
     frames = torch.from_numpy(np.stack([decode_record_views(record, [0], view)[0][0] for record in records]))
@@ -109,16 +121,24 @@ def reconstruction_picture(run_dir: str, data: str, out: str, clips: int = 4, ma
     masks = MultiBlockMasker(grid, tuple(cfg.masks), seed=seed)(len(records), 0)
     result = reconstruct(objective, frames, masks, mask_index, cfg.pixels.norm)
 
-    rows = [(f"{Path(r.path).name}\n{name}", result[name][i]) for i, r in enumerate(records)
-            for name in ("masked", "predicted", "truth")]
+    rows = [
+        (f"{Path(r.path).name}\n{name}", result[name][i])
+        for i, r in enumerate(records)
+        for name in ("masked", "predicted", "truth")
+    ]
     figure, axes = plt.subplots(len(rows), 1, figsize=(1.1 * frames.shape[1] + 1.5, 1.25 * len(rows)), squeeze=False)
     for ax, (label, clip) in zip(axes[:, 0], rows):
         ax.imshow(np.concatenate(list(clip), axis=1), interpolation="nearest")
-        ax.set_xticks([(i + 0.5) * clip.shape[2] for i in range(clip.shape[0])], [f"f{i}" for i in range(clip.shape[0])])
+        ax.set_xticks(
+            [(i + 0.5) * clip.shape[2] for i in range(clip.shape[0])], [f"f{i}" for i in range(clip.shape[0])]
+        )
         ax.set_yticks([])
         ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=7)
-    figure.suptitle(f"{run_dir} ({tag}), mask configuration {mask_index}, pixels.norm {cfg.pixels.norm}: masked-token "
-                    f"loss {result['loss']:.3f} vs {result['baseline_loss']:.3f} predicting zeros", fontsize=8)
+    figure.suptitle(
+        f"{run_dir} ({tag}), mask configuration {mask_index}, pixels.norm {cfg.pixels.norm}: masked-token "
+        f"loss {result['loss']:.3f} vs {result['baseline_loss']:.3f} predicting zeros",
+        fontsize=8,
+    )
     figure.tight_layout()
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=110)

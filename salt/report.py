@@ -30,11 +30,14 @@ def stage_lines(name: str, records: list[dict]) -> list[str]:
     """The stage's row (last loss, time, FLOPs) and, where logged, its trivial baseline: the
     loss of predicting zeros (stage 1) or the mean target (stage 2) on the same micro-batches."""
     last = records[-1] if records else {}
-    lines = [f"{name:<34}{'loss ' + format(last.get('loss', float('nan')), '.4f') + ' at step ' + str(last.get('step')):<34}"
-             f"{_seconds(last.get('elapsed_s')):>9}{last.get('flops', 0):>11.3g}"]
+    lines = [
+        f"{name:<34}{'loss ' + format(last.get('loss', float('nan')), '.4f') + ' at step ' + str(last.get('step')):<34}"
+        f"{_seconds(last.get('elapsed_s')):>9}{last.get('flops', 0):>11.3g}"
+    ]
     if "baseline_loss" in last:
         trivial = "predicting zeros" if "explained_variance" not in last else "predicting the mean target"
-        text = f"  {'':<32}baseline {last['baseline_loss']:.4f} ({trivial}): loss/baseline {last['loss'] / last['baseline_loss']:.2f}"
+        ratio = last["loss"] / last["baseline_loss"]
+        text = f"  {'':<32}baseline {last['baseline_loss']:.4f} ({trivial}): loss/baseline {ratio:.2f}"
         if "explained_variance" in last:
             text += f"; explains {last['explained_variance']:.0%} of the target variance"
         lines.append(text)
@@ -45,18 +48,27 @@ def pipeline_report(teacher_run: str, cache: str, student_run: str, probes: list
     from salt.latents import load_manifest
 
     lines = [f"{'stage':<34}{'result':<34}{'time':>9}{'FLOPs':>11}"]
-    for name, kind, run_dir in (("stage 1: teacher", "teacher", Path(teacher_run)),
-                                ("stage 2: student (from the cache)", "student", Path(student_run))):
+    for name, kind, run_dir in (
+        ("stage 1: teacher", "teacher", Path(teacher_run)),
+        ("stage 2: student (from the cache)", "student", Path(student_run)),
+    ):
         check_run_kind(run_dir, kind)
         lines += stage_lines(name, _records(run_dir))
     manifest = load_manifest(cache)
     per_view = (manifest.latent_bytes + manifest.frame_bytes) / max(1, manifest.sample_count)
-    lines.append(f"{'process 1: cache ' + cache:<34}{f'{manifest.sample_count} views, {per_view / 1e3:.1f} kB/view':<34}{'':>9}"
-                 f"{_teacher_forward_flops(manifest):>11.3g}")
-    lines.append(f"  cache on disk: latents {manifest.latent_bytes / 1e6:.1f} MB + frames {manifest.frame_bytes / 1e6:.1f} MB per format "
-                 f"({', '.join(manifest.formats)}); {len(manifest.skipped)} videos skipped")
+    lines.append(
+        f"{'process 1: cache ' + cache:<34}{f'{manifest.sample_count} views, {per_view / 1e3:.1f} kB/view':<34}{'':>9}"
+        f"{_teacher_forward_flops(manifest):>11.3g}"
+    )
+    lines.append(
+        f"  cache on disk: latents {manifest.latent_bytes / 1e6:.1f} MB + frames {manifest.frame_bytes / 1e6:.1f} MB "
+        "per format "
+        f"({', '.join(manifest.formats)}); {len(manifest.skipped)} videos skipped"
+    )
     lines += probe_table([json.loads(Path(path).read_text()) for path in probes])
-    lines.append("FLOPs: training stages by torch's counter (forward x3, attention included); the cache by 2·N·D of the teacher")
+    lines.append(
+        "FLOPs: training stages by torch's counter (forward x3, attention included); the cache by 2·N·D of the teacher"
+    )
     return "\n".join(lines)
 
 
@@ -95,7 +107,11 @@ def probe_table(reports: list[dict]) -> list[str]:
         rows.setdefault(report["encoder"], {})[report.get("protocol", "attentive")] = report
     floor = next((name for name in rows if name.startswith("random-init")), None)
     chance = 1 / reports[0]["classes"]
-    lines = [f"{'frozen probes: val top-1 ± s.e.':<34}" + "".join(f"{p:<22}" for p in protocols) + f"{'chance':<9}{'time':>7}"]
+    lines = [
+        f"{'frozen probes: val top-1 ± s.e.':<34}"
+        + "".join(f"{p:<22}" for p in protocols)
+        + f"{'chance':<9}{'time':>7}"
+    ]
     for name, by_protocol in rows.items():
         cells = []
         for protocol in protocols:

@@ -37,8 +37,17 @@ from typing import Callable
 
 from salt.config import ConfigError, load_config
 
-CLAIMS = ("calibration", "student_vs_teacher", "matched_flops", "weak_teacher", "random_teacher", "supervised_teacher", "views",
-          "dtype", "rank")
+CLAIMS = (
+    "calibration",
+    "student_vs_teacher",
+    "matched_flops",
+    "weak_teacher",
+    "random_teacher",
+    "supervised_teacher",
+    "views",
+    "dtype",
+    "rank",
+)
 RANK_TEACHERS = ("teacher", "weak_teacher", "random_teacher")
 PROTOCOLS = ("linear", "attentive")
 
@@ -132,7 +141,9 @@ class Chain:
             self.echo(f"  kept     {step.name}")
             return
         argv = list(step.argv)
-        if step.run_dir and (Path(step.run_dir) / "config.yaml").exists():  # started: resume (from step 0 if nothing was committed)
+        if (
+            step.run_dir and (Path(step.run_dir) / "config.yaml").exists()
+        ):  # started: resume (from step 0 if nothing was committed)
             argv.append("--resume")
         log = self.out / "logs" / f"{step.name}.log"
         started = time.perf_counter()
@@ -143,8 +154,10 @@ class Chain:
             code = subprocess.run(argv, stdout=handle, stderr=subprocess.STDOUT, env=step_environment()).returncode
         if code != 0:
             tail = "".join(log.read_text(errors="replace").splitlines(keepends=True)[-15:])
-            raise ReproduceError(f"step {step.name} failed (exit {code}); the log is {log}. Its end:\n{tail}\n"
-                                 "Fix the cause and run the same command again: finished steps are kept.")
+            raise ReproduceError(
+                f"step {step.name} failed (exit {code}); the log is {log}. Its end:\n{tail}\n"
+                "Fix the cause and run the same command again: finished steps are kept."
+            )
         seconds = time.perf_counter() - started
         (self.out / "done" / step.name).write_text(json.dumps({"argv": argv, "seconds": seconds}) + "\n")
         self.echo(f"  finished {step.name} in {seconds:.0f} s")
@@ -175,45 +188,117 @@ class Reproduction:
     # -- steps ---------------------------------------------------------------------------
     def _teacher_step(self, name: str, steps: int, objective: str = "pixels") -> Step:
         cfg, run_dir = self.cfg, self.out / name
-        sets = [f"objective={objective}", f"data.train={self.data / 'train.csv'}", f"data.view.frames={cfg.frames}",
-                f"data.view.frame_step={cfg.frame_step}", f"data.view.size={cfg.size}", f"data.batch_size={cfg.batch_size}",
-                f"data.workers={cfg.workers}", f"encoder.arch={cfg.arch}", f"encoder.overrides.patch_size={cfg.patch_size}",
-                f"optim.steps={steps}", f"optim.warmup_steps={max(1, steps // 15)}", f"optim.lr_peak={cfg.lr_peak}",
-                f"run.out_dir={run_dir}", f"run.checkpoint_every={max(1, steps // 4)}"]
+        sets = [
+            f"objective={objective}",
+            f"data.train={self.data / 'train.csv'}",
+            f"data.view.frames={cfg.frames}",
+            f"data.view.frame_step={cfg.frame_step}",
+            f"data.view.size={cfg.size}",
+            f"data.batch_size={cfg.batch_size}",
+            f"data.workers={cfg.workers}",
+            f"encoder.arch={cfg.arch}",
+            f"encoder.overrides.patch_size={cfg.patch_size}",
+            f"optim.steps={steps}",
+            f"optim.warmup_steps={max(1, steps // 15)}",
+            f"optim.lr_peak={cfg.lr_peak}",
+            f"run.out_dir={run_dir}",
+            f"run.checkpoint_every={max(1, steps // 4)}",
+        ]
         if objective == "supervised":  # what learned fastest from scratch (docs/results.md, "Calibration")
-            sets += ["supervised.head=mean_pool", "optim.wd_start=0.05", "optim.wd_final=0.05", "optim.lr_peak=1e-3",
-                     "optim.betas=[0.9, 0.999]", "optim.grad_clip=0"]
+            sets += [
+                "supervised.head=mean_pool",
+                "optim.wd_start=0.05",
+                "optim.wd_final=0.05",
+                "optim.lr_peak=1e-3",
+                "optim.betas=[0.9, 0.999]",
+                "optim.grad_clip=0",
+            ]
         return Step(name, _salt("train-teacher", "--config", cfg.teacher_config, *_sets(sets)), str(run_dir))
 
-    def _student_sets(self, name: str, cache: Path, seed: int, steps: int, targets: str = "cache", views: int = 0) -> list[str]:
+    def _student_sets(
+        self, name: str, cache: Path, seed: int, steps: int, targets: str = "cache", views: int = 0
+    ) -> list[str]:
         cfg = self.cfg
-        return [f"targets={targets}", f"cache.path={cache}", f"cache.views={views}", f"geometry.frames={cfg.frames}",
-                f"geometry.frame_step={cfg.frame_step}", f"geometry.size={cfg.size}", f"data.batch_size={cfg.batch_size}",
-                f"data.workers={cfg.workers}", f"encoder.arch={cfg.arch}", f"encoder.overrides.patch_size={cfg.patch_size}",
-                f"optim.steps={steps}", f"optim.warmup_steps={max(1, steps // 15)}", f"optim.lr_peak={cfg.lr_peak}", f"run.seed={seed}",
-                f"run.out_dir={self.out / name}", f"run.checkpoint_every={max(1, steps // 4)}"]
+        return [
+            f"targets={targets}",
+            f"cache.path={cache}",
+            f"cache.views={views}",
+            f"geometry.frames={cfg.frames}",
+            f"geometry.frame_step={cfg.frame_step}",
+            f"geometry.size={cfg.size}",
+            f"data.batch_size={cfg.batch_size}",
+            f"data.workers={cfg.workers}",
+            f"encoder.arch={cfg.arch}",
+            f"encoder.overrides.patch_size={cfg.patch_size}",
+            f"optim.steps={steps}",
+            f"optim.warmup_steps={max(1, steps // 15)}",
+            f"optim.lr_peak={cfg.lr_peak}",
+            f"run.seed={seed}",
+            f"run.out_dir={self.out / name}",
+            f"run.checkpoint_every={max(1, steps // 4)}",
+        ]
 
-    def _student_step(self, name: str, cache: Path, seed: int, steps: int, targets: str = "cache", views: int = 0) -> Step:
+    def _student_step(
+        self, name: str, cache: Path, seed: int, steps: int, targets: str = "cache", views: int = 0
+    ) -> Step:
         sets = self._student_sets(name, cache, seed, steps, targets, views)
-        return Step(name, _salt("train-student", "--config", self.cfg.student_config, *_sets(sets)), str(self.out / name))
+        return Step(
+            name, _salt("train-student", "--config", self.cfg.student_config, *_sets(sets)), str(self.out / name)
+        )
 
     def _cache_step(self, name: str, teacher: Path, views: int, dtype: str = "fp16") -> Step:
         cfg = self.cfg
-        return Step(f"{name}_views{views}", _salt(
-            "cache-latents", "--teacher", str(teacher), "--data", str(self.data / "train.csv"), "--out", str(self.out / name),
-            "--views", str(views), "--dtype", dtype, "--frames", str(cfg.frames), "--frame-step", str(cfg.frame_step),
-            "--size", str(cfg.size), "--batch-size", str(cfg.batch_size), "--workers", str(cfg.workers),
-            "--shard-videos", str(cfg.shard_videos), "--no-progress"))
+        return Step(
+            f"{name}_views{views}",
+            _salt(
+                "cache-latents",
+                "--teacher",
+                str(teacher),
+                "--data",
+                str(self.data / "train.csv"),
+                "--out",
+                str(self.out / name),
+                "--views",
+                str(views),
+                "--dtype",
+                dtype,
+                "--frames",
+                str(cfg.frames),
+                "--frame-step",
+                str(cfg.frame_step),
+                "--size",
+                str(cfg.size),
+                "--batch-size",
+                str(cfg.batch_size),
+                "--workers",
+                str(cfg.workers),
+                "--shard-videos",
+                str(cfg.shard_videos),
+                "--no-progress",
+            ),
+        )
 
     def _probe_steps(self, name: str, encoder: Path | None, seed: int = 0) -> list[Step]:
         """One probe per protocol; they share the encoder's stored token maps (`--work-dir`)."""
         cfg = self.cfg
         steps = []
         for protocol in cfg.protocols:
-            argv = _salt("probe", "--train", str(self.data / "train.csv"), "--val", str(self.data / "val.csv"),
-                         "--config", cfg.probe_config, "--protocol", protocol, "--work-dir", str(self.out / "features" / name),
-                         *_sets([f"head_depth={cfg.probe_head_depth}", *cfg.probe_overrides]),
-                         "--out", str(self.out / "probes" / f"{name}.{protocol}.json"))
+            argv = _salt(
+                "probe",
+                "--train",
+                str(self.data / "train.csv"),
+                "--val",
+                str(self.data / "val.csv"),
+                "--config",
+                cfg.probe_config,
+                "--protocol",
+                protocol,
+                "--work-dir",
+                str(self.out / "features" / name),
+                *_sets([f"head_depth={cfg.probe_head_depth}", *cfg.probe_overrides]),
+                "--out",
+                str(self.out / "probes" / f"{name}.{protocol}.json"),
+            )
             if encoder is None:  # a random-init encoder, the floor (kept in its work dir)
                 argv += ["--random-init", cfg.arch, *self._arch_args(), "--set", f"seed={seed}"]
             else:
@@ -223,7 +308,14 @@ class Reproduction:
 
     def _arch_args(self) -> list[str]:
         cfg = self.cfg
-        return ["--arch", f"img_size={cfg.size}", "--arch", f"num_frames={cfg.frames}", "--arch", f"patch_size={cfg.patch_size}"]
+        return [
+            "--arch",
+            f"img_size={cfg.size}",
+            "--arch",
+            f"num_frames={cfg.frames}",
+            "--arch",
+            f"patch_size={cfg.patch_size}",
+        ]
 
     def floor_encoder(self, seed: int) -> Path:
         """The random-init encoder `salt probe --random-init` probed (and kept in its work dir)."""
@@ -240,11 +332,34 @@ class Reproduction:
     def run(self) -> dict:
         cfg, chain = self.cfg, self.chain
         (self.out / "probes").mkdir(parents=True, exist_ok=True)
-        chain.run(Step("data", _salt("make-synthetic", "--out", str(self.data), "--videos", str(cfg.data.videos),
-                                     "--size", str(cfg.data.size), "--seed", str(cfg.data.seed), "--motion", str(cfg.data.motion),
-                                     "--tubelet", str(cfg.data.tubelet), "--waves", str(cfg.data.waves),
-                                     "--blobs", str(cfg.data.blobs), "--frames", str(cfg.frames),
-                                     "--frame-step", str(cfg.frame_step))))
+        chain.run(
+            Step(
+                "data",
+                _salt(
+                    "make-synthetic",
+                    "--out",
+                    str(self.data),
+                    "--videos",
+                    str(cfg.data.videos),
+                    "--size",
+                    str(cfg.data.size),
+                    "--seed",
+                    str(cfg.data.seed),
+                    "--motion",
+                    str(cfg.data.motion),
+                    "--tubelet",
+                    str(cfg.data.tubelet),
+                    "--waves",
+                    str(cfg.data.waves),
+                    "--blobs",
+                    str(cfg.data.blobs),
+                    "--frames",
+                    str(cfg.frames),
+                    "--frame-step",
+                    str(cfg.frame_step),
+                ),
+            )
+        )
         claims = set(cfg.claims)
         if claims & {"calibration", "random_teacher"}:
             for seed in cfg.floor_seeds:
@@ -270,34 +385,72 @@ class Reproduction:
                 if views == cfg.views:
                     continue  # the main students are this row
                 self._grow_cache(self.out / "teacher" / "teacher.pt", "cache", views)
-                self._train_and_probe(self._student_step(f"student_views{views}", self.out / "cache", cfg.seeds[0],
-                                                         cfg.student_steps, views=views), "student.pt")
+                self._train_and_probe(
+                    self._student_step(
+                        f"student_views{views}", self.out / "cache", cfg.seeds[0], cfg.student_steps, views=views
+                    ),
+                    "student.pt",
+                )
         if "dtype" in claims:
             for dtype in cfg.dtypes:
                 chain.run(self._cache_step(f"cache_{dtype}", self.out / "teacher" / "teacher.pt", cfg.views, dtype))
-                self._train_and_probe(self._student_step(f"student_{dtype}", self.out / f"cache_{dtype}", cfg.seeds[0],
-                                                         cfg.student_steps), "student.pt")
+                self._train_and_probe(
+                    self._student_step(
+                        f"student_{dtype}", self.out / f"cache_{dtype}", cfg.seeds[0], cfg.student_steps
+                    ),
+                    "student.pt",
+                )
         if "rank" in claims:
-            teacher = (self.floor_encoder(cfg.floor_seeds[0]) if cfg.rank_teacher == "random_teacher"
-                       else self.out / cfg.rank_teacher / "teacher.pt")
+            teacher = (
+                self.floor_encoder(cfg.floor_seeds[0])
+                if cfg.rank_teacher == "random_teacher"
+                else self.out / cfg.rank_teacher / "teacher.pt"
+            )
             if cfg.rank_teacher != "random_teacher":
-                self._train_and_probe(self._teacher_step(cfg.rank_teacher, self._teacher_steps(cfg.rank_teacher)), "teacher.pt")
+                self._train_and_probe(
+                    self._teacher_step(cfg.rank_teacher, self._teacher_steps(cfg.rank_teacher)), "teacher.pt"
+                )
             elif not teacher.exists():
                 self._probe(f"floor_seed{cfg.floor_seeds[0]}", None, cfg.floor_seeds[0])
             self._students(cfg.rank_teacher, teacher)  # the fp16 full-rank row (kept steps are skipped)
             source = self._cache_dir(cfg.rank_teacher)
             for label, rank in self.rank_variants():
-                chain.run(Step(f"compact_{source.name}_{label}", _salt(
-                    "compact-cache", str(source), "--out", f"{source}_{label}", "--rank", str(rank), "--dtype", cfg.rank_dtype, "--no-progress")))
+                chain.run(
+                    Step(
+                        f"compact_{source.name}_{label}",
+                        _salt(
+                            "compact-cache",
+                            str(source),
+                            "--out",
+                            f"{source}_{label}",
+                            "--rank",
+                            str(rank),
+                            "--dtype",
+                            cfg.rank_dtype,
+                            "--no-progress",
+                        ),
+                    )
+                )
             for seed in cfg.seeds:  # seed by seed: a chain stopped early still has one run of every row
                 for label, _ in self.rank_variants():
-                    self._train_and_probe(self._student_step(f"{self._student_prefix(cfg.rank_teacher)}_{label}_seed{seed}",
-                                                             Path(f"{source}_{label}"), seed, cfg.student_steps, views=cfg.views),
-                                          "student.pt")
+                    self._train_and_probe(
+                        self._student_step(
+                            f"{self._student_prefix(cfg.rank_teacher)}_{label}_seed{seed}",
+                            Path(f"{source}_{label}"),
+                            seed,
+                            cfg.student_steps,
+                            views=cfg.views,
+                        ),
+                        "student.pt",
+                    )
         return self.write_table()
 
     def _teacher_steps(self, name: str) -> int:
-        return self.cfg.teacher_steps if name == "teacher" else max(1, round(self.cfg.teacher_steps * self.cfg.weak_fraction))
+        return (
+            self.cfg.teacher_steps
+            if name == "teacher"
+            else max(1, round(self.cfg.teacher_steps * self.cfg.weak_fraction))
+        )
 
     def _cache_dir(self, teacher: str) -> Path:
         return self.out / ("cache" if teacher == "teacher" else f"cache_{teacher}")
@@ -309,15 +462,19 @@ class Reproduction:
     def rank_variants(self) -> list[tuple[str, int]]:
         """(label, rank) of the compacted caches: full rank (0) and R = D / divisor."""
         dim = self._teacher_dim()
-        return [(f"{self.cfg.rank_dtype}_full", 0)] + [(f"{self.cfg.rank_dtype}_rank{dim // d}", dim // d)
-                                              for d in sorted(set(self.cfg.rank_divisors)) if dim // d >= 1]
+        return [(f"{self.cfg.rank_dtype}_full", 0)] + [
+            (f"{self.cfg.rank_dtype}_rank{dim // d}", dim // d)
+            for d in sorted(set(self.cfg.rank_divisors))
+            if dim // d >= 1
+        ]
 
     def _teacher_dim(self) -> int:
         from salt.models import resolve_arch
 
         teacher, _ = self._configs("cache", 1)
-        return resolve_arch(teacher.encoder.arch, img_size=self.cfg.size, num_frames=self.cfg.frames,
-                            **teacher.encoder.overrides)["embed_dim"]
+        return resolve_arch(
+            teacher.encoder.arch, img_size=self.cfg.size, num_frames=self.cfg.frames, **teacher.encoder.overrides
+        )["embed_dim"]
 
     def _grow_cache(self, teacher: Path, name: str, views: int) -> None:
         """Grow the cache one view count at a time, so each K is a set of whole shards."""
@@ -333,17 +490,31 @@ class Reproduction:
         self._grow_cache(teacher, cache, self.cfg.views)
         prefix = self._student_prefix(name)
         for seed in self.cfg.seeds:
-            self._train_and_probe(self._student_step(f"{prefix}_seed{seed}", self.out / cache, seed, self.cfg.student_steps,
-                                                     views=self.cfg.views), "student.pt")
+            self._train_and_probe(
+                self._student_step(
+                    f"{prefix}_seed{seed}", self.out / cache, seed, self.cfg.student_steps, views=self.cfg.views
+                ),
+                "student.pt",
+            )
 
     # -- FLOPs -----------------------------------------------------------------------------
     def _configs(self, targets: str, steps: int):
         from salt.training.config import StudentConfig, TeacherConfig
 
-        teacher = load_config(TeacherConfig, self.cfg.teacher_config, [
-            f"data.view.frames={self.cfg.frames}", f"data.view.size={self.cfg.size}", f"data.batch_size={self.cfg.batch_size}",
-            f"encoder.arch={self.cfg.arch}", f"encoder.overrides.patch_size={self.cfg.patch_size}"])
-        student = load_config(StudentConfig, self.cfg.student_config, self._student_sets("flops", self.out / "cache", 0, steps, targets))
+        teacher = load_config(
+            TeacherConfig,
+            self.cfg.teacher_config,
+            [
+                f"data.view.frames={self.cfg.frames}",
+                f"data.view.size={self.cfg.size}",
+                f"data.batch_size={self.cfg.batch_size}",
+                f"encoder.arch={self.cfg.arch}",
+                f"encoder.overrides.patch_size={self.cfg.patch_size}",
+            ],
+        )
+        student = load_config(
+            StudentConfig, self.cfg.student_config, self._student_sets("flops", self.out / "cache", 0, steps, targets)
+        )
         return teacher, student
 
     def planned_flops(self, targets: str, teacher_steps: int, student_steps: int) -> float:
@@ -352,7 +523,9 @@ class Reproduction:
 
         teacher, student = self._configs(targets, student_steps)
         batch = self.cfg.batch_size
-        return plan(teacher if teacher_steps else None, student, teacher_steps, student_steps, batch, batch)["counted_total"]
+        return plan(teacher if teacher_steps else None, student, teacher_steps, student_steps, batch, batch)[
+            "counted_total"
+        ]
 
     def matched_ema_steps(self) -> int:
         """EMA steps whose FLOPs equal SALT's with the teacher forward counted online."""
@@ -365,7 +538,9 @@ class Reproduction:
         from salt.models import resolve_arch
 
         teacher, _ = self._configs("cache", 1)
-        arch = resolve_arch(teacher.encoder.arch, img_size=self.cfg.size, num_frames=self.cfg.frames, **teacher.encoder.overrides)
+        arch = resolve_arch(
+            teacher.encoder.arch, img_size=self.cfg.size, num_frames=self.cfg.frames, **teacher.encoder.overrides
+        )
         return frozen_forward_part("1b cache", "teacher forward", arch, self.cfg.frames, self.cfg.size, clips=1).counted
 
     # -- table ------------------------------------------------------------------------------
@@ -392,9 +567,14 @@ class Reproduction:
             return None
         m = json.loads(path.read_text())
         views = max(m["sample_count"], 1)
-        return {"latent_kb": m["latent_bytes"] / views / 1e3, "frame_kb": m["frame_bytes"] / views / 1e3,
-                "dtype": m["latent_dtype"], "rank": m.get("target_rank", 0), "dim": m["dim"],
-                "explained": (m.get("basis") or {}).get("explained", 1.0)}
+        return {
+            "latent_kb": m["latent_bytes"] / views / 1e3,
+            "frame_kb": m["frame_bytes"] / views / 1e3,
+            "dtype": m["latent_dtype"],
+            "rank": m.get("target_rank", 0),
+            "dim": m["dim"],
+            "explained": (m.get("basis") or {}).get("explained", 1.0),
+        }
 
     def _add_rank_rows(self, add, rows: list[dict]) -> None:
         """The compacted caches' students, each row with its cache's bytes per view; the fp16
@@ -418,10 +598,18 @@ class Reproduction:
         cfg, rows = self.cfg, []
         teacher_forward = self.teacher_forward_per_clip()
 
-        def add(group: str, name: str, runs: list[str], flops_online: float | None = None, flops_cache: float | None = None):
+        def add(
+            group: str, name: str, runs: list[str], flops_online: float | None = None, flops_cache: float | None = None
+        ):
             measured = mean(self._measured_flops(n) for n in runs)
-            found = row(group, name, runs, self._probe_records(runs), flops_online if flops_online is not None else measured,
-                        flops_cache)
+            found = row(
+                group,
+                name,
+                runs,
+                self._probe_records(runs),
+                flops_online if flops_online is not None else measured,
+                flops_cache,
+            )
             if found is not None:
                 rows.append(found)
 
@@ -459,7 +647,9 @@ class Reproduction:
 
 def _teacher_label(teacher: str) -> str:
     """How the table names a teacher of the chain ("random_teacher" → "random-init teacher")."""
-    return {"random_teacher": "random-init teacher", "supervised": "supervised teacher"}.get(teacher, teacher.replace("_", " "))
+    return {"random_teacher": "random-init teacher", "supervised": "supervised teacher"}.get(
+        teacher, teacher.replace("_", " ")
+    )
 
 
 def _sets(pairs: list[str]) -> list[str]:

@@ -16,8 +16,9 @@ REPO = Path(__file__).resolve().parents[1]
 BOUND_S = 300  # every command in the suite finishes (or is killed) within this
 
 
-def salt(*args: str, fault: str | None = None, timeout: float = BOUND_S, cwd: Path = REPO,
-         env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def salt(
+    *args: str, fault: str | None = None, timeout: float = BOUND_S, cwd: Path = REPO, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """`salt ARGS` (or with a fault injected by tests/faults/inject.py); never hangs the suite."""
     head = [sys.executable, "-m", "tests.faults.inject", fault] if fault else [sys.executable, "-m", "salt.cli"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **(env or {})}
@@ -25,9 +26,29 @@ def salt(*args: str, fault: str | None = None, timeout: float = BOUND_S, cwd: Pa
 
 
 def cache_args(teacher: Path, data: Path, out: Path, *extra: str, views: int = 2, videos: int = 8) -> list[str]:
-    return ["cache-latents", "--teacher", str(teacher), "--data", str(data), "--out", str(out), "--views", str(views),
-            "--max-videos", str(videos), "--shard-videos", "2", "--workers", "0", "--batch-size", "2", "--precision", "fp32",
-            "--no-progress", *extra]
+    return [
+        "cache-latents",
+        "--teacher",
+        str(teacher),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--views",
+        str(views),
+        "--max-videos",
+        str(videos),
+        "--shard-videos",
+        "2",
+        "--workers",
+        "0",
+        "--batch-size",
+        "2",
+        "--precision",
+        "fp32",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def killed(result: subprocess.CompletedProcess) -> bool:
@@ -53,10 +74,15 @@ def local_s3_server(bucket: str):
     if not server_bin.exists():
         raise RuntimeError(f"{server_bin} not found: pip install 'moto[server]' s3fs (the dev extras have them)")
     port = free_port()
-    server = subprocess.Popen([str(server_bin), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "FSSPEC_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
+    server = subprocess.Popen(
+        [str(server_bin), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "FSSPEC_S3_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     # Child processes read FSSPEC_S3_ENDPOINT_URL when they import fsspec; this one has imported it already.

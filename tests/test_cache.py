@@ -21,14 +21,28 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def job(teacher, data, out, **kwargs) -> CacheJob:
-    settings = dict(teacher=str(teacher), data=str(data), out=str(out), views=2, max_videos=6, shard_videos=2,
-                    workers=0, batch_size=4, precision="fp32", progress=False)
+    settings = dict(
+        teacher=str(teacher),
+        data=str(data),
+        out=str(out),
+        views=2,
+        max_videos=6,
+        shard_videos=2,
+        workers=0,
+        batch_size=4,
+        precision="fp32",
+        progress=False,
+    )
     settings.update(kwargs)
     return CacheJob(**settings)
 
 
 def tree_digest(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_plan_covers_missing_rectangles():
@@ -106,7 +120,9 @@ def test_broken_videos_are_skipped_and_recorded(tmp_path, teacher, synthetic_set
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video")
     csv = tmp_path / "data.csv"
-    csv.write_text("".join(f"{synthetic_set / l}\n" for l in lines[:2]) + f"{broken} 1\n" + f"{synthetic_set / lines[2]}\n")
+    csv.write_text(
+        "".join(f"{synthetic_set / line}\n" for line in lines[:2]) + f"{broken} 1\n" + f"{synthetic_set / lines[2]}\n"
+    )
     manifest = json.loads(run_cache(job(teacher, csv, tmp_path / "c", max_skipped=0.25)).read_text())  # 1 of 4 skipped
     assert manifest["sample_count"] == 6
     assert [(s["video"], s["path"]) for s in manifest["skipped"]] == [(2, str(broken))]
@@ -163,8 +179,16 @@ def test_vjepa_checkpoint_as_teacher(tmp_path, teacher, synthetic_set):
     vjepa = tmp_path / "vjepa.pth.tar"
     torch.save({"target_encoder": state, "epoch": 3}, vjepa)
     ours = run_cache(job(teacher, synthetic_set / "train.csv", tmp_path / "ours", max_videos=2, views=1))
-    theirs = run_cache(job(vjepa, synthetic_set / "train.csv", tmp_path / "vjepa", max_videos=2, views=1,
-                           arch={"num_heads": 4, "img_size": 32, "num_frames": 8}))
+    theirs = run_cache(
+        job(
+            vjepa,
+            synthetic_set / "train.csv",
+            tmp_path / "vjepa",
+            max_videos=2,
+            views=1,
+            arch={"num_heads": 4, "img_size": 32, "num_frames": 8},
+        )
+    )
     a, b = open_cache(ours.parent), open_cache(theirs.parent)
     for key in a.keys():
         torch.testing.assert_close(a.get(key).latents, b.get(key).latents, rtol=0, atol=0)
@@ -174,7 +198,9 @@ def test_video_shards_as_input(tmp_path, teacher, synthetic_set):
     from salt.video.shards import make_shards
 
     make_shards(synthetic_set / "train.csv", tmp_path / "shards", shard_size=3)
-    from_files = open_cache(run_cache(job(teacher, synthetic_set / "train.csv", tmp_path / "a", max_videos=4, views=1)).parent)
+    from_files = open_cache(
+        run_cache(job(teacher, synthetic_set / "train.csv", tmp_path / "a", max_videos=4, views=1)).parent
+    )
     from_shards = open_cache(run_cache(job(teacher, tmp_path / "shards", tmp_path / "b", max_videos=4, views=1)).parent)
     for key in from_files.keys():
         np.testing.assert_array_equal(from_files.get(key).frames, from_shards.get(key).frames)

@@ -3,6 +3,7 @@
 Imported models are checked against a hand-written reference forward (plain tensor ops,
 positional tables from the published formulas), not only for loading without error.
 """
+
 import argparse
 import json
 import logging
@@ -26,6 +27,7 @@ def clip(batch=2, seed=0):
 
 # ----------------------------------------------------------------------------- reference model
 
+
 def sincos_3d(dim, grid, uniform_power=False):
     """3-D sin-cos table by the formula: depth, height, width parts, [sin, cos] each."""
     parts = [int(math.ceil(dim / 6) * 2)] * 3 if uniform_power else [dim // 2, dim // 4, dim // 4]
@@ -43,9 +45,18 @@ def sincos_3d(dim, grid, uniform_power=False):
 
 def sinusoid_1d(num, dim):
     """VideoMAE table by the formula: angle pos/10000^(2(j//2)/dim), sin even, cos odd columns."""
-    return torch.tensor([[math.sin(p / 10000 ** (2 * (j // 2) / dim)) if j % 2 == 0
-                          else math.cos(p / 10000 ** (2 * (j // 2) / dim)) for j in range(dim)]
-                         for p in range(num)], dtype=torch.float32)
+    return torch.tensor(
+        [
+            [
+                math.sin(p / 10000 ** (2 * (j // 2) / dim))
+                if j % 2 == 0
+                else math.cos(p / 10000 ** (2 * (j // 2) / dim))
+                for j in range(dim)
+            ]
+            for p in range(num)
+        ],
+        dtype=torch.float32,
+    )
 
 
 def layer_norm(x, weight, bias, eps=1e-6):
@@ -91,16 +102,24 @@ def random_encoder_weights(seed=0, qkv_bias=True, depth=DEPTH, hidden=HIDDEN, di
     def rand(*shape, scale=0.05, offset=0.0):
         return torch.randn(*shape, generator=g) * scale + offset
 
-    sd = {"patch_embed.proj.weight": rand(dim, 3, TUBELET, PATCH, PATCH, scale=0.1),
-          "patch_embed.proj.bias": rand(dim)}
+    sd = {"patch_embed.proj.weight": rand(dim, 3, TUBELET, PATCH, PATCH, scale=0.1), "patch_embed.proj.bias": rand(dim)}
     for i in range(depth):
         pre = f"blocks.{i}."
-        sd.update({pre + "norm1.weight": rand(dim, scale=0.1, offset=1), pre + "norm1.bias": rand(dim),
-                   pre + "attn.qkv.weight": rand(3 * dim, dim, scale=0.15),
-                   pre + "attn.proj.weight": rand(dim, dim), pre + "attn.proj.bias": rand(dim),
-                   pre + "norm2.weight": rand(dim, scale=0.1, offset=1), pre + "norm2.bias": rand(dim),
-                   pre + "mlp.fc1.weight": rand(hidden, dim, scale=0.1), pre + "mlp.fc1.bias": rand(hidden),
-                   pre + "mlp.fc2.weight": rand(dim, hidden), pre + "mlp.fc2.bias": rand(dim)})
+        sd.update(
+            {
+                pre + "norm1.weight": rand(dim, scale=0.1, offset=1),
+                pre + "norm1.bias": rand(dim),
+                pre + "attn.qkv.weight": rand(3 * dim, dim, scale=0.15),
+                pre + "attn.proj.weight": rand(dim, dim),
+                pre + "attn.proj.bias": rand(dim),
+                pre + "norm2.weight": rand(dim, scale=0.1, offset=1),
+                pre + "norm2.bias": rand(dim),
+                pre + "mlp.fc1.weight": rand(hidden, dim, scale=0.1),
+                pre + "mlp.fc1.bias": rand(hidden),
+                pre + "mlp.fc2.weight": rand(dim, hidden),
+                pre + "mlp.fc2.bias": rand(dim),
+            }
+        )
         if qkv_bias == "qv":
             sd[pre + "attn.q_bias"], sd[pre + "attn.v_bias"] = rand(dim), rand(dim)
         elif qkv_bias:
@@ -117,9 +136,18 @@ def vjepa_checkpoint(sd, uniform_power=False):
     wrapped = {f"module.backbone.{k}": v for k, v in sd.items()}
     wrapped["module.backbone.pos_embed"] = sincos_3d(DIM, GRID, uniform_power).unsqueeze(0)
     online = {k: torch.zeros_like(v) for k, v in wrapped.items()}  # must not be the one used
-    return {"encoder": online, "predictor": {"module.backbone.mask_tokens.0": torch.zeros(1, 1, 8)},
-            "target_encoder": wrapped, "opt": {"state": {}, "param_groups": [{"lr": 1e-3}]},
-            "scaler": None, "epoch": 3, "loss": 0.25, "batch_size": 8, "world_size": 1, "lr": 1e-3}
+    return {
+        "encoder": online,
+        "predictor": {"module.backbone.mask_tokens.0": torch.zeros(1, 1, 8)},
+        "target_encoder": wrapped,
+        "opt": {"state": {}, "param_groups": [{"lr": 1e-3}]},
+        "scaler": None,
+        "epoch": 3,
+        "loss": 0.25,
+        "batch_size": 8,
+        "world_size": 1,
+        "lr": 1e-3,
+    }
 
 
 def videomae_args():
@@ -127,6 +155,7 @@ def videomae_args():
 
 
 # ----------------------------------------------------------------------------- our format
+
 
 def tiny_encoder(seed=0, **overrides):
     torch.manual_seed(seed)
@@ -160,6 +189,7 @@ def test_pt_file_is_plain_data(tmp_path):
 
 def test_safetensors_metadata(tmp_path):
     from safetensors import safe_open
+
     encoder = tiny_encoder()
     save_encoder(tmp_path / "t.safetensors", encoder, "teacher", meta={"a": 1})
     with safe_open(str(tmp_path / "t.safetensors"), framework="pt") as handle:
@@ -221,6 +251,7 @@ def test_meta_must_be_plain(tmp_path):
 
 # ----------------------------------------------------------------------------- imports
 
+
 @pytest.mark.parametrize("uniform_power", [False, True])
 def test_vjepa_import_matches_reference_forward(tmp_path, uniform_power, caplog):
     sd = random_encoder_weights()
@@ -261,14 +292,22 @@ def test_vjepa_geometry_is_found_from_the_table_alone(tmp_path):
 def test_videomae_pretrain_import_matches_reference_forward(tmp_path, caplog):
     sd = random_encoder_weights(seed=2, qkv_bias="qv")
     model = {f"encoder.{k}": v for k, v in sd.items()}
-    model.update({"decoder.blocks.0.norm1.weight": torch.ones(32), "decoder.norm.weight": torch.ones(32),
-                  "decoder.head.weight": torch.zeros(96, 32), "encoder_to_decoder.weight": torch.zeros(32, DIM),
-                  "mask_token": torch.zeros(1, 1, 32)})
-    torch.save({"model": model, "optimizer": {"state": {}}, "epoch": 5, "args": videomae_args()},
-               tmp_path / "videomae.pth")
+    model.update(
+        {
+            "decoder.blocks.0.norm1.weight": torch.ones(32),
+            "decoder.norm.weight": torch.ones(32),
+            "decoder.head.weight": torch.zeros(96, 32),
+            "encoder_to_decoder.weight": torch.zeros(32, DIM),
+            "mask_token": torch.zeros(1, 1, 32),
+        }
+    )
+    torch.save(
+        {"model": model, "optimizer": {"state": {}}, "epoch": 5, "args": videomae_args()}, tmp_path / "videomae.pth"
+    )
     with caplog.at_level(logging.INFO, logger="salt.models"):
-        encoder, arch = load_encoder(tmp_path / "videomae.pth",
-                                     arch={"num_heads": HEADS, "img_size": IMG, "num_frames": FRAMES})
+        encoder, arch = load_encoder(
+            tmp_path / "videomae.pth", arch={"num_heads": HEADS, "img_size": IMG, "num_frames": FRAMES}
+        )
     assert "decoder" in caplog.text
     assert arch["qkv_bias"] == "qv" and arch["pos_embed"] == "sincos1d"
     assert "blocks.0.attn.q_bias" in encoder.state_dict()
@@ -295,6 +334,7 @@ def test_videomae_finetuned_import_maps_fc_norm(tmp_path, caplog):
 
 def test_bare_safetensors_state_dict_imports(tmp_path):
     from safetensors.torch import save_file
+
     sd = random_encoder_weights(seed=4, qkv_bias=False)
     save_file(sd, tmp_path / "bare.safetensors")
     encoder, arch = load_encoder(tmp_path / "bare.safetensors", arch={"num_heads": HEADS, "img_size": IMG})
@@ -307,6 +347,7 @@ def test_bare_safetensors_state_dict_imports(tmp_path):
 
 def test_bare_videomae_state_dict_gets_1d_positions(tmp_path):
     from safetensors.torch import save_file
+
     sd = random_encoder_weights(seed=5, qkv_bias="qv")
     save_file(sd, tmp_path / "mae.safetensors")
     encoder, arch = load_encoder(tmp_path / "mae.safetensors", arch={"num_heads": HEADS})
@@ -334,14 +375,17 @@ def test_unexpected_key_is_listed(tmp_path):
         load_encoder(tmp_path / "v.pt", arch={"num_heads": HEADS})
 
 
-@pytest.mark.parametrize("wrong, message", [
-    ({"embed_dim": 128}, r"arch\['embed_dim'\] = 128 contradicts.*give 64"),
-    ({"depth": 4}, r"arch\['depth'\] = 4 .*give 3"),
-    ({"qkv_bias": "qv"}, r"arch\['qkv_bias'\] = 'qv' .*give True"),
-    ({"mlp_ratio": 4.0}, r"arch\['mlp_ratio'\]"),
-    ({"uniform_power": True}, "not the fixed sin-cos table"),
-    ({"img_size": 16}, "does not fit"),
-])
+@pytest.mark.parametrize(
+    "wrong, message",
+    [
+        ({"embed_dim": 128}, r"arch\['embed_dim'\] = 128 contradicts.*give 64"),
+        ({"depth": 4}, r"arch\['depth'\] = 4 .*give 3"),
+        ({"qkv_bias": "qv"}, r"arch\['qkv_bias'\] = 'qv' .*give True"),
+        ({"mlp_ratio": 4.0}, r"arch\['mlp_ratio'\]"),
+        ({"uniform_power": True}, "not the fixed sin-cos table"),
+        ({"img_size": 16}, "does not fit"),
+    ],
+)
 def test_wrong_arch_is_refused(tmp_path, wrong, message):
     torch.save(vjepa_checkpoint(random_encoder_weights()), tmp_path / "v.pt")
     with pytest.raises(CheckpointError, match=message):
@@ -357,6 +401,7 @@ def test_learned_position_table_is_refused(tmp_path):
 
 
 # ----------------------------------------------------------------------------- unsafe / broken files
+
 
 class SystemCall:
     def __init__(self, marker):

@@ -8,7 +8,9 @@ def record(top1: float, videos: int = 400) -> dict:
 
 
 def probes(**runs: tuple[float, float]) -> dict:
-    return {name: {"linear": record(linear), "attentive": record(attentive)} for name, (linear, attentive) in runs.items()}
+    return {
+        name: {"linear": record(linear), "attentive": record(attentive)} for name, (linear, attentive) in runs.items()
+    }
 
 
 def test_row_errors_and_comparisons():
@@ -24,15 +26,19 @@ def test_row_errors_and_comparisons():
 
 
 def test_verdicts_judge_calibration_then_each_claim():
-    rows = [row("calibration", "random-init floor", ["f0", "f1"], probes(f0=(0.13, 0.38), f1=(0.15, 0.40)), 0.0),
-            row("calibration", "supervised ceiling", ["s"], probes(s=(0.60, 0.62)), 1.0),
-            row("teacher", "teacher (pixels)", ["t"], probes(t=(0.16, 0.41)), 1.0),
-            row("teacher", "SALT student of the teacher", ["s0"], probes(s0=(0.30, 0.41)), 1.0)]
+    rows = [
+        row("calibration", "random-init floor", ["f0", "f1"], probes(f0=(0.13, 0.38), f1=(0.15, 0.40)), 0.0),
+        row("calibration", "supervised ceiling", ["s"], probes(s=(0.60, 0.62)), 1.0),
+        row("teacher", "teacher (pixels)", ["t"], probes(t=(0.16, 0.41)), 1.0),
+        row("teacher", "SALT student of the teacher", ["s0"], probes(s0=(0.30, 0.41)), 1.0),
+    ]
     lines = verdicts(rows, chance=0.125)
     assert lines[0].startswith("0. calibration (linear): floor 14.0%") and lines[0].endswith("-> calibrated")
     assert "linear: 30.0%" in lines[1] and "-> holds" in lines[1] and "attentive:" in lines[1]
     assert "not calibrated" not in lines[1]
-    uncalibrated = verdicts([rows[0], row("calibration", "supervised ceiling", ["s"], probes(s=(0.20, 0.5)), 1.0)] + rows[2:], 0.125)
+    uncalibrated = verdicts(
+        [rows[0], row("calibration", "supervised ceiling", ["s"], probes(s=(0.20, 0.5)), 1.0)] + rows[2:], 0.125
+    )
     assert "NOT calibrated" in uncalibrated[0] and uncalibrated[1].endswith("[benchmark not calibrated]")
 
 

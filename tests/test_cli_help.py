@@ -41,7 +41,9 @@ def test_models_lists_the_registered_sizes_and_filters_them():
     listed = CliRunner().invoke(main, ["models"])
     assert listed.exit_code == 0 and [line.split()[0] for line in listed.output.splitlines()[1:]] == list(ARCHS)
     rope = CliRunner().invoke(main, ["models", "*rope"])
-    assert [line.split()[0] for line in rope.output.splitlines()[1:]] == [name for name in ARCHS if name.endswith("rope")]
+    assert [line.split()[0] for line in rope.output.splitlines()[1:]] == [
+        name for name in ARCHS if name.endswith("rope")
+    ]
 
 
 def test_third_party_startup_noise_is_dropped_and_real_warnings_kept(caplog, monkeypatch):
@@ -53,7 +55,9 @@ def test_third_party_startup_noise_is_dropped_and_real_warnings_kept(caplog, mon
     quiet_third_party()
     deepspeed = logging.getLogger("DeepSpeed")
     with caplog.at_level(logging.INFO):
-        deepspeed.warning("Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to detect it.")
+        deepspeed.warning(
+            "Setting accelerator to CPU. If you have GPU or other accelerator, we were unable to detect it."
+        )
         logging.getLogger("torch.utils.cpp_extension").warning("No CUDA runtime is found, using CUDA_HOME='%s'", "/usr")
         deepspeed.warning("Your device does not support bf16: falling back")
     assert [record.getMessage() for record in caplog.records] == ["Your device does not support bf16: falling back"]

@@ -112,16 +112,22 @@ def test_resolved_config_round_trips(tmp_path):
 def test_every_training_section_validates():
     from salt.training.config import StudentConfig, TeacherConfig
 
-    for override, message in [("run.log_every=0", "log_every and checkpoint_every must be >= 1"),
-                              ("run.keep_checkpoints=-1", "keep_checkpoints >= 0"),
-                              ("optim.betas=[0.9, 1.5]", "optim.betas must lie in"),
-                              ("decoder.num_heads=5", "not divisible by num_heads"),
-                              ("engine.timeout_s=0", "engine.timeout_s must be >= 1"),
-                              ("supervised.num_classes=1", "num_classes >= 2")]:
+    for override, message in [
+        ("run.log_every=0", "log_every and checkpoint_every must be >= 1"),
+        ("run.keep_checkpoints=-1", "keep_checkpoints >= 0"),
+        ("optim.betas=[0.9, 1.5]", "optim.betas must lie in"),
+        ("decoder.num_heads=5", "not divisible by num_heads"),
+        ("engine.timeout_s=0", "engine.timeout_s must be >= 1"),
+        ("supervised.num_classes=1", "num_classes >= 2"),
+    ]:
         with pytest.raises(ConfigError, match=message):
             load_config(TeacherConfig, None, [override])
-    for override, message in [("cache.views=-1", "cache.views must be >= 0"), ("geometry.size=0", "geometry:"),
-                              ("ema.momentum_start=1.5", "ema: momentum"), ("health_every=-1", "health_every")]:
+    for override, message in [
+        ("cache.views=-1", "cache.views must be >= 0"),
+        ("geometry.size=0", "geometry:"),
+        ("ema.momentum_start=1.5", "ema: momentum"),
+        ("health_every=-1", "health_every"),
+    ]:
         with pytest.raises(ConfigError, match=message):
             load_config(StudentConfig, None, [override])
 
@@ -158,20 +164,25 @@ def test_resume_accepts_a_retired_setting_at_its_no_op_value():
     assert config_differences({"data": {"batch_size": 4, "preload_batches": 0}}, now, defaults=defaults) == []
     assert config_differences({"data": {"batch_size": 4, "reuse_first_batch": False}}, now, defaults=defaults) == []
     assert config_differences({"data": {"batch_size": 4, "preload_batches": 3}}, now, defaults=defaults) == [
-        "data.preload_batches: checkpoint 3, a setting this version no longer has"]
+        "data.preload_batches: checkpoint 3, a setting this version no longer has"
+    ]
     # A teacher of pixels.norm_pix: true (per-channel targets) resumes as pixels.norm: channel only.
     defaults = {"pixels": {"norm": "channel"}}
     assert config_differences({"pixels": {"norm_pix": True}}, {"pixels": {"norm": "channel"}}, defaults=defaults) == []
     assert config_differences({"pixels": {"norm_pix": True}}, {"pixels": {"norm": "patch"}}, defaults=defaults) == [
-        "pixels.norm: checkpoint None, now 'patch'"]
+        "pixels.norm: checkpoint None, now 'patch'"
+    ]
     assert config_differences({"pixels": {"norm_pix": False}}, {"pixels": {"norm": "none"}}, defaults=defaults)[0] == (
-        "pixels.norm: checkpoint None, now 'none'")
+        "pixels.norm: checkpoint None, now 'none'"
+    )
 
 
 def test_schedules_that_cannot_be_meant_are_warned_with_the_key_to_set():
     from salt.training.config import OptimConfig, RunConfig, schedule_warnings
 
-    assert schedule_warnings(OptimConfig(steps=100, warmup_steps=10), RunConfig(log_every=10, checkpoint_every=50)) == []
+    assert (
+        schedule_warnings(OptimConfig(steps=100, warmup_steps=10), RunConfig(log_every=10, checkpoint_every=50)) == []
+    )
     found = schedule_warnings(OptimConfig(steps=20, warmup_steps=40), RunConfig(log_every=50, checkpoint_every=200))
     assert [line.split()[0] for line in found] == ["optim.warmup_steps", "run.log_every", "run.checkpoint_every"]
     assert all(" — set " in line for line in found)

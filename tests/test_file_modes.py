@@ -30,9 +30,12 @@ def test_atomic_writes_and_checkpoints_follow_the_umask(tmp_path, umask):
     write_bytes_atomic(tmp_path / "b.bin", b"x")
     write_bytes_atomic(tmp_path / "c.bin", b"x", exclusive=True)
     save_encoder(tmp_path / "e.pt", build_encoder("vit_tiny", img_size=32, num_frames=8, depth=1), kind="student")
-    save_encoder(tmp_path / "e.safetensors", build_encoder("vit_tiny", img_size=32, num_frames=8, depth=1), kind="student")
-    assert {p.name: mode(p) for p in tmp_path.iterdir()} == {name: 0o666 & ~umask for name in
-                                                            ("a.json", "b.bin", "c.bin", "e.pt", "e.safetensors")}
+    save_encoder(
+        tmp_path / "e.safetensors", build_encoder("vit_tiny", img_size=32, num_frames=8, depth=1), kind="student"
+    )
+    assert {p.name: mode(p) for p in tmp_path.iterdir()} == {
+        name: 0o666 & ~umask for name in ("a.json", "b.bin", "c.bin", "e.pt", "e.safetensors")
+    }
 
 
 def test_every_file_of_a_cache_follows_the_umask(tmp_path, teacher, synthetic_set):
@@ -40,8 +43,21 @@ def test_every_file_of_a_cache_follows_the_umask(tmp_path, teacher, synthetic_se
     saved = os.umask(umask)
     out = tmp_path / "cache"
     try:
-        run_cache(CacheJob(teacher=str(teacher), data=str(synthetic_set / "train.csv"), out=str(out), views=1, max_videos=2,
-                           shard_videos=1, workers=0, batch_size=2, precision="fp32", progress=False, formats=("wds",)))
+        run_cache(
+            CacheJob(
+                teacher=str(teacher),
+                data=str(synthetic_set / "train.csv"),
+                out=str(out),
+                views=1,
+                max_videos=2,
+                shard_videos=1,
+                workers=0,
+                batch_size=2,
+                precision="fp32",
+                progress=False,
+                formats=("wds",),
+            )
+        )
     finally:
         os.umask(saved)
     files = {str(p.relative_to(out)): mode(p) for p in out.rglob("*") if p.is_file()}

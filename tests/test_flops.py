@@ -22,7 +22,11 @@ def test_token_shares_are_the_maskers_ratios_after_equalisation():
 def test_paper_budget_is_reproduced():
     """ViT-L teacher 80k + ViT-L student 160k steps, batch 3072, 16x224², online teacher: ~1.19e21."""
     teacher = load_config(TeacherConfig, CONFIGS / "teacher/vit_large.yaml", ["data.batch_size=64"])
-    student = load_config(StudentConfig, CONFIGS / "student/vit_large.yaml", ["geometry.size=224", "data.batch_size=64", "targets=teacher"])
+    student = load_config(
+        StudentConfig,
+        CONFIGS / "student/vit_large.yaml",
+        ["geometry.size=224", "data.batch_size=64", "targets=teacher"],
+    )
     result = plan(teacher, student, 80_000, 160_000, 3072, 3072)
     assert 0.9 * 1.19e21 < result["total"] < 1.1 * 1.19e21, result["total"]
     for part in result["parts"]:  # the counter includes attention, which 6ND leaves out
@@ -31,7 +35,9 @@ def test_paper_budget_is_reproduced():
 
 def test_cached_targets_replace_the_online_teacher_with_a_one_off_cost():
     student = load_config(StudentConfig, CONFIGS / "student/vit_tiny.yaml", [])
-    online = plan(None, load_config(StudentConfig, CONFIGS / "student/vit_tiny.yaml", ["targets=teacher"]), 0, 100, 32, 32)
+    online = plan(
+        None, load_config(StudentConfig, CONFIGS / "student/vit_tiny.yaml", ["targets=teacher"]), 0, 100, 32, 32
+    )
     cached = plan(None, student, 0, 100, 32, 32, cache_views=4, cache_videos=10)
     teacher_online = [p for p in online["parts"] if "online" in p.name][0]
     teacher_once = [p for p in cached["parts"] if "once" in p.name][0]
@@ -41,7 +47,18 @@ def test_cached_targets_replace_the_online_teacher_with_a_one_off_cost():
 
 
 def test_flops_command():
-    result = CliRunner().invoke(main, ["flops", "--student-config", str(CONFIGS / "student/vit_tiny.yaml"), "--student-steps", "10", "--targets", "ema"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "flops",
+            "--student-config",
+            str(CONFIGS / "student/vit_tiny.yaml"),
+            "--student-steps",
+            "10",
+            "--targets",
+            "ema",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "EMA target encoder forward" in result.output and "total:" in result.output
 
@@ -59,12 +76,21 @@ def test_rope_configs_are_planned_like_their_sincos_twins():
 
 
 def test_cache_size_and_read_bandwidth_per_dtype_and_rank():
-    student = load_config(StudentConfig, CONFIGS / "student/vit_large.yaml", ["geometry.size=224", "geometry.frames=16"])
+    student = load_config(
+        StudentConfig, CONFIGS / "student/vit_large.yaml", ["geometry.size=224", "geometry.frames=16"]
+    )
     cache = plan(None, student, 0, 10, 3072, 3072, cache_views=8, cache_videos=660_000)["cache"]
     rows = {(r["dtype"], r["rank"]): r for r in cache["by_format"]}
     assert set(rows) == {(d, r) for d in ("fp16", "bf16", "int8") for r in (1024, 512, 256, 128)}
     assert rows[("fp16", 1024)]["bytes"] == cache["bytes"]  # the headline figure is fp16 at full rank
     tokens, frames = 1568, 150e3
-    assert rows[("int8", 256)]["bytes_per_view"] == tokens * 256 + 4 * 256 + frames  # int8: 1 byte + scales, no compression
+    assert (
+        rows[("int8", 256)]["bytes_per_view"] == tokens * 256 + 4 * 256 + frames
+    )  # int8: 1 byte + scales, no compression
     assert rows[("int8", 256)]["bytes_per_step"] == rows[("int8", 256)]["bytes_per_view"] * 3072
-    assert rows[("int8", 128)]["bytes"] < rows[("int8", 256)]["bytes"] < rows[("bf16", 1024)]["bytes"] < rows[("fp16", 1024)]["bytes"]
+    assert (
+        rows[("int8", 128)]["bytes"]
+        < rows[("int8", 256)]["bytes"]
+        < rows[("bf16", 1024)]["bytes"]
+        < rows[("fp16", 1024)]["bytes"]
+    )

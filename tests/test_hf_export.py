@@ -1,6 +1,7 @@
 """`salt export`: SALT encoders as transformers folders that `AutoModel.from_pretrained` loads
 without SALT and that give the same tokens; everything no transformers class computes exactly is
 refused, and nothing half-made is ever left behind."""
+
 import json
 import logging
 import os
@@ -27,7 +28,7 @@ logging.getLogger("transformers").setLevel(logging.ERROR)
 # The loading side, run as `python -I -c`: -I drops PYTHONPATH, the working directory and the user's
 # site-packages from sys.path, but the venv's editable install of SALT still makes `salt` importable,
 # so a meta-path hook refuses it; the script checks that it really cannot import salt.
-LOADER = r'''
+LOADER = r"""
 import importlib.abc, json, sys
 
 class NoSalt(importlib.abc.MetaPathFinder):
@@ -59,22 +60,42 @@ for name, folder in jobs.items():
 save_file(outputs, outputs_file)
 assert not any(m == "salt" or m.startswith("salt.") for m in sys.modules)
 print(json.dumps(report))
-'''
+"""
 
 
 def tiny(seed=0, **arch):
     torch.manual_seed(seed)
-    return randomised(build_encoder({**dict(embed_dim=64, depth=2, num_heads=4, img_size=32, num_frames=8, patch_size=8,
-                                            pos_embed="rope"), **arch}), seed)
+    return randomised(
+        build_encoder(
+            {
+                **dict(embed_dim=64, depth=2, num_heads=4, img_size=32, num_frames=8, patch_size=8, pos_embed="rope"),
+                **arch,
+            }
+        ),
+        seed,
+    )
 
 
 def without_salt(tmp_path, jobs, inputs):
     """Load every exported folder with transformers in a process that cannot import salt."""
     save_file({k: v.contiguous() for k, v in inputs.items()}, tmp_path / "inputs.safetensors")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    done = subprocess.run([sys.executable, "-I", "-c", LOADER, json.dumps({k: str(v) for k, v in jobs.items()}),
-                           str(tmp_path / "inputs.safetensors"), str(tmp_path / "outputs.safetensors")],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-I",
+            "-c",
+            LOADER,
+            json.dumps({k: str(v) for k, v in jobs.items()}),
+            str(tmp_path / "inputs.safetensors"),
+            str(tmp_path / "outputs.safetensors"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return load_file(tmp_path / "outputs.safetensors"), json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -82,26 +103,72 @@ def without_salt(tmp_path, jobs, inputs):
 def test_exports_load_in_transformers_without_salt_and_give_the_same_tokens(tmp_path):
     save_encoder(tmp_path / "student.pt", tiny(), kind="student")  # a RoPE student
     save_encoder(tmp_path / "mae.pt", tiny(1, pos_embed="sincos1d"), kind="student")  # full qkv bias
-    save_encoder(tmp_path / "mae_pooled.safetensors", tiny(2, pos_embed="sincos1d", qkv_bias="qv", final_norm=False), kind="x")
-    hub = randomised(transformers.VJEPA2Model(transformers.VJEPA2Config(
-        crop_size=32, frames_per_clip=8, patch_size=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        pred_hidden_size=24, pred_num_attention_heads=2, pred_num_hidden_layers=1)), seed=3)
+    save_encoder(
+        tmp_path / "mae_pooled.safetensors", tiny(2, pos_embed="sincos1d", qkv_bias="qv", final_norm=False), kind="x"
+    )
+    hub = randomised(
+        transformers.VJEPA2Model(
+            transformers.VJEPA2Config(
+                crop_size=32,
+                frames_per_clip=8,
+                patch_size=8,
+                hidden_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                pred_hidden_size=24,
+                pred_num_attention_heads=2,
+                pred_num_hidden_layers=1,
+            )
+        ),
+        seed=3,
+    )
     hub.save_pretrained(tmp_path / "hub")
-    randomised(transformers.VideoMAEModel(transformers.VideoMAEConfig(
-        image_size=32, patch_size=8, num_frames=8, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        intermediate_size=128, use_mean_pooling=False)), seed=5).save_pretrained(tmp_path / "hub_mae")
+    randomised(
+        transformers.VideoMAEModel(
+            transformers.VideoMAEConfig(
+                image_size=32,
+                patch_size=8,
+                num_frames=8,
+                hidden_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                intermediate_size=128,
+                use_mean_pooling=False,
+            )
+        ),
+        seed=5,
+    ).save_pretrained(tmp_path / "hub_mae")
     torch.save(vjepa2_checkpoint(random_encoder_weights(seed=4)), tmp_path / "vjepa2.pt")
-    commands = {"student": ["student.pt"], "mae": ["mae.pt"], "mae_pooled": ["mae_pooled.safetensors"], "hub": ["hub"],
-                "hub_mae": ["hub_mae"],
-                "vjepa2": ["vjepa2.pt", "--checkpoint-key", "encoder", "--arch", "num_heads=4", "--arch", "img_size=8",
-                           "--arch", "num_frames=4"]}
+    commands = {
+        "student": ["student.pt"],
+        "mae": ["mae.pt"],
+        "mae_pooled": ["mae_pooled.safetensors"],
+        "hub": ["hub"],
+        "hub_mae": ["hub_mae"],
+        "vjepa2": [
+            "vjepa2.pt",
+            "--checkpoint-key",
+            "encoder",
+            "--arch",
+            "num_heads=4",
+            "--arch",
+            "img_size=8",
+            "--arch",
+            "num_frames=4",
+        ],
+    }
     for name, (source, *options) in commands.items():
-        result = CliRunner().invoke(main, ["export", str(tmp_path / source), "--out", str(tmp_path / "out" / name), *options])
+        result = CliRunner().invoke(
+            main, ["export", str(tmp_path / source), "--out", str(tmp_path / "out" / name), *options]
+        )
         assert result.exit_code == 0, (name, result.output, result.exception)
     ours, inputs = {}, {}
     for name, (source, *options) in commands.items():
-        encoder, arch = load_encoder(tmp_path / source, checkpoint_key="encoder" if name == "vjepa2" else None,
-                                     arch={"num_heads": 4, "img_size": 8, "num_frames": 4} if name == "vjepa2" else None)
+        encoder, arch = load_encoder(
+            tmp_path / source,
+            checkpoint_key="encoder" if name == "vjepa2" else None,
+            arch={"num_heads": 4, "img_size": 8, "num_frames": 4} if name == "vjepa2" else None,
+        )
         size, frames = arch["img_size"], arch["num_frames"]
         inputs[name] = torch.randn(2, frames, 3, size, size, generator=torch.Generator().manual_seed(len(name)))
         with torch.no_grad():
@@ -113,12 +180,17 @@ def test_exports_load_in_transformers_without_salt_and_give_the_same_tokens(tmp_
         assert diff <= 1e-4 and not report[name]["problems"], (name, diff, report[name])
     assert {report[n]["class"] for n in ("student", "hub", "vjepa2")} == {"VJEPA2Model"}
     assert {report[n]["class"] for n in ("mae", "mae_pooled", "hub_mae")} == {"VideoMAEModel"}
-    assert report["student"]["salt"]["predictor"]["kind"] == "fresh" and report["hub"]["salt"]["predictor"]["kind"] == "source"
+    assert (
+        report["student"]["salt"]["predictor"]["kind"] == "fresh"
+        and report["hub"]["salt"]["predictor"]["kind"] == "source"
+    )
     exported = load_file(tmp_path / "out" / "hub" / "model.safetensors")  # the Hub folder's own predictor, unchanged
     assert all(torch.equal(exported[k], v) for k, v in hub.state_dict().items() if k.startswith("predictor."))
     record = json.loads((tmp_path / "out" / "student" / "salt_export.json").read_text())
     assert record["input"]["layout"] == "[B, T, C, H, W]" and record["token_grid"] == [4, 4, 4]
-    assert record["input"]["normalisation"]["mean"] == [0.485, 0.456, 0.406] and len(record["sha256"]["student.pt"]) == 64
+    assert (
+        record["input"]["normalisation"]["mean"] == [0.485, 0.456, 0.406] and len(record["sha256"]["student.pt"]) == 64
+    )
     (tmp_path / "plain").mkdir()  # as readable as any folder and file made here (mkdtemp: 0700, safetensors: 0600)
     (tmp_path / "plain" / "file").write_text("")
     modes = lambda path: {p.stat().st_mode & 0o777 for p in [path, *path.iterdir()]}  # noqa: E731
@@ -134,10 +206,17 @@ def test_the_fresh_predictor_is_small_seeded_and_said_to_be_untrained(tmp_path):
     export_encoder(tmp_path / "student.pt", tmp_path / "b")
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
     config = json.loads((tmp_path / "a" / "config.json").read_text())
-    assert config["salt"]["predictor"]["kind"] == "fresh" and config["pred_hidden_size"] == FRESH_PREDICTOR["pred_hidden_size"]
+    assert (
+        config["salt"]["predictor"]["kind"] == "fresh"
+        and config["pred_hidden_size"] == FRESH_PREDICTOR["pred_hidden_size"]
+    )
     assert "NOT TRAINED" in (tmp_path / "a" / "README.md").read_text()
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["README.md", "config.json", "model.safetensors",
-                                                                   "salt_export.json"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+        "salt_export.json",
+    ]
 
 
 def test_what_cannot_be_exported_exactly_is_refused_and_nothing_is_written(tmp_path):

@@ -1,6 +1,7 @@
 """Hugging Face `transformers` VideoMAE folders as encoders: the imported encoder computes what
 transformers computes. transformers is a dev dependency: the tests build tiny random models
 with it; the project never imports it."""
+
 import json
 import logging
 
@@ -15,8 +16,17 @@ logging.getLogger("transformers").setLevel(logging.ERROR)
 
 def tiny_config(**overrides):
     return transformers.VideoMAEConfig(
-        image_size=32, patch_size=8, num_channels=3, num_frames=4, tubelet_size=2, hidden_size=64,
-        num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, **overrides)
+        image_size=32,
+        patch_size=8,
+        num_channels=3,
+        num_frames=4,
+        tubelet_size=2,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        **overrides,
+    )
 
 
 def randomised(model, seed=0):
@@ -50,15 +60,21 @@ def test_videomae_model_folder_gives_transformers_outputs(tmp_path, mean_pooling
 
 
 def test_pretraining_and_classification_models_give_their_encoder(tmp_path, caplog):
-    pretrain = randomised(transformers.VideoMAEForPreTraining(tiny_config(use_mean_pooling=False, qv_bias=False)), seed=1)
+    pretrain = randomised(
+        transformers.VideoMAEForPreTraining(tiny_config(use_mean_pooling=False, qv_bias=False)), seed=1
+    )
     pretrain.save_pretrained(tmp_path / "pretrain")
     encoder, arch = load_encoder(tmp_path / "pretrain")  # the decoder is ignored
     x = pixel_values()
     with torch.no_grad():
-        assert torch.allclose(encoder.eval()(x.permute(0, 2, 1, 3, 4)), pretrain.videomae(pixel_values=x).last_hidden_state, atol=1e-4)
+        assert torch.allclose(
+            encoder.eval()(x.permute(0, 2, 1, 3, 4)), pretrain.videomae(pixel_values=x).last_hidden_state, atol=1e-4
+        )
     assert arch["qkv_bias"] is False
 
-    classifier = randomised(transformers.VideoMAEForVideoClassification(tiny_config(use_mean_pooling=True, num_labels=5)), seed=2)
+    classifier = randomised(
+        transformers.VideoMAEForVideoClassification(tiny_config(use_mean_pooling=True, num_labels=5)), seed=2
+    )
     classifier.save_pretrained(tmp_path / "classifier")
     with caplog.at_level("WARNING", logger="salt.models"):
         encoder, arch = load_encoder(tmp_path / "classifier")
@@ -68,7 +84,9 @@ def test_pretraining_and_classification_models_give_their_encoder(tmp_path, capl
         ours = encoder.eval()(x.permute(0, 2, 1, 3, 4))
         # fc_norm normalised the pooled token there; here each token: the pooled statistics differ,
         # each token's normalisation is fc_norm itself.
-        expected = torch.nn.functional.layer_norm(hidden, (64,), classifier.fc_norm.weight, classifier.fc_norm.bias, 1e-12)
+        expected = torch.nn.functional.layer_norm(
+            hidden, (64,), classifier.fc_norm.weight, classifier.fc_norm.bias, 1e-12
+        )
     assert torch.allclose(ours, expected, atol=1e-4)
 
 
@@ -89,7 +107,10 @@ def test_bad_hf_folders_are_named(tmp_path):
     from safetensors.torch import load_file, save_file
 
     weights = load_file(tmp_path / "hf" / "model.safetensors")
-    save_file({k: v for k, v in weights.items() if "layer.1.attention.attention.key" not in k}, tmp_path / "hf" / "model.safetensors")
+    save_file(
+        {k: v for k, v in weights.items() if "layer.1.attention.attention.key" not in k},
+        tmp_path / "hf" / "model.safetensors",
+    )
     with pytest.raises(CheckpointError, match=r"missing keys \['encoder.layer.1.attention.attention.key.weight'\]"):
         load_encoder(tmp_path / "hf")
     config = json.loads((tmp_path / "hf" / "config.json").read_text())
@@ -108,22 +129,54 @@ def cache_then_student(tmp_path, synthetic_set, teacher, **sections):
     from salt.training.student import run_student
     from tests.test_student import records, student_config
 
-    result = CliRunner().invoke(main, [
-        "cache-latents", "--teacher", str(teacher), "--data", str(synthetic_set / "train.csv"),
-        "--out", str(tmp_path / "cache"), "--views", "1", "--max-videos", "4", "--shard-videos", "2",
-        "--workers", "0", "--precision", "fp32", "--no-progress"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "cache-latents",
+            "--teacher",
+            str(teacher),
+            "--data",
+            str(synthetic_set / "train.csv"),
+            "--out",
+            str(tmp_path / "cache"),
+            "--views",
+            "1",
+            "--max-videos",
+            "4",
+            "--shard-videos",
+            "2",
+            "--workers",
+            "0",
+            "--precision",
+            "fp32",
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
-    sections = dict(cache={"path": str(tmp_path / "cache")}, teacher=str(teacher), optim={"steps": 2, "warmup_steps": 1},
-                    run={"out_dir": str(tmp_path / "run"), "checkpoint_every": 2}, **sections)
+    sections = dict(
+        cache={"path": str(tmp_path / "cache")},
+        teacher=str(teacher),
+        optim={"steps": 2, "warmup_steps": 1},
+        run={"out_dir": str(tmp_path / "run"), "checkpoint_every": 2},
+        **sections,
+    )
     run_student(str(student_config(tmp_path / "a", tmp_path, **sections)), [])
     return open_cache(tmp_path / "cache").manifest, records(tmp_path / "run")
 
 
 def test_hf_videomae_teacher_end_to_end_cache_then_student(tmp_path, synthetic_set):
     """`salt cache-latents --teacher <HF folder>`, then a student trained from that cache."""
-    config = transformers.VideoMAEConfig(image_size=32, patch_size=16, num_frames=8, tubelet_size=2, hidden_size=64,
-                                         num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                                         use_mean_pooling=False)
+    config = transformers.VideoMAEConfig(
+        image_size=32,
+        patch_size=16,
+        num_frames=8,
+        tubelet_size=2,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        use_mean_pooling=False,
+    )
     randomised(transformers.VideoMAEModel(config)).save_pretrained(tmp_path / "hf")
     manifest, metrics = cache_then_student(tmp_path, synthetic_set, tmp_path / "hf")
     assert manifest.teacher["arch"]["pos_embed"] == "sincos1d" and manifest.geometry["frames"] == 8

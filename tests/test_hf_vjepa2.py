@@ -1,6 +1,7 @@
 """Hugging Face `transformers` V-JEPA 2 folders as encoders: the imported encoder computes what
 VJEPA2Model computes. The tests build tiny random models with transformers (a dev dependency);
 the project never imports it."""
+
 import json
 import logging
 import math
@@ -23,14 +24,31 @@ FRAMES, SIZE = 8, 32
 
 
 def tiny_config(**overrides):
-    return transformers.VJEPA2Config(**{
-        **dict(crop_size=SIZE, frames_per_clip=FRAMES, patch_size=8, tubelet_size=2, hidden_size=64, num_hidden_layers=2,
-               num_attention_heads=4, mlp_ratio=2.0, pred_hidden_size=24, pred_num_attention_heads=2,
-               pred_num_hidden_layers=1, pred_num_mask_tokens=2), **overrides})
+    return transformers.VJEPA2Config(
+        **{
+            **dict(
+                crop_size=SIZE,
+                frames_per_clip=FRAMES,
+                patch_size=8,
+                tubelet_size=2,
+                hidden_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                mlp_ratio=2.0,
+                pred_hidden_size=24,
+                pred_num_attention_heads=2,
+                pred_num_hidden_layers=1,
+                pred_num_mask_tokens=2,
+            ),
+            **overrides,
+        }
+    )
 
 
 def videos(batch=2, seed=0):
-    return torch.randn(batch, FRAMES, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed))  # HF: [B, T, C, H, W]
+    return torch.randn(
+        batch, FRAMES, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(seed)
+    )  # HF: [B, T, C, H, W]
 
 
 def max_diff(encoder, model, x):
@@ -49,7 +67,12 @@ def test_vjepa2_model_folder_gives_transformers_outputs(tmp_path, qkv_bias):
     model = randomised(transformers.VJEPA2Model(tiny_config(qkv_bias=qkv_bias)))
     model.save_pretrained(tmp_path / "hf")
     encoder, arch = load_encoder(tmp_path / "hf")
-    assert (arch["pos_embed"], arch["qkv_bias"], arch["img_size"], arch["num_frames"]) == ("rope", qkv_bias, SIZE, FRAMES)
+    assert (arch["pos_embed"], arch["qkv_bias"], arch["img_size"], arch["num_frames"]) == (
+        "rope",
+        qkv_bias,
+        SIZE,
+        FRAMES,
+    )
     assert max_diff(encoder, model, videos()) <= 1e-4
     alone, _ = load_encoder(tmp_path / "hf" / "model.safetensors")  # the weight file with its config.json beside it
     assert torch.equal(alone.state_dict()["blocks.1.attn.qkv.weight"], encoder.state_dict()["blocks.1.attn.qkv.weight"])
@@ -65,7 +88,9 @@ def test_classification_model_and_sharded_folder_give_the_encoder(tmp_path):
 
 def test_every_field_transformers_writes_is_accounted_for(tmp_path):
     transformers.VJEPA2Model(tiny_config()).save_pretrained(tmp_path / "hf")
-    written = set(json.loads((tmp_path / "hf" / "config.json").read_text())) | set(transformers.VJEPA2Config().to_dict())
+    written = set(json.loads((tmp_path / "hf" / "config.json").read_text())) | set(
+        transformers.VJEPA2Config().to_dict()
+    )
     known = set(HONOURED_FIELDS) | set(REFUSED_UNLESS) | IGNORED_FIELDS
     assert written <= known, sorted(written - known)
 
@@ -73,10 +98,12 @@ def test_every_field_transformers_writes_is_accounted_for(tmp_path):
 def test_fields_that_would_change_the_encoder_are_refused_by_name(tmp_path):
     randomised(transformers.VJEPA2Model(tiny_config())).save_pretrained(tmp_path / "hf")
     original = (tmp_path / "hf" / "config.json").read_text()
-    for changes, message in [({"use_fancy_positions": True}, r"unknown V-JEPA 2 config fields \['use_fancy_positions'\]"),
-                             ({"use_modality_embeddings": True}, "use_modality_embeddings = True adds learnable modality"),
-                             ({"interpolate_rope": True}, "interpolate_rope = True rescales"),
-                             ({"hidden_act": "gelu_pytorch_tanh"}, "hidden_act 'gelu_pytorch_tanh' is not supported")]:
+    for changes, message in [
+        ({"use_fancy_positions": True}, r"unknown V-JEPA 2 config fields \['use_fancy_positions'\]"),
+        ({"use_modality_embeddings": True}, "use_modality_embeddings = True adds learnable modality"),
+        ({"interpolate_rope": True}, "interpolate_rope = True rescales"),
+        ({"hidden_act": "gelu_pytorch_tanh"}, "hidden_act 'gelu_pytorch_tanh' is not supported"),
+    ]:
         edit_config(tmp_path / "hf", **changes)
         with pytest.raises(CheckpointError, match=message):
             load_encoder(tmp_path / "hf")
@@ -88,12 +115,18 @@ def test_fields_that_would_change_the_encoder_are_refused_by_name(tmp_path):
 def test_unplaced_and_missing_weights_are_named(tmp_path):
     randomised(transformers.VJEPA2Model(tiny_config())).save_pretrained(tmp_path / "hf")
     weights = load_file(tmp_path / "hf" / "model.safetensors")
-    save_file({**weights, "encoder.embeddings.video_mod_embed": torch.zeros(1, 1, 64)}, tmp_path / "hf" / "model.safetensors",
-              metadata={"format": "pt"})
+    save_file(
+        {**weights, "encoder.embeddings.video_mod_embed": torch.zeros(1, 1, 64)},
+        tmp_path / "hf" / "model.safetensors",
+        metadata={"format": "pt"},
+    )
     with pytest.raises(CheckpointError, match=r"no place for: \['encoder.embeddings.video_mod_embed'\]"):
         load_encoder(tmp_path / "hf")
-    save_file({k: v for k, v in weights.items() if k != "encoder.layer.1.attention.key.bias"},
-              tmp_path / "hf" / "model.safetensors", metadata={"format": "pt"})
+    save_file(
+        {k: v for k, v in weights.items() if k != "encoder.layer.1.attention.key.bias"},
+        tmp_path / "hf" / "model.safetensors",
+        metadata={"format": "pt"},
+    )
     with pytest.raises(CheckpointError, match=r"missing keys \['encoder.layer.1.attention.key.bias'\]"):
         load_encoder(tmp_path / "hf")
     with pytest.raises(CheckpointError, match="contradicts config.json"):
@@ -103,21 +136,24 @@ def test_unplaced_and_missing_weights_are_named(tmp_path):
 
 # ----------------------------------------------------------------------------- V-JEPA 2.1's interleaved RoPE
 
+
 def textbook_rotate(x, pos):
     """Textbook RoPE on one axis: pair (x[2i], x[2i+1]) turned by pos · 10000^(-i/(D/2))."""
     half = x.shape[-1] // 2
     omega = 1.0 / 10000 ** (torch.arange(half, dtype=torch.float32) / half)
     angle = pos.float().unsqueeze(-1) * omega  # [..., N, D/2]
     even, odd = x[..., 0::2], x[..., 1::2]
-    return torch.stack((even * angle.cos() - odd * angle.sin(), even * angle.sin() + odd * angle.cos()), dim=-1).flatten(-2)
+    return torch.stack(
+        (even * angle.cos() - odd * angle.sin(), even * angle.sin() + odd * angle.cos()), dim=-1
+    ).flatten(-2)
 
 
 def textbook_rope(x, token_idx, grid):
     axis = 2 * ((x.shape[-1] // 3) // 2)
     _, height, width = grid
     coordinates = (token_idx // (height * width), (token_idx % (height * width)) // width, token_idx % width)
-    parts = [textbook_rotate(x[..., i * axis:(i + 1) * axis], pos) for i, pos in enumerate(coordinates)]
-    return torch.cat(parts + [x[..., 3 * axis:]], dim=-1)
+    parts = [textbook_rotate(x[..., i * axis : (i + 1) * axis], pos) for i, pos in enumerate(coordinates)]
+    return torch.cat(parts + [x[..., 3 * axis :]], dim=-1)
 
 
 def test_interleaved_rope_is_textbook_rope_per_axis():
@@ -152,8 +188,14 @@ def test_vjepa2_folder_teacher_end_to_end_cache_then_student(tmp_path, synthetic
     config = tiny_config(patch_size=16)  # 4×2×2 tokens at 8×32², the suite's student geometry
     randomised(transformers.VJEPA2Model(config), seed=3).save_pretrained(tmp_path / "hf")
     manifest, metrics = cache_then_student(
-        tmp_path, synthetic_set, tmp_path / "hf", encoder={"arch": "vit_tiny_rope", "overrides": {"depth": 1}},
-        predictor={"width": 48, "depth": 1, "num_heads": 4, "pos_embed": "rope"})
-    assert manifest.teacher["arch"]["pos_embed"] == "rope" and manifest.geometry["frames"] == FRAMES and manifest.dim == 64
+        tmp_path,
+        synthetic_set,
+        tmp_path / "hf",
+        encoder={"arch": "vit_tiny_rope", "overrides": {"depth": 1}},
+        predictor={"width": 48, "depth": 1, "num_heads": 4, "pos_embed": "rope"},
+    )
+    assert (
+        manifest.teacher["arch"]["pos_embed"] == "rope" and manifest.geometry["frames"] == FRAMES and manifest.dim == 64
+    )
     assert len(metrics) == 2 and all(math.isfinite(r["loss"]) for r in metrics)
     assert (tmp_path / "run" / "student.pt").is_file()

@@ -13,7 +13,14 @@ from PIL import Image
 from salt.cache_latents import CacheJob, run_cache
 from salt.cli import main, run_cli
 from salt.inspection import (
-    DPI, SUMMARY_FIGSIZE, compare_caches, effective_rank, mean_token_cosine, sample_figsize, summarise, token_statistics,
+    DPI,
+    SUMMARY_FIGSIZE,
+    compare_caches,
+    effective_rank,
+    mean_token_cosine,
+    sample_figsize,
+    summarise,
+    token_statistics,
     write_pictures,
 )
 from salt.latents import CacheError, normalise_targets, open_cache
@@ -31,9 +38,21 @@ def caches(tmp_path_factory, synthetic_set):
     teacher = root / "teacher.pt"
     save_encoder(teacher, build_encoder("vit_tiny", img_size=32, num_frames=8, depth=2), kind="teacher")
     for name, dtype, formats in (("fp16", "fp16", ("wds", "zarr")), ("int8", "int8", ("wds",))):
-        run_cache(CacheJob(teacher=str(teacher), data=str(synthetic_set / "train.csv"), out=str(root / name), views=2,
-                           max_videos=6, shard_videos=2, workers=0, precision="fp32", progress=False, dtype=dtype,
-                           formats=formats))
+        run_cache(
+            CacheJob(
+                teacher=str(teacher),
+                data=str(synthetic_set / "train.csv"),
+                out=str(root / name),
+                views=2,
+                max_videos=6,
+                shard_videos=2,
+                workers=0,
+                precision="fp32",
+                progress=False,
+                dtype=dtype,
+                formats=formats,
+            )
+        )
     return root
 
 
@@ -101,8 +120,12 @@ def test_missing_or_corrupt_manifest_is_one_line(tmp_path, monkeypatch):
 
 def test_pictures_are_pngs_of_the_expected_size(caches, tmp_path):
     paths = write_pictures(open_cache(caches / "fp16", format="zarr"), tmp_path / "pictures", samples=2)
-    assert [p.name for p in paths] == ["sample_v00000000k000.png", "sample_v00000005k001.png", "statistics.png",
-                                       "explained_variance.png"]
+    assert [p.name for p in paths] == [
+        "sample_v00000000k000.png",
+        "sample_v00000005k001.png",
+        "statistics.png",
+        "explained_variance.png",
+    ]
     for path in paths:
         assert path.read_bytes()[:8] == PNG_SIGNATURE
     width, height = sample_figsize(4)

@@ -62,18 +62,34 @@ def make_frames(video: int, view: int) -> np.ndarray:
 
 
 def make_meta(video: int, view: int) -> dict:
-    return {"path": f"videos/{video:03d}.mp4", "label": video % 3, "view": view, "crop": [0, 1, 30, 31], "flip": bool(view % 2)}
+    return {
+        "path": f"videos/{video:03d}.mp4",
+        "label": video % 3,
+        "view": view,
+        "crop": [0, 1, 30, 31],
+        "flip": bool(view % 2),
+    }
 
 
-def write_cache(root: Path, dtype: str = "fp16", formats=("wds", "zarr"), num_videos: int = 8,
-                view_range=(0, 2), shard_videos: int = 2, skipped=frozenset(), previous: Manifest | None = None,
-                compressor: dict | None | str = "default") -> Manifest:
+def write_cache(
+    root: Path,
+    dtype: str = "fp16",
+    formats=("wds", "zarr"),
+    num_videos: int = 8,
+    view_range=(0, 2),
+    shard_videos: int = 2,
+    skipped=frozenset(),
+    previous: Manifest | None = None,
+    compressor: dict | None | str = "default",
+) -> Manifest:
     """What `salt cache-latents` does, minus decoding and the teacher."""
     codec = LatentCodec(dtype) if compressor == "default" else LatentCodec(dtype, compressor)
     views = view_range[1]
     zarr_writer = None
     if "zarr" in formats:
-        zarr_writer = ZarrCacheWriter.open(root / ZARR_DIR, num_videos, views, N, D, dtype, codec.compressor, T, shard_videos)
+        zarr_writer = ZarrCacheWriter.open(
+            root / ZARR_DIR, num_videos, views, N, D, dtype, codec.compressor, T, shard_videos
+        )
     records = list(previous.shards) if previous else []
     for start in range(0, num_videos, shard_videos):
         shard = ShardId(start, min(start + shard_videos, num_videos), *view_range)
@@ -86,15 +102,29 @@ def write_cache(root: Path, dtype: str = "fp16", formats=("wds", "zarr"), num_vi
             zarr_samples.append((video, view, stored, frames, meta))
         wds_files = write_wds_shard(root / WDS_DIR, shard, wds_samples) if "wds" in formats else None
         zarr_bytes = zarr_writer.write_shard(shard, zarr_samples) if zarr_writer else None
-        records.append(ShardRecord.for_shard(shard, len(wds_samples), wds_files and wds_files.bytes,
-                                             wds_files and wds_files.sha256, zarr_bytes))
+        records.append(
+            ShardRecord.for_shard(
+                shard, len(wds_samples), wds_files and wds_files.bytes, wds_files and wds_files.sha256, zarr_bytes
+            )
+        )
     manifest = Manifest(
-        teacher={"fingerprint": "0" * 64, "arch": "vit_tiny", "path": "teacher.pt"}, grid=GRID, dim=D,
+        teacher={"fingerprint": "0" * 64, "arch": "vit_tiny", "path": "teacher.pt"},
+        grid=GRID,
+        dim=D,
         geometry={"frames": T, "frame_step": 2, "size": SIZE, "patch": 8, "tubelet": 2},
-        input_mean=(0.485, 0.456, 0.406), input_std=(0.229, 0.224, 0.225), frames_decoder=frames_decoder_id(),
-        views=views, latent_dtype=dtype, compressor=codec.compressor, formats=list(formats), num_videos=num_videos,
-        shards=records, skipped=[{"video": v, "path": f"videos/{v:03d}.mp4", "reason": "broken"} for v in sorted(skipped)],
-        sample_count=sum(r.samples for r in records), command="pytest", seed=1,
+        input_mean=(0.485, 0.456, 0.406),
+        input_std=(0.229, 0.224, 0.225),
+        frames_decoder=frames_decoder_id(),
+        views=views,
+        latent_dtype=dtype,
+        compressor=codec.compressor,
+        formats=list(formats),
+        num_videos=num_videos,
+        shards=records,
+        skipped=[{"video": v, "path": f"videos/{v:03d}.mp4", "reason": "broken"} for v in sorted(skipped)],
+        sample_count=sum(r.samples for r in records),
+        command="pytest",
+        seed=1,
     )
     write_json_atomic(root / MANIFEST_NAME, manifest.to_json())
     return manifest
@@ -135,7 +165,11 @@ def test_round_trip_both_formats_identical(tmp_path, dtype):
         assert a.meta == make_meta(a.video, a.view)
         reference = expected_latents(dtype, a.video, a.view)
         if dtype == "int8":
-            errors.append((apply_target_norm(a.latents, by_wds.manifest) - apply_target_norm(reference, by_wds.manifest)).abs().mean())
+            errors.append(
+                (apply_target_norm(a.latents, by_wds.manifest) - apply_target_norm(reference, by_wds.manifest))
+                .abs()
+                .mean()
+            )
         else:
             assert torch.equal(a.latents, reference), "fp16/bf16 must round-trip bit-exactly"
         np.testing.assert_array_equal(a.frames, decode_frames(encode_frames(make_frames(a.video, a.view), "jpeg", 90)))
@@ -173,8 +207,12 @@ def test_wds_tar_is_deterministic_and_readable_by_tar_and_webdataset(tmp_path):
     assert tar_path.read_bytes() == (tmp_path / "b" / WDS_DIR / f"{name}.tar").read_bytes()
     with tarfile.open(tar_path) as tar:
         names = tar.getnames()
-    assert names[:7] == ["v00000000k000.json", "v00000000k000.latents", "v00000000k000.scales",
-                         *[f"v00000000k000.f{i:02d}.jpg" for i in range(4)]]
+    assert names[:7] == [
+        "v00000000k000.json",
+        "v00000000k000.latents",
+        "v00000000k000.scales",
+        *[f"v00000000k000.f{i:02d}.jpg" for i in range(4)],
+    ]
     if shutil.which("tar"):
         listed = subprocess.run(["tar", "tf", str(tar_path)], capture_output=True, text=True, check=True).stdout.split()
         assert listed == names
@@ -204,8 +242,11 @@ def test_stream_order_splits_and_resume(tmp_path):
         assert full == [s.key for s in cache.stream(seed=3, epoch=0)]
         assert sorted(full) == cache.keys()
         assert full != [s.key for s in cache.stream(seed=3, epoch=1)]
-        splits = [[s.key for s in cache.stream(3, 0, rank=r, world_size=2, worker=w, num_workers=2)]
-                  for r in range(2) for w in range(2)]
+        splits = [
+            [s.key for s in cache.stream(3, 0, rank=r, world_size=2, worker=w, num_workers=2)]
+            for r in range(2)
+            for w in range(2)
+        ]
         flat = [key for split in splits for key in split]
         assert sorted(flat) == cache.keys() and len(set(flat)) == len(flat)
         assert [len(s) for s in splits] == [cache.split_len(3, 0, r, 2, w, 2) for r in range(2) for w in range(2)]
@@ -302,8 +343,11 @@ def test_zarr_writer_refuses_misaligned_shards_and_mismatched_store(tmp_path):
 
 def test_adding_views_keeps_old_shards_byte_identical(tmp_path):
     first = write_cache(tmp_path, "bf16", num_videos=4, view_range=(0, 2))
-    old_files = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p.name != "zarr.json"
-                 and p.name != MANIFEST_NAME}
+    old_files = {
+        p: p.read_bytes()
+        for p in tmp_path.rglob("*")
+        if p.is_file() and p.name != "zarr.json" and p.name != MANIFEST_NAME
+    }
     second = write_cache(tmp_path, "bf16", num_videos=4, view_range=(2, 3), previous=first)
     assert {p: p.read_bytes() for p in old_files} == old_files
     assert len(second.shards) == 4 and second.views == 3
@@ -387,8 +431,9 @@ def test_cache_pickles_into_spawned_workers(tmp_path):
         cache = open_cache(tmp_path, fmt)
         first = cache.get(3)  # opens the Zarr store in this process before workers start
         assert_same_sample(pickle.loads(pickle.dumps(cache)).get(3), first)
-    loader = torch.utils.data.DataLoader(_KeysOfSplit(cache, epoch=1), batch_size=None, num_workers=2,
-                                         multiprocessing_context="spawn")
+    loader = torch.utils.data.DataLoader(
+        _KeysOfSplit(cache, epoch=1), batch_size=None, num_workers=2, multiprocessing_context="spawn"
+    )
     assert sorted(loader) == cache.keys()
 
 
@@ -398,7 +443,9 @@ def test_undecodable_frames_with_good_crc_are_reported(tmp_path, monkeypatch):
     manifest = write_cache(tmp_path, "fp16", num_videos=2)
     for fmt in ("wds", "zarr"):
         cache = open_cache(tmp_path, fmt)
-        with pytest.raises(CacheError, match=f"shard {manifest.shards[0].name}: sample v00000001k000: frames do not decode"):
+        with pytest.raises(
+            CacheError, match=f"shard {manifest.shards[0].name}: sample v00000001k000: frames do not decode"
+        ):
             cache.get("v00000001k000")
     problems = verify(open_cache(tmp_path))
     assert len(problems) == 2 * len(cache) and all("frames do not decode" in p.reason for p in problems)
@@ -414,8 +461,9 @@ def test_jpeg_frames_decode_to_torchvisions_pixels(size, quality):
     smooth = np.cumsum(rng.integers(-9, 10, (T, size, size, 3)), axis=2)  # textured, not flat
     frames = np.clip(smooth + 128, 0, 255).astype(np.uint8)
     encoded = encode_frames(frames, "jpeg", quality)
-    by_torchvision = np.stack([decode_jpeg(torch.frombuffer(bytearray(b), dtype=torch.uint8)).permute(1, 2, 0).numpy()
-                               for b in encoded])
+    by_torchvision = np.stack(
+        [decode_jpeg(torch.frombuffer(bytearray(b), dtype=torch.uint8)).permute(1, 2, 0).numpy() for b in encoded]
+    )
     decoded = decode_frames(encoded)
     assert decoded.shape == (T, size, size, 3) and decoded.flags["C_CONTIGUOUS"]
     np.testing.assert_array_equal(decoded, by_torchvision)

@@ -59,8 +59,24 @@ def test_the_parser_sees_lazy_imports():
 
 
 def test_no_top_level_module_shadows_another():
-    taken = set(sys.stdlib_module_names) | {"torch", "timm", "numpy", "deepspeed", "webdataset", "zarr", "numcodecs",
-                                            "decord", "click", "yaml", "tqdm", "av", "psutil", "safetensors", "matplotlib", "ray",
-                                            "transformers"}
+    taken = set(sys.stdlib_module_names) | {
+        "torch",
+        "timm",
+        "numpy",
+        "deepspeed",
+        "webdataset",
+        "zarr",
+        "numcodecs",
+        "decord",
+        "click",
+        "yaml",
+        "tqdm",
+        "av",
+        "psutil",
+        "safetensors",
+        "matplotlib",
+        "ray",
+        "transformers",
+    }
     names = {p.stem if p.suffix == ".py" else p.name for p in SALT.iterdir() if p.suffix == ".py" or p.is_dir()}
     assert not names & taken, sorted(names & taken)

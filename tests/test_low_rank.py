@@ -74,7 +74,9 @@ def test_compacted_cache_holds_the_projected_targets_and_verifies(demo_cache, co
     assert (m.target_rank, m.dim, m.latent_dtype, m.target_norm) == (16, full.manifest.dim, "int8", "none")
     assert json.loads((compacted / "manifest.json").read_text())["format_version"] == 2
     full_manifest = json.loads((demo_cache / "cache" / "manifest.json").read_text())
-    assert full_manifest["format_version"] == 1 and not {"target_rank", "basis"} & set(full_manifest)  # format 1 as before
+    assert full_manifest["format_version"] == 1 and not {"target_rank", "basis"} & set(
+        full_manifest
+    )  # format 1 as before
     assert small.keys() == full.keys() and verify(small) == []
     assert m.latent_bytes < full.manifest.latent_bytes / 4 and m.frame_bytes == full.manifest.frame_bytes
     for key in full.keys()[:3]:
@@ -83,7 +85,9 @@ def test_compacted_cache_holds_the_projected_targets_and_verifies(demo_cache, co
         assert b.latents.shape == (full.shape[0], 16)
         target = normalise_targets(a.latents)
         expected = small.basis.project(target)
-        assert torch.allclose(b.latents, expected, atol=float(expected.abs().max()) / 127 * 0.51 + 1e-6)  # int8 rounding
+        assert torch.allclose(
+            b.latents, expected, atol=float(expected.abs().max()) / 127 * 0.51 + 1e-6
+        )  # int8 rounding
         reconstructed = small.basis.reconstruct(b.latents)
         # The reconstruction keeps most of the target: its error is at most the dropped share (+ int8 rounding).
         residual = ((reconstructed - target) ** 2).sum() / ((target - torch.from_numpy(small.basis.mean)) ** 2).sum()
@@ -116,12 +120,16 @@ def test_lower_rank_from_a_low_rank_cache_keeps_the_leading_coefficients(compact
     a, b = open_cache(compacted), open_cache(tmp_path / "r4")
     assert np.array_equal(b.basis.components, a.basis.components[:, :4])
     key = a.keys()[0]
-    assert torch.allclose(b.get(key).latents, a.get(key).latents[:, :4], rtol=1e-3, atol=1e-3)  # fp16 of the int8 values
+    assert torch.allclose(
+        b.get(key).latents, a.get(key).latents[:, :4], rtol=1e-3, atol=1e-3
+    )  # fp16 of the int8 values
 
 
 @pytest.mark.parametrize("mode", ["reconstructed", "coefficients"])
 def test_students_train_from_a_compacted_cache(tmp_path, demo_cache, compacted, mode):  # noqa: F811
-    config = student_config(tmp_path, demo_cache, cache={"path": str(compacted), "rank": 16, "low_rank": mode}, loss="l2")
+    config = student_config(
+        tmp_path, demo_cache, cache={"path": str(compacted), "rank": 16, "low_rank": mode}, loss="l2"
+    )
     result = run_student(str(config), ["optim.steps=3"])
     losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 3 and np.isfinite(losses).all()
@@ -132,11 +140,15 @@ def test_students_train_from_a_compacted_cache(tmp_path, demo_cache, compacted, 
 def test_rank_requests_the_cache_cannot_serve_are_refused_before_step_1(tmp_path, demo_cache, compacted):  # noqa: F811
     full = str(demo_cache / "cache")
     with pytest.raises(ConfigError, match=r"coefficients, but .*cache holds full rank \(dim 128\)"):
-        run_student(str(student_config(tmp_path, demo_cache, cache={"path": full, "low_rank": "coefficients"}, loss="l2")), [])
+        run_student(
+            str(student_config(tmp_path, demo_cache, cache={"path": full, "low_rank": "coefficients"}, loss="l2")), []
+        )
     with pytest.raises(ConfigError, match=r"cache.rank 32, but .*r16 holds rank 16 of dim 128"):
         run_student(str(student_config(tmp_path, demo_cache, cache={"path": str(compacted), "rank": 32})), [])
     with pytest.raises(ConfigError, match="needs loss: l2"):
-        run_student(str(student_config(tmp_path, demo_cache, cache={"path": str(compacted), "low_rank": "coefficients"})), [])
+        run_student(
+            str(student_config(tmp_path, demo_cache, cache={"path": str(compacted), "low_rank": "coefficients"})), []
+        )
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
@@ -155,8 +167,18 @@ def test_cache_latents_with_a_target_rank_stores_the_teachers_coefficients(demo_
     from salt.cache_latents import CacheJob, run_cache
     from salt.latents.errors import CacheWriteError
 
-    job = dict(teacher=str(demo_cache / "teacher.pt"), data=str(synthetic_set / "train.csv"), out=str(tmp_path / "r16"), views=2,
-               max_videos=8, shard_videos=2, workers=0, precision="fp32", progress=False, formats=("wds", "zarr"))
+    job = dict(
+        teacher=str(demo_cache / "teacher.pt"),
+        data=str(synthetic_set / "train.csv"),
+        out=str(tmp_path / "r16"),
+        views=2,
+        max_videos=8,
+        shard_videos=2,
+        workers=0,
+        precision="fp32",
+        progress=False,
+        formats=("wds", "zarr"),
+    )
     run_cache(CacheJob(**job, target_rank=16, basis_videos=4))
     full, small = open_cache(demo_cache / "cache"), open_cache(tmp_path / "r16")
     assert small.manifest.target_rank == 16 and small.keys() == full.keys() and verify(small) == []
@@ -179,7 +201,9 @@ def test_inspect_shows_the_spectrum_and_measures_the_error_against_the_full_cach
     # a subset of 8 can lie above it by more than int8 rounding (seen on generator version 2's set).
     report = inspect_cache(compacted, samples=16, compare=demo_cache / "cache", pictures=tmp_path / "pictures")
     spectrum = report["statistics"]["spectrum"]
-    assert spectrum["rank"] == 16 and spectrum["explained"] == pytest.approx(load_manifest(compacted).basis["explained"])
+    assert spectrum["rank"] == 16 and spectrum["explained"] == pytest.approx(
+        load_manifest(compacted).basis["explained"]
+    )
     assert spectrum["source"].startswith("basis fit on")
     compared = report["compare"]
     assert compared["ranks"] == [16, 128] and compared["identical_frames"] == 16

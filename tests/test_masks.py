@@ -134,9 +134,7 @@ def _mean_share_of_last_time_step(indices_per_batch: list[torch.Tensor]) -> floa
 
 @pytest.mark.parametrize("temporal_scale", [(1.0, 1.0), (0.25, 0.75)])
 def test_equalisation_keeps_the_last_time_step(temporal_scale):
-    configs = tuple(
-        MaskConfig(c.num_blocks, c.spatial_scale, temporal_scale, c.aspect_ratio) for c in DEFAULT_MASKS
-    )
+    configs = tuple(MaskConfig(c.num_blocks, c.spatial_scale, temporal_scale, c.aspect_ratio) for c in DEFAULT_MASKS)
     masker = MultiBlockMasker(GRID, configs, seed=2)
     target_before, target_after, context_before, context_after, vjepa_cut = [], [], [], [], []
     for step in range(30):
@@ -207,7 +205,6 @@ def test_mask_pairs_travel_inline_from_loader_workers():
     """A worker's masks are pickled as bytes (no shared-memory file per index tensor, whose
     descriptor the training process would fetch from the worker over a socket)."""
     import pickle
-
     from multiprocessing.reduction import ForkingPickler
 
     import torch.multiprocessing  # noqa: F401  (registers the shared-memory reducers for tensors)

@@ -1,4 +1,5 @@
 """Encoder, size registry, positional tables and predictor (tiny models, CPU)."""
+
 import json
 import math
 
@@ -18,12 +19,14 @@ def clip(batch=2, frames=4, size=32, seed=0):
 
 # ----------------------------------------------------------------------------- independent tables
 
+
 def vjepa_3d_sincos_reference(embed_dim, grid_size, grid_depth, uniform_power=False):
     """V-JEPA's get_3d_sincos_pos_embed, as published (square grids only)."""
+
     def one_d(dim, pos):
         omega = np.arange(dim // 2, dtype=float)
         omega /= dim / 2.0
-        omega = 1.0 / 10000 ** omega
+        omega = 1.0 / 10000**omega
         out = np.einsum("m,d->md", pos.reshape(-1), omega)
         return np.concatenate([np.sin(out), np.cos(out)], axis=1)
 
@@ -58,8 +61,10 @@ def loop_3d_sincos(dim, grid):
 
 def videomae_sinusoid_reference(n_position, d_hid):
     """VideoMAE's get_sinusoid_encoding_table, as published."""
+
     def angle_vec(position):
         return [position / np.power(10000, 2 * (j // 2) / d_hid) for j in range(d_hid)]
+
     table = np.array([angle_vec(p) for p in range(n_position)])
     table[:, 0::2] = np.sin(table[:, 0::2])
     table[:, 1::2] = np.cos(table[:, 1::2])
@@ -68,13 +73,26 @@ def videomae_sinusoid_reference(n_position, d_hid):
 
 # ----------------------------------------------------------------------------- registry
 
+
 def test_registry_sizes_and_keys():
-    expected = {"vit_tiny": (128, 4, 4), "vit_small": (384, 12, 6), "vit_base": (768, 12, 12),
-                "vit_large": (1024, 24, 16), "vit_huge": (1280, 32, 16), "vit_giant": (1408, 40, 16),
-                "vit_gigantic": (1664, 48, 16)}
+    expected = {
+        "vit_tiny": (128, 4, 4),
+        "vit_small": (384, 12, 6),
+        "vit_base": (768, 12, 12),
+        "vit_large": (1024, 24, 16),
+        "vit_huge": (1280, 32, 16),
+        "vit_giant": (1408, 40, 16),
+        "vit_gigantic": (1664, 48, 16),
+    }
     # V-JEPA 2's RoPE backbones; its ViT-g has 22 heads of 64.
-    rope = {"vit_tiny_rope": (128, 4, 4), "vit_small_rope": (384, 12, 6), "vit_base_rope": (768, 12, 12),
-            "vit_large_rope": (1024, 24, 16), "vit_huge_rope": (1280, 32, 16), "vit_giant_rope": (1408, 40, 22)}
+    rope = {
+        "vit_tiny_rope": (128, 4, 4),
+        "vit_small_rope": (384, 12, 6),
+        "vit_base_rope": (768, 12, 12),
+        "vit_large_rope": (1024, 24, 16),
+        "vit_huge_rope": (1280, 32, 16),
+        "vit_giant_rope": (1408, 40, 22),
+    }
     assert set(ARCHS) == set(expected) | set(rope)
     for name, (dim, depth, heads) in {**expected, **rope}.items():
         arch = ARCHS[name]
@@ -95,14 +113,17 @@ def test_arch_round_trips_through_build_encoder():
     assert arch["qkv_bias"] == "qv" and arch["img_size"] == 32
 
 
-@pytest.mark.parametrize("bad, message", [
-    ({"embed_dim": 120, "num_heads": 7}, "divisible by num_heads"),
-    ({"embed_dim": 100}, "divisible by 8"),
-    ({"qkv_bias": "k"}, "qkv_bias"),
-    ({"pos_embed": "learned"}, "pos_embed"),
-    ({"colour": 1}, "unknown architecture keys"),
-    ({"img_size": 30}, "does not divide"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ({"embed_dim": 120, "num_heads": 7}, "divisible by num_heads"),
+        ({"embed_dim": 100}, "divisible by 8"),
+        ({"qkv_bias": "k"}, "qkv_bias"),
+        ({"pos_embed": "learned"}, "pos_embed"),
+        ({"colour": 1}, "unknown architecture keys"),
+        ({"img_size": 30}, "does not divide"),
+    ],
+)
 def test_bad_arch_is_refused(bad, message):
     with pytest.raises(ValueError, match=message):
         build_encoder("vit_tiny", **bad)
@@ -142,6 +163,7 @@ def test_output_shapes_for_every_size(name):
 
 
 # ----------------------------------------------------------------------------- forward
+
 
 def test_positions_are_not_in_the_state_dict():
     keys = build_encoder("vit_tiny", **SMALL_CLIP).state_dict().keys()
@@ -204,8 +226,7 @@ def test_model_built_for_224_runs_smaller_clips():
 @pytest.mark.parametrize("uniform_power", [False, True])
 def test_3d_table_matches_vjepa_reference(dim, grid_size, grid_depth, uniform_power):
     ours = sincos_3d_table(dim, (grid_depth, grid_size, grid_size), uniform_power)
-    np.testing.assert_allclose(ours, vjepa_3d_sincos_reference(dim, grid_size, grid_depth, uniform_power),
-                               atol=1e-12)
+    np.testing.assert_allclose(ours, vjepa_3d_sincos_reference(dim, grid_size, grid_depth, uniform_power), atol=1e-12)
 
 
 def test_3d_table_for_non_square_grid_matches_elementwise_formula():
@@ -247,6 +268,7 @@ def test_bf16_autocast_forward_runs():
 
 # ----------------------------------------------------------------------------- predictor
 
+
 def make_predictor(**kwargs):
     torch.manual_seed(0)
     return Predictor(embed_dim=128, out_dim=96, width=64, depth=2, num_heads=4, **kwargs).eval()
@@ -263,8 +285,7 @@ def test_predictor_returns_only_targets():
         assert out.shape == (2, 3, 96)
         # Manual V-JEPA predictor path.
         pos = torch.from_numpy(sincos_3d_table(64, grid)).float()
-        x = torch.cat([predictor.embed(context) + pos[context_idx],
-                       predictor.mask_tokens[0] + pos[target_idx]], dim=1)
+        x = torch.cat([predictor.embed(context) + pos[context_idx], predictor.mask_tokens[0] + pos[target_idx]], dim=1)
         for block in predictor.blocks:
             x = block(x)
         manual = predictor.proj(predictor.norm(x[:, 4:]))
@@ -292,8 +313,9 @@ def test_predictor_mask_tokens_and_permutation():
 
 def test_predictor_trains_with_checkpointing():
     predictor = make_predictor(checkpoint_activations=True).train()
-    out = predictor(torch.randn(2, 3, 128), torch.tensor([[0, 1, 2]] * 2), torch.tensor([[3, 4]] * 2),
-                    grid=(2, 2, 2), mask_index=1)
+    out = predictor(
+        torch.randn(2, 3, 128), torch.tensor([[0, 1, 2]] * 2), torch.tensor([[3, 4]] * 2), grid=(2, 2, 2), mask_index=1
+    )
     out.abs().mean().backward()
     assert predictor.mask_tokens[1].grad is not None and predictor.mask_tokens[0].grad is None
     assert predictor.config["width"] == 64 and json.loads(json.dumps(predictor.config))

@@ -27,8 +27,29 @@ def s3():
 
 
 def cache_args(teacher: Path, data: str, out: str, *extra: str) -> list[str]:
-    return ["cache-latents", "--teacher", str(teacher), "--data", data, "--out", out, "--views", "2", "--max-videos", "8",
-            "--shard-videos", "2", "--workers", "1", "--batch-size", "3", "--precision", "fp32", "--no-progress", *extra]
+    return [
+        "cache-latents",
+        "--teacher",
+        str(teacher),
+        "--data",
+        data,
+        "--out",
+        out,
+        "--views",
+        "2",
+        "--max-videos",
+        "8",
+        "--shard-videos",
+        "2",
+        "--workers",
+        "1",
+        "--batch-size",
+        "3",
+        "--precision",
+        "fp32",
+        "--no-progress",
+        *extra,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -106,8 +127,10 @@ def test_a_writer_killed_mid_shard_leaves_nothing_visible_and_the_rerun_complete
 @pytest.mark.slow
 def test_two_rank_student_and_probe_read_from_the_bucket(tmp_path, s3, s3_cache, s3_videos):
     config = {
-        "cache": {"path": s3_cache}, "geometry": {"frames": 8, "frame_step": 4, "size": 32},
-        "data": {"batch_size": 2, "workers": 1}, "encoder": {"arch": "vit_tiny", "overrides": {"depth": 2}},
+        "cache": {"path": s3_cache},
+        "geometry": {"frames": 8, "frame_step": 4, "size": 32},
+        "data": {"batch_size": 2, "workers": 1},
+        "encoder": {"arch": "vit_tiny", "overrides": {"depth": 2}},
         "predictor": {"width": 64, "depth": 1, "num_heads": 4},
         "optim": {"steps": 4, "warmup_steps": 1, "lr_peak": 1e-3},
         "engine": {"precision": "fp32", "zero_stage": 2, "timeout_s": 60},
@@ -116,16 +139,55 @@ def test_two_rank_student_and_probe_read_from_the_bucket(tmp_path, s3, s3_cache,
     (tmp_path / "student.yaml").write_text(yaml.safe_dump(config))
     launcher = Path(sys.executable).parent / "deepspeed"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    student = subprocess.run([str(launcher), "--num_gpus", "2", "--master_port", str(free_port()),
-                              str(REPO / "salt" / "train_student.py"), "--config", str(tmp_path / "student.yaml")],
-                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    student = subprocess.run(
+        [
+            str(launcher),
+            "--num_gpus",
+            "2",
+            "--master_port",
+            str(free_port()),
+            str(REPO / "salt" / "train_student.py"),
+            "--config",
+            str(tmp_path / "student.yaml"),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert student.returncode == 0, student.stdout[-3000:] + student.stderr[-3000:]
-    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if "loss" in line]
+    losses = [
+        json.loads(line)["loss"]
+        for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+        if "loss" in line
+    ]
     assert len(losses) == 4 and all(np.isfinite(losses))
-    probe = salt("probe", "--encoder", str(tmp_path / "run" / "student.pt"), "--train", s3_videos["train"], "--val",
-                 s3_videos["val"], "--out", str(tmp_path / "probe.json"), "--set", "epochs=1", "--set", "train_views=1",
-                 "--set", "eval_clips=1", "--set", "eval_spatial=1", "--set", "lrs=[1e-3]", "--set", "weight_decays=[0.01]",
-                 "--set", "workers=0")
+    probe = salt(
+        "probe",
+        "--encoder",
+        str(tmp_path / "run" / "student.pt"),
+        "--train",
+        s3_videos["train"],
+        "--val",
+        s3_videos["val"],
+        "--out",
+        str(tmp_path / "probe.json"),
+        "--set",
+        "epochs=1",
+        "--set",
+        "train_views=1",
+        "--set",
+        "eval_clips=1",
+        "--set",
+        "eval_spatial=1",
+        "--set",
+        "lrs=[1e-3]",
+        "--set",
+        "weight_decays=[0.01]",
+        "--set",
+        "workers=0",
+    )
     assert probe.returncode == 0, probe.stderr
     report = json.loads((tmp_path / "probe.json").read_text())
     assert report["val_videos"] == 16 and 0 <= report["best"]["top1"] <= 1

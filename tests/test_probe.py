@@ -40,7 +40,11 @@ def test_multi_view_averaging():
     probabilities = torch.tensor([[0.9, 0.1], [0.2, 0.8], [0.3, 0.7], [0.6, 0.4], [0.7, 0.3], [0.8, 0.2]])
     labels = torch.tensor([1, 1, 1, 0, 0, 0])
     videos = torch.tensor([0, 0, 0, 1, 1, 1])
-    assert view_averaged_accuracy(probabilities, labels, videos) == {"top1": 1.0, "videos": 2, "confusion": [[1, 0], [0, 1]]}
+    assert view_averaged_accuracy(probabilities, labels, videos) == {
+        "top1": 1.0,
+        "videos": 2,
+        "confusion": [[1, 0], [0, 1]],
+    }
     single = view_averaged_accuracy(probabilities[[0, 3]], labels[[0, 3]], videos[[0, 3]])
     assert single["top1"] == 0.5
     assert single["confusion"] == [[1, 0], [1, 0]]  # [true][predicted]: video 0 (label 1) taken for class 0
@@ -48,16 +52,46 @@ def test_multi_view_averaging():
 
 def test_probe_command_writes_json(tmp_path, synthetic_set):
     out = tmp_path / "probe.json"
-    result = CliRunner().invoke(main, [
-        "probe", "--random-init", "vit_tiny", "--arch", "img_size=32", "--arch", "num_frames=8", "--arch", "depth=1",
-        "--train", str(synthetic_set / "train.csv"), "--val", str(synthetic_set / "val.csv"), "--out", str(out),
-        "--set", "epochs=1", "--set", "train_views=1", "--set", "eval_clips=1", "--set", "eval_spatial=2",
-        "--set", "lrs=[1e-3]", "--set", "weight_decays=[0.01, 0.1]", "--set", "workers=0",
-    ])
+    result = CliRunner().invoke(
+        main,
+        [
+            "probe",
+            "--random-init",
+            "vit_tiny",
+            "--arch",
+            "img_size=32",
+            "--arch",
+            "num_frames=8",
+            "--arch",
+            "depth=1",
+            "--train",
+            str(synthetic_set / "train.csv"),
+            "--val",
+            str(synthetic_set / "val.csv"),
+            "--out",
+            str(out),
+            "--set",
+            "epochs=1",
+            "--set",
+            "train_views=1",
+            "--set",
+            "eval_clips=1",
+            "--set",
+            "eval_spatial=2",
+            "--set",
+            "lrs=[1e-3]",
+            "--set",
+            "weight_decays=[0.01, 0.1]",
+            "--set",
+            "workers=0",
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert len(report["heads"]) == 2 and report["classes"] == 8 and report["val_videos"] == 16
-    assert 0 <= report["best"]["top1"] <= 1 and len(report["fingerprint"]) == 64 and report["feature_cache_speedup"] >= 1  # = 1 at one epoch by definition
+    assert (
+        0 <= report["best"]["top1"] <= 1 and len(report["fingerprint"]) == 64 and report["feature_cache_speedup"] >= 1
+    )  # = 1 at one epoch by definition
     assert "best" in result.output
 
 
@@ -87,31 +121,94 @@ def test_linear_protocol_reads_a_planted_mean_token():
 
 
 def test_linear_protocol_stays_near_chance_on_noise():
-    report = train_heads(planted(torch.arange(160) % 8, 2, 0, 0.0), planted(torch.arange(160) % 8, 1, 1, 0.0), 8, LINEAR)
+    report = train_heads(
+        planted(torch.arange(160) % 8, 2, 0, 0.0), planted(torch.arange(160) % 8, 1, 1, 0.0), 8, LINEAR
+    )
     assert report["best"]["top1"] < 0.25  # chance 12.5 %, 160 videos: s.e. 2.6 points, best of 4 heads
 
 
 def test_probe_command_linear_protocol(tmp_path, synthetic_set):
     out = tmp_path / "linear.json"
-    result = CliRunner().invoke(main, [
-        "probe", "--random-init", "vit_tiny", "--arch", "img_size=32", "--arch", "num_frames=8", "--arch", "depth=1",
-        "--train", str(synthetic_set / "train.csv"), "--val", str(synthetic_set / "val.csv"), "--out", str(out),
-        "--protocol", "linear", "--work-dir", str(tmp_path / "work"),
-        "--set", "train_views=1", "--set", "eval_clips=1", "--set", "eval_spatial=1", "--set", "workers=0",
-        "--set", "linear.epochs=2", "--set", "linear.lrs=[1e-2]", "--set", "linear.weight_decays=[0.0]",
-    ])
+    result = CliRunner().invoke(
+        main,
+        [
+            "probe",
+            "--random-init",
+            "vit_tiny",
+            "--arch",
+            "img_size=32",
+            "--arch",
+            "num_frames=8",
+            "--arch",
+            "depth=1",
+            "--train",
+            str(synthetic_set / "train.csv"),
+            "--val",
+            str(synthetic_set / "val.csv"),
+            "--out",
+            str(out),
+            "--protocol",
+            "linear",
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--set",
+            "train_views=1",
+            "--set",
+            "eval_clips=1",
+            "--set",
+            "eval_spatial=1",
+            "--set",
+            "workers=0",
+            "--set",
+            "linear.epochs=2",
+            "--set",
+            "linear.lrs=[1e-2]",
+            "--set",
+            "linear.weight_decays=[0.0]",
+        ],
+    )
     assert result.exit_code == 0, result.output
     report = json.loads(out.read_text())
     assert report["protocol"] == "linear" and report["val_videos"] == 16 and len(report["heads"]) == 1
     assert 0 <= report["best"]["top1"] <= 1 and "top1_se" in report["best"]
     assert result.output.startswith("linear probe of random-init vit_tiny")
     # The same work dir serves the attentive protocol from the stored token maps.
-    again = CliRunner().invoke(main, [
-        "probe", "--random-init", "vit_tiny", "--arch", "img_size=32", "--arch", "num_frames=8", "--arch", "depth=1",
-        "--train", str(synthetic_set / "train.csv"), "--val", str(synthetic_set / "val.csv"), "--out", str(tmp_path / "att.json"),
-        "--work-dir", str(tmp_path / "work"), "--set", "train_views=1", "--set", "eval_clips=1", "--set", "eval_spatial=1",
-        "--set", "workers=0", "--set", "epochs=1", "--set", "lrs=[1e-3]", "--set", "weight_decays=[0.01]",
-    ])
+    again = CliRunner().invoke(
+        main,
+        [
+            "probe",
+            "--random-init",
+            "vit_tiny",
+            "--arch",
+            "img_size=32",
+            "--arch",
+            "num_frames=8",
+            "--arch",
+            "depth=1",
+            "--train",
+            str(synthetic_set / "train.csv"),
+            "--val",
+            str(synthetic_set / "val.csv"),
+            "--out",
+            str(tmp_path / "att.json"),
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--set",
+            "train_views=1",
+            "--set",
+            "eval_clips=1",
+            "--set",
+            "eval_spatial=1",
+            "--set",
+            "workers=0",
+            "--set",
+            "epochs=1",
+            "--set",
+            "lrs=[1e-3]",
+            "--set",
+            "weight_decays=[0.01]",
+        ],
+    )
     assert again.exit_code == 0, again.output
     assert json.loads((tmp_path / "att.json").read_text())["protocol"] == "attentive"
 

@@ -27,15 +27,41 @@ NODE_ENV = {**AUTH, "RAY_worker_niceness": "0"}
 
 
 def cache_args(teacher: Path, data: Path, out: Path, *extra: str, views: int = 2) -> list[str]:
-    return ["cache-latents", "--teacher", str(teacher), "--data", str(data), "--out", str(out), "--views", str(views),
-            "--max-videos", "8", "--shard-videos", "2", "--batch-size", "3", "--precision", "bf16", "--format", "both",
-            "--workers", "0", "--no-progress", *extra]
+    return [
+        "cache-latents",
+        "--teacher",
+        str(teacher),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--views",
+        str(views),
+        "--max-videos",
+        "8",
+        "--shard-videos",
+        "2",
+        "--batch-size",
+        "3",
+        "--precision",
+        "bf16",
+        "--format",
+        "both",
+        "--workers",
+        "0",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def stored_files(cache: Path) -> dict[str, str]:
     """Digest of every stored sample file (tars, Zarr chunks and metadata); manifest minus when/how made."""
-    files = {str(p.relative_to(cache)): hashlib.sha256(p.read_bytes()).hexdigest()
-             for folder in ("wds", "cache.zarr") for p in sorted((cache / folder).rglob("*")) if p.is_file()}
+    files = {
+        str(p.relative_to(cache)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for folder in ("wds", "cache.zarr")
+        for p in sorted((cache / folder).rglob("*"))
+        if p.is_file()
+    }
     manifest = json.loads((cache / "manifest.json").read_text())
     files["manifest"] = {k: v for k, v in manifest.items() if k not in ("command", "created")}
     return files
@@ -55,12 +81,26 @@ def two_node_cluster():
     port = free_port()
     env = {**os.environ, **NODE_ENV}
     common = ["--block", "--num-cpus=2", "--object-store-memory=200000000", "--disable-usage-stats"]
-    started = [subprocess.Popen([RAY, "start", "--head", f"--port={port}", "--include-dashboard=false", *common], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)]
+    started = [
+        subprocess.Popen(
+            [RAY, "start", "--head", f"--port={port}", "--include-dashboard=false", *common],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    ]
     try:
         _wait_for(lambda: _listening(port), "the Ray head")
-        started.append(subprocess.Popen([RAY, "start", f"--address=127.0.0.1:{port}", *common], env=env,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True))
+        started.append(
+            subprocess.Popen(
+                [RAY, "start", f"--address=127.0.0.1:{port}", *common],
+                env=env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        )
         _wait_for(lambda: _alive_nodes(port) == 2, "the second Ray node")
         yield f"127.0.0.1:{port}"
     finally:
@@ -88,10 +128,13 @@ def _listening(port: int) -> bool:
 
 
 def _alive_nodes(port: int) -> int:
-    script = (f"import ray; ray.init(address='127.0.0.1:{port}', log_to_driver=False); "
-              "print(sum(n['Alive'] for n in ray.nodes()))")
-    result = subprocess.run([sys.executable, "-c", script], env={**os.environ, **AUTH}, capture_output=True, text=True,
-                            timeout=120)
+    script = (
+        f"import ray; ray.init(address='127.0.0.1:{port}', log_to_driver=False); "
+        "print(sum(n['Alive'] for n in ray.nodes()))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], env={**os.environ, **AUTH}, capture_output=True, text=True, timeout=120
+    )
     return int(result.stdout.strip().splitlines()[-1]) if result.returncode == 0 else 0
 
 
@@ -108,11 +151,16 @@ def test_ray_engine_writes_the_local_engines_bytes_including_skips(tmp_path, tea
     broken = tmp_path / "broken.mp4"
     broken.write_bytes(b"not a video")
     csv = tmp_path / "data.csv"
-    csv.write_text("".join(f"{synthetic_set / line}\n" for line in lines[:2]) + f"{broken} 1\n"
-                   + "".join(f"{synthetic_set / line}\n" for line in lines[2:]))
+    csv.write_text(
+        "".join(f"{synthetic_set / line}\n" for line in lines[:2])
+        + f"{broken} 1\n"
+        + "".join(f"{synthetic_set / line}\n" for line in lines[2:])
+    )
     local = salt(*cache_args(teacher, csv, tmp_path / "local", "--max-skipped", "0.2"))  # 1 of 6 skipped
     assert local.returncode == 0, local.stderr
-    ray = salt(*cache_args(teacher, csv, tmp_path / "ray", "--engine", "ray", "--max-skipped", "0.2"))  # starts and stops a local Ray instance
+    ray = salt(
+        *cache_args(teacher, csv, tmp_path / "ray", "--engine", "ray", "--max-skipped", "0.2")
+    )  # starts and stops a local Ray instance
     assert ray.returncode == 0, ray.stderr
     assert stored_files(tmp_path / "ray") == stored_files(tmp_path / "local")
     manifest = json.loads((tmp_path / "ray" / "manifest.json").read_text())
@@ -120,15 +168,30 @@ def test_ray_engine_writes_the_local_engines_bytes_including_skips(tmp_path, tea
     assert manifest["sample_count"] == 10
 
 
-def test_two_nodes_decode_and_killed_workers_are_retried(tmp_path, teacher, synthetic_set, two_node_cluster, local_reference):
+def test_two_nodes_decode_and_killed_workers_are_retried(
+    tmp_path, teacher, synthetic_set, two_node_cluster, local_reference
+):
     out = tmp_path / "cache"
     marks = tmp_path / "decode.killed", tmp_path / "teacher.killed"
     # Both decoders (placed SPREAD, one per node) hold their first video until both have started:
     # otherwise the first one up, on the node holding the inputs, may take every video. With at
     # most 2 videos in flight per decoder, the one that meets video 6 has finished a video already.
     fault = f"decoders@2:{tmp_path / 'decoders'},decode@6:{marks[0]},teacher@5:{marks[1]}"  # each worker SIGKILLed once
-    result = salt(*cache_args(teacher, synthetic_set / "train.csv", out, "--engine", "ray", "--ray-address", two_node_cluster,
-                              "--decode-cpus", "2"), env=AUTH, fault=f"ray:{fault}")
+    result = salt(
+        *cache_args(
+            teacher,
+            synthetic_set / "train.csv",
+            out,
+            "--engine",
+            "ray",
+            "--ray-address",
+            two_node_cluster,
+            "--decode-cpus",
+            "2",
+        ),
+        env=AUTH,
+        fault=f"ray:{fault}",
+    )
     assert result.returncode == 0, result.stderr
     assert all(mark.exists() for mark in marks), "both faults should have fired"
     assert stored_files(out) == local_reference  # nothing lost, nothing twice, the same bytes
@@ -138,7 +201,9 @@ def test_two_nodes_decode_and_killed_workers_are_retried(tmp_path, teacher, synt
     assert len(nodes) == 2, f"videos were decoded on {len(nodes)} node(s)"
 
 
-def test_driver_killed_mid_shard_then_rerun_completes(tmp_path, teacher, synthetic_set, two_node_cluster, local_reference):
+def test_driver_killed_mid_shard_then_rerun_completes(
+    tmp_path, teacher, synthetic_set, two_node_cluster, local_reference
+):
     out = tmp_path / "cache"
     args = cache_args(teacher, synthetic_set / "train.csv", out, "--engine", "ray", "--ray-address", two_node_cluster)
     result = salt(*args, env=AUTH, fault="kill-mid-shard")
@@ -150,13 +215,18 @@ def test_driver_killed_mid_shard_then_rerun_completes(tmp_path, teacher, synthet
     assert open_cache(out).keys() == sorted(f"v{v:08d}k{k:03d}" for v in range(8) for k in range(2))
 
 
-def test_more_views_by_the_ray_engine_keep_the_local_engines_shards(tmp_path, teacher, synthetic_set, two_node_cluster,
-                                                                    local_reference):
+def test_more_views_by_the_ray_engine_keep_the_local_engines_shards(
+    tmp_path, teacher, synthetic_set, two_node_cluster, local_reference
+):
     out = tmp_path / "cache"
-    assert salt(*cache_args(teacher, synthetic_set / "train.csv", out, views=1)).returncode == 0  # local engine: view 0 ...
+    assert (
+        salt(*cache_args(teacher, synthetic_set / "train.csv", out, views=1)).returncode == 0
+    )  # local engine: view 0 ...
     before = {k: v for k, v in stored_files(out).items() if k.startswith("wds/")}
-    grown = salt(*cache_args(teacher, synthetic_set / "train.csv", out, "--engine", "ray", "--ray-address", two_node_cluster),
-                 env=AUTH)  # ... the Ray engine adds view 1
+    grown = salt(
+        *cache_args(teacher, synthetic_set / "train.csv", out, "--engine", "ray", "--ray-address", two_node_cluster),
+        env=AUTH,
+    )  # ... the Ray engine adds view 1
     assert grown.returncode == 0, grown.stderr
     after = stored_files(out)
     assert all(after[name] == digest for name, digest in before.items())
@@ -165,10 +235,20 @@ def test_more_views_by_the_ray_engine_keep_the_local_engines_shards(tmp_path, te
 
 def test_cluster_problems_are_refused_naming_what_to_do(tmp_path, teacher, synthetic_set, two_node_cluster):
     data = synthetic_set / "train.csv"
-    nobody = salt(*cache_args(teacher, data, tmp_path / "a", "--engine", "ray", "--ray-address", f"127.0.0.1:{free_port()}"))
-    assert nobody.returncode != 0 and "no Ray cluster could be joined" in nobody.stderr and "ray start --head" in nobody.stderr
-    greedy = salt(*cache_args(teacher, data, tmp_path / "b", "--engine", "ray", "--ray-address", two_node_cluster,
-                              "--decode-cpus", "64"), env=AUTH)
+    nobody = salt(
+        *cache_args(teacher, data, tmp_path / "a", "--engine", "ray", "--ray-address", f"127.0.0.1:{free_port()}")
+    )
+    assert (
+        nobody.returncode != 0
+        and "no Ray cluster could be joined" in nobody.stderr
+        and "ray start --head" in nobody.stderr
+    )
+    greedy = salt(
+        *cache_args(
+            teacher, data, tmp_path / "b", "--engine", "ray", "--ray-address", two_node_cluster, "--decode-cpus", "64"
+        ),
+        env=AUTH,
+    )
     assert greedy.returncode != 0 and "4 CPUs and 0 GPUs" in greedy.stderr and "--decode-cpus" in greedy.stderr
     ranked = salt(*cache_args(teacher, data, tmp_path / "c", "--engine", "ray", "--world-size", "2"))
     assert ranked.returncode != 0 and "one driver" in ranked.stderr

@@ -10,14 +10,32 @@ from salt.report import pipeline_report
 def test_pipeline_report_lists_every_stage(tmp_path, synthetic_set):
     torch.manual_seed(0)
     save_encoder(tmp_path / "t.pt", build_encoder("vit_tiny", img_size=32, num_frames=8, depth=1), kind="teacher")
-    run_cache(CacheJob(teacher=str(tmp_path / "t.pt"), data=str(synthetic_set / "train.csv"), out=str(tmp_path / "cache"),
-                       max_videos=2, workers=0, progress=False))
+    run_cache(
+        CacheJob(
+            teacher=str(tmp_path / "t.pt"),
+            data=str(synthetic_set / "train.csv"),
+            out=str(tmp_path / "cache"),
+            max_videos=2,
+            workers=0,
+            progress=False,
+        )
+    )
     for run in ("teacher", "student"):
         (tmp_path / run).mkdir()
-        (tmp_path / run / "metrics.jsonl").write_text(json.dumps({"step": 5, "loss": 0.5, "elapsed_s": 12.0, "flops": 3e9}) + "\n")
+        (tmp_path / run / "metrics.jsonl").write_text(
+            json.dumps({"step": 5, "loss": 0.5, "elapsed_s": 12.0, "flops": 3e9}) + "\n"
+        )
     probe = tmp_path / "probe.json"
-    probe.write_text(json.dumps({"encoder": "random-init vit_tiny", "classes": 8, "best": {"top1": 0.25, "top5": 0.75},
-                                 "seconds": {"train_features": 1.0, "val_features": 1.0, "heads": 2.0}}))
+    probe.write_text(
+        json.dumps(
+            {
+                "encoder": "random-init vit_tiny",
+                "classes": 8,
+                "best": {"top1": 0.25, "top5": 0.75},
+                "seconds": {"train_features": 1.0, "val_features": 1.0, "heads": 2.0},
+            }
+        )
+    )
     text = pipeline_report(str(tmp_path / "teacher"), str(tmp_path / "cache"), str(tmp_path / "student"), [str(probe)])
     assert "loss 0.5000 at step 5" in text and "2 views" in text and "25.0%" in text and "12.5%" in text
 
@@ -26,11 +44,23 @@ def test_probe_table_lists_both_protocols_with_errors_and_margins():
     from salt.report import probe_table
 
     def record(encoder, protocol, top1):
-        return {"encoder": encoder, "protocol": protocol, "classes": 8, "val_videos": 200,
-                "best": {"top1": top1, "top1_se": (top1 * (1 - top1) / 200) ** 0.5}, "seconds": {"heads": 1.0}}
+        return {
+            "encoder": encoder,
+            "protocol": protocol,
+            "classes": 8,
+            "val_videos": 200,
+            "best": {"top1": top1, "top1_se": (top1 * (1 - top1) / 200) ** 0.5},
+            "seconds": {"heads": 1.0},
+        }
 
-    lines = probe_table([record("random-init vit_tiny", "linear", 0.14), record("random-init vit_tiny", "attentive", 0.40),
-                         record("teacher.pt", "linear", 0.30), record("teacher.pt", "attentive", 0.45)])
+    lines = probe_table(
+        [
+            record("random-init vit_tiny", "linear", 0.14),
+            record("random-init vit_tiny", "attentive", 0.40),
+            record("teacher.pt", "linear", 0.30),
+            record("teacher.pt", "attentive", 0.45),
+        ]
+    )
     assert "linear" in lines[0] and "attentive" in lines[0] and lines[0].index("linear") < lines[0].index("attentive")
     floor_row, teacher_row = lines[1], lines[2]
     assert "(floor)" in floor_row and "14.0% ± 2.5" in floor_row

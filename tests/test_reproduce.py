@@ -13,11 +13,23 @@ from salt.reproduce import ReproduceError, reproduce
 REPO = Path(__file__).resolve().parent.parent
 
 TINY = {
-    "data": {"videos": 16, "size": 40, "seed": 5}, "frames": 8, "frame_step": 4, "size": 32, "batch_size": 4,
-    "workers": 0, "supervised_steps": 3, "teacher_steps": 4, "student_steps": 3, "seeds": [0], "floor_seeds": [0],
-    "views": 1, "shard_videos": 4, "claims": ["calibration", "student_vs_teacher", "matched_flops"],
+    "data": {"videos": 16, "size": 40, "seed": 5},
+    "frames": 8,
+    "frame_step": 4,
+    "size": 32,
+    "batch_size": 4,
+    "workers": 0,
+    "supervised_steps": 3,
+    "teacher_steps": 4,
+    "student_steps": 3,
+    "seeds": [0],
+    "floor_seeds": [0],
+    "views": 1,
+    "shard_videos": 4,
+    "claims": ["calibration", "student_vs_teacher", "matched_flops"],
     "probe_overrides": ["epochs=1", "train_views=1", "workers=0", "weight_decays=[0.01]", "linear.epochs=2"],
-    "teacher_config": str(REPO / "configs/teacher/vit_tiny.yaml"), "student_config": str(REPO / "configs/student/vit_tiny.yaml"),
+    "teacher_config": str(REPO / "configs/teacher/vit_tiny.yaml"),
+    "student_config": str(REPO / "configs/student/vit_tiny.yaml"),
     "probe_config": str(REPO / "configs/probe/demo.yaml"),
 }
 
@@ -25,9 +37,14 @@ TINY = {
 def test_chain_runs_keeps_finished_steps_and_tables_the_claims(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     config = tmp_path / "reproduce.yaml"
-    config.write_text(yaml.safe_dump({**TINY, "out_dir": str(tmp_path / "out"), "probe_config": str(tmp_path / "missing.yaml")}))
+    config.write_text(
+        yaml.safe_dump({**TINY, "out_dir": str(tmp_path / "out"), "probe_config": str(tmp_path / "missing.yaml")})
+    )
     # A failing step names itself and its log; the steps before it stay done.
-    with pytest.raises(ReproduceError, match=r"(?s)step probe_floor_seed0_linear failed.*logs/probe_floor_seed0_linear\.log.*config file not found"):
+    with pytest.raises(
+        ReproduceError,
+        match=r"(?s)step probe_floor_seed0_linear failed.*logs/probe_floor_seed0_linear\.log.*config file not found",
+    ):
         reproduce(str(config), [], echo=lambda line: None)
     assert (tmp_path / "out/done/data").exists() and not (tmp_path / "out/done/probe_floor_seed0_linear").exists()
 
@@ -36,13 +53,24 @@ def test_chain_runs_keeps_finished_steps_and_tables_the_claims(tmp_path, monkeyp
     assert "  kept     data" in lines
     done = sorted(p.name for p in (tmp_path / "out/done").iterdir())
     probed = ["floor_seed0", "supervised", "teacher", "student_seed0", "ema_seed0"]
-    assert done == sorted(["data", "supervised", "teacher", "cache_views1", "student_seed0", "ema_seed0"]
-                          + [f"probe_{name}_{protocol}" for name in probed for protocol in ("linear", "attentive")])
+    assert done == sorted(
+        ["data", "supervised", "teacher", "cache_views1", "student_seed0", "ema_seed0"]
+        + [f"probe_{name}_{protocol}" for name in probed for protocol in ("linear", "attentive")]
+    )
     rows = {r["row"]: r for r in result["rows"]}
-    assert set(rows) == {"random-init floor", "supervised ceiling", "teacher (pixels)", "SALT student of the teacher",
-                         "V-JEPA EMA baseline (same FLOPs as SALT online)"}
+    assert set(rows) == {
+        "random-init floor",
+        "supervised ceiling",
+        "teacher (pixels)",
+        "SALT student of the teacher",
+        "V-JEPA EMA baseline (same FLOPs as SALT online)",
+    }
     assert all(set(r["by_protocol"]) == {"linear", "attentive"} for r in rows.values())
-    assert all(0.0 <= stats["mean"] <= 1.0 and stats["se_mean"] >= 0 for r in rows.values() for stats in r["by_protocol"].values())
+    assert all(
+        0.0 <= stats["mean"] <= 1.0 and stats["se_mean"] >= 0
+        for r in rows.values()
+        for stats in r["by_protocol"].values()
+    )
     assert result["verdicts"][0].startswith("0. calibration (linear)")
     assert any(v.startswith("1. student > its teacher: linear:") for v in result["verdicts"])
     salt, ema = rows["SALT student of the teacher"], rows["V-JEPA EMA baseline (same FLOPs as SALT online)"]
@@ -60,20 +88,40 @@ def test_chain_runs_keeps_finished_steps_and_tables_the_claims(tmp_path, monkeyp
     assert all(line.startswith("  kept") for line in lines) and again["rows"] == result["rows"]
 
     # Claim "rank": the teacher's cache compacted (int8 full rank, and rank D/4), a student of each.
-    ranked = reproduce(str(config), [f"probe_config={TINY['probe_config']}", "claims=[calibration,student_vs_teacher,rank]",
-                                     "rank_teacher=teacher", "rank_divisors=[4]"], echo=lambda line: None)
-    assert {"compact_cache_int8_full", "compact_cache_int8_rank32", "student_int8_full_seed0", "student_int8_rank32_seed0"} <= {
-        p.name for p in (tmp_path / "out/done").iterdir()}
+    ranked = reproduce(
+        str(config),
+        [
+            f"probe_config={TINY['probe_config']}",
+            "claims=[calibration,student_vs_teacher,rank]",
+            "rank_teacher=teacher",
+            "rank_divisors=[4]",
+        ],
+        echo=lambda line: None,
+    )
+    assert {
+        "compact_cache_int8_full",
+        "compact_cache_int8_rank32",
+        "student_int8_full_seed0",
+        "student_int8_rank32_seed0",
+    } <= {p.name for p in (tmp_path / "out/done").iterdir()}
     rank_rows = [r for r in ranked["rows"] if r["group"] == "rank"]
-    assert [r["row"] for r in rank_rows] == ["SALT student of the teacher, int8 full rank", "SALT student of the teacher, int8 rank 32"]
-    assert rank_rows[1]["cache"]["rank"] == 32 and rank_rows[1]["cache"]["latent_kb"] < rank_rows[0]["cache"]["latent_kb"]
+    assert [r["row"] for r in rank_rows] == [
+        "SALT student of the teacher, int8 full rank",
+        "SALT student of the teacher, int8 rank 32",
+    ]
+    assert (
+        rank_rows[1]["cache"]["rank"] == 32 and rank_rows[1]["cache"]["latent_kb"] < rank_rows[0]["cache"]["latent_kb"]
+    )
     fives = [v for v in ranked["verdicts"] if v.startswith("5. ")]
     assert len(fives) == 2 and all("the fp16 cache's bytes" in v and "linear:" in v for v in fives)
 
 
 def test_cli_rejects_unknown_claims(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "salt.cli", "reproduce", "--set", "claims=[faster]",
-                           "--set", f"out_dir={tmp_path}"], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "salt.cli", "reproduce", "--set", "claims=[faster]", "--set", f"out_dir={tmp_path}"],
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode != 0 and "claims: unknown ['faster']" in done.stderr
 
 

@@ -5,6 +5,7 @@ The reference below is transcribed from V-JEPA 2's formulas (facebookresearch/vj
 per head, dims [t | h | w | rest], 2·((head_dim // 3) // 2) per axis, omega = 1/10000^(i/(D/2)),
 sin/cos tiled over the axis' D dims, rotation of adjacent pairs (x[2i], x[2i+1]).
 """
+
 import math
 
 import pytest
@@ -42,8 +43,8 @@ def reference_rope(q, token_idx, grid):
     frame = token_idx // (height * width)
     row = (token_idx % (height * width)) // width
     column = token_idx % width
-    parts = [reference_rotate(q[..., i * axis:(i + 1) * axis], pos) for i, pos in enumerate((frame, row, column))]
-    return torch.cat(parts + [q[..., 3 * axis:]], dim=-1)
+    parts = [reference_rotate(q[..., i * axis : (i + 1) * axis], pos) for i, pos in enumerate((frame, row, column))]
+    return torch.cat(parts + [q[..., 3 * axis :]], dim=-1)
 
 
 def reference_blocks(sd, x, token_idx, grid, heads, prefix="blocks", eps=1e-6):
@@ -90,9 +91,19 @@ def clip(batch=2, seed=0):
 
 
 def rope_encoder(sd):
-    encoder = build_encoder({**resolve_arch("vit_tiny_rope"), "embed_dim": DIM, "depth": 3, "num_heads": HEADS,
-                             "img_size": IMG, "num_frames": FRAMES, "patch_size": PATCH, "tubelet_size": TUBELET,
-                             "mlp_ratio": 2.0})
+    encoder = build_encoder(
+        {
+            **resolve_arch("vit_tiny_rope"),
+            "embed_dim": DIM,
+            "depth": 3,
+            "num_heads": HEADS,
+            "img_size": IMG,
+            "num_frames": FRAMES,
+            "patch_size": PATCH,
+            "tubelet_size": TUBELET,
+            "mlp_ratio": 2.0,
+        }
+    )
     encoder.load_state_dict(sd, strict=True)
     return encoder.eval()
 
@@ -146,12 +157,18 @@ def test_rope_registry_sizes():
 
 # ----------------------------------------------------------------------------- V-JEPA 2 checkpoints
 
+
 def vjepa2_checkpoint(sd):
     """The layout V-JEPA 2's trainer saves: DDP + wrapper prefixes, no pos_embed anywhere."""
     wrap = lambda weights: {f"module.backbone.{k}": v for k, v in weights.items()}  # noqa: E731
-    return {"encoder": wrap(random_encoder_weights(seed=9)), "target_encoder": wrap(sd),
-            "predictor": {"module.backbone.predictor_embed.weight": torch.zeros(8, DIM)},
-            "opt": {"state": {}, "param_groups": [{"lr": 1e-3}]}, "scaler": None, "epoch": 3}
+    return {
+        "encoder": wrap(random_encoder_weights(seed=9)),
+        "target_encoder": wrap(sd),
+        "predictor": {"module.backbone.predictor_embed.weight": torch.zeros(8, DIM)},
+        "opt": {"state": {}, "param_groups": [{"lr": 1e-3}]},
+        "scaler": None,
+        "epoch": 3,
+    }
 
 
 def test_vjepa2_checkpoint_imports_as_a_rope_encoder(tmp_path, caplog):
@@ -165,14 +182,19 @@ def test_vjepa2_checkpoint_imports_as_a_rope_encoder(tmp_path, caplog):
         assert torch.allclose(encoder.eval()(x), reference_encoder(sd, x), atol=1e-5)  # target_encoder by default
         online, _ = load_encoder(tmp_path / "vjepa2.pt", arch={"num_heads": HEADS}, checkpoint_key="encoder")
         assert torch.allclose(online.eval()(x), reference_encoder(random_encoder_weights(seed=9), x), atol=1e-5)
-    with pytest.raises(CheckpointError, match=r"no state dict under checkpoint key 'ema'.*'encoder', 'opt', 'predictor', 'target_encoder'"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"no state dict under checkpoint key 'ema'.*'encoder', 'opt', 'predictor', 'target_encoder'",
+    ):
         load_encoder(tmp_path / "vjepa2.pt", arch={"num_heads": HEADS}, checkpoint_key="ema")
 
 
 def test_vjepa2_checkpoint_with_a_missing_block_names_the_keys(tmp_path):
     sd = {k: v for k, v in random_encoder_weights().items() if not k.startswith("blocks.1.")}
     torch.save(vjepa2_checkpoint(sd), tmp_path / "v.pt")
-    with pytest.raises(CheckpointError, match=r"missing keys \[blocks\.1\.attn\.proj\.bias, blocks\.1\.attn\.proj\.weight"):
+    with pytest.raises(
+        CheckpointError, match=r"missing keys \[blocks\.1\.attn\.proj\.bias, blocks\.1\.attn\.proj\.weight"
+    ):
         load_encoder(tmp_path / "v.pt", arch={"num_heads": HEADS})
 
 
@@ -180,12 +202,16 @@ def test_vjepa2_giant_gets_22_heads_from_the_registry(tmp_path, caplog):
     with torch.device("meta"):
         sd = build_encoder("vit_giant_rope").state_dict()
     # Shapes are all the loader reads to choose the size; real tensors are needed for torch.save.
-    sd = {k: torch.zeros(v.shape) if v.dim() < 2 else torch.zeros(v.shape[:2] + (1,) * (v.dim() - 2)).expand(v.shape)
-          for k, v in sd.items()}
+    sd = {
+        k: torch.zeros(v.shape) if v.dim() < 2 else torch.zeros(v.shape[:2] + (1,) * (v.dim() - 2)).expand(v.shape)
+        for k, v in sd.items()
+    }
     from salt.models.converters import import_state_dict
 
     with caplog.at_level("WARNING", logger="salt.models"):
-        _, arch = import_state_dict({"target_encoder": {f"module.backbone.{k}": v for k, v in sd.items()}}, tmp_path / "g.pt", None)
+        _, arch = import_state_dict(
+            {"target_encoder": {f"module.backbone.{k}": v for k, v in sd.items()}}, tmp_path / "g.pt", None
+        )
     assert (arch["num_heads"], arch["pos_embed"]) == (22, "rope") and "vit_giant_rope" in caplog.text
 
 
@@ -203,20 +229,50 @@ def test_vjepa2_teacher_end_to_end_cache_then_student(tmp_path, synthetic_set):
     teacher = build_encoder("vit_tiny_rope", embed_dim=64, depth=2, num_heads=4, img_size=32, num_frames=8)
     sd = {k: v.detach() for k, v in teacher.state_dict().items()}
     torch.save(vjepa2_checkpoint(sd), tmp_path / "vjepa2.pt")
-    result = CliRunner().invoke(main, [
-        "cache-latents", "--teacher", str(tmp_path / "vjepa2.pt"), "--checkpoint-key", "target_encoder",
-        "--arch", "num_heads=4", "--data", str(synthetic_set / "train.csv"), "--out", str(tmp_path / "cache"),
-        "--views", "1", "--max-videos", "4", "--shard-videos", "2", "--workers", "0", "--precision", "fp32",
-        "--frames", "8", "--size", "32", "--no-progress"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "cache-latents",
+            "--teacher",
+            str(tmp_path / "vjepa2.pt"),
+            "--checkpoint-key",
+            "target_encoder",
+            "--arch",
+            "num_heads=4",
+            "--data",
+            str(synthetic_set / "train.csv"),
+            "--out",
+            str(tmp_path / "cache"),
+            "--views",
+            "1",
+            "--max-videos",
+            "4",
+            "--shard-videos",
+            "2",
+            "--workers",
+            "0",
+            "--precision",
+            "fp32",
+            "--frames",
+            "8",
+            "--size",
+            "32",
+            "--no-progress",
+        ],
+    )
     assert result.exit_code == 0, result.output
     manifest = open_cache(tmp_path / "cache").manifest
     assert manifest.teacher["arch"]["pos_embed"] == "rope" and manifest.teacher["checkpoint_key"] == "target_encoder"
     assert manifest.dim == 64
 
-    sections = dict(cache={"path": str(tmp_path / "cache")}, teacher=str(tmp_path / "vjepa2.pt"),
-                    encoder={"arch": "vit_tiny_rope", "overrides": {"depth": 1}},
-                    predictor={"width": 48, "depth": 1, "num_heads": 4, "pos_embed": "rope"},
-                    optim={"steps": 2, "warmup_steps": 1}, run={"out_dir": str(tmp_path / "run"), "checkpoint_every": 2})
+    sections = dict(
+        cache={"path": str(tmp_path / "cache")},
+        teacher=str(tmp_path / "vjepa2.pt"),
+        encoder={"arch": "vit_tiny_rope", "overrides": {"depth": 1}},
+        predictor={"width": 48, "depth": 1, "num_heads": 4, "pos_embed": "rope"},
+        optim={"steps": 2, "warmup_steps": 1},
+        run={"out_dir": str(tmp_path / "run"), "checkpoint_every": 2},
+    )
     run_student(str(student_config(tmp_path / "a", tmp_path, **sections)), [])
     from_cache = records(tmp_path / "run")
     sections["run"] = {"out_dir": str(tmp_path / "online"), "checkpoint_every": 2}

@@ -31,8 +31,19 @@ def demo_cache(tmp_path_factory, synthetic_set):
     torch.manual_seed(0)
     teacher = root / "teacher.pt"
     save_encoder(teacher, build_encoder("vit_tiny", img_size=32, num_frames=8, depth=2), kind="teacher")
-    run_cache(CacheJob(teacher=str(teacher), data=str(synthetic_set / "train.csv"), out=str(root / "cache"), views=2,
-                       max_videos=8, shard_videos=2, workers=0, precision="fp32", progress=False))
+    run_cache(
+        CacheJob(
+            teacher=str(teacher),
+            data=str(synthetic_set / "train.csv"),
+            out=str(root / "cache"),
+            views=2,
+            max_videos=8,
+            shard_videos=2,
+            workers=0,
+            precision="fp32",
+            progress=False,
+        )
+    )
     return root
 
 
@@ -82,11 +93,23 @@ def test_baseline_is_the_mean_target_and_explained_variance_its_share(demo_cache
     from salt.masks import DEFAULT_MASKS, apply_masks
     from salt.training.student import sample_of_targets
 
-    dataset = CacheBatches(str(demo_cache / "cache"), "auto", 4, seed=0, rank=0, world_size=1, num_workers=1,
-                           mask_configs=list(DEFAULT_MASKS), token_grid=(4, 2, 2))
+    dataset = CacheBatches(
+        str(demo_cache / "cache"),
+        "auto",
+        4,
+        seed=0,
+        rank=0,
+        world_size=1,
+        num_workers=1,
+        mask_configs=list(DEFAULT_MASKS),
+        token_grid=(4, 2, 2),
+    )
     batch = next(iter(dataset))
-    objective = StudentObjective(build_encoder("vit_tiny", img_size=32, num_frames=8, depth=2),
-                                 Predictor(128, 128, width=64, depth=1, num_heads=4), "cache")
+    objective = StudentObjective(
+        build_encoder("vit_tiny", img_size=32, num_frames=8, depth=2),
+        Predictor(128, 128, width=64, depth=1, num_heads=4),
+        "cache",
+    )
     stored = sample_of_targets(str(demo_cache / "cache"), count=5)
     assert stored.shape == (5, 16, 128)
     objective.set_target_mean(stored)
@@ -106,9 +129,17 @@ def test_baseline_is_the_mean_target_and_explained_variance_its_share(demo_cache
 
 def test_cache_and_online_teacher_give_the_same_loss(demo_cache):
     teacher, _ = load_encoder(demo_cache / "teacher.pt")
-    dataset = CacheBatches(str(demo_cache / "cache"), "auto", 4, seed=0, rank=0, world_size=1, num_workers=1,
-                           mask_configs=list(__import__("salt.masks", fromlist=["DEFAULT_MASKS"]).DEFAULT_MASKS),
-                           token_grid=(4, 2, 2))
+    dataset = CacheBatches(
+        str(demo_cache / "cache"),
+        "auto",
+        4,
+        seed=0,
+        rank=0,
+        world_size=1,
+        num_workers=1,
+        mask_configs=list(__import__("salt.masks", fromlist=["DEFAULT_MASKS"]).DEFAULT_MASKS),
+        token_grid=(4, 2, 2),
+    )
     batch = next(iter(dataset))
     torch.manual_seed(1)
     encoder = build_encoder("vit_tiny", img_size=32, num_frames=8, depth=2)
@@ -153,7 +184,11 @@ def test_manifest_mismatch_is_refused(tmp_path, demo_cache):
 
 def test_two_student_sizes_from_one_cache(tmp_path, demo_cache):
     small = student_config(tmp_path / "a", demo_cache)
-    other = student_config(tmp_path / "b", demo_cache, encoder={"arch": "vit_tiny", "overrides": {"embed_dim": 64, "num_heads": 2, "depth": 1}})
+    other = student_config(
+        tmp_path / "b",
+        demo_cache,
+        encoder={"arch": "vit_tiny", "overrides": {"embed_dim": 64, "num_heads": 2, "depth": 1}},
+    )
     for config, dim in ((small, 128), (other, 64)):
         result = run_student(str(config), ["optim.steps=2"])
         encoder, arch = load_encoder(result.export_path)
@@ -180,8 +215,18 @@ def test_frames_decoded_by_the_training_process_equal_the_workers(tmp_path, demo
     from salt.masks import DEFAULT_MASKS
 
     def batches(where):
-        dataset = CacheBatches(str(demo_cache / "cache"), "auto", 4, seed=0, rank=0, world_size=1, num_workers=2,
-                               mask_configs=list(DEFAULT_MASKS), token_grid=(4, 2, 2), decode_frames=where)
+        dataset = CacheBatches(
+            str(demo_cache / "cache"),
+            "auto",
+            4,
+            seed=0,
+            rank=0,
+            world_size=1,
+            num_workers=2,
+            mask_configs=list(DEFAULT_MASKS),
+            token_grid=(4, 2, 2),
+            decode_frames=where,
+        )
         return list(itertools.islice(iter(dataset), 3))
 
     for in_workers, undecoded in zip(batches("workers"), batches("device")):
@@ -193,12 +238,17 @@ def test_frames_decoded_by_the_training_process_equal_the_workers(tmp_path, demo
         for a, b in zip(on_device.masks, in_workers.masks):
             assert torch.equal(a.context_idx, b.context_idx) and torch.equal(a.target_idx, b.target_idx)
     full = student_config(tmp_path / "full", demo_cache, data={"batch_size": 4, "workers": 2})
-    split = student_config(tmp_path / "split", demo_cache, data={"batch_size": 4, "workers": 2, "decode_frames": "device"})
+    split = student_config(
+        tmp_path / "split", demo_cache, data={"batch_size": 4, "workers": 2, "decode_frames": "device"}
+    )
     run_student(str(full), [])
     run_student(str(split), ["run.stop_at=3"])
     run_student(str(split), ["data.decode_frames=workers"], resume=True)
-    np.testing.assert_allclose([r["loss"] for r in records(tmp_path / "split" / "run")],
-                               [r["loss"] for r in records(tmp_path / "full" / "run")], rtol=1e-5)
+    np.testing.assert_allclose(
+        [r["loss"] for r in records(tmp_path / "split" / "run")],
+        [r["loss"] for r in records(tmp_path / "full" / "run")],
+        rtol=1e-5,
+    )
 
 
 def test_resume_refuses_a_cache_from_another_teacher(tmp_path, demo_cache):
@@ -229,8 +279,16 @@ def test_ema_baseline_trains_and_refuses_zero3(tmp_path, demo_cache):
 
 def test_exported_student_serves_as_the_next_teacher(tmp_path, demo_cache, synthetic_set):
     result = run_student(str(student_config(tmp_path, demo_cache)), ["optim.steps=2"])
-    manifest = run_cache(CacheJob(teacher=str(result.export_path), data=str(synthetic_set / "train.csv"), out=str(tmp_path / "c2"),
-                                  max_videos=2, workers=0, progress=False))
+    manifest = run_cache(
+        CacheJob(
+            teacher=str(result.export_path),
+            data=str(synthetic_set / "train.csv"),
+            out=str(tmp_path / "c2"),
+            max_videos=2,
+            workers=0,
+            progress=False,
+        )
+    )
     assert json.loads(manifest.read_text())["sample_count"] == 2
 
 
@@ -248,8 +306,9 @@ def test_corrupt_sample_raises_naming_it_or_is_skipped(tmp_path, demo_cache):
     config = student_config(tmp_path, demo_cache, cache={"path": str(cache), "format": "wds"}, optim={"steps": 8})
     with pytest.raises(Exception, match=member.split(".")[0]):
         run_student(str(config), [])
-    skip = student_config(tmp_path / "s", demo_cache, cache={"path": str(cache), "format": "wds", "on_error": "skip"},
-                          optim={"steps": 8})
+    skip = student_config(
+        tmp_path / "s", demo_cache, cache={"path": str(cache), "format": "wds", "on_error": "skip"}, optim={"steps": 8}
+    )
     run_student(str(skip), [])
     assert records(tmp_path / "s" / "run")[-1]["bad_videos"] == 1
 
@@ -260,9 +319,21 @@ def test_two_process_deepspeed_run(tmp_path, demo_cache, stage):
     config = student_config(tmp_path, demo_cache, optim={"steps": 3}, engine={"precision": "fp32", "zero_stage": stage})
     launcher = Path(sys.executable).parent / "deepspeed"
     result = subprocess.run(
-        [str(launcher), "--num_gpus", "2", "--master_port", str(29630 + stage), str(REPO / "salt" / "train_student.py"),
-         "--config", str(config)],
-        cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"}, capture_output=True, text=True, timeout=300,
+        [
+            str(launcher),
+            "--num_gpus",
+            "2",
+            "--master_port",
+            str(29630 + stage),
+            str(REPO / "salt" / "train_student.py"),
+            "--config",
+            str(config),
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     encoder, _ = load_encoder(tmp_path / "run" / "student.pt")
@@ -284,7 +355,9 @@ def test_non_finite_targets_stop_the_run_naming_the_samples(tmp_path, demo_cache
 
     monkeypatch.setattr(CacheBatch, "float_targets", poisoned)
     config = student_config(tmp_path, demo_cache)
-    with pytest.raises(TrainingError, match=r"loss is nan at step 2 \(non-finite targets from cache in samples \['v\d+k\d+'\]\)"):
+    with pytest.raises(
+        TrainingError, match=r"loss is nan at step 2 \(non-finite targets from cache in samples \['v\d+k\d+'\]\)"
+    ):
         run_student(str(config), [])
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text().strip() == "step2"
 
@@ -293,13 +366,25 @@ def test_compiled_student_trains_as_the_eager_one(tmp_path, demo_cache):
     """run.compile: the encoder and predictor run through torch.compile in place. The same
     losses up to kernel rounding, and the export keeps the eager parameter names (loads strict)."""
     eager = student_config(tmp_path / "eager", demo_cache, optim={"steps": 4, "warmup_steps": 2, "lr_peak": 1e-3})
-    compiled = student_config(tmp_path / "compiled", demo_cache, optim={"steps": 4, "warmup_steps": 2, "lr_peak": 1e-3},
-                              run={"out_dir": str(tmp_path / "compiled" / "run"), "log_every": 1, "checkpoint_every": 4,
-                                   "progress": False, "compile": True})
+    compiled = student_config(
+        tmp_path / "compiled",
+        demo_cache,
+        optim={"steps": 4, "warmup_steps": 2, "lr_peak": 1e-3},
+        run={
+            "out_dir": str(tmp_path / "compiled" / "run"),
+            "log_every": 1,
+            "checkpoint_every": 4,
+            "progress": False,
+            "compile": True,
+        },
+    )
     run_student(str(eager), [])
     result = run_student(str(compiled), [])
-    np.testing.assert_allclose([r["loss"] for r in records(tmp_path / "compiled" / "run")],
-                               [r["loss"] for r in records(tmp_path / "eager" / "run")], rtol=2e-3)
+    np.testing.assert_allclose(
+        [r["loss"] for r in records(tmp_path / "compiled" / "run")],
+        [r["loss"] for r in records(tmp_path / "eager" / "run")],
+        rtol=2e-3,
+    )
     encoder, _ = load_encoder(result.export_path)  # strict load
     reference, _ = load_encoder(tmp_path / "eager" / "run" / "student.pt")
     assert encoder.state_dict().keys() == reference.state_dict().keys()
@@ -321,12 +406,18 @@ def test_replayed_student_trains_its_first_window_on_the_streamed_batches(tmp_pa
     run = {"log_every": 2, "checkpoint_every": 100, "progress": False}
     data = {"batch_size": 4, "workers": 2}
     streamed = student_config(tmp_path / "streamed", demo_cache, data=data)
-    replay = student_config(tmp_path / "replay", demo_cache, data=data, run={**run, "out_dir": str(tmp_path / "replay" / "run")})
+    replay = student_config(
+        tmp_path / "replay", demo_cache, data=data, run={**run, "out_dir": str(tmp_path / "replay" / "run")}
+    )
     run_student(str(streamed), [])
     group = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # this process's group of one
     env = {k: v for k, v in os.environ.items() if k not in group}
-    result = subprocess.run([sys.executable, "-m", "salt.replayed_student", "2", "--config", str(replay)],
-                            capture_output=True, text=True, env={**env, "PYTHONPATH": str(Path(__file__).parents[1])})
+    result = subprocess.run(
+        [sys.executable, "-m", "salt.replayed_student", "2", "--config", str(replay)],
+        capture_output=True,
+        text=True,
+        env={**env, "PYTHONPATH": str(Path(__file__).parents[1])},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     a = [r["loss"] for r in records(tmp_path / "streamed" / "run")]
     b = [r["loss"] for r in records(tmp_path / "replay" / "run")]

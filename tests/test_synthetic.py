@@ -25,10 +25,13 @@ def test_deterministic_for_a_seed(tmp_path, synthetic_set):
     for name in ("train.csv", "val.csv"):
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
     summaries = [json.loads((tmp_path / f / "synthetic.json").read_text()) for f in "ab"]
-    assert [{k: v for k, v in s.items() if k != "bytes"} for s in summaries][0] == \
-        {k: v for k, v in summaries[1].items() if k != "bytes"}
+    assert [{k: v for k, v in s.items() if k != "bytes"} for s in summaries][0] == {
+        k: v for k, v in summaries[1].items() if k != "bytes"
+    }
     for index in range(spec.videos):
-        first, second = (read_frames(open_reader(str(tmp_path / f / f"videos/{index:06d}.mp4")), list(range(8))) for f in "ab")
+        first, second = (
+            read_frames(open_reader(str(tmp_path / f / f"videos/{index:06d}.mp4")), list(range(8))) for f in "ab"
+        )
         assert np.abs(first.astype(int) - second.astype(int)).mean() < 1.0
 
 
@@ -66,7 +69,9 @@ def test_single_frame_classifier_is_near_chance(synthetic_set):
 
 
 def test_cli_make_synthetic(tmp_path):
-    result = CliRunner().invoke(main, ["make-synthetic", "--out", str(tmp_path / "s"), "--videos", "16", "--size", "32"])
+    result = CliRunner().invoke(
+        main, ["make-synthetic", "--out", str(tmp_path / "s"), "--videos", "16", "--size", "32"]
+    )
     assert result.exit_code == 0, result.output
     assert "static" in result.output and (tmp_path / "s" / "train.csv").is_file()
     bad = CliRunner().invoke(main, ["make-synthetic", "--out", str(tmp_path / "t"), "--videos", "4"])
@@ -76,9 +81,12 @@ def test_cli_make_synthetic(tmp_path):
 def _screen_shift(before: np.ndarray, after: np.ndarray, reach: int = 6) -> tuple[int, int]:
     """The integer (dy, dx) that best maps the centre of `before` onto `after` (least squares)."""
     a, b, n = before.astype(float), after.astype(float), before.shape[0]
-    core = a[reach:n - reach, reach:n - reach]
-    errors = {(dy, dx): np.square(b[reach + dy:n - reach + dy, reach + dx:n - reach + dx] - core).mean()
-              for dy in range(-reach, reach + 1) for dx in range(-reach, reach + 1)}
+    core = a[reach : n - reach, reach : n - reach]
+    errors = {
+        (dy, dx): np.square(b[reach + dy : n - reach + dy, reach + dx : n - reach + dx] - core).mean()
+        for dy in range(-reach, reach + 1)
+        for dx in range(-reach, reach + 1)
+    }
     return min(errors, key=errors.get)
 
 
@@ -101,10 +109,18 @@ def test_translations_are_in_screen_space():
     speed = 0.07 * spec.size  # the slowest class speed, pixels per period
     # Along the motion every video moves at least that far; across it the integer estimate of
     # a shift on a textured, scaled scene is off by a pixel or two at most, 0 typically.
-    along = {"up": -flows["up"][:, 0], "down": flows["down"][:, 0],
-             "sideways": np.abs(flows["sideways"][:, 1]), "shake": np.abs(flows["shake"][:, 1])}
-    across = {"up": flows["up"][:, 1], "down": flows["down"][:, 1], "sideways": flows["sideways"][:, 0],
-              "shake": flows["shake"][:, 0]}
+    along = {
+        "up": -flows["up"][:, 0],
+        "down": flows["down"][:, 0],
+        "sideways": np.abs(flows["sideways"][:, 1]),
+        "shake": np.abs(flows["shake"][:, 1]),
+    }
+    across = {
+        "up": flows["up"][:, 1],
+        "down": flows["down"][:, 1],
+        "sideways": flows["sideways"][:, 0],
+        "shake": flows["shake"][:, 0],
+    }
     for name in along:
         assert (along[name] >= speed - 1).all(), (name, along[name])
         assert np.median(np.abs(across[name])) == 0 and np.abs(across[name]).max() <= 2, (name, across[name])
@@ -131,6 +147,9 @@ def test_generator_version_1_is_reproduced():
 
     frames, label = render_video(SyntheticSpec(videos=16, size=32, frames=8, tubelet=1, version=1), 7)
     assert label == 7 and frames.shape == (29, 32, 32, 3)
-    assert hashlib.sha256(frames.tobytes()).hexdigest() == "dc45f32d9cedac40d85887f4e09a0d3e9bf0fe45240533506bde1a34df6b08aa"
+    assert (
+        hashlib.sha256(frames.tobytes()).hexdigest()
+        == "dc45f32d9cedac40d85887f4e09a0d3e9bf0fe45240533506bde1a34df6b08aa"
+    )
     result = CliRunner().invoke(main, ["make-synthetic", "--out", "unused", "--generator-version", "3"])
     assert result.exit_code == 2 and "generator-version" in result.output

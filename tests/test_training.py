@@ -26,7 +26,12 @@ REPO = Path(__file__).resolve().parent.parent
 def tiny_config(tmp_path: Path, train_csv: Path, **sections) -> Path:
     config = {
         "objective": "pixels",
-        "data": {"train": str(train_csv), "view": {"frames": 8, "frame_step": 4, "size": 32}, "batch_size": 4, "workers": 0},
+        "data": {
+            "train": str(train_csv),
+            "view": {"frames": 8, "frame_step": 4, "size": 32},
+            "batch_size": 4,
+            "workers": 0,
+        },
         "encoder": {"arch": "vit_tiny", "overrides": {"depth": 2}},
         "decoder": {"width": 64, "depth": 1, "num_heads": 4},
         "optim": {"steps": 6, "warmup_steps": 2, "lr_peak": 1e-3},
@@ -109,7 +114,10 @@ def test_loss_goes_down(tmp_path, synthetic_set):
     # Raw-pixel targets: a few dozen steps show learning. (Normalised targets start at the
     # trivial 0-prediction loss of ~1.0 and need hundreds of steps; see the demo's teacher.)
     config = tiny_config(
-        tmp_path, synthetic_set / "train.csv", pixels={"norm": "none"}, optim={"steps": 30, "warmup_steps": 5, "lr_peak": 3e-3}
+        tmp_path,
+        synthetic_set / "train.csv",
+        pixels={"norm": "none"},
+        optim={"steps": 30, "warmup_steps": 5, "lr_peak": 3e-3},
     )
     result = run_teacher(str(config), [])
     curve = losses(tmp_path / "run")
@@ -121,19 +129,34 @@ def test_loss_goes_down(tmp_path, synthetic_set):
     assert record["flops"] > 0 and 0 <= record["data_wait_share"] <= 1
     assert (tmp_path / "run" / "config.yaml").is_file()
     assert result.export_path == tmp_path / "run" / "teacher.pt"
-    assert all(r["baseline_loss"] > 0 for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()))
+    assert all(
+        r["baseline_loss"] > 0 for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+    )
     # The run's reconstructions, from its newest checkpoint (the decoder is not in teacher.pt).
     from click.testing import CliRunner
 
     from salt.cli import main
 
     picture = tmp_path / "pictures" / "reconstruction.png"
-    shown = CliRunner().invoke(main, ["reconstruct", str(tmp_path / "run"), "--data", str(synthetic_set / "val.csv"),
-                                      "--out", str(picture), "--clips", "2"])
+    shown = CliRunner().invoke(
+        main,
+        [
+            "reconstruct",
+            str(tmp_path / "run"),
+            "--data",
+            str(synthetic_set / "val.csv"),
+            "--out",
+            str(picture),
+            "--clips",
+            "2",
+        ],
+    )
     assert shown.exit_code == 0, shown.output
     assert picture.stat().st_size > 1000 and "2 clips" in shown.output and "(step30)" in shown.output
-    refused = CliRunner().invoke(main, ["reconstruct", str(tmp_path / "pictures"), "--data", str(synthetic_set / "val.csv"),
-                                        "--out", str(picture)])
+    refused = CliRunner().invoke(
+        main,
+        ["reconstruct", str(tmp_path / "pictures"), "--data", str(synthetic_set / "val.csv"), "--out", str(picture)],
+    )
     assert refused.exit_code != 0 and "no config.yaml" in str(refused.exception)
 
 
@@ -165,7 +188,10 @@ def test_resume_equals_uninterrupted_and_export_matches(tmp_path, synthetic_set)
     assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
     assert len((split_dir / "run" / "metrics.jsonl").read_text().splitlines()) == 6
     np.testing.assert_allclose([b[s] for s in range(1, 7)], [a[s] for s in range(1, 7)], rtol=1e-5)
-    last = [json.loads(line) for line in ((d / "run" / "metrics.jsonl").read_text().splitlines()[-1] for d in (full_dir, split_dir))]
+    last = [
+        json.loads(line)
+        for line in ((d / "run" / "metrics.jsonl").read_text().splitlines()[-1] for d in (full_dir, split_dir))
+    ]
     # Counted from step 0 after a resume (per-step FLOPs come from the first batch each
     # invocation sees, and mask sizes vary by step, hence the tolerance; half would be wrong).
     assert last[1]["flops"] == pytest.approx(last[0]["flops"], rel=0.1)
@@ -256,7 +282,10 @@ def test_supervised_objective_learns_labels(tmp_path, synthetic_set):
     lines = (synthetic_set / "train.csv").read_text().splitlines()[:8]
     csv.write_text("".join(f"{synthetic_set / line}\n" for line in lines))
     config = tiny_config(
-        tmp_path, csv, objective="supervised", data={"batch_size": 8},
+        tmp_path,
+        csv,
+        objective="supervised",
+        data={"batch_size": 8},
         optim={"steps": 40, "warmup_steps": 5, "lr_peak": 2e-3, "wd_start": 0.0, "wd_final": 0.0},
     )
     run_teacher(str(config), [])
@@ -272,8 +301,21 @@ def test_two_process_deepspeed_run(tmp_path, synthetic_set):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     launcher = Path(sys.executable).parent / "deepspeed"
     result = subprocess.run(
-        [str(launcher), "--num_gpus", "2", "--master_port", "29617", str(REPO / "salt" / "train_teacher.py"), "--config", str(config)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+        [
+            str(launcher),
+            "--num_gpus",
+            "2",
+            "--master_port",
+            "29617",
+            str(REPO / "salt" / "train_teacher.py"),
+            "--config",
+            str(config),
+        ],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert (tmp_path / "run" / "teacher.pt").is_file()

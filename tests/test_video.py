@@ -1,13 +1,12 @@
-
 import numpy as np
 import pytest
 
 from salt.video import (
     IsolatedDecoder,
     VideoDecodeError,
+    VideoRecord,
     ViewConfig,
     ViewParams,
-    VideoRecord,
     decode_views,
     load_records,
     read_csv,
@@ -58,7 +57,7 @@ def test_crop_and_frames_stay_inside_the_video():
 
 def test_short_video_repeats_last_frame(make_video):
     path = make_video(frames=5, height=48, width=64)
-    (frames, params), = decode_views(str(path), 0, [0], CFG)
+    ((frames, params),) = decode_views(str(path), 0, [0], CFG)
     assert params.frame_indices == (0, 2, 4, 4, 4, 4, 4, 4)
     np.testing.assert_array_equal(frames[3], frames[7])
 
@@ -67,7 +66,7 @@ def test_odd_sized_video(tmp_path):
     image = np.random.default_rng(0).integers(0, 255, size=(12, 33, 47, 3), dtype=np.uint8)
     path = tmp_path / "odd.mp4"
     write_mp4(path, image, pix_fmt="yuv444p")
-    (frames, params), = decode_views(str(path), 0, [0], CFG)
+    ((frames, params),) = decode_views(str(path), 0, [0], CFG)
     assert frames.shape == (8, 32, 32, 3) and params.source_size == (33, 47)
 
 
@@ -104,9 +103,9 @@ def test_broken_files_raise_one_clear_error(tmp_path, make_video):
             assert str(path) in str(err.value), kind
         # The same decoder still works after the failures.
         good = make_video("good.mp4", frames=24)
-        (frames, _), = decoder(str(good), str(good), 0, [0], CFG)
+        ((frames, _),) = decoder(str(good), str(good), 0, [0], CFG)
     with IsolatedDecoder(timeout=30) as decoder:  # the default: decode a VideoRecord
-        (frames, _), = decoder(str(good), VideoRecord(0, str(good)), [0], CFG)
+        ((frames, _),) = decoder(str(good), VideoRecord(0, str(good)), [0], CFG)
         assert frames.shape == (8, 32, 32, 3)
 
 
@@ -160,16 +159,18 @@ def test_video_shards_read_like_files(tmp_path, synthetic_set):
     from salt.cli import main
 
     out = tmp_path / "shards"
-    result = CliRunner().invoke(main, ["make-shards", "--data", str(synthetic_set / "val.csv"), "--out", str(out), "--shard-size", "5"])
+    result = CliRunner().invoke(
+        main, ["make-shards", "--data", str(synthetic_set / "val.csv"), "--out", str(out), "--shard-size", "5"]
+    )
     assert result.exit_code == 0, result.output
     files, sharded = load_records(synthetic_set / "val.csv"), load_records(out)
     assert len(sorted(out.glob("videos-*.tar"))) == -(-len(files) // 5)
     assert [(r.video_id, r.label) for r in files] == [(r.video_id, r.label) for r in sharded]
     for plain, packed in zip(files[:3], sharded[:3]):
         assert packed.read_bytes() == plain.read_bytes()
-        (a, pa), = decode_views(plain.path, plain.video_id, [1], CFG)
+        ((a, pa),) = decode_views(plain.path, plain.video_id, [1], CFG)
         with IsolatedDecoder() as decoder:
-            (b, pb), = decoder(packed.name, packed, [1], CFG)
+            ((b, pb),) = decoder(packed.name, packed, [1], CFG)
         assert pa == pb
         np.testing.assert_array_equal(a, b)
     import tarfile

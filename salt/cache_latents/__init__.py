@@ -16,10 +16,16 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "CacheJob": "job", "command_line": "job",
-    "OutputLock": "locks", "file_lock": "locks",
-    "CachePlan": "shards", "ShardAssembler": "shards", "plan_missing": "shards", "rank_of": "shards",
-    "run_cache": "run", "VideoViews": "local",
+    "CacheJob": "job",
+    "command_line": "job",
+    "OutputLock": "locks",
+    "file_lock": "locks",
+    "CachePlan": "shards",
+    "ShardAssembler": "shards",
+    "plan_missing": "shards",
+    "rank_of": "shards",
+    "run_cache": "run",
+    "VideoViews": "local",
     "CacheWriteError": None,
 }
 

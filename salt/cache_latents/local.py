@@ -23,9 +23,17 @@ from salt.video.views import ViewConfig
 from salt.worker_processes import owned_loader
 
 
-def decode_views(decoder: IsolatedDecoder, record: VideoRecord, view_start: int, view_end: int, view: ViewConfig,
-                 frames_codec: str, quality: int) -> list[dict] | str:
-    """The views of one video, each {"params", "encoded" (stored bytes), "frames" (decoded again)}; or the skip reason."""
+def decode_views(
+    decoder: IsolatedDecoder,
+    record: VideoRecord,
+    view_start: int,
+    view_end: int,
+    view: ViewConfig,
+    frames_codec: str,
+    quality: int,
+) -> list[dict] | str:
+    """The views of one video, each {"params", "encoded" (stored bytes), "frames" (decoded again)}; or the skip "
+    "reason."""
     try:
         views = decoder(record.name, record, list(range(view_start, view_end)), view)
     except VideoDecodeError as err:
@@ -44,7 +52,11 @@ class VideoViews(Dataset):
         self.work = plan.work()
         self.records = plan.records
         self.view = plan.view
-        self.frames_codec, self.quality, self.timeout = plan.job.frames_codec, plan.job.jpeg_quality, plan.job.decode_timeout
+        self.frames_codec, self.quality, self.timeout = (
+            plan.job.frames_codec,
+            plan.job.jpeg_quality,
+            plan.job.decode_timeout,
+        )
         self._decoder: IsolatedDecoder | None = None
 
     def __len__(self) -> int:
@@ -54,7 +66,9 @@ class VideoViews(Dataset):
         shard_index, video, view_start, view_end = self.work[index]
         if self._decoder is None:
             self._decoder = IsolatedDecoder(timeout=self.timeout)
-        views = decode_views(self._decoder, self.records[video], view_start, view_end, self.view, self.frames_codec, self.quality)
+        views = decode_views(
+            self._decoder, self.records[video], view_start, view_end, self.view, self.frames_codec, self.quality
+        )
         return {"shard": shard_index, "video": video, "views": views}
 
 
@@ -90,8 +104,10 @@ def run_local(plan: CachePlan, assembler: ShardAssembler) -> None:
             views_done += len(item["views"])
         if progress is not None:
             progress.update(1)
-            progress.set_postfix({"views/s": f"{views_done / max(time.perf_counter() - started, 1e-9):.1f}",
-                                  "skipped": len(skipped)}, refresh=False)
+            progress.set_postfix(
+                {"views/s": f"{views_done / max(time.perf_counter() - started, 1e-9):.1f}", "skipped": len(skipped)},
+                refresh=False,
+            )
     flush()
     if progress is not None:
         progress.close()
@@ -102,5 +118,10 @@ def _progress(job, videos: int, views: int):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=videos, desc=f"cache rank {job.rank}/{job.world_size} ({views} views)", unit="video",
-                dynamic_ncols=True, mininterval=1.0)
+    return tqdm(
+        total=videos,
+        desc=f"cache rank {job.rank}/{job.world_size} ({views} views)",
+        unit="video",
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )

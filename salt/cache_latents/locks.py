@@ -60,10 +60,13 @@ class OutputLock:
             owner = self._owner()
             if owner is None or self._alive(owner):
                 who = f"pid {owner['pid']} on {owner['host']}" if owner else "an unknown process"
-                raise CacheWriteError(f"{self.path}: another salt cache-latents ({who}) is writing this output; wait for "
-                                      "it, or delete the lock object if that process is gone")
-        storage.write_bytes(self.path, json.dumps({"host": socket.gethostname(), "pid": os.getpid(),
-                                                   "started": time.time()}).encode())
+                raise CacheWriteError(
+                    f"{self.path}: another salt cache-latents ({who}) is writing this output; wait for "
+                    "it, or delete the lock object if that process is gone"
+                )
+        storage.write_bytes(
+            self.path, json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}).encode()
+        )
         self.held = True
 
     def release(self) -> None:

@@ -29,8 +29,10 @@ def basis_for(out, job, records: list[VideoRecord], view: ViewConfig, encoder) -
         write_bytes_atomic(path, fit_teacher_basis(job, records, view, encoder).to_bytes(), exclusive=True)
     basis = TargetBasis.from_bytes(storage.read_bytes(path), str(path))
     if (basis.dim, basis.rank) != (encoder.embed_dim, job.target_rank):
-        raise CacheWriteError(f"{path}: a basis of dim {basis.dim} and rank {basis.rank}, this run asks for dim "
-                              f"{encoder.embed_dim} and rank {job.target_rank}; use another --out or --overwrite")
+        raise CacheWriteError(
+            f"{path}: a basis of dim {basis.dim} and rank {basis.rank}, this run asks for dim "
+            f"{encoder.embed_dim} and rank {job.target_rank}; use another --out or --overwrite"
+        )
     return basis
 
 
@@ -50,6 +52,8 @@ def fit_teacher_basis(job, records: list[VideoRecord], view: ViewConfig, encoder
     finally:
         decoder.close()
     if fit.count == 0:
-        raise CacheWriteError(f"--target-rank: none of the {len(chosen)} videos chosen for the basis fit decoded; "
-                              "check the data (salt inspect on a few of them) or raise --basis-videos")
+        raise CacheWriteError(
+            f"--target-rank: none of the {len(chosen)} videos chosen for the basis fit decoded; "
+            "check the data (salt inspect on a few of them) or raise --basis-videos"
+        )
     return fit.finish(job.target_rank)

@@ -39,7 +39,9 @@ def import_ray():
         import ray
         import ray.data
     except ImportError:
-        raise CacheWriteError("--engine ray needs Ray Data: pip install 'salt-video[ray]' (or use --engine local)") from None
+        raise CacheWriteError(
+            "--engine ray needs Ray Data: pip install 'salt-video[ray]' (or use --engine local)"
+        ) from None
     return ray
 
 
@@ -55,12 +57,22 @@ class DecodeVideo:
         self.node = ray.get_runtime_context().get_node_id()
 
     def __call__(self, batch: dict) -> dict:
-        rows = {name: [] for name in ("shard", "video", "view", "skipped", "params", "frames", "pixels", "node", "decode_s")}
-        for shard, video, view_start, view_end, record in zip(batch["shard"], batch["video"], batch["view_start"],
-                                                              batch["view_end"], batch["record"]):
+        rows = {
+            name: [] for name in ("shard", "video", "view", "skipped", "params", "frames", "pixels", "node", "decode_s")
+        }
+        for shard, video, view_start, view_end, record in zip(
+            batch["shard"], batch["video"], batch["view_start"], batch["view_end"], batch["record"]
+        ):
             started = time.perf_counter()
-            views = decode_views(self.decoder, pickle.loads(record), int(view_start), int(view_end), self.view,
-                                 self.frames_codec, self.quality)
+            views = decode_views(
+                self.decoder,
+                pickle.loads(record),
+                int(view_start),
+                int(view_end),
+                self.view,
+                self.frames_codec,
+                self.quality,
+            )
             seconds = time.perf_counter() - started
             items = [None] if isinstance(views, str) else views
             for item in items:
@@ -73,14 +85,18 @@ class DecodeVideo:
                 rows["pixels"].append(b"" if item is None else np.ascontiguousarray(item["frames"]).tobytes())
                 rows["node"].append(self.node)
                 rows["decode_s"].append(seconds / len(items))
-        return {name: np.array(values, dtype=object if name in ("frames", "pixels") else None) for name, values in rows.items()}
+        return {
+            name: np.array(values, dtype=object if name in ("frames", "pixels") else None)
+            for name, values in rows.items()
+        }
 
 
 class TeacherActor:
     """Ray Data actor: the frozen teacher on its GPU (or CPUs); pixels in, float32 latents out."""
 
-    def __init__(self, arch: dict, weights, precision: str, batch_size: int, frame_shape: tuple[int, ...],
-                 compile: bool = False):
+    def __init__(
+        self, arch: dict, weights, precision: str, batch_size: int, frame_shape: tuple[int, ...], compile: bool = False
+    ):
         import ray
 
         from salt.models import build_encoder
@@ -97,7 +113,9 @@ class TeacherActor:
         decoded = [i for i, skipped in enumerate(batch["skipped"]) if not skipped]
         latents = [b""] * len(batch["skipped"])
         if decoded:
-            pixels = np.stack([np.frombuffer(batch["pixels"][i], dtype=np.uint8).reshape(self.frame_shape) for i in decoded])
+            pixels = np.stack(
+                [np.frombuffer(batch["pixels"][i], dtype=np.uint8).reshape(self.frame_shape) for i in decoded]
+            )
             for i, tokens in zip(decoded, self.forward(pixels).numpy()):
                 latents[i] = tokens.tobytes()
         batch = {name: values for name, values in batch.items() if name != "pixels"}
@@ -123,7 +141,8 @@ def _connect(ray, address: str) -> bool:
             raise CacheWriteError(
                 f"--ray-address {address}: no Ray cluster could be joined there ({reason}). Start one with `ray start "
                 "--head` (and `ray start --address HEAD:PORT` on the other nodes); a cluster with token authentication "
-                "needs RAY_AUTH_MODE=token and its token here too (docs/scale.md); or leave --ray-address empty to start "
+                "needs RAY_AUTH_MODE=token and its token here too (docs/scale.md); or leave --ray-address empty to "
+                "start "
                 "a local one"
             ) from None
     else:
@@ -175,21 +194,42 @@ def run_ray(plan: CachePlan, assembler: ShardAssembler) -> None:
         context.print_on_execution_start = False
         teachers, teacher_resources, decoders = _resources(ray, plan)
         work = plan.work()
-        items = [{"shard": s, "video": v, "view_start": a, "view_end": b, "record": pickle.dumps(plan.records[v])}
-                 for s, v, a, b in work]
+        items = [
+            {"shard": s, "video": v, "view_start": a, "view_end": b, "record": pickle.dumps(plan.records[v])}
+            for s, v, a, b in work
+        ]
         frame_shape = (plan.view.frames, plan.view.size, plan.view.size, 3)
         weights = ray.put({k: v.detach().cpu() for k, v in plan.encoder.state_dict().items()})
         dataset = (
             ray.data.from_items(items, override_num_blocks=min(len(items), MAX_BLOCKS))
-            .map_batches(DecodeVideo, batch_size=1, batch_format="numpy", num_cpus=1,
-                         compute=ray.data.ActorPoolStrategy(size=decoders),  # placed SPREAD (Ray Data's default): all nodes
-                         fn_constructor_kwargs=dict(view=asdict(plan.view), frames_codec=job.frames_codec,
-                                                    quality=job.jpeg_quality, timeout=job.decode_timeout))
-            .map_batches(TeacherActor, batch_size=job.batch_size, batch_format="numpy",
-                         compute=ray.data.ActorPoolStrategy(size=teachers), **teacher_resources,
-                         fn_constructor_kwargs=dict(arch=plan.arch, weights=weights, precision=job.precision,
-                                                    batch_size=job.batch_size, frame_shape=frame_shape,
-                                                    compile=job.compile))
+            .map_batches(
+                DecodeVideo,
+                batch_size=1,
+                batch_format="numpy",
+                num_cpus=1,
+                compute=ray.data.ActorPoolStrategy(size=decoders),  # placed SPREAD (Ray Data's default): all nodes
+                fn_constructor_kwargs=dict(
+                    view=asdict(plan.view),
+                    frames_codec=job.frames_codec,
+                    quality=job.jpeg_quality,
+                    timeout=job.decode_timeout,
+                ),
+            )
+            .map_batches(
+                TeacherActor,
+                batch_size=job.batch_size,
+                batch_format="numpy",
+                compute=ray.data.ActorPoolStrategy(size=teachers),
+                **teacher_resources,
+                fn_constructor_kwargs=dict(
+                    arch=plan.arch,
+                    weights=weights,
+                    precision=job.precision,
+                    batch_size=job.batch_size,
+                    frame_shape=frame_shape,
+                    compile=job.compile,
+                ),
+            )
         )
         tokens_shape = (-1, plan.encoder.embed_dim)
         progress = _Progress(job, plan.planned_views, decoders, teachers)
@@ -199,9 +239,17 @@ def run_ray(plan: CachePlan, assembler: ShardAssembler) -> None:
                 if batch["skipped"][i]:
                     assembler.skip_video(shard, record, str(batch["skipped"][i]))
                 else:
-                    latents = torch.from_numpy(np.frombuffer(batch["latents"][i], dtype=np.float32).reshape(tokens_shape).copy())
-                    assembler.add_view(shard, record, ViewParams.from_dict(json.loads(batch["params"][i])),
-                                       pickle.loads(batch["frames"][i]), latents, where=str(batch["node"][i]))
+                    latents = torch.from_numpy(
+                        np.frombuffer(batch["latents"][i], dtype=np.float32).reshape(tokens_shape).copy()
+                    )
+                    assembler.add_view(
+                        shard,
+                        record,
+                        ViewParams.from_dict(json.loads(batch["params"][i])),
+                        pickle.loads(batch["frames"][i]),
+                        latents,
+                        where=str(batch["node"][i]),
+                    )
             progress.update(batch, assembler)
         progress.close()
     finally:
@@ -221,8 +269,13 @@ class _Progress:
         if job.progress:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=views, desc=f"cache (ray: {decoders} decoders, {teachers} teachers)", unit="view",
-                            dynamic_ncols=True, mininterval=1.0)
+            self.bar = tqdm(
+                total=views,
+                desc=f"cache (ray: {decoders} decoders, {teachers} teachers)",
+                unit="view",
+                dynamic_ncols=True,
+                mininterval=1.0,
+            )
 
     def update(self, batch: dict, assembler: ShardAssembler) -> None:
         self.decode_s += float(np.sum(batch["decode_s"]))
@@ -232,10 +285,16 @@ class _Progress:
         if self.bar is not None:
             elapsed = max(time.perf_counter() - self.started, 1e-9)
             self.bar.update(len(batch["shard"]) - skipped)
-            self.bar.set_postfix({"views/s": f"{self.bar.n / elapsed:.1f}",
-                                  "decode": f"{self.decode_s / (elapsed * self.decoders):.0%}",
-                                  "teacher": f"{self.teacher_s / (elapsed * self.teachers):.0%}",
-                                  "skipped videos": self.skipped, "open shards": assembler.open_shards}, refresh=False)
+            self.bar.set_postfix(
+                {
+                    "views/s": f"{self.bar.n / elapsed:.1f}",
+                    "decode": f"{self.decode_s / (elapsed * self.decoders):.0%}",
+                    "teacher": f"{self.teacher_s / (elapsed * self.teachers):.0%}",
+                    "skipped videos": self.skipped,
+                    "open shards": assembler.open_shards,
+                },
+                refresh=False,
+            )
 
     def close(self) -> None:
         if self.bar is not None:

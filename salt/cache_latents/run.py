@@ -41,12 +41,18 @@ def run_cache(job: CacheJob) -> Path | str | None:
     if not storage.is_url(out) and out.exists() and not out.is_dir():
         raise CacheWriteError(f"{out} is a file, not a cache folder: give --out a folder (new or a cache to resume)")
     if storage.is_url(out) and "zarr" in job.formats:
-        raise CacheWriteError(f"{job.out}: the Zarr store is written to local or shared file systems only; use --format wds "
-                              "for an object store")
+        raise CacheWriteError(
+            f"{job.out}: the Zarr store is written to local or shared file systems only; use --format wds "
+            "for an object store"
+        )
     encoder, arch = load_encoder(job.teacher, job.arch, job.checkpoint_key or None)
     view = ViewConfig(
-        frames=job.frames or arch["num_frames"], frame_step=job.frame_step, size=job.size or arch["img_size"], seed=job.seed,
-        eval_clips=job.eval_clips, eval_spatial=job.eval_spatial,
+        frames=job.frames or arch["num_frames"],
+        frame_step=job.frame_step,
+        size=job.size or arch["img_size"],
+        seed=job.seed,
+        eval_clips=job.eval_clips,
+        eval_spatial=job.eval_spatial,
     )
     view.validate()
     grid = encoder.grid(view.frames, view.size, view.size)
@@ -54,8 +60,10 @@ def run_cache(job: CacheJob) -> Path | str | None:
     if job.max_videos:
         records = records[: job.max_videos]
     if job.target_rank >= encoder.embed_dim:
-        raise CacheWriteError(f"--target-rank {job.target_rank}: the teacher's latents have {encoder.embed_dim} channels; "
-                              f"choose 1..{encoder.embed_dim - 1}, or 0 for full rank")
+        raise CacheWriteError(
+            f"--target-rank {job.target_rank}: the teacher's latents have {encoder.embed_dim} channels; "
+            f"choose 1..{encoder.embed_dim - 1}, or 0 for full rank"
+        )
     codec = LatentCodec(job.dtype, CODECS[job.codec])
     settings = {
         "teacher_fingerprint": fingerprint(encoder.state_dict()),
@@ -88,9 +96,15 @@ def run_cache(job: CacheJob) -> Path | str | None:
             if "zarr" in job.formats:
                 with file_lock(out / "locks" / "zarr.lock"):  # ranks create or grow the store one at a time
                     zarr_writer = ZarrCacheWriter.open(
-                        out / "cache.zarr", num_videos=len(records), views=job.views, grid_tokens=int(np.prod(grid)),
-                        dim=stored_dim, stored_dtype=job.dtype, compressor=codec.compressor,
-                        frames_per_clip=view.frames, videos_per_shard=job.shard_videos,
+                        out / "cache.zarr",
+                        num_videos=len(records),
+                        views=job.views,
+                        grid_tokens=int(np.prod(grid)),
+                        dim=stored_dim,
+                        stored_dtype=job.dtype,
+                        compressor=codec.compressor,
+                        frames_per_clip=view.frames,
+                        videos_per_shard=job.shard_videos,
                     )
             plan = CachePlan(job, out, records, view, encoder, arch, mine)
             _fill(plan, ShardAssembler(out, mine, codec, zarr_writer, job, basis))

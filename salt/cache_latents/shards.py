@@ -20,19 +20,22 @@ import torch
 
 from salt.cache_latents.job import CacheJob
 from salt.latents import (
+    BASIS_NAME,
     FRAME_EXT,
     EncodedSample,
     LatentCodec,
     Manifest,
     ShardId,
     ShardRecord,
+    TargetBasis,
     ZarrCacheWriter,
     frames_decoder_id,
+    normalise_targets,
     sample_key,
+    storage,
     write_json_atomic,
     write_wds_shard,
 )
-from salt.latents import BASIS_NAME, TargetBasis, normalise_targets, storage
 from salt.latents.basis import manifest_record
 from salt.latents.errors import CacheWriteError
 from salt.video.sources import VideoRecord
@@ -42,6 +45,7 @@ SETTINGS = "cache_settings.json"  # what a cache was made with; a rerun must mat
 
 
 # ----------------------------------------------------------------------------- planning
+
 
 def plan_missing(num_videos: int, views: int, shard_videos: int, done: list[ShardId]) -> list[ShardId]:
     """Rectangles (videos x views) not yet covered, inside fixed blocks of `shard_videos` videos."""
@@ -82,7 +86,8 @@ def check_settings(out: Path | str, settings: dict, overwrite: bool) -> None:
         if changed and not overwrite:
             details = "; ".join(f"{k}: cache {saved.get(k)!r}, now {settings.get(k)!r}" for k in changed)
             raise CacheWriteError(
-                f"{out} holds a cache made with other settings ({details}). Use another --out, or --overwrite to replace it."
+                f"{out} holds a cache made with other settings ({details}). Use another --out, or --overwrite to "
+                "replace it."
             )
         if changed:
             for child in ("manifest.json", "done", "wds", "cache.zarr"):  # the commit marks first
@@ -104,7 +109,11 @@ class CachePlan:
 
     def work(self) -> list[tuple[int, int, int, int]]:
         """(shard index, video index, first view, end view) for every video of every planned shard."""
-        return [(i, v, s.view_start, s.view_end) for i, s in enumerate(self.shards) for v in range(s.video_start, s.video_end)]
+        return [
+            (i, v, s.view_start, s.view_end)
+            for i, s in enumerate(self.shards)
+            for v in range(s.video_start, s.video_end)
+        ]
 
     @property
     def planned_views(self) -> int:
@@ -113,10 +122,13 @@ class CachePlan:
 
 # ----------------------------------------------------------------------------- assembly
 
+
 @dataclass
 class _OpenShard:
     expected: int  # views planned: videos x views of the shard
-    samples: dict[tuple[int, int], tuple[VideoRecord, ViewParams, list[bytes], torch.Tensor]] = field(default_factory=dict)
+    samples: dict[tuple[int, int], tuple[VideoRecord, ViewParams, list[bytes], torch.Tensor]] = field(
+        default_factory=dict
+    )
     skipped: dict[int, dict] = field(default_factory=dict)
     skipped_views: int = 0
     decoded_on: Counter = field(default_factory=Counter)
@@ -133,17 +145,33 @@ class ShardAssembler:
     retrying a task) is kept once: each shard is written sorted by (video, view), so every engine
     writes the same shard bytes."""
 
-    def __init__(self, out: Path, shards: list[ShardId], codec: LatentCodec, zarr_writer: ZarrCacheWriter | None,
-                 job: CacheJob, basis: TargetBasis | None = None):
+    def __init__(
+        self,
+        out: Path,
+        shards: list[ShardId],
+        codec: LatentCodec,
+        zarr_writer: ZarrCacheWriter | None,
+        job: CacheJob,
+        basis: TargetBasis | None = None,
+    ):
         self.out, self.shards, self.codec, self.zarr_writer, self.job = out, shards, codec, zarr_writer, job
         self.basis = basis  # --target-rank: latents are stored as coefficients in this basis
-        self._open = {i: _OpenShard((s.video_end - s.video_start) * (s.view_end - s.view_start)) for i, s in enumerate(shards)}
+        self._open = {
+            i: _OpenShard((s.video_end - s.video_start) * (s.view_end - s.view_start)) for i, s in enumerate(shards)
+        }
         self._writer = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="shard-writer")
         self._writes: list[concurrent.futures.Future] = []
         self.repeated = 0  # views that arrived twice (dropped)
 
-    def add_view(self, index: int, record: VideoRecord, params: ViewParams, frames: list[bytes], latents: torch.Tensor,
-                 where: str | None = None) -> None:
+    def add_view(
+        self,
+        index: int,
+        record: VideoRecord,
+        params: ViewParams,
+        frames: list[bytes],
+        latents: torch.Tensor,
+        where: str | None = None,
+    ) -> None:
         shard = self._open.get(index)
         key = (record.video_id, params.view_index)
         if shard is None or key in shard.samples:
@@ -167,8 +195,11 @@ class ShardAssembler:
         self.check()
         if self._open[index].complete:
             shard = self._open.pop(index)
-            self._writes.append(self._writer.submit(store_shard, self.out, self.shards[index], shard, self.codec,
-                                                    self.zarr_writer, self.job, self.basis))
+            self._writes.append(
+                self._writer.submit(
+                    store_shard, self.out, self.shards[index], shard, self.codec, self.zarr_writer, self.job, self.basis
+                )
+            )
 
     def check(self) -> None:
         """Re-raise a failed write (e.g. a full disk) now, not at the end of the run."""
@@ -187,8 +218,10 @@ class ShardAssembler:
             future.result()
         if self._open:
             names = ", ".join(self.shards[i].name for i in sorted(self._open)[:4])
-            raise CacheWriteError(f"{self.out}: {len(self._open)} planned shards did not receive every view ({names}, ...); "
-                                  "they are not marked done: run the same command again to redo them")
+            raise CacheWriteError(
+                f"{self.out}: {len(self._open)} planned shards did not receive every view ({names}, ...); "
+                "they are not marked done: run the same command again to redo them"
+            )
 
     def __enter__(self) -> "ShardAssembler":
         return self
@@ -200,34 +233,64 @@ class ShardAssembler:
             self._writer.shutdown(wait=True, cancel_futures=True)  # finish the shard being written; commit nothing else
 
 
-def store_shard(out: Path | str, shard: ShardId, state: _OpenShard, codec: LatentCodec, zarr_writer, job: CacheJob,
-                basis: TargetBasis | None = None) -> None:
+def store_shard(
+    out: Path | str,
+    shard: ShardId,
+    state: _OpenShard,
+    codec: LatentCodec,
+    zarr_writer,
+    job: CacheJob,
+    basis: TargetBasis | None = None,
+) -> None:
     """Encode and write one shard in every format, then mark it done (the commit point)."""
     encoded, zarr_samples = [], []
     for key in sorted(state.samples):
         record, params, frames, tokens = state.samples[key]
-        meta = {"video": record.video_id, "view": params.view_index, "source": record.name, "label": record.label,
-                "view_params": params.to_dict()}
+        meta = {
+            "video": record.video_id,
+            "view": params.view_index,
+            "source": record.name,
+            "label": record.label,
+            "view_params": params.to_dict(),
+        }
         stored = codec.to_stored(tokens if basis is None else basis.project(normalise_targets(tokens)))
-        encoded.append(EncodedSample(key=sample_key(record.video_id, params.view_index), frames=frames,
-                                     frame_ext=FRAME_EXT[job.frames_codec], latents=codec.encode(stored), meta=meta))
+        encoded.append(
+            EncodedSample(
+                key=sample_key(record.video_id, params.view_index),
+                frames=frames,
+                frame_ext=FRAME_EXT[job.frames_codec],
+                latents=codec.encode(stored),
+                meta=meta,
+            )
+        )
         zarr_samples.append((record.video_id, params.view_index, stored, frames, meta))
     try:
         wds_files = write_wds_shard(storage.join(out, "wds"), shard, encoded) if "wds" in job.formats else None
         zarr_bytes = None
         if zarr_writer is not None:
             # A shard that starts inside a Zarr shard (videos added later) shares it with a done one.
-            zarr_bytes = zarr_writer.write_shard(shard, zarr_samples, allow_partial_zarr_shard=shard.video_start % job.shard_videos != 0)
+            zarr_bytes = zarr_writer.write_shard(
+                shard, zarr_samples, allow_partial_zarr_shard=shard.video_start % job.shard_videos != 0
+            )
     except OSError as err:  # a full disk, a lost mount: the shard is not marked done, so a rerun redoes it
         raise CacheWriteError(
-            f"{out}: writing shard {shard.name} failed: {err.strerror or err}. Its partial tar was removed and it is not "
+            f"{out}: writing shard {shard.name} failed: {err.strerror or err}. Its partial tar was removed and it is "
+            "not "
             "marked done; free space (or fix the disk) and run the same command again: finished shards are kept."
         ) from err
-    record = ShardRecord.for_shard(shard, len(encoded), wds_bytes=wds_files.bytes if wds_files else None,
-                                   wds_sha256=wds_files.sha256 if wds_files else None, zarr_bytes=zarr_bytes)
-    done = {"record": asdict(record), "skipped": [state.skipped[v] for v in sorted(state.skipped)],
-            "latent_bytes": sum(len(b) for e in encoded for b in e.latents.values()),
-            "frame_bytes": sum(len(f) for e in encoded for f in e.frames)}
+    record = ShardRecord.for_shard(
+        shard,
+        len(encoded),
+        wds_bytes=wds_files.bytes if wds_files else None,
+        wds_sha256=wds_files.sha256 if wds_files else None,
+        zarr_bytes=zarr_bytes,
+    )
+    done = {
+        "record": asdict(record),
+        "skipped": [state.skipped[v] for v in sorted(state.skipped)],
+        "latent_bytes": sum(len(b) for e in encoded for b in e.latents.values()),
+        "frame_bytes": sum(len(f) for e in encoded for f in e.frames),
+    }
     if state.decoded_on:
         done["decoded_on"] = dict(sorted(state.decoded_on.items()))  # Ray node id -> views decoded there
     write_json_atomic(storage.join(out, "done", f"{shard.name}.json"), done)
@@ -235,15 +298,18 @@ def store_shard(out: Path | str, shard: ShardId, state: _OpenShard, codec: Laten
 
 # ----------------------------------------------------------------------------- the merge
 
+
 class TooManySkipped(CacheWriteError):
     """No view was cached, or more videos were skipped than --max-skipped allows."""
 
     def __init__(self, skipped: list[dict], num_videos: int, max_skipped: float, samples: int):
         self.skipped, self.num_videos = skipped, num_videos
         why = "no view was cached" if not samples else f"more than --max-skipped {max_skipped:g} of them"
-        super().__init__(f"{len(skipped)} of {num_videos} videos could not be used, {why} ({name_skipped(skipped)}) — fix the "
-                         "data (`salt check-data DATA` lists every failure) or raise --max-skipped, then run the same "
-                         "command again")
+        super().__init__(
+            f"{len(skipped)} of {num_videos} videos could not be used, {why} ({name_skipped(skipped)}) — fix the "
+            "data (`salt check-data DATA` lists every failure) or raise --max-skipped, then run the same "
+            "command again"
+        )
 
 
 def check_skipped(skipped: list[dict], samples: int, num_videos: int, max_skipped: float) -> None:
@@ -267,27 +333,52 @@ def forget_shards_with_skips(out: Path | str) -> None:
             storage.remove(path)
 
 
-def merge(job: CacheJob, out: Path | str, settings: dict, num_videos: int, grid, dim: int, view: ViewConfig, arch: dict) -> Path | None:
+def merge(
+    job: CacheJob, out: Path | str, settings: dict, num_videos: int, grid, dim: int, view: ViewConfig, arch: dict
+) -> Path | None:
     """Write manifest.json when every planned shard is done (by whichever writer gets here last)."""
     done = done_shards(out)
     if plan_missing(num_videos, job.views, job.shard_videos, [shard for shard, _ in done]):
         return None
     done.sort(key=lambda d: (d[0].view_start, d[0].video_start))
     skipped = {entry["video"]: entry for _, d in done for entry in d["skipped"]}
-    check_skipped([skipped[v] for v in sorted(skipped)], sum(d["record"]["samples"] for _, d in done), num_videos,
-                  job.max_skipped)
+    check_skipped(
+        [skipped[v] for v in sorted(skipped)], sum(d["record"]["samples"] for _, d in done), num_videos, job.max_skipped
+    )
     manifest = Manifest(
-        teacher={"fingerprint": settings["teacher_fingerprint"], "arch": arch, "source": str(job.teacher),
-                 "checkpoint_key": job.checkpoint_key},
-        grid=tuple(grid), dim=dim,
-        geometry={"frames": view.frames, "frame_step": view.frame_step, "size": view.size, "patch": arch["patch_size"],
-                  "tubelet": arch["tubelet_size"]},
-        input_mean=IMAGENET_MEAN, input_std=IMAGENET_STD, frames_codec=job.frames_codec, jpeg_quality=job.jpeg_quality,
-        frames_decoder=frames_decoder_id(), views=job.views, latent_dtype=job.dtype, compressor=settings["compressor"],
-        formats=settings["formats"], num_videos=num_videos, shards=[ShardRecord(**d["record"]) for _, d in done],
-        skipped=[skipped[v] for v in sorted(skipped)], sample_count=sum(d["record"]["samples"] for _, d in done),
-        latent_bytes=sum(d["latent_bytes"] for _, d in done), frame_bytes=sum(d["frame_bytes"] for _, d in done),
-        command=job.command, seed=job.seed, view_config=asdict(view),
+        teacher={
+            "fingerprint": settings["teacher_fingerprint"],
+            "arch": arch,
+            "source": str(job.teacher),
+            "checkpoint_key": job.checkpoint_key,
+        },
+        grid=tuple(grid),
+        dim=dim,
+        geometry={
+            "frames": view.frames,
+            "frame_step": view.frame_step,
+            "size": view.size,
+            "patch": arch["patch_size"],
+            "tubelet": arch["tubelet_size"],
+        },
+        input_mean=IMAGENET_MEAN,
+        input_std=IMAGENET_STD,
+        frames_codec=job.frames_codec,
+        jpeg_quality=job.jpeg_quality,
+        frames_decoder=frames_decoder_id(),
+        views=job.views,
+        latent_dtype=job.dtype,
+        compressor=settings["compressor"],
+        formats=settings["formats"],
+        num_videos=num_videos,
+        shards=[ShardRecord(**d["record"]) for _, d in done],
+        skipped=[skipped[v] for v in sorted(skipped)],
+        sample_count=sum(d["record"]["samples"] for _, d in done),
+        latent_bytes=sum(d["latent_bytes"] for _, d in done),
+        frame_bytes=sum(d["frame_bytes"] for _, d in done),
+        command=job.command,
+        seed=job.seed,
+        view_config=asdict(view),
     )
     if job.target_rank:
         data = storage.read_bytes(storage.join(out, BASIS_NAME))

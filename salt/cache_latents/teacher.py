@@ -31,8 +31,14 @@ class TeacherForward:
     padded to `batch_size` by repeating its last view (the padding's outputs are dropped), so
     one graph serves the whole run."""
 
-    def __init__(self, encoder: torch.nn.Module, precision: str, batch_size: int, device: torch.device | None = None,
-                 compile: bool = False):
+    def __init__(
+        self,
+        encoder: torch.nn.Module,
+        precision: str,
+        batch_size: int,
+        device: torch.device | None = None,
+        compile: bool = False,
+    ):
         self.device = device or local_device()
         self.encoder = encoder.float().eval().requires_grad_(False).to(self.device)
         self.precision = resolve_precision(precision)
@@ -49,6 +55,9 @@ class TeacherForward:
             if self.compiled and count < self.batch_size:
                 clips = torch.cat([clips, clips[-1:].expand(self.batch_size - count, *clips.shape[1:])])
             clips = clips.to(self.device, non_blocking=True)
-            with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+            with (
+                torch.no_grad(),
+                torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"),
+            ):
                 outputs.append(self.encoder(to_model_input(clips))[:count].float().cpu())
         return torch.cat(outputs)

@@ -65,16 +65,23 @@ class TargetBasis:
 
     def to_bytes(self) -> bytes:
         buffer = io.BytesIO()
-        np.savez(buffer, mean=self.mean.astype("<f4"), components=self.components.astype("<f4"),
-                 variance=self.variance.astype("<f8"), fit_tokens=np.array(self.fit_tokens, dtype="<i8"))
+        np.savez(
+            buffer,
+            mean=self.mean.astype("<f4"),
+            components=self.components.astype("<f4"),
+            variance=self.variance.astype("<f8"),
+            fit_tokens=np.array(self.fit_tokens, dtype="<i8"),
+        )
         return buffer.getvalue()
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str, sha256: str | None = None) -> TargetBasis:
         """Parse a basis file; `sha256` (the manifest's) is checked first."""
         if sha256 is not None and hashlib.sha256(data).hexdigest() != sha256:
-            raise CacheError(f"{source}: checksum differs from the manifest's: the basis file is damaged or from "
-                             "another cache; compact the cache again (salt compact-cache)")
+            raise CacheError(
+                f"{source}: checksum differs from the manifest's: the basis file is damaged or from "
+                "another cache; compact the cache again (salt compact-cache)"
+            )
         try:
             with np.load(io.BytesIO(data), allow_pickle=False) as arrays:
                 mean, components = arrays["mean"].astype(np.float32), arrays["components"].astype(np.float32)
@@ -82,18 +89,32 @@ class TargetBasis:
         except (ValueError, KeyError, OSError) as error:
             raise CacheError(f"{source}: not a basis file ({error})") from None
         dim = mean.shape[0] if mean.ndim == 1 else -1
-        if components.ndim != 2 or components.shape[0] != dim or variance.shape != (dim,) or not 1 <= components.shape[1] <= dim:
-            raise CacheError(f"{source}: inconsistent shapes mean {mean.shape}, components {components.shape}, "
-                             f"variance {variance.shape}")
+        if (
+            components.ndim != 2
+            or components.shape[0] != dim
+            or variance.shape != (dim,)
+            or not 1 <= components.shape[1] <= dim
+        ):
+            raise CacheError(
+                f"{source}: inconsistent shapes mean {mean.shape}, components {components.shape}, "
+                f"variance {variance.shape}"
+            )
         return cls(mean, components, variance, fit_tokens)
 
 
 def manifest_record(data: bytes, fit_samples: int, source: str) -> dict:
     """The manifest's `basis` entry for the stored basis file `data`."""
     basis = TargetBasis.from_bytes(data, BASIS_NAME)
-    return {"file": BASIS_NAME, "sha256": hashlib.sha256(data).hexdigest(), "fit_on": FIT_ON, "fit_tokens": basis.fit_tokens,
-            "fit_samples": fit_samples, "explained": basis.explained(),
-            "variance_ratio": [float(v) for v in basis.variance / max(float(basis.variance.sum()), 1e-30)], "source": source}
+    return {
+        "file": BASIS_NAME,
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "fit_on": FIT_ON,
+        "fit_tokens": basis.fit_tokens,
+        "fit_samples": fit_samples,
+        "explained": basis.explained(),
+        "variance_ratio": [float(v) for v in basis.variance / max(float(basis.variance.sum()), 1e-30)],
+        "source": source,
+    }
 
 
 class BasisFit:
@@ -125,5 +146,6 @@ class BasisFit:
         # A component's sign is arbitrary: fix it (largest entry positive) so fits repeat exactly.
         signs = np.sign(vectors[np.abs(vectors).argmax(axis=0), np.arange(self.dim)])
         vectors = vectors * np.where(signs == 0, 1.0, signs)
-        return TargetBasis(mean.astype(np.float32), np.ascontiguousarray(vectors[:, :rank], dtype=np.float32), values,
-                           self.count)
+        return TargetBasis(
+            mean.astype(np.float32), np.ascontiguousarray(vectors[:, :rank], dtype=np.float32), values, self.count
+        )

@@ -96,7 +96,9 @@ class LatentCodec:
             with np.errstate(over="ignore"):  # overflow is reported below, with advice
                 values = x.astype(np.float16)
             if not np.isfinite(values).all():
-                raise CacheError(f"latents overflow fp16 (max |x| = {np.abs(x).max():.4g}; fp16 overflows above 65504): use bf16")
+                raise CacheError(
+                    f"latents overflow fp16 (max |x| = {np.abs(x).max():.4g}; fp16 overflows above 65504): use bf16"
+                )
             return StoredLatents(values)
         if self.dtype == "bf16":
             # Round to nearest even on the float32 bits: the same bits as torch's .to(bfloat16)
@@ -249,10 +251,15 @@ def decode_jpeg_batch(encoded: list[list[bytes]], device: torch.device | str) ->
         return torch.from_numpy(np.stack([decode_frames(frames) for frames in encoded])).to(device)
     flat = [data for frames in encoded for data in frames]
     if not all(is_jpeg(data) for data in flat):
-        raise CacheError("frames decoded on the GPU must be JPEG (this cache stores PNG frames): decode them in the workers")
+        raise CacheError(
+            "frames decoded on the GPU must be JPEG (this cache stores PNG frames): decode them in the workers"
+        )
     try:
-        images = decode_jpeg([torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in flat],
-                             mode=ImageReadMode.RGB, device=device)
+        images = decode_jpeg(
+            [torch.frombuffer(bytearray(data), dtype=torch.uint8) for data in flat],
+            mode=ImageReadMode.RGB,
+            device=device,
+        )
     except (RuntimeError, ValueError) as error:
         raise CacheError(f"frames do not decode on {device}: {error}") from error
     shapes = {tuple(image.shape) for image in images}
@@ -271,8 +278,10 @@ def roundtrip_frames(frames: np.ndarray, codec: FramesCodec, quality: int = 90) 
 
 def frames_decoder_id() -> str:
     """The decoder build a student needs to get the teacher's exact pixels back."""
-    return (f"simplejpeg-{simplejpeg.__version__} (libjpeg-turbo, JPEG) / torchvision-{torchvision.__version__} "
-            "(libpng, PNG); CPU")
+    return (
+        f"simplejpeg-{simplejpeg.__version__} (libjpeg-turbo, JPEG) / torchvision-{torchvision.__version__} "
+        "(libpng, PNG); CPU"
+    )
 
 
 def encode_meta(meta: dict[str, Any]) -> bytes:

@@ -95,12 +95,17 @@ class ShardRecord:
 
     @classmethod
     def for_shard(
-        cls, shard: ShardId, samples: int, wds_bytes: int | None = None, wds_sha256: str | None = None,
+        cls,
+        shard: ShardId,
+        samples: int,
+        wds_bytes: int | None = None,
+        wds_sha256: str | None = None,
         zarr_bytes: int | None = None,
     ) -> ShardRecord:
         sizes = {name: size for name, size in (("wds", wds_bytes), ("zarr", zarr_bytes)) if size is not None}
-        return cls(shard.name, shard.video_start, shard.video_end, shard.view_start, shard.view_end,
-                   samples, sizes, wds_sha256)
+        return cls(
+            shard.name, shard.video_start, shard.video_end, shard.view_start, shard.view_end, samples, sizes, wds_sha256
+        )
 
 
 @dataclass(kw_only=True)
@@ -172,12 +177,17 @@ class Manifest:
         if not isinstance(version, int):
             raise CacheError(f"{source}: no integer format_version; not a SALT latent cache manifest")
         if version > FORMAT_VERSION:
-            raise CacheError(f"{source}: made by a newer SALT (format {version} > {FORMAT_VERSION}); upgrade SALT to read it")
+            raise CacheError(
+                f"{source}: made by a newer SALT (format {version} > {FORMAT_VERSION}); upgrade SALT to read it"
+            )
         if version < 1:
             raise CacheError(f"{source}: unknown format_version {version}")
         names = {f.name for f in dataclasses.fields(cls)}
-        required = {f.name for f in dataclasses.fields(cls)
-                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        required = {
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        }
         missing = sorted(required - data.keys())
         unknown = sorted(data.keys() - names)
         if missing or unknown:
@@ -192,7 +202,9 @@ class Manifest:
             raise CacheError(f"{source}: malformed field: {error}") from error
         manifest = cls(**values)
         if manifest.target_rank and version < LOW_RANK_FORMAT_VERSION:
-            raise CacheError(f"{source}: format_version {version} cannot hold low-rank targets (needs {LOW_RANK_FORMAT_VERSION})")
+            raise CacheError(
+                f"{source}: format_version {version} cannot hold low-rank targets (needs {LOW_RANK_FORMAT_VERSION})"
+            )
         manifest.validate(source)
         return manifest
 
@@ -202,7 +214,16 @@ class Manifest:
         def fail(message: str) -> None:
             raise CacheError(f"{source}: {message}")
 
-        for name in ("dim", "views", "num_videos", "sample_count", "latent_bytes", "frame_bytes", "jpeg_quality", "target_rank"):
+        for name in (
+            "dim",
+            "views",
+            "num_videos",
+            "sample_count",
+            "latent_bytes",
+            "frame_bytes",
+            "jpeg_quality",
+            "target_rank",
+        ):
             if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
                 fail(f"{name} must be an integer, got {getattr(self, name)!r}")
         if len(self.grid) != 3 or any(not isinstance(g, int) or g <= 0 for g in self.grid):
@@ -224,7 +245,10 @@ class Manifest:
         if self.target_rank:
             basis = self.basis or {}
             if not 1 <= self.target_rank < self.dim:
-                fail(f"target_rank {self.target_rank} must lie between 1 and dim - 1 ({self.dim - 1}), or be 0 (full rank)")
+                fail(
+                    f"target_rank {self.target_rank} must lie between 1 and dim - 1 ({self.dim - 1}), or be 0 (full "
+                    "rank)"
+                )
             if basis.get("file") != BASIS_NAME or not basis.get("sha256") or basis.get("fit_on") != FIT_ON:
                 fail(f"a low-rank cache needs basis {{file: {BASIS_NAME}, sha256, fit_on: {FIT_ON}}}, got {basis}")
             if self.target_norm != "none":
@@ -249,7 +273,10 @@ class Manifest:
                 fail(f"shard {record.name} lies outside {self.num_videos} videos x {self.views} views")
             expected = len(shard.sample_ids(skipped))
             if record.samples != expected:
-                fail(f"shard {record.name} records {record.samples} samples, its range minus skipped videos holds {expected}")
+                fail(
+                    f"shard {record.name} records {record.samples} samples, its range minus skipped videos holds "
+                    f"{expected}"
+                )
             if "wds" in self.formats and not record.sha256:
                 fail(f"shard {record.name} has no sha256 although the cache has WebDataset shards")
         total = sum(record.samples for record in self.shards)
@@ -297,5 +324,7 @@ def load_manifest(path_or_dir: str | Path) -> Manifest:
     except IsADirectoryError:
         raise CacheError(f"{path} is a folder, not a cache manifest") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CacheError(f"{path}: not valid JSON ({error}); the file is damaged, rewrite it with salt cache-latents") from error
+        raise CacheError(
+            f"{path}: not valid JSON ({error}); the file is damaged, rewrite it with salt cache-latents"
+        ) from error
     return Manifest.from_json(data, source=str(path))

@@ -55,11 +55,16 @@ def first_views(manifest: Manifest, views: int, path: str | Path = "") -> Manife
         return manifest
     crossing = sorted({(r.view_start, r.view_end) for r in manifest.shards if r.view_start < views < r.view_end})
     if crossing:
-        raise CacheError(f"{path}: shards hold views {crossing[0][0]}..{crossing[0][1] - 1} together, so the first {views} "
-                         f"cannot be taken alone; cache with `--views {views}` first and grow it later")
+        raise CacheError(
+            f"{path}: shards hold views {crossing[0][0]}..{crossing[0][1] - 1} together, so the first {views} "
+            f"cannot be taken alone; cache with `--views {views}` first and grow it later"
+        )
     kept = [r for r in manifest.shards if r.view_end <= views]
     if not kept or max(r.view_end for r in kept) < views:
-        raise CacheError(f"{path}: the cache holds fewer than {views} views per video; grow it with `salt cache-latents --views {views}`")
+        raise CacheError(
+            f"{path}: the cache holds fewer than {views} views per video; grow it with `salt cache-latents --views "
+            f"{views}`"
+        )
     return dataclasses.replace(manifest, shards=kept, views=views)
 
 
@@ -71,8 +76,10 @@ class LatentCache:
         if self.remote:  # the Zarr store is written and read on local or shared file systems only
             present = ["wds"] if "wds" in self.manifest.formats else []
             if format == "zarr" or not present:
-                raise CacheError(f"{self.path}: on an object store only the wds format is read; this cache has "
-                                 f"{self.manifest.formats}")
+                raise CacheError(
+                    f"{self.path}: on an object store only the wds format is read; this cache has "
+                    f"{self.manifest.formats}"
+                )
         else:
             present = [f for f in self.manifest.formats if (self.path / (WDS_DIR if f == "wds" else ZARR_DIR)).exists()]
         if format == "auto":
@@ -141,17 +148,29 @@ class LatentCache:
         with WdsShardReader(storage.join(self.path, WDS_DIR), record.name) as shard:
             return self._read_wds(shard, video, view)
 
-    def _read_wds(self, shard: WdsShardReader, video: int, view: int, reads: tuple[str, str] = ("decoded", "float32")) -> CacheSample:
+    def _read_wds(
+        self, shard: WdsShardReader, video: int, view: int, reads: tuple[str, str] = ("decoded", "float32")
+    ) -> CacheSample:
         key = sample_key(video, view)
         meta, fields, frames = split_members(shard.read_members(key))
         return self._decode(shard.name, video, view, lambda: self.codec.decode(fields, self.shape), frames, meta, reads)
 
-    def _read_zarr(self, record: ShardRecord, video: int, view: int, reads: tuple[str, str] = ("decoded", "float32")) -> CacheSample:
+    def _read_zarr(
+        self, record: ShardRecord, video: int, view: int, reads: tuple[str, str] = ("decoded", "float32")
+    ) -> CacheSample:
         stored, frames, meta = self._zarr.read_sample(record.name, video, view)
         return self._decode(record.name, video, view, lambda: stored, frames, meta, reads)
 
-    def _decode(self, shard: str, video: int, view: int, stored_latents: Callable[[], StoredLatents],
-                frames: list[bytes], meta: bytes, reads: tuple[str, str]) -> CacheSample:
+    def _decode(
+        self,
+        shard: str,
+        video: int,
+        view: int,
+        stored_latents: Callable[[], StoredLatents],
+        frames: list[bytes],
+        meta: bytes,
+        reads: tuple[str, str],
+    ) -> CacheSample:
         """Decode checked bytes as far as `reads` (frames, latents) asks; `stored_latents` is
         called inside the error handling."""
         key = sample_key(video, view)
@@ -167,8 +186,16 @@ class LatentCache:
             else:
                 latents = self.codec.from_stored(stored.values, stored.scales)
             decoded = decode_frames(frames) if frames_read == "decoded" else None
-            return CacheSample(key, video, view, decoded, latents, decode_meta(meta),
-                               encoded_frames=list(frames) if frames_read == "encoded" else None, latent_scales=scales)
+            return CacheSample(
+                key,
+                video,
+                view,
+                decoded,
+                latents,
+                decode_meta(meta),
+                encoded_frames=list(frames) if frames_read == "encoded" else None,
+                latent_scales=scales,
+            )
         except CacheError as error:
             raise CacheError(f"shard {shard}: sample {key}: {error}") from error
 
@@ -195,10 +222,14 @@ class LatentCache:
                 shard.close()
 
     # -- streaming ---------------------------------------------------------------------------
-    def _split_shards(self, seed: int, epoch: int, rank: int, world_size: int, worker: int, num_workers: int) -> list[int]:
+    def _split_shards(
+        self, seed: int, epoch: int, rank: int, world_size: int, worker: int, num_workers: int
+    ) -> list[int]:
         splits = world_size * num_workers
         if not (0 <= rank < world_size and 0 <= worker < num_workers):
-            raise CacheError(f"rank {rank} / worker {worker} out of range for {world_size} ranks x {num_workers} workers")
+            raise CacheError(
+                f"rank {rank} / worker {worker} out of range for {world_size} ranks x {num_workers} workers"
+            )
         num_shards = len(self.manifest.shards)
         if num_shards < splits:
             # A rank or worker without a shard would end at once and hang a collective later.
@@ -207,16 +238,28 @@ class LatentCache:
                 "make shards smaller (--shard-videos) or use fewer workers"
             )
         order = np.random.default_rng([seed, epoch]).permutation(num_shards)
-        return [int(i) for i in order[rank * num_workers + worker::splits]]
+        return [int(i) for i in order[rank * num_workers + worker :: splits]]
 
-    def split_len(self, seed: int, epoch: int, rank: int = 0, world_size: int = 1, worker: int = 0, num_workers: int = 1) -> int:
+    def split_len(
+        self, seed: int, epoch: int, rank: int = 0, world_size: int = 1, worker: int = 0, num_workers: int = 1
+    ) -> int:
         """How many samples `stream` yields for this split (before skipped errors)."""
         shards = self._split_shards(seed, epoch, rank, world_size, worker, num_workers)
         return sum(self.manifest.shards[i].samples for i in shards)
 
-    def stream(self, seed: int, epoch: int, rank: int = 0, world_size: int = 1, worker: int = 0,
-               num_workers: int = 1, start: int = 0, on_error: Literal["raise", "skip"] = "raise",
-               frames: FramesRead = "decoded", latents: LatentsRead = "float32") -> Iterator[CacheSample]:
+    def stream(
+        self,
+        seed: int,
+        epoch: int,
+        rank: int = 0,
+        world_size: int = 1,
+        worker: int = 0,
+        num_workers: int = 1,
+        start: int = 0,
+        on_error: Literal["raise", "skip"] = "raise",
+        frames: FramesRead = "decoded",
+        latents: LatentsRead = "float32",
+    ) -> Iterator[CacheSample]:
         """This split's samples in an order fixed by (seed, epoch): shards shuffled, then split
         round-robin over rank × worker, then each shard's samples shuffled (a buffer of one
         shard). `start` skips that many samples of the split without reading them; a skipped
@@ -228,12 +271,15 @@ class LatentCache:
         if on_error not in ("raise", "skip"):
             raise CacheError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
         if frames not in ("decoded", "encoded", "none") or latents not in ("float32", "stored"):
-            raise CacheError(f"frames must be decoded/encoded/none and latents float32/stored, got {frames!r}, {latents!r}")
+            raise CacheError(
+                f"frames must be decoded/encoded/none and latents float32/stored, got {frames!r}, {latents!r}"
+            )
         shards = self._split_shards(seed, epoch, rank, world_size, worker, num_workers)
         return self._stream(seed, epoch, shards, max(0, int(start)), on_error, (frames, latents))
 
-    def _stream(self, seed: int, epoch: int, shards: list[int], skip: int, on_error: str,
-                reads: tuple[str, str]) -> Iterator[CacheSample]:
+    def _stream(
+        self, seed: int, epoch: int, shards: list[int], skip: int, on_error: str, reads: tuple[str, str]
+    ) -> Iterator[CacheSample]:
         plan = []  # (shard index, sample order): what this split reads, after `skip`
         for shard_index in shards:
             ids = self._shard_samples(shard_index)
@@ -255,7 +301,9 @@ class LatentCache:
         urls = [storage.join(self.path, WDS_DIR, f"{self.manifest.shards[i].name}.tar") for i in shard_indices]
         return _ShardPrefetcher(urls, READ_AHEAD_SHARDS)
 
-    def _stream_shard(self, shard_index: int, order, fetched, on_error: str, reads: tuple[str, str]) -> Iterator[CacheSample]:
+    def _stream_shard(
+        self, shard_index: int, order, fetched, on_error: str, reads: tuple[str, str]
+    ) -> Iterator[CacheSample]:
         ids = self._shard_samples(shard_index)
         record = self.manifest.shards[shard_index]
         shard = None
@@ -319,12 +367,16 @@ def load_basis(path: str | Path, manifest: Manifest) -> TargetBasis:
     try:
         data = storage.read_bytes(location)
     except FileNotFoundError:
-        raise CacheError(f"{location}: missing; the manifest says this cache has low-rank targets and needs it. "
-                         "Copy the cache whole, or compact it again (salt compact-cache)") from None
+        raise CacheError(
+            f"{location}: missing; the manifest says this cache has low-rank targets and needs it. "
+            "Copy the cache whole, or compact it again (salt compact-cache)"
+        ) from None
     basis = TargetBasis.from_bytes(data, str(location), manifest.basis["sha256"])
     if (basis.dim, basis.rank) != (manifest.dim, manifest.target_rank):
-        raise CacheError(f"{location}: basis of dim {basis.dim} and rank {basis.rank}, the manifest says dim {manifest.dim} "
-                         f"and rank {manifest.target_rank}")
+        raise CacheError(
+            f"{location}: basis of dim {basis.dim} and rank {basis.rank}, the manifest says dim {manifest.dim} "
+            f"and rank {manifest.target_rank}"
+        )
     return basis
 
 
@@ -334,8 +386,14 @@ def verify(cache: LatentCache) -> list[Problem]:
     problems: list[Problem] = []
     manifest = cache.manifest
     if manifest.sample_count == 0:  # every video skipped: nothing a student could read
-        problems.append(Problem("manifest.json", None, f"no samples: all {len(manifest.skipped)} videos were skipped "
-                                "(their reasons: 'skipped' in manifest.json); cache the data again once it decodes"))
+        problems.append(
+            Problem(
+                "manifest.json",
+                None,
+                f"no samples: all {len(manifest.skipped)} videos were skipped "
+                "(their reasons: 'skipped' in manifest.json); cache the data again once it decodes",
+            )
+        )
     # A low-rank cache's basis was checked against the manifest when the cache was opened.
     for shard_index, record in enumerate(manifest.shards):
         ids = cache._shard_samples(shard_index)

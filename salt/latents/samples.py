@@ -43,7 +43,9 @@ class ShardId:
     view_end: int
 
     def __post_init__(self) -> None:
-        if not (0 <= self.video_start < self.video_end <= MAX_VIDEOS and 0 <= self.view_start < self.view_end <= MAX_VIEWS):
+        if not (
+            0 <= self.video_start < self.video_end <= MAX_VIDEOS and 0 <= self.view_start < self.view_end <= MAX_VIEWS
+        ):
             raise CacheError(f"empty or out-of-range shard {self!r}")
 
     @property

@@ -45,8 +45,10 @@ def resolve(path_or_url: str | os.PathLike) -> str | Path:
     head = os.fspath(path_or_url).split("/", 1)[0]
     if not scheme and len(head) > 2 and head.endswith(":") and head[:-1].isalnum():
         # "s3:/bucket/key" (one slash, e.g. after a Path() round trip) would become a local folder "s3:"
-        raise CacheError(f"{path_or_url}: looks like a URL with one slash after {head}; write {head}//... for the "
-                         "store, or ./ before a local path")
+        raise CacheError(
+            f"{path_or_url}: looks like a URL with one slash after {head}; write {head}//... for the "
+            "store, or ./ before a local path"
+        )
     if scheme in LOCAL_SCHEMES:
         return Path(rest) if scheme else Path(os.fspath(path_or_url))
     filesystem(os.fspath(path_or_url))  # refuses what cannot be served
@@ -60,8 +62,10 @@ def filesystem(url: str):
 
     scheme, _ = split_scheme(url)
     if scheme not in known_implementations and scheme not in registry:
-        raise CacheError(f"{url}: the URL scheme {scheme}:// is not one this project can read or write (fsspec knows "
-                         "no such file system); use a local path, file://, s3://, gs:// or another fsspec URL")
+        raise CacheError(
+            f"{url}: the URL scheme {scheme}:// is not one this project can read or write (fsspec knows "
+            "no such file system); use a local path, file://, s3://, gs:// or another fsspec URL"
+        )
     try:
         fs = fsspec.filesystem(scheme, **_fail_fast(scheme))
         if scheme in ("s3", "s3a"):

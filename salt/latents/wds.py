@@ -114,7 +114,9 @@ def _ordered(shard: ShardId, samples: list[EncodedSample]) -> list[EncodedSample
     return ordered
 
 
-def _write_tar(path: Path, final_path: Path | str, shard: ShardId, ordered: list[EncodedSample]) -> tuple[ShardFiles, dict]:
+def _write_tar(
+    path: Path, final_path: Path | str, shard: ShardId, ordered: list[EncodedSample]
+) -> tuple[ShardFiles, dict]:
     """The tar at `path` (fsynced) and its index."""
     members: dict[str, list[int]] = {}
     with open(path, "wb") as raw:
@@ -129,8 +131,13 @@ def _write_tar(path: Path, final_path: Path | str, shard: ShardId, ordered: list
         raw.flush()
         os.fsync(raw.fileno())
     files = ShardFiles(shard.name, final_path, sink.count, sink.sha256.hexdigest(), len(ordered))
-    index = {"shard": shard.name, "bytes": files.bytes, "sha256": files.sha256, "keys": [s.key for s in ordered],
-             "members": members}
+    index = {
+        "shard": shard.name,
+        "bytes": files.bytes,
+        "sha256": files.sha256,
+        "keys": [s.key for s in ordered],
+        "members": members,
+    }
     return files, index
 
 
@@ -166,8 +173,9 @@ def read_wds_index(directory: str | Path, name: str) -> dict[str, Any]:
         index = json.loads(storage.read_bytes(path).decode("utf-8"))
         index["members"], index["keys"], index["bytes"], index["sha256"]
     except FileNotFoundError as error:
-        raise CacheError(f"shard {name}: missing {storage.name_of(path)}; the shard is incomplete, run salt cache-latents "
-                         "again") from error
+        raise CacheError(
+            f"shard {name}: missing {storage.name_of(path)}; the shard is incomplete, run salt cache-latents again"
+        ) from error
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as error:
         raise CacheError(f"shard {name}: damaged or unreadable index {path}: {error}") from error
     return index
@@ -232,7 +240,7 @@ class WdsShardReader:
             raise CacheError(f"shard {self.name}: sample {key}: tar truncated ({self.tar_path} ends before the sample)")
         out = {}
         for suffix, offset, size, checksum in members:
-            data = span[offset - start: offset - start + size]
+            data = span[offset - start : offset - start + size]
             if crc32(data) != checksum:
                 raise CacheError(f"shard {self.name}: sample {key}: member .{suffix} fails its CRC-32 (corrupt bytes)")
             out[suffix] = data
@@ -256,7 +264,9 @@ def split_members(members: dict[str, bytes]) -> tuple[bytes, dict[str, bytes], l
     return meta, fields, [members[s] for s in frame_suffixes]
 
 
-def verify_wds_shard(directory: str | Path, name: str, expected_sha256: str | None, expected_keys: list[str]) -> list[str]:
+def verify_wds_shard(
+    directory: str | Path, name: str, expected_sha256: str | None, expected_keys: list[str]
+) -> list[str]:
     """File-level checks of one shard (presence, size, sha256, keys); per-sample CRCs are
     checked by reading. Returns reasons, empty when healthy."""
     tar_path = storage.join(directory, f"{name}.tar")
@@ -275,5 +285,7 @@ def verify_wds_shard(directory: str | Path, name: str, expected_sha256: str | No
     if expected_sha256 is not None and digest.hexdigest() != expected_sha256:
         problems.append("sha256 differs from the manifest")
     if reader.index["keys"] != expected_keys:
-        problems.append(f"index lists {len(reader.index['keys'])} keys, not the {len(expected_keys)} the manifest implies")
+        problems.append(
+            f"index lists {len(reader.index['keys'])} keys, not the {len(expected_keys)} the manifest implies"
+        )
     return problems

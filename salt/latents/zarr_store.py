@@ -52,9 +52,13 @@ def zarr_compressor(compressor: dict[str, Any] | None, dtype: np.dtype):
         return None
     params = {k: v for k, v in compressor.items() if k != "id"}
     if compressor["id"] == "blosc":
-        return BloscCodec(cname=params.get("cname", "lz4"), clevel=params.get("clevel", 5),
-                          shuffle=_BLOSC_SHUFFLE[params.get("shuffle", 1)], typesize=dtype.itemsize,
-                          blocksize=params.get("blocksize", 0))
+        return BloscCodec(
+            cname=params.get("cname", "lz4"),
+            clevel=params.get("clevel", 5),
+            shuffle=_BLOSC_SHUFFLE[params.get("shuffle", 1)],
+            typesize=dtype.itemsize,
+            blocksize=params.get("blocksize", 0),
+        )
     if compressor["id"] == "zstd":
         return ZstdCodec(level=params.get("level", 0), checksum=params.get("checksum", False))
     raise CacheError(f"compressor {compressor!r} has no Zarr v3 equivalent here; use blosc or zstd")
@@ -91,18 +95,33 @@ class ZarrCacheWriter:
             self.arrays["scales"] = group["scales"]
 
     @classmethod
-    def open(cls, path: str | Path, num_videos: int, views: int, grid_tokens: int, dim: int,
-             stored_dtype: str | np.dtype, compressor: dict[str, Any] | None, frames_per_clip: int,
-             videos_per_shard: int) -> ZarrCacheWriter:
+    def open(
+        cls,
+        path: str | Path,
+        num_videos: int,
+        views: int,
+        grid_tokens: int,
+        dim: int,
+        stored_dtype: str | np.dtype,
+        compressor: dict[str, Any] | None,
+        frames_per_clip: int,
+        videos_per_shard: int,
+    ) -> ZarrCacheWriter:
         """Create the store, or open an existing one and grow it to (num_videos, views).
 
         Call it once in the coordinating process before starting writer processes: creating
         or resizing arrays rewrites metadata, which must not race.
         """
         latent_dtype = _latent_dtype_name(stored_dtype)
-        attrs = {"format_version": STORE_FORMAT_VERSION, "latent_dtype": latent_dtype, "grid_tokens": grid_tokens,
-                 "dim": dim, "frames_per_clip": frames_per_clip, "videos_per_shard": videos_per_shard,
-                 "compressor": compressor}
+        attrs = {
+            "format_version": STORE_FORMAT_VERSION,
+            "latent_dtype": latent_dtype,
+            "grid_tokens": grid_tokens,
+            "dim": dim,
+            "frames_per_clip": frames_per_clip,
+            "videos_per_shard": videos_per_shard,
+            "compressor": compressor,
+        }
         group = zarr.open_group(str(path), mode="a", zarr_format=3)
         if ATTRS_KEY not in group.attrs:
             cls._create_arrays(group, attrs, num_videos, views)
@@ -125,8 +144,16 @@ class ZarrCacheWriter:
         def create(name, tail, array_dtype, fill, compressors=None):
             # overwrite: without the group attrs (written last) no writer ever wrote into a
             # half-created store, so arrays left by a killed creation hold nothing to keep.
-            group.create_array(name, shape=(videos, views, *tail), chunks=(1, 1, *tail), shards=(s, 1, *tail),
-                               dtype=array_dtype, fill_value=fill, compressors=compressors, overwrite=True)
+            group.create_array(
+                name,
+                shape=(videos, views, *tail),
+                chunks=(1, 1, *tail),
+                shards=(s, 1, *tail),
+                dtype=array_dtype,
+                fill_value=fill,
+                compressors=compressors,
+                overwrite=True,
+            )
 
         create("latents", (n, d), dtype, 0, zarr_compressor(attrs["compressor"], dtype))
         if attrs["latent_dtype"] == "int8":
@@ -148,7 +175,9 @@ class ZarrCacheWriter:
 
     def _resize(self, num_videos: int, views: int) -> None:
         if num_videos < self.num_videos or views < self.views:
-            raise CacheError(f"cannot shrink the Zarr store from {self.num_videos}x{self.views} to {num_videos}x{views}")
+            raise CacheError(
+                f"cannot shrink the Zarr store from {self.num_videos}x{self.views} to {num_videos}x{views}"
+            )
         if (num_videos, views) == (self.num_videos, self.views):
             return
         with _vlen_bytes_accepted():
@@ -164,7 +193,9 @@ class ZarrCacheWriter:
     def check_alignment(self, shard: ShardId) -> None:
         s = self.videos_per_shard
         if shard.video_end > self.num_videos or shard.view_end > self.views:
-            raise CacheError(f"shard {shard.name} lies outside the store ({self.num_videos} videos x {self.views} views)")
+            raise CacheError(
+                f"shard {shard.name} lies outside the store ({self.num_videos} videos x {self.views} views)"
+            )
         if shard.video_start % s or (shard.video_end % s and shard.video_end != self.num_videos):
             raise CacheError(
                 f"shard {shard.name}: videos [{shard.video_start}, {shard.video_end}) do not cover whole Zarr shards "
@@ -174,7 +205,9 @@ class ZarrCacheWriter:
 
     def written_mask(self, shard: ShardId) -> np.ndarray:
         """bool [videos, views] of the shard's rectangle: which samples a finished write left."""
-        return np.asarray(self.arrays["written"][shard.video_start:shard.video_end, shard.view_start:shard.view_end])
+        return np.asarray(
+            self.arrays["written"][shard.video_start : shard.video_end, shard.view_start : shard.view_end]
+        )
 
     def write_shard(self, shard: ShardId, samples: list[SampleToWrite], allow_partial_zarr_shard: bool = False) -> int:
         """Write every sample of `shard` (videos not given stay unwritten); returns bytes on disk.
@@ -195,7 +228,9 @@ class ZarrCacheWriter:
             if not shard.contains(video, view) or (video, view) in by_position:
                 raise CacheError(f"shard {shard.name}: sample {key} lies outside the shard or is given twice")
             if stored.values.shape != (n, d) or stored.values.dtype != dtype or len(frames) != t:
-                raise CacheError(f"shard {shard.name}: sample {key} is not {a['latent_dtype']} ({n}, {d}) with {t} frames")
+                raise CacheError(
+                    f"shard {shard.name}: sample {key} is not {a['latent_dtype']} ({n}, {d}) with {t} frames"
+                )
             by_position[(video - shard.video_start, view - shard.view_start)] = sample
         checksums = np.zeros((nv, nk), dtype="<u4")
         written = np.zeros((nv, nk), dtype=bool)
@@ -269,10 +304,14 @@ class ZarrCacheReader:
         arrays = self.arrays
         try:
             if not bool(arrays["written"][video, view]):
-                raise CacheError(f"{where}: not written in {self.path} (lost or never finished); run salt cache-latents again")
+                raise CacheError(
+                    f"{where}: not written in {self.path} (lost or never finished); run salt cache-latents again"
+                )
             expected = int(arrays["checksum"][video, view])
-            stored = StoredLatents(np.asarray(arrays["latents"][video, view]),
-                                   np.asarray(arrays["scales"][video, view]) if "scales" in arrays else None)
+            stored = StoredLatents(
+                np.asarray(arrays["latents"][video, view]),
+                np.asarray(arrays["scales"][video, view]) if "scales" in arrays else None,
+            )
             frames = [bytes(data) for data in arrays["frames"][video, view]]
             meta = str(arrays["meta"][video, view]).encode("utf-8")
         except CacheError:

@@ -10,6 +10,7 @@ fingerprint, arch (JSON), meta (JSON).
 
 Pickles that need code to load are refused: nothing in a checkpoint is ever executed.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,9 +25,9 @@ from typing import Any, Mapping
 
 import torch
 
+from salt.latents.storage import make_readable
 from salt.models import hf_folder, hf_videomae, hf_vjepa2
 from salt.models.converters import check_arch_keys, import_state_dict
-from salt.latents.storage import make_readable
 from salt.models.errors import CheckpointError
 from salt.models.vit import VideoViT, build_encoder, complete_arch
 
@@ -41,6 +42,7 @@ _MAX_LISTED_KEYS = 40
 
 
 # ----------------------------------------------------------------------------- fingerprint
+
 
 def fingerprint(state_dict: Mapping[str, torch.Tensor]) -> str:
     """sha256 over the sorted (name, dtype, shape, raw bytes) of a state dict.
@@ -63,6 +65,7 @@ def fingerprint(state_dict: Mapping[str, torch.Tensor]) -> str:
 
 # ----------------------------------------------------------------------------- save
 
+
 def _plain_json(value: Any, what: str) -> Any:
     try:
         return json.loads(json.dumps(value))
@@ -70,8 +73,7 @@ def _plain_json(value: Any, what: str) -> Any:
         raise ValueError(f"{what} must be plain JSON-able data: {err}") from None
 
 
-def save_encoder(path: str | os.PathLike, encoder: VideoViT, kind: str,
-                 meta: Mapping[str, Any] | None = None) -> str:
+def save_encoder(path: str | os.PathLike, encoder: VideoViT, kind: str, meta: Mapping[str, Any] | None = None) -> str:
     """Write ``encoder`` atomically as a salt-encoder checkpoint; returns its fingerprint.
 
     A path ending in ``.safetensors`` writes safetensors, anything else a torch ``.pt``.
@@ -79,8 +81,10 @@ def save_encoder(path: str | os.PathLike, encoder: VideoViT, kind: str,
     if not isinstance(kind, str) or not kind:
         raise ValueError(f"kind must be a non-empty string such as 'teacher', got {kind!r}")
     if not hasattr(encoder, "arch"):
-        raise TypeError(f"save_encoder needs a VideoViT (with .arch), got {type(encoder).__name__}; "
-                        f"unwrap DDP/DeepSpeed first (model.module)")
+        raise TypeError(
+            f"save_encoder needs a VideoViT (with .arch), got {type(encoder).__name__}; "
+            f"unwrap DDP/DeepSpeed first (model.module)"
+        )
     arch = complete_arch(encoder.arch)
     meta = _plain_json(dict(meta or {}), "meta")
     state_dict = {k: v.detach().to("cpu").contiguous() for k, v in encoder.state_dict().items()}
@@ -93,13 +97,32 @@ def save_encoder(path: str | os.PathLike, encoder: VideoViT, kind: str,
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
-            save_file(state_dict, tmp, metadata={
-                "format": FORMAT, "format_version": str(FORMAT_VERSION), "kind": kind,
-                "fingerprint": digest, "arch": json.dumps(arch), "meta": json.dumps(meta)})
+
+            save_file(
+                state_dict,
+                tmp,
+                metadata={
+                    "format": FORMAT,
+                    "format_version": str(FORMAT_VERSION),
+                    "kind": kind,
+                    "fingerprint": digest,
+                    "arch": json.dumps(arch),
+                    "meta": json.dumps(meta),
+                },
+            )
         else:
-            torch.save({"format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind,
-                        "arch": arch, "state_dict": state_dict, "fingerprint": digest,
-                        "meta": meta}, tmp)
+            torch.save(
+                {
+                    "format": FORMAT,
+                    "format_version": FORMAT_VERSION,
+                    "kind": kind,
+                    "arch": arch,
+                    "state_dict": state_dict,
+                    "fingerprint": digest,
+                    "meta": meta,
+                },
+                tmp,
+            )
         make_readable(tmp)  # mkstemp's 0600 (safetensors writes its own file, also 0600)
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
@@ -113,6 +136,7 @@ def save_encoder(path: str | os.PathLike, encoder: VideoViT, kind: str,
 
 # ----------------------------------------------------------------------------- read
 
+
 def _sniff(path: Path) -> str:
     """'torch' or 'safetensors' from the first bytes; CheckpointError for anything else."""
     size = path.stat().st_size
@@ -124,7 +148,8 @@ def _sniff(path: Path) -> str:
         return "safetensors"
     raise CheckpointError(
         f"{path}: not a checkpoint ({size} bytes; expected a PyTorch .pt file from torch.save "
-        f"or a .safetensors file). Check the path, or re-export the weights in one of those formats.")
+        f"or a .safetensors file). Check the path, or re-export the weights in one of those formats."
+    )
 
 
 def _load_torch(path: Path) -> Any:
@@ -140,25 +165,32 @@ def _load_torch(path: Path) -> Any:
                 f"{path}: refused: loading it would run code it names ({detail}); nothing was "
                 f"executed. Only tensors and plain data are accepted. If you trust the file, "
                 f"re-save its state dict (torch.save(model.state_dict(), ...)) or a safetensors "
-                f"file in a trusted environment and load that.") from None
-        raise CheckpointError(f"{path}: corrupt checkpoint, cannot be unpickled "
-                              f"({lines[-1] if lines else 'no detail'}); re-export or re-download it.") from None
+                f"file in a trusted environment and load that."
+            ) from None
+        raise CheckpointError(
+            f"{path}: corrupt checkpoint, cannot be unpickled "
+            f"({lines[-1] if lines else 'no detail'}); re-export or re-download it."
+        ) from None
     except Exception as err:  # torch reports truncation as RuntimeError/EOFError/KeyError/...
         raise CheckpointError(
             f"{path}: unreadable checkpoint, probably truncated or corrupt "
             f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no detail'}); "
-            f"re-export or re-download it.") from None
+            f"re-export or re-download it."
+        ) from None
 
 
 def _load_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     from safetensors import safe_open
+
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             metadata = handle.metadata() or {}
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     except Exception as err:
-        raise CheckpointError(f"{path}: unreadable safetensors file, probably truncated or corrupt "
-                              f"({type(err).__name__}: {err}); re-export or re-download it.") from None
+        raise CheckpointError(
+            f"{path}: unreadable safetensors file, probably truncated or corrupt "
+            f"({type(err).__name__}: {err}); re-export or re-download it."
+        ) from None
     return tensors, metadata
 
 
@@ -177,15 +209,21 @@ def read_checkpoint(path: str | os.PathLike) -> Any:
     if metadata.get("format") != FORMAT:
         return tensors
     try:
-        return {"format": FORMAT, "format_version": int(metadata["format_version"]),
-                "kind": metadata["kind"], "arch": json.loads(metadata["arch"]),
-                "state_dict": tensors, "fingerprint": metadata["fingerprint"],
-                "meta": json.loads(metadata.get("meta", "{}"))}
+        return {
+            "format": FORMAT,
+            "format_version": int(metadata["format_version"]),
+            "kind": metadata["kind"],
+            "arch": json.loads(metadata["arch"]),
+            "state_dict": tensors,
+            "fingerprint": metadata["fingerprint"],
+            "meta": json.loads(metadata.get("meta", "{}")),
+        }
     except (KeyError, ValueError) as err:
         raise CheckpointError(f"{path}: corrupt salt-encoder metadata ({err!r})") from None
 
 
 # ----------------------------------------------------------------------------- load
+
 
 def _listed(keys: list[str]) -> str:
     shown = ", ".join(keys[:_MAX_LISTED_KEYS])
@@ -193,8 +231,9 @@ def _listed(keys: list[str]) -> str:
     return f"[{shown}{f', ... and {more} more' if more > 0 else ''}]"
 
 
-def load_state_dict_strict(encoder: torch.nn.Module, state_dict: Mapping[str, torch.Tensor],
-                           path: str | os.PathLike) -> None:
+def load_state_dict_strict(
+    encoder: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], path: str | os.PathLike
+) -> None:
     """Load every key, or raise CheckpointError naming missing/unexpected/mis-shaped keys.
 
     The encoder is first cast to the floating dtype the weights were stored in.
@@ -207,8 +246,11 @@ def load_state_dict_strict(encoder: torch.nn.Module, state_dict: Mapping[str, to
         problems.append(f"missing keys {_listed(missing)}")
     if unexpected:
         problems.append(f"unexpected keys {_listed(unexpected)}")
-    mismatched = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
-                  for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
+    mismatched = [
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and state_dict[k].shape != v.shape
+    ]
     if mismatched:
         problems.append(f"shape mismatches {_listed(mismatched)}")
     if problems:
@@ -221,27 +263,29 @@ def load_state_dict_strict(encoder: torch.nn.Module, state_dict: Mapping[str, to
     encoder.load_state_dict(state_dict, strict=True)
 
 
-def _check_given_arch(given: Mapping[str, Any] | None, actual: Mapping[str, Any], path: Path,
-                      source: str) -> None:
+def _check_given_arch(given: Mapping[str, Any] | None, actual: Mapping[str, Any], path: Path, source: str) -> None:
     for key, value in check_arch_keys(given).items():
         if actual[key] != value:
-            raise CheckpointError(f"{path}: arch[{key!r}] = {value!r} contradicts the {source} "
-                                  f"value {actual[key]!r}")
+            raise CheckpointError(f"{path}: arch[{key!r}] = {value!r} contradicts the {source} value {actual[key]!r}")
 
 
 def _load_salt_format(obj: dict, path: Path, arch: Mapping[str, Any] | None) -> tuple[VideoViT, dict]:
     version = obj.get("format_version")
     if version != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: salt-encoder format_version {version!r} is not supported "
-                              f"(this code reads version {FORMAT_VERSION})")
+        raise CheckpointError(
+            f"{path}: salt-encoder format_version {version!r} is not supported "
+            f"(this code reads version {FORMAT_VERSION})"
+        )
     missing = [k for k in ("arch", "state_dict", "fingerprint") if k not in obj]
     if missing:
         raise CheckpointError(f"{path}: salt-encoder checkpoint lacks {missing}; the file is corrupt")
     state_dict = obj["state_dict"]
     actual = fingerprint(state_dict)
     if actual != obj["fingerprint"]:
-        raise CheckpointError(f"{path}: the file is corrupt: weights fingerprint {actual[:16]}... "
-                              f"differs from the stored {str(obj['fingerprint'])[:16]}...")
+        raise CheckpointError(
+            f"{path}: the file is corrupt: weights fingerprint {actual[:16]}... "
+            f"differs from the stored {str(obj['fingerprint'])[:16]}..."
+        )
     try:
         stored_arch = complete_arch(obj["arch"])
     except ValueError as err:
@@ -252,8 +296,9 @@ def _load_salt_format(obj: dict, path: Path, arch: Mapping[str, Any] | None) -> 
     return encoder, stored_arch
 
 
-def load_encoder(path: str | os.PathLike, arch: Mapping[str, Any] | None = None,
-                 checkpoint_key: str | None = None) -> tuple[VideoViT, dict]:
+def load_encoder(
+    path: str | os.PathLike, arch: Mapping[str, Any] | None = None, checkpoint_key: str | None = None
+) -> tuple[VideoViT, dict]:
     """Load an encoder from a salt-encoder checkpoint (.pt or .safetensors), a V-JEPA 1/2 or
     VideoMAE checkpoint, a Hugging Face VideoMAE or V-JEPA 2 folder (or its weight file beside
     its config.json), or a bare state dict. Returns ``(encoder, arch)``.
@@ -272,15 +317,16 @@ def load_encoder(path: str | os.PathLike, arch: Mapping[str, Any] | None = None,
         obj = read_checkpoint(path)
         if isinstance(obj, dict) and obj.get("format") == FORMAT:
             encoder, stored_arch = _load_salt_format(obj, path, arch)
-            log.info("loaded %s encoder from %s (fingerprint %s)", obj.get("kind"), path,
-                     str(obj["fingerprint"])[:16])
+            log.info("loaded %s encoder from %s (fingerprint %s)", obj.get("kind"), path, str(obj["fingerprint"])[:16])
             return encoder, stored_arch
         config_file = hf_folder.config_beside(path)
         if config_file is not None and hf_folder.looks_like_hf(obj):
             state_dict, imported_arch = _import_hf(obj, config_file, arch, path)
         elif hf_folder.looks_like_hf(obj):
-            raise CheckpointError(f"{path}: Hugging Face weights without their config.json; "
-                                  f"pass the folder save_pretrained wrote (config.json + weights)")
+            raise CheckpointError(
+                f"{path}: Hugging Face weights without their config.json; "
+                f"pass the folder save_pretrained wrote (config.json + weights)"
+            )
         else:
             state_dict, imported_arch = import_state_dict(obj, path, arch, checkpoint_key)
     encoder = build_encoder(imported_arch)

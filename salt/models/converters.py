@@ -16,6 +16,7 @@ mlp.fc1,mlp.fc2}, norm). What differs, and is handled here:
 Everything the tensor shapes tell is inferred from them; ``arch`` supplies the rest and may
 not contradict them.
 """
+
 from __future__ import annotations
 
 import logging
@@ -46,8 +47,9 @@ def _extract(obj: Any, path: Path, checkpoint_key: str | None = None) -> tuple[s
     if checkpoint_key:
         if not isinstance(obj.get(checkpoint_key), Mapping):
             weights = sorted(str(k) for k, v in obj.items() if isinstance(v, Mapping))
-            raise CheckpointError(f"{path}: no state dict under checkpoint key {checkpoint_key!r}; "
-                                  f"the keys holding weights are {weights}")
+            raise CheckpointError(
+                f"{path}: no state dict under checkpoint key {checkpoint_key!r}; the keys holding weights are {weights}"
+            )
         source = dict(_SOURCES).get(checkpoint_key, "V-JEPA" if "encoder" in checkpoint_key else "VideoMAE")
         log.info("%s: using %r as asked (%s layout)", path, checkpoint_key, source)
         return source, dict(obj[checkpoint_key])
@@ -61,7 +63,8 @@ def _extract(obj: Any, path: Path, checkpoint_key: str | None = None) -> tuple[s
     raise CheckpointError(
         f"{path}: no encoder weights found: expected 'target_encoder'/'encoder' (V-JEPA), "
         f"'model'/'module' (VideoMAE), a salt-encoder checkpoint or a state dict of tensors; "
-        f"top-level keys are {sorted(map(str, obj))[:20]}")
+        f"top-level keys are {sorted(map(str, obj))[:20]}"
+    )
 
 
 def _encoder_keys(state_dict: dict[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
@@ -69,8 +72,7 @@ def _encoder_keys(state_dict: dict[str, torch.Tensor], path: Path) -> dict[str, 
     cleaned = {}
     for key, value in state_dict.items():
         if not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"{path}: state dict entry {key!r} is a {type(value).__name__}, "
-                                  f"not a tensor")
+            raise CheckpointError(f"{path}: state dict entry {key!r} is a {type(value).__name__}, not a tensor")
         while key.startswith(_STRIPPED_PREFIXES):
             key = key.split(".", 1)[1]
         cleaned[key] = value
@@ -78,10 +80,12 @@ def _encoder_keys(state_dict: dict[str, torch.Tensor], path: Path) -> dict[str, 
     if any(k.startswith("encoder.") for k in cleaned):  # VideoMAE pre-training: encoder + decoder
         decoder = sorted(k for k in cleaned if k.startswith(_VIDEOMAE_DECODER))
         if decoder:
-            log.info("%s: ignoring the VideoMAE decoder (%d tensors: %s ...)", path, len(decoder),
-                     decoder[:3])
-        cleaned = {(k[len("encoder."):] if k.startswith("encoder.") else k): v
-                   for k, v in cleaned.items() if not k.startswith(_VIDEOMAE_DECODER)}
+            log.info("%s: ignoring the VideoMAE decoder (%d tensors: %s ...)", path, len(decoder), decoder[:3])
+        cleaned = {
+            (k[len("encoder.") :] if k.startswith("encoder.") else k): v
+            for k, v in cleaned.items()
+            if not k.startswith(_VIDEOMAE_DECODER)
+        }
 
     head = sorted(k for k in cleaned if k.startswith("head."))
     if head:
@@ -90,8 +94,7 @@ def _encoder_keys(state_dict: dict[str, torch.Tensor], path: Path) -> dict[str, 
     if "fc_norm.weight" in cleaned and "norm.weight" not in cleaned:
         # VideoMAE fine-tuning applies fc_norm after mean pooling; here it normalises each
         # token instead, so pooled features differ slightly from VideoMAE's.
-        log.warning("%s: mapping VideoMAE fc_norm (applied after mean pooling there) to the "
-                    "per-token final norm", path)
+        log.warning("%s: mapping VideoMAE fc_norm (applied after mean pooling there) to the per-token final norm", path)
         for suffix in ("weight", "bias"):
             if f"fc_norm.{suffix}" in cleaned:
                 cleaned[f"norm.{suffix}"] = cleaned.pop(f"fc_norm.{suffix}")
@@ -113,16 +116,24 @@ def _from_shapes(state_dict: dict[str, torch.Tensor], path: Path) -> tuple[dict[
     """Arch values the shapes determine, and the hidden MLP width."""
     weight = state_dict.get("patch_embed.proj.weight")
     if weight is None:
-        raise CheckpointError(f"{path}: no 'patch_embed.proj.weight': not a video ViT encoder "
-                              f"(keys include {sorted(state_dict)[:10]})")
+        raise CheckpointError(
+            f"{path}: no 'patch_embed.proj.weight': not a video ViT encoder (keys include {sorted(state_dict)[:10]})"
+        )
     if weight.dim() != 5 or weight.shape[3] != weight.shape[4]:
-        raise CheckpointError(f"{path}: patch_embed.proj.weight has shape {tuple(weight.shape)}; "
-                              f"expected a Conv3d tubelet kernel [D, C, t, p, p]")
+        raise CheckpointError(
+            f"{path}: patch_embed.proj.weight has shape {tuple(weight.shape)}; "
+            f"expected a Conv3d tubelet kernel [D, C, t, p, p]"
+        )
     embed_dim, in_chans, tubelet, patch, _ = weight.shape
     blocks = {int(m.group(1)) for k in state_dict if (m := _BLOCK_KEY.match(k))}
     depth = max(blocks) + 1 if blocks else 0
-    shapes = {"embed_dim": embed_dim, "in_chans": in_chans, "tubelet_size": tubelet,
-              "patch_size": patch, "depth": depth}
+    shapes = {
+        "embed_dim": embed_dim,
+        "in_chans": in_chans,
+        "tubelet_size": tubelet,
+        "patch_size": patch,
+        "depth": depth,
+    }
     hidden = 0
     if depth:
         first = f"blocks.{min(blocks)}."  # a missing block 0 is reported by the strict load
@@ -139,12 +150,14 @@ def _from_shapes(state_dict: dict[str, torch.Tensor], path: Path) -> tuple[dict[
 
 
 def _contradiction(path: Path, key: str, given: Any, derived: Any) -> CheckpointError:
-    return CheckpointError(f"{path}: arch[{key!r}] = {given!r} contradicts the checkpoint, "
-                           f"whose tensor shapes give {derived!r}")
+    return CheckpointError(
+        f"{path}: arch[{key!r}] = {given!r} contradicts the checkpoint, whose tensor shapes give {derived!r}"
+    )
 
 
-def _geometry_candidates(tokens: int, arch: dict[str, Any], given: Mapping[str, Any],
-                         path: Path) -> list[tuple[int, int]]:
+def _geometry_candidates(
+    tokens: int, arch: dict[str, Any], given: Mapping[str, Any], path: Path
+) -> list[tuple[int, int]]:
     """(img_size, num_frames) pairs whose token count equals that of a stored table: one of
     them given derives the other; with neither, 16 frames, 224 pixels, then any other."""
     patch, tubelet = arch["patch_size"], arch["tubelet_size"]
@@ -165,30 +178,38 @@ def _geometry_candidates(tokens: int, arch: dict[str, Any], given: Mapping[str, 
         candidates = [from_frames(given["num_frames"])]
     else:  # the defaults first, then every T' x S x S factorisation (the table picks one)
         candidates = [from_frames(DEFAULT_ARCH["num_frames"]), from_img(DEFAULT_ARCH["img_size"])]
-        candidates += [from_frames(steps * tubelet) for steps in range(1, tokens + 1)
-                       if tokens % steps == 0]
-    fitting = [(img, frames) for img, frames in candidates
-               if img > 0 and frames > 0 and img % patch == 0 and frames % tubelet == 0
-               and (frames // tubelet) * (img // patch) ** 2 == tokens]
+        candidates += [from_frames(steps * tubelet) for steps in range(1, tokens + 1) if tokens % steps == 0]
+    fitting = [
+        (img, frames)
+        for img, frames in candidates
+        if img > 0
+        and frames > 0
+        and img % patch == 0
+        and frames % tubelet == 0
+        and (frames // tubelet) * (img // patch) ** 2 == tokens
+    ]
     if not fitting:
         raise CheckpointError(
             f"{path}: the stored position table has {tokens} tokens, which does not fit "
             f"img_size={given.get('img_size', '?')}, num_frames={given.get('num_frames', '?')} "
             f"with patch {patch} and tubelet {tubelet} (square frames); pass the clip geometry "
-            f"in arch (img_size and/or num_frames)")
+            f"in arch (img_size and/or num_frames)"
+        )
     return list(dict.fromkeys(fitting))
 
 
-def _match_position_table(table: torch.Tensor, arch: dict[str, Any], given: Mapping[str, Any],
-                          path: Path) -> None:
+def _match_position_table(table: torch.Tensor, arch: dict[str, Any], given: Mapping[str, Any], path: Path) -> None:
     """Find the geometry and fixed table the stored pos_embed is; set img_size, num_frames,
     pos_embed and uniform_power in ``arch``."""
     table = table.reshape(-1, table.shape[-1])
     atol = 1e-5 if table.dtype in (torch.float32, torch.float64) else 1e-2
     table = table.float()
     options = [("sincos3d", False), ("sincos3d", True), ("sincos1d", False)]
-    options = [(kind, up) for kind, up in options
-               if given.get("pos_embed", kind) == kind and given.get("uniform_power", up) == up]
+    options = [
+        (kind, up)
+        for kind, up in options
+        if given.get("pos_embed", kind) == kind and given.get("uniform_power", up) == up
+    ]
     grids = []
     for img, frames in _geometry_candidates(table.shape[0], arch, given, path):
         grid = (frames // arch["tubelet_size"], img // arch["patch_size"], img // arch["patch_size"])
@@ -202,7 +223,8 @@ def _match_position_table(table: torch.Tensor, arch: dict[str, Any], given: Mapp
         f"{path}: the stored pos_embed {tuple(table.shape)} is not the fixed sin-cos table "
         f"of a {' or '.join(map(str, grids))} grid (tried {options}); learned positional "
         f"embeddings are not supported. If the clip geometry differs, pass img_size/num_frames "
-        f"in arch")
+        f"in arch"
+    )
 
 
 def _num_heads(arch: dict[str, Any], path: Path) -> int:
@@ -211,14 +233,24 @@ def _num_heads(arch: dict[str, Any], path: Path) -> int:
     sizes = sorted(ARCHS.items(), key=lambda item: (item[1]["pos_embed"] in ROPE_KINDS) != rope)
     for name, size in sizes:
         if (size["embed_dim"], size["depth"]) == (arch["embed_dim"], arch["depth"]):
-            log.warning("%s: head count is not stored in the weights; assuming %d (as %s). "
-                        "Pass --arch num_heads=N if that is wrong", path, size["num_heads"], name)
+            log.warning(
+                "%s: head count is not stored in the weights; assuming %d (as %s). "
+                "Pass --arch num_heads=N if that is wrong",
+                path,
+                size["num_heads"],
+                name,
+            )
             return size["num_heads"]
     heads = max(arch["embed_dim"] // 64, 1)
     while arch["embed_dim"] % heads:
         heads -= 1
-    log.warning("%s: head count is not stored in the weights; assuming %d (head dim %d). "
-                "Pass --arch num_heads=N if that is wrong", path, heads, arch["embed_dim"] // heads)
+    log.warning(
+        "%s: head count is not stored in the weights; assuming %d (head dim %d). "
+        "Pass --arch num_heads=N if that is wrong",
+        path,
+        heads,
+        arch["embed_dim"] // heads,
+    )
     return heads
 
 
@@ -241,16 +273,18 @@ def agrees(key: str, given: Any, derived: Any, embed_dim: int) -> bool:
     return given == derived
 
 
-def import_state_dict(obj: Any, path: Path, arch: Mapping[str, Any] | None, checkpoint_key: str | None = None
-                      ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def import_state_dict(
+    obj: Any, path: Path, arch: Mapping[str, Any] | None, checkpoint_key: str | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Encoder state dict (our key names) and complete arch dict from a foreign checkpoint."""
     given = check_arch_keys(arch)
     source, raw = _extract(obj, path, checkpoint_key)
     state_dict = _encoder_keys(raw, path)
     table = state_dict.pop("pos_embed", None)
     if table is not None and given.get("pos_embed") in ROPE_KINDS:
-        log.warning("%s: ignoring the stored pos_embed %s: arch says pos_embed %s", path, tuple(table.shape),
-                    given["pos_embed"])
+        log.warning(
+            "%s: ignoring the stored pos_embed %s: arch says pos_embed %s", path, tuple(table.shape), given["pos_embed"]
+        )
         table = None
 
     shapes, _ = _from_shapes(state_dict, path)
@@ -260,8 +294,7 @@ def import_state_dict(obj: Any, path: Path, arch: Mapping[str, Any] | None, chec
     resolved = {**DEFAULT_ARCH, **given, **shapes}
     if source == "bare" and table is None and shapes.get("qkv_bias") == "qv" and "pos_embed" not in given:
         source = "VideoMAE"  # q/v-only biases and no stored table: VideoMAE's layout
-        log.info("%s: q/v-only attention biases and no position table: assuming VideoMAE's "
-                 "1-D sin-cos positions", path)
+        log.info("%s: q/v-only attention biases and no position table: assuming VideoMAE's 1-D sin-cos positions", path)
     if source == "VideoMAE" and table is None:
         if given.get("pos_embed", "sincos1d") != "sincos1d":
             raise _contradiction(path, "pos_embed", given["pos_embed"], "sincos1d (VideoMAE)")
@@ -273,13 +306,17 @@ def import_state_dict(obj: Any, path: Path, arch: Mapping[str, Any] | None, chec
     if resolved["pos_embed"] in ROPE_KINDS:
         missing = [key for key in ("img_size", "num_frames") if key not in given]
         if missing:
-            log.warning("%s: a RoPE encoder does not store its clip geometry; assuming %s. Pass "
-                        "arch img_size/num_frames (the clips it was trained on) if that is wrong", path,
-                        ", ".join(f"{key}={resolved[key]}" for key in missing))
+            log.warning(
+                "%s: a RoPE encoder does not store its clip geometry; assuming %s. Pass "
+                "arch img_size/num_frames (the clips it was trained on) if that is wrong",
+                path,
+                ", ".join(f"{key}={resolved[key]}" for key in missing),
+            )
     if table is not None:
         if table.shape[-1] != shapes["embed_dim"]:
-            raise CheckpointError(f"{path}: pos_embed {tuple(table.shape)} does not match "
-                                  f"embed_dim {shapes['embed_dim']}")
+            raise CheckpointError(
+                f"{path}: pos_embed {tuple(table.shape)} does not match embed_dim {shapes['embed_dim']}"
+            )
         _match_position_table(table, resolved, given, path)
     if "num_heads" not in given:
         resolved["num_heads"] = _num_heads(resolved, path)

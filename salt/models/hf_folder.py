@@ -5,6 +5,7 @@ A folder as ``save_pretrained`` writes it holds ``config.json`` and ``model.safe
 sharded ``model.safetensors.index.json`` or a ``pytorch_model.bin``; a weight file with its
 ``config.json`` beside it is read the same way.
 """
+
 from __future__ import annotations
 
 import json
@@ -46,8 +47,10 @@ def read_folder(folder: Path, read_weights: Callable[[Path], Any]) -> tuple[Path
     """(config.json, merged weights) of a save_pretrained folder."""
     config_file = folder / CONFIG_NAME
     if not config_file.is_file():
-        raise CheckpointError(f"{folder}: a folder, but not a Hugging Face model folder (no {CONFIG_NAME}); "
-                              f"pass a checkpoint file, or the folder save_pretrained wrote")
+        raise CheckpointError(
+            f"{folder}: a folder, but not a Hugging Face model folder (no {CONFIG_NAME}); "
+            f"pass a checkpoint file, or the folder save_pretrained wrote"
+        )
     weights: dict[str, torch.Tensor] = {}
     for file in weight_files(folder):
         loaded = read_weights(file)
@@ -86,8 +89,7 @@ def read_config(config_file: Path) -> dict[str, Any]:
     model_type = config.get("model_type") if isinstance(config, dict) else None
     if model_type not in MODEL_TYPES:
         known = " and ".join(f"{name} ('{kind}')" for kind, name in MODEL_TYPES.items())
-        raise CheckpointError(f"{config_file}: model_type {model_type!r}: only Hugging Face {known} "
-                              f"folders are read")
+        raise CheckpointError(f"{config_file}: model_type {model_type!r}: only Hugging Face {known} folders are read")
     return config
 
 
@@ -96,8 +98,9 @@ def square(config: Mapping[str, Any], key: str, config_file: Path) -> int:
     value = config.get(key)
     if isinstance(value, (list, tuple)):
         if len(value) != 2 or value[0] != value[1]:
-            raise CheckpointError(f"{config_file}: {key} {value} is not square; only square "
-                                  f"frames and patches are supported")
+            raise CheckpointError(
+                f"{config_file}: {key} {value} is not square; only square frames and patches are supported"
+            )
         value = value[0]
     if value is None:
         raise KeyError(key)
@@ -108,20 +111,33 @@ def strip_base_prefix(key: str) -> str:
     """A task model's key (``videomae.encoder...``, ``vjepa2.encoder...``) as the base model's."""
     for prefix in _BASE_PREFIXES:
         if key.startswith(prefix):
-            return key[len(prefix):]
+            return key[len(prefix) :]
     return key
 
 
-def fuse_qkv(state: dict[str, torch.Tensor], split: Mapping[tuple[int, str], Mapping[str, torch.Tensor]],
-             expected: list[tuple[int, str]], hf_name: Callable[[int, str, str], str], source: Path) -> None:
+def fuse_qkv(
+    state: dict[str, torch.Tensor],
+    split: Mapping[tuple[int, str], Mapping[str, torch.Tensor]],
+    expected: list[tuple[int, str]],
+    hf_name: Callable[[int, str, str], str],
+    source: Path,
+) -> None:
     """Concatenate separate query/key/value tensors into ``blocks.i.attn.qkv.<kind>``.
 
     ``split[(layer, kind)][name]`` holds what the weights have, ``expected`` the (layer, kind)
     pairs the config promises; anything absent is named by its transformers key."""
-    missing = [hf_name(layer, name, kind) for layer, kind in expected for name in QKV
-               if name not in split.get((layer, kind), {})]
-    unexpected = [hf_name(layer, name, kind) for (layer, kind), parts in split.items()
-                  if (layer, kind) not in expected for name in parts]
+    missing = [
+        hf_name(layer, name, kind)
+        for layer, kind in expected
+        for name in QKV
+        if name not in split.get((layer, kind), {})
+    ]
+    unexpected = [
+        hf_name(layer, name, kind)
+        for (layer, kind), parts in split.items()
+        if (layer, kind) not in expected
+        for name in parts
+    ]
     problems = [f"{what} keys {keys[:40]}" for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]
     if problems:
         raise CheckpointError(f"{source}: weights do not match config.json: " + "; ".join(problems))
@@ -133,5 +149,7 @@ def merge_given(given: Mapping[str, Any], arch: Mapping[str, Any], path: Path) -
     """The user's arch facts with config.json's on top; CheckpointError where they disagree."""
     for key, value in given.items():
         if key in arch and not agrees(key, value, arch[key], arch["embed_dim"]):
-            raise CheckpointError(f"{path}: arch[{key!r}] = {value!r} contradicts config.json, which gives {arch[key]!r}")
+            raise CheckpointError(
+                f"{path}: arch[{key!r}] = {value!r} contradicts config.json, which gives {arch[key]!r}"
+            )
     return {**given, **arch}

@@ -20,6 +20,7 @@ With ``use_mean_pooling`` and neither norm, ``VideoMAEModel`` returns the last b
 as is: the encoder is built with ``final_norm: false``. Positions are VideoMAE's 1-D sinusoid
 table (``sincos1d``), which transformers computes and never stores.
 """
+
 from __future__ import annotations
 
 import logging
@@ -59,27 +60,36 @@ def read_config(config_file: Path) -> dict[str, Any]:
 
 def arch_from_config(config: Mapping[str, Any], config_file: Path) -> dict[str, Any]:
     """The arch keys config.json determines (final_norm is decided from the weights)."""
+
     def square(key: str) -> int:
         return hf_folder.square(config, key, config_file)
 
     try:
         if config.get("hidden_act", "gelu") != "gelu":
-            raise CheckpointError(f"{config_file}: hidden_act {config['hidden_act']!r} is not supported "
-                                  f"(the encoder's MLP uses exact GELU, transformers' 'gelu')")
+            raise CheckpointError(
+                f"{config_file}: hidden_act {config['hidden_act']!r} is not supported "
+                f"(the encoder's MLP uses exact GELU, transformers' 'gelu')"
+            )
         hidden, width = int(config["hidden_size"]), int(config["intermediate_size"])
         return {
-            "img_size": square("image_size"), "patch_size": square("patch_size"),
-            "num_frames": int(config["num_frames"]), "tubelet_size": int(config["tubelet_size"]),
-            "in_chans": int(config["num_channels"]), "embed_dim": hidden,
-            "depth": int(config["num_hidden_layers"]), "num_heads": int(config["num_attention_heads"]),
+            "img_size": square("image_size"),
+            "patch_size": square("patch_size"),
+            "num_frames": int(config["num_frames"]),
+            "tubelet_size": int(config["tubelet_size"]),
+            "in_chans": int(config["num_channels"]),
+            "embed_dim": hidden,
+            "depth": int(config["num_hidden_layers"]),
+            "num_heads": int(config["num_attention_heads"]),
             "mlp_ratio": _mlp_ratio(hidden, width),
             "qkv_bias": "qv" if config.get("qv_bias", config.get("qkv_bias", True)) else False,
-            "norm_eps": float(config.get("layer_norm_eps", 1e-12)), "pos_embed": "sincos1d",
+            "norm_eps": float(config.get("layer_norm_eps", 1e-12)),
+            "pos_embed": "sincos1d",
             "uniform_power": False,
         }
     except KeyError as err:
-        raise CheckpointError(f"{config_file}: config.json lacks {err.args[0]!r}; re-save the model "
-                              f"with save_pretrained") from None
+        raise CheckpointError(
+            f"{config_file}: config.json lacks {err.args[0]!r}; re-save the model with save_pretrained"
+        ) from None
 
 
 def convert_state_dict(weights: Mapping[str, torch.Tensor], depth: int, source: Path) -> dict[str, torch.Tensor]:
@@ -103,28 +113,35 @@ def convert_state_dict(weights: Mapping[str, torch.Tensor], depth: int, source: 
                 continue
             for old, new in _LAYER_RENAMES.items():
                 if rest.startswith(old):
-                    rest = new + rest[len(old):]
+                    rest = new + rest[len(old) :]
                     break
             state[f"blocks.{layer}.{rest}"] = value
         else:
             state[key] = value
-    hf_folder.fuse_qkv(state, split, [(layer, "weight") for layer in range(depth)],
-                       lambda layer, name, kind: f"encoder.layer.{layer}.attention.attention.{name}.{kind}", source)
+    hf_folder.fuse_qkv(
+        state,
+        split,
+        [(layer, "weight") for layer in range(depth)],
+        lambda layer, name, kind: f"encoder.layer.{layer}.attention.attention.{name}.{kind}",
+        source,
+    )
     return state
 
 
-def import_hf_videomae(weights: Mapping[str, torch.Tensor], config_file: Path, given: Mapping[str, Any],
-                       path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def import_hf_videomae(
+    weights: Mapping[str, torch.Tensor], config_file: Path, given: Mapping[str, Any], path: Path
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """(state dict in the project's names, arch without defaults filled) of a HF VideoMAE."""
     config = read_config(config_file)
     arch = arch_from_config(config, config_file)
     state = convert_state_dict(weights, arch["depth"], path)
     if "fc_norm.weight" in weights or "videomae.fc_norm.weight" in weights:
-        log.warning("%s: mapping VideoMAE fc_norm (applied after mean pooling there) to the per-token "
-                    "final norm", path)
+        log.warning("%s: mapping VideoMAE fc_norm (applied after mean pooling there) to the per-token final norm", path)
     arch["final_norm"] = "norm.weight" in state
     if not arch["final_norm"] and not config.get("use_mean_pooling", True):
-        raise CheckpointError(f"{path}: config.json has use_mean_pooling false, so the weights should hold "
-                              f"'layernorm.weight', and they do not; re-save the model")
+        raise CheckpointError(
+            f"{path}: config.json has use_mean_pooling false, so the weights should hold "
+            f"'layernorm.weight', and they do not; re-save the model"
+        )
     log.info("%s: Hugging Face VideoMAE (%s), %s", path, config.get("architectures", ["?"])[0], arch)
     return state, hf_folder.merge_given(given, arch, path)

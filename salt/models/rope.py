@@ -17,6 +17,7 @@ depend on every detail, so this follows `src/models/utils/modules.py` of faceboo
 Angles are computed in float32 (V-JEPA 2 uses the activations' dtype, which under bf16 rounds
 large angles) and cast to the activations' dtype at the end.
 """
+
 from __future__ import annotations
 
 import torch
@@ -39,8 +40,9 @@ def token_coordinates(token_idx: torch.Tensor, grid: tuple[int, int, int]) -> tu
     return frame, row, within - row * width
 
 
-def rope_tables(token_idx: torch.Tensor, grid: tuple[int, int, int], head_dim: int,
-                dtype: torch.dtype, interleaved: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def rope_tables(
+    token_idx: torch.Tensor, grid: tuple[int, int, int], head_dim: int, dtype: torch.dtype, interleaved: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos and sin [B, 1, N, 3·D] (D = axis_dims) for tokens at flat indices ``token_idx`` [B, N];
     frequencies tiled (V-JEPA 2) or, with ``interleaved``, repeated in place (V-JEPA 2.1)."""
     dims = axis_dims(head_dim)

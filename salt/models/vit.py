@@ -14,6 +14,7 @@ appear in the state dict.
 The architecture is described by a plain, JSON-able dict (see ``ARCH_KEYS``); ``ARCHS``
 names the standard sizes and ``build_encoder`` turns a name or dict into a model.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,8 +31,20 @@ from torch.utils.checkpoint import checkpoint
 from salt.models.rope import RoPEAttention, RoPEBlock, axis_dims, rope_tables
 
 ARCH_KEYS = (
-    "img_size", "patch_size", "num_frames", "tubelet_size", "in_chans", "embed_dim", "depth",
-    "num_heads", "mlp_ratio", "uniform_power", "pos_embed", "qkv_bias", "norm_eps", "final_norm",
+    "img_size",
+    "patch_size",
+    "num_frames",
+    "tubelet_size",
+    "in_chans",
+    "embed_dim",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "uniform_power",
+    "pos_embed",
+    "qkv_bias",
+    "norm_eps",
+    "final_norm",
 )
 # rope: V-JEPA 2's rotary positions (tiled sin/cos); rope_interleaved: V-JEPA 2.1's corrected layout.
 POS_EMBED_KINDS = ("sincos3d", "sincos1d", "rope", "rope_interleaved")
@@ -40,17 +53,32 @@ QKV_BIAS_KINDS = (True, False, "qv")
 
 # Clip geometry defaults (V-JEPA: 16 frames of 224x224, patch 16, tubelet 2 -> 8x14x14 tokens).
 DEFAULT_ARCH: dict[str, Any] = {
-    "img_size": 224, "patch_size": 16, "num_frames": 16, "tubelet_size": 2, "in_chans": 3,
-    "uniform_power": False, "pos_embed": "sincos3d", "qkv_bias": True, "mlp_ratio": 4.0,
+    "img_size": 224,
+    "patch_size": 16,
+    "num_frames": 16,
+    "tubelet_size": 2,
+    "in_chans": 3,
+    "uniform_power": False,
+    "pos_embed": "sincos3d",
+    "qkv_bias": True,
+    "mlp_ratio": 4.0,
     # final_norm off: the last block's output as is (HF VideoMAEModel with use_mean_pooling).
-    "norm_eps": 1e-6, "final_norm": True,
+    "norm_eps": 1e-6,
+    "final_norm": True,
 }
 
 
-def _size(embed_dim: int, depth: int, num_heads: int, mlp_ratio: float = 4.0,
-          pos_embed: str = "sincos3d") -> dict[str, Any]:
-    return {**DEFAULT_ARCH, "embed_dim": embed_dim, "depth": depth, "num_heads": num_heads,
-            "mlp_ratio": mlp_ratio, "pos_embed": pos_embed}
+def _size(
+    embed_dim: int, depth: int, num_heads: int, mlp_ratio: float = 4.0, pos_embed: str = "sincos3d"
+) -> dict[str, Any]:
+    return {
+        **DEFAULT_ARCH,
+        "embed_dim": embed_dim,
+        "depth": depth,
+        "num_heads": num_heads,
+        "mlp_ratio": mlp_ratio,
+        "pos_embed": pos_embed,
+    }
 
 
 # vit_tiny is this project's test/demo size: much smaller than timm's ViT-Ti (192/12/3).
@@ -75,6 +103,7 @@ ARCHS: dict[str, dict[str, Any]] = {
 
 # ----------------------------------------------------------------------------- positions
 
+
 def sincos_1d_from_grid(dim: int, positions: np.ndarray) -> np.ndarray:
     """V-JEPA/MAE 1-D table: ``[sin(pos * omega), cos(pos * omega)]`` concatenated."""
     if dim % 2:
@@ -96,13 +125,15 @@ def sincos_3d_table(dim: int, grid: tuple[int, int, int], uniform_power: bool = 
         d_dim = h_dim = w_dim = int(math.ceil(dim / 6) * 2)
     else:
         d_dim, h_dim, w_dim = dim // 2, dim // 4, dim // 4
-    grid_d, grid_h, grid_w = np.meshgrid(
-        np.arange(depth), np.arange(height), np.arange(width), indexing="ij")
-    table = np.concatenate([
-        sincos_1d_from_grid(d_dim, grid_d),
-        sincos_1d_from_grid(h_dim, grid_h),
-        sincos_1d_from_grid(w_dim, grid_w),
-    ], axis=1)
+    grid_d, grid_h, grid_w = np.meshgrid(np.arange(depth), np.arange(height), np.arange(width), indexing="ij")
+    table = np.concatenate(
+        [
+            sincos_1d_from_grid(d_dim, grid_d),
+            sincos_1d_from_grid(h_dim, grid_h),
+            sincos_1d_from_grid(w_dim, grid_w),
+        ],
+        axis=1,
+    )
     return table[:, :dim]
 
 
@@ -148,12 +179,14 @@ class PositionCache:
 def gather_tokens(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """Select tokens: x [B, N, D], index [B, K] (int64) -> [B, K, D]."""
     if index.dim() != 2 or index.shape[0] != x.shape[0] or index.dtype != torch.long:
-        raise ValueError(f"token index must be a LongTensor [B={x.shape[0]}, K], "
-                         f"got {index.dtype} {tuple(index.shape)}")
+        raise ValueError(
+            f"token index must be a LongTensor [B={x.shape[0]}, K], got {index.dtype} {tuple(index.shape)}"
+        )
     return torch.gather(x, 1, index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
 
 # ----------------------------------------------------------------------------- model
+
 
 class QVBiasAttention(Attention):
     """VideoMAE attention: learnable biases on q and v only (k has none).
@@ -166,22 +199,22 @@ class QVBiasAttention(Attention):
         self.q_bias = nn.Parameter(torch.zeros(dim))
         self.v_bias = nn.Parameter(torch.zeros(dim))
 
-    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None,
-                is_causal: bool = False) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False) -> torch.Tensor:
         batch, tokens, channels = x.shape
         bias = torch.cat([self.q_bias, torch.zeros_like(self.v_bias), self.v_bias])
         qkv = F.linear(x, self.qkv.weight, bias)
         qkv = qkv.reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         x = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, is_causal=is_causal,
-            dropout_p=self.attn_drop.p if self.training else 0.0)
+            q, k, v, attn_mask=attn_mask, is_causal=is_causal, dropout_p=self.attn_drop.p if self.training else 0.0
+        )
         x = x.transpose(1, 2).reshape(batch, tokens, channels)
         return self.proj_drop(self.proj(x))
 
 
-def make_block(dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool | str,
-               rope: bool = False, norm_eps: float = 1e-6) -> Block:
+def make_block(
+    dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool | str, rope: bool = False, norm_eps: float = 1e-6
+) -> Block:
     """A pre-norm timm Block (LayerNorm, GELU MLP, fused SDPA attention); with ``rope`` a
     RoPEBlock, whose forward takes the rotary tables after the tokens."""
     norm = lambda d, **kw: nn.LayerNorm(d, eps=norm_eps, **kw)  # noqa: E731  (timm passes device/dtype)
@@ -195,8 +228,9 @@ def make_block(dim: int, num_heads: int, mlp_ratio: float, qkv_bias: bool | str,
     return block
 
 
-def run_blocks(blocks: nn.ModuleList, x: torch.Tensor, rope: tuple[torch.Tensor, ...] = (),
-               checkpoint_activations: bool = False) -> torch.Tensor:
+def run_blocks(
+    blocks: nn.ModuleList, x: torch.Tensor, rope: tuple[torch.Tensor, ...] = (), checkpoint_activations: bool = False
+) -> torch.Tensor:
     """Tokens through the blocks; ``rope`` is (cos, sin) for RoPE blocks, () otherwise."""
     for block in blocks:
         if checkpoint_activations and torch.is_grad_enabled():
@@ -236,14 +270,17 @@ class VideoViT(nn.Module):
 
         self.patch_embed = nn.Module()
         self.patch_embed.proj = nn.Conv3d(
-            a["in_chans"], a["embed_dim"],
+            a["in_chans"],
+            a["embed_dim"],
             kernel_size=(a["tubelet_size"], a["patch_size"], a["patch_size"]),
-            stride=(a["tubelet_size"], a["patch_size"], a["patch_size"]))
+            stride=(a["tubelet_size"], a["patch_size"], a["patch_size"]),
+        )
         self.rope = a["pos_embed"] in ROPE_KINDS
         self.positions = None if self.rope else PositionCache(a["pos_embed"], a["embed_dim"], a["uniform_power"])
         self.blocks = nn.ModuleList(
             make_block(a["embed_dim"], a["num_heads"], a["mlp_ratio"], a["qkv_bias"], self.rope, a["norm_eps"])
-            for _ in range(a["depth"]))
+            for _ in range(a["depth"])
+        )
         self.norm = nn.LayerNorm(a["embed_dim"], eps=a["norm_eps"]) if a["final_norm"] else nn.Identity()
         init_vit_weights(self, self.blocks)
 
@@ -260,8 +297,13 @@ class VideoViT(nn.Module):
         rope = ()
         if self.rope:
             token_idx = keep if keep is not None else torch.arange(x.shape[1], device=x.device).expand(x.shape[0], -1)
-            rope = rope_tables(token_idx, grid, self.embed_dim // self.num_heads, x.dtype,
-                               interleaved=self.arch["pos_embed"] == "rope_interleaved")
+            rope = rope_tables(
+                token_idx,
+                grid,
+                self.embed_dim // self.num_heads,
+                x.dtype,
+                interleaved=self.arch["pos_embed"] == "rope_interleaved",
+            )
         else:
             # Positions in the weights' dtype: under autocast the sum stays fp32 like V-JEPA's.
             x = x + self.positions.get(grid, x.device).to(self.patch_embed.proj.weight.dtype)
@@ -271,6 +313,7 @@ class VideoViT(nn.Module):
 
 
 # ----------------------------------------------------------------------------- registry
+
 
 def complete_arch(arch: Mapping[str, Any]) -> dict[str, Any]:
     """Fill defaults, check keys and values; returns a new plain dict in ARCH_KEYS order."""
@@ -282,8 +325,7 @@ def complete_arch(arch: Mapping[str, Any]) -> dict[str, Any]:
     if missing:
         raise ValueError(f"architecture is missing {missing}")
     a = {k: merged[k] for k in ARCH_KEYS}
-    for key in ("img_size", "patch_size", "num_frames", "tubelet_size", "in_chans",
-                "embed_dim", "depth", "num_heads"):
+    for key in ("img_size", "patch_size", "num_frames", "tubelet_size", "in_chans", "embed_dim", "depth", "num_heads"):
         if isinstance(a[key], bool) or not isinstance(a[key], int) or a[key] < (0 if key == "depth" else 1):
             raise ValueError(f"architecture {key} must be a positive integer, got {a[key]!r}")
     a["mlp_ratio"] = float(a["mlp_ratio"])
@@ -301,17 +343,22 @@ def complete_arch(arch: Mapping[str, Any]) -> dict[str, Any]:
         raise ValueError(f"embed_dim {a['embed_dim']} is not divisible by num_heads {a['num_heads']}")
     if a["pos_embed"] in ROPE_KINDS:
         if a["qkv_bias"] == "qv":
-            raise ValueError("pos_embed rope takes qkv_bias true or false (q/v-only biases are VideoMAE's, "
-                             "which uses sin-cos positions)")
+            raise ValueError(
+                "pos_embed rope takes qkv_bias true or false (q/v-only biases are VideoMAE's, "
+                "which uses sin-cos positions)"
+            )
         if axis_dims(a["embed_dim"] // a["num_heads"]) < 2:
-            raise ValueError(f"pos_embed rope needs a head dimension of at least 6; "
-                             f"embed_dim {a['embed_dim']} / num_heads {a['num_heads']} is smaller")
+            raise ValueError(
+                f"pos_embed rope needs a head dimension of at least 6; "
+                f"embed_dim {a['embed_dim']} / num_heads {a['num_heads']} is smaller"
+            )
     if a["pos_embed"] == "sincos3d" and not a["uniform_power"] and a["embed_dim"] % 8:
-        raise ValueError(f"sincos3d positions need embed_dim divisible by 8 (dim/4 even), "
-                         f"got {a['embed_dim']}")
+        raise ValueError(f"sincos3d positions need embed_dim divisible by 8 (dim/4 even), got {a['embed_dim']}")
     if a["img_size"] % a["patch_size"] or a["num_frames"] % a["tubelet_size"]:
-        raise ValueError(f"nominal clip {a['num_frames']}x{a['img_size']}x{a['img_size']} does not "
-                         f"divide into tubelets of {a['tubelet_size']} and patches of {a['patch_size']}")
+        raise ValueError(
+            f"nominal clip {a['num_frames']}x{a['img_size']}x{a['img_size']} does not "
+            f"divide into tubelets of {a['tubelet_size']} and patches of {a['patch_size']}"
+        )
     return a
 
 
@@ -321,7 +368,8 @@ def token_grid(arch: Mapping[str, Any], frames: int, height: int, width: int) ->
     if frames % t or height % p or width % p or min(frames, height, width) <= 0:
         raise ValueError(
             f"clip of {frames} frames x {height}x{width} pixels does not divide into "
-            f"tubelets of {t} frames and patches of {p}x{p} pixels")
+            f"tubelets of {t} frames and patches of {p}x{p} pixels"
+        )
     return frames // t, height // p, width // p
 
 
@@ -331,16 +379,19 @@ def resolve_arch(name_or_arch: str | Mapping[str, Any], **overrides: Any) -> dic
         if name_or_arch not in ARCHS:
             from salt.models.errors import CheckpointError  # a ValueError: a size no one registered is bad input
 
-            raise CheckpointError(f"unknown encoder size {name_or_arch!r} — use one of {', '.join(sorted(ARCHS))} "
-                                  "(salt models lists them)")
+            raise CheckpointError(
+                f"unknown encoder size {name_or_arch!r} — use one of {', '.join(sorted(ARCHS))} "
+                "(salt models lists them)"
+            )
         base = ARCHS[name_or_arch]
     else:
         base = name_or_arch
     return complete_arch({**base, **overrides})
 
 
-def build_encoder(name_or_arch: str | Mapping[str, Any], *, checkpoint_activations: bool = False,
-                  **overrides: Any) -> VideoViT:
+def build_encoder(
+    name_or_arch: str | Mapping[str, Any], *, checkpoint_activations: bool = False, **overrides: Any
+) -> VideoViT:
     """Build an encoder from a registry name (``"vit_base"``) or arch dict; keyword
     overrides replace arch keys (e.g. ``img_size=32, num_frames=4``)."""
     return VideoViT(resolve_arch(name_or_arch, **overrides), checkpoint_activations=checkpoint_activations)
@@ -352,10 +403,16 @@ def count_params(arch: str | Mapping[str, Any]) -> int:
     dim, chans, hidden = a["embed_dim"], a["in_chans"], int(a["embed_dim"] * a["mlp_ratio"])
     patch_embed = dim * chans * a["tubelet_size"] * a["patch_size"] ** 2 + dim
     qkv_bias = {True: 3 * dim, False: 0, "qv": 2 * dim}[a["qkv_bias"]]
-    block = (2 * dim                         # norm1
-             + 3 * dim * dim + qkv_bias      # qkv
-             + dim * dim + dim               # attn.proj
-             + 2 * dim                       # norm2
-             + dim * hidden + hidden         # mlp.fc1
-             + hidden * dim + dim)           # mlp.fc2
+    block = (
+        2 * dim  # norm1
+        + 3 * dim * dim
+        + qkv_bias  # qkv
+        + dim * dim
+        + dim  # attn.proj
+        + 2 * dim  # norm2
+        + dim * hidden
+        + hidden  # mlp.fc1
+        + hidden * dim
+        + dim
+    )  # mlp.fc2
     return patch_embed + a["depth"] * block + (2 * dim if a["final_norm"] else 0)

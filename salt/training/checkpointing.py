@@ -62,9 +62,13 @@ def save(engine, checkpoint_dir: Path, step: int, client: dict, rank: int, keep:
         write_atomic(folder / RUN_STATE, json.dumps({**client, "step": step}, indent=1))
         write_atomic(checkpoint_dir / POINTER, tag)
         if keep > 0:
-            older = [p for p in checkpoint_dir.glob("step*") if p.is_dir() and p.name[4:].isdigit() and int(p.name[4:]) < step]
+            older = [
+                p
+                for p in checkpoint_dir.glob("step*")
+                if p.is_dir() and p.name[4:].isdigit() and int(p.name[4:]) < step
+            ]
             committed = [p for p in complete_checkpoints(checkpoint_dir) if int(p.name[4:]) < step]
-            kept = set(committed[-(keep - 1):]) if keep > 1 else set()  # with the new one: `keep` in all
+            kept = set(committed[-(keep - 1) :]) if keep > 1 else set()  # with the new one: `keep` in all
             for old in sorted(older, key=lambda p: int(p.name[4:])):
                 if old not in kept:  # incomplete leftovers go too
                     _retract(old)
@@ -80,15 +84,23 @@ def find_resume_point(checkpoint_dir: Path, out_dir: Path, announce: bool = True
     if complete:
         pointed = _read_pointer(checkpoint_dir)
         if pointed and pointed != complete[-1].name and announce:
-            print(f"--resume: {checkpoint_dir / POINTER} names {pointed}, but the newest complete checkpoint is "
-                  f"{complete[-1].name}; resuming from {complete[-1].name}", flush=True)
+            print(
+                f"--resume: {checkpoint_dir / POINTER} names {pointed}, but the newest complete checkpoint is "
+                f"{complete[-1].name}; resuming from {complete[-1].name}",
+                flush=True,
+            )
         return complete[-1]
     if not (out_dir / "config.yaml").is_file() and not checkpoint_dir.is_dir():
-        raise TrainingError(f"--resume: no checkpoint in {checkpoint_dir} and no run was started in {out_dir}; "
-                            "drop --resume to start fresh, or check run.out_dir")
+        raise TrainingError(
+            f"--resume: no checkpoint in {checkpoint_dir} and no run was started in {out_dir}; "
+            "drop --resume to start fresh, or check run.out_dir"
+        )
     if announce:
-        print(f"--resume: no complete checkpoint in {checkpoint_dir} (stopped before the first one was committed); "
-              "starting at step 0", flush=True)
+        print(
+            f"--resume: no complete checkpoint in {checkpoint_dir} (stopped before the first one was committed); "
+            "starting at step 0",
+            flush=True,
+        )
     return None
 
 
@@ -102,7 +114,9 @@ def load(engine, folder: Path, client: dict, defaults: dict | None = None) -> in
     try:
         saved = json.loads(state_file.read_text())
     except (OSError, ValueError) as err:
-        raise TrainingError(f"--resume: {state_file} is unreadable ({err}); delete {folder} to resume from the one before") from err
+        raise TrainingError(
+            f"--resume: {state_file} is unreadable ({err}); delete {folder} to resume from the one before"
+        ) from err
     differences = config_differences(saved.get("config", {}), client["config"], defaults=defaults)
     for key, value in client.items():
         if key not in ("config", "bad_videos") and saved.get(key) != value:
@@ -132,8 +146,12 @@ _ABSENT = object()
 # `pixels.norm: channel` (the default, so such a teacher resumes unless its config now asks for
 # another normalisation); every student checkpoint before 2026-12-03 saved data.replay_every: 0
 # (a benchmark mode, now `python -m salt.replayed_student`), and older ones the two before it.
-RETIRED_SETTINGS = {"data.reuse_first_batch": False, "data.preload_batches": 0, "data.replay_every": 0,
-                    "pixels.norm_pix": True}
+RETIRED_SETTINGS = {
+    "data.reuse_first_batch": False,
+    "data.preload_batches": 0,
+    "data.replay_every": 0,
+    "pixels.norm_pix": True,
+}
 
 
 def config_differences(saved: Any, now: Any, prefix: str = "", defaults: Any = None) -> list[str]:
@@ -219,4 +237,3 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
-

@@ -109,9 +109,13 @@ class RunConfig:
         if not self.out_dir:
             raise ValueError("run.out_dir must name a folder")
         if self.log_every < 1 or self.checkpoint_every < 1:
-            raise ValueError(f"run: log_every and checkpoint_every must be >= 1 step (got {self.log_every}, {self.checkpoint_every})")
+            raise ValueError(
+                f"run: log_every and checkpoint_every must be >= 1 step (got {self.log_every}, {self.checkpoint_every})"
+            )
         if self.keep_checkpoints < 0 or self.stop_at < 0:
-            raise ValueError("run: keep_checkpoints >= 0 (0 keeps all) and stop_at >= 0 (0: run to the end) are required")
+            raise ValueError(
+                "run: keep_checkpoints >= 0 (0 keeps all) and stop_at >= 0 (0: run to the end) are required"
+            )
 
 
 def default_masks() -> list[MaskConfig]:
@@ -242,11 +246,15 @@ class StudentConfig:
             raise ValueError(f"health_every must be >= 0 (0: never), got {self.health_every}")
         if self.cache.low_rank == "coefficients":
             if self.loss != "l2":
-                raise ValueError("cache.low_rank: coefficients needs loss: l2 (an L2 loss on orthonormal coefficients is the "
-                                 "full-space L2 less a constant; L1 has no such equivalence). Set loss: l2, or "
-                                 "cache.low_rank: reconstructed")
+                raise ValueError(
+                    "cache.low_rank: coefficients needs loss: l2 (an L2 loss on orthonormal coefficients is the "
+                    "full-space L2 less a constant; L1 has no such equivalence). Set loss: l2, or "
+                    "cache.low_rank: reconstructed"
+                )
             if self.targets != "cache":
-                raise ValueError(f"cache.low_rank: coefficients needs targets: cache (targets: {self.targets} are D-dim)")
+                raise ValueError(
+                    f"cache.low_rank: coefficients needs targets: cache (targets: {self.targets} are D-dim)"
+                )
         if not self.masks:
             raise ValueError("masks: at least one mask configuration is needed")
 
@@ -256,12 +264,18 @@ def schedule_warnings(optim: OptimConfig, run: RunConfig) -> list[str]:
     (`--set optim.steps=2` on a real config) is the usual way to meet them, and it is fine."""
     steps, found = optim.steps, []
     if optim.warmup_steps > steps:
-        found.append(f"optim.warmup_steps {optim.warmup_steps} > optim.steps {steps}: the lr never reaches its peak — "
-                     f"set optim.warmup_steps to at most {steps} (a few % of the steps is usual)")
+        found.append(
+            f"optim.warmup_steps {optim.warmup_steps} > optim.steps {steps}: the lr never reaches its peak — "
+            f"set optim.warmup_steps to at most {steps} (a few % of the steps is usual)"
+        )
     if run.log_every > steps:
-        found.append(f"run.log_every {run.log_every} > optim.steps {steps}: one metrics line, at the end — "
-                     f"set run.log_every to at most {steps}")
+        found.append(
+            f"run.log_every {run.log_every} > optim.steps {steps}: one metrics line, at the end — "
+            f"set run.log_every to at most {steps}"
+        )
     if run.checkpoint_every > steps:
-        found.append(f"run.checkpoint_every {run.checkpoint_every} > optim.steps {steps}: only the final checkpoint, so a "
-                     "stopped run restarts from step 0 — set run.checkpoint_every below optim.steps")
+        found.append(
+            f"run.checkpoint_every {run.checkpoint_every} > optim.steps {steps}: only the final checkpoint, so a "
+            "stopped run restarts from step 0 — set run.checkpoint_every below optim.steps"
+        )
     return found

@@ -58,14 +58,17 @@ class JpegFrames:
         files = [data for frames in samples for data in frames]
         offsets = np.zeros(len(files) + 1, dtype=np.int64)
         np.cumsum([len(data) for data in files], out=offsets[1:])
-        return cls(torch.from_numpy(np.frombuffer(b"".join(files), dtype=np.uint8).copy()), torch.from_numpy(offsets),
-                   len(samples[0]))
+        return cls(
+            torch.from_numpy(np.frombuffer(b"".join(files), dtype=np.uint8).copy()),
+            torch.from_numpy(offsets),
+            len(samples[0]),
+        )
 
     def unpack(self) -> list[list[bytes]]:
         raw, bounds = self.data.numpy().tobytes(), self.offsets.tolist()
         files = [raw[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
         t = self.frames_per_sample
-        return [files[i:i + t] for i in range(0, len(files), t)]
+        return [files[i : i + t] for i in range(0, len(files), t)]
 
 
 @dataclass
@@ -110,7 +113,9 @@ def _map_tensors(batch, fn):
         if isinstance(value, torch.Tensor):
             value = fn(value)
         elif name == "masks":
-            value = [MaskPair(fn(m.context_idx), fn(m.target_idx), m.num_tokens, fn(m.masked_fraction_before)) for m in value]
+            value = [
+                MaskPair(fn(m.context_idx), fn(m.target_idx), m.num_tokens, fn(m.masked_fraction_before)) for m in value
+            ]
         values[name] = value
     return type(batch)(**values)
 
@@ -183,7 +188,7 @@ class ClipBatches(IterableDataset):
             index, epoch = order(position)
             record = self.records[index]
             try:
-                (frames, _params), = decoder(record.name, record, [epoch], self.view)
+                ((frames, _params),) = decoder(record.name, record, [epoch], self.view)
             except VideoDecodeError as err:
                 skipped.append((record.name, err.reason))
                 continue
@@ -192,7 +197,8 @@ class ClipBatches(IterableDataset):
             video_ids.append(record.video_id)
         if not clips:
             raise VideoDecodeError(
-                f"batch {step}", f"all {self.batch_size} videos failed to decode (first: {skipped[0][0]}: {skipped[0][1]})"
+                f"batch {step}",
+                f"all {self.batch_size} videos failed to decode (first: {skipped[0][0]}: {skipped[0][1]})",
             )
         # A skipped video is replaced by repeating a good one of the same batch: the batch keeps
         # its size and the sequence stays a function of the position.
@@ -219,9 +225,22 @@ class CacheBatches(IterableDataset):
     arithmetic, the samples each split already delivered; nothing is read to be thrown away.
     """
 
-    def __init__(self, cache_path: str, cache_format: str, batch_size: int, seed: int, rank: int, world_size: int,
-                 num_workers: int, mask_configs: list[MaskConfig], token_grid: tuple[int, int, int], start_step: int = 0,
-                 on_error: str = "raise", views: int = 0, decode_frames: str = "workers"):
+    def __init__(
+        self,
+        cache_path: str,
+        cache_format: str,
+        batch_size: int,
+        seed: int,
+        rank: int,
+        world_size: int,
+        num_workers: int,
+        mask_configs: list[MaskConfig],
+        token_grid: tuple[int, int, int],
+        start_step: int = 0,
+        on_error: str = "raise",
+        views: int = 0,
+        decode_frames: str = "workers",
+    ):
         super().__init__()
         self.decode_frames = decode_frames
         self.cache_path, self.cache_format, self.views = cache_path, cache_format, views
@@ -251,8 +270,16 @@ class CacheBatches(IterableDataset):
             frames = None if on_device else torch.from_numpy(np.stack([s.frames for s in taken]))
             targets = torch.stack([s.latents for s in taken])
             scales = torch.stack([s.latent_scales for s in taken]) if taken[0].latent_scales is not None else None
-            yield CacheBatch(step, frames, targets, [s.key for s in taken], masker(len(taken), step), skipped, scales,
-                             JpegFrames.pack([s.encoded_frames for s in taken]) if on_device else None)
+            yield CacheBatch(
+                step,
+                frames,
+                targets,
+                [s.key for s in taken],
+                masker(len(taken), step),
+                skipped,
+                scales,
+                JpegFrames.pack([s.encoded_frames for s in taken]) if on_device else None,
+            )
 
     def _samples(self, cache, split_index: int, skip: int):
         """One split's samples, epoch after epoch, starting `skip` positions in."""
@@ -263,8 +290,15 @@ class CacheBatches(IterableDataset):
         while skip >= (length := cache.split_len(self.seed, epoch, **split)):
             skip, epoch = skip - length, epoch + 1
         while True:
-            yield from cache.stream(self.seed, epoch, start=skip, on_error=self.on_error, latents="stored",
-                                    frames="encoded" if self.decode_frames == "device" else "decoded", **split)
+            yield from cache.stream(
+                self.seed,
+                epoch,
+                start=skip,
+                on_error=self.on_error,
+                latents="stored",
+                frames="encoded" if self.decode_frames == "device" else "decoded",
+                **split,
+            )
             skip, epoch = 0, epoch + 1
 
     def _take(self, cache, samples) -> tuple[list, list[tuple[str, str]]]:
@@ -288,8 +322,11 @@ class CacheBatches(IterableDataset):
             used += 1
         if not taken:  # a whole batch corrupt (e.g. a deleted shard): repeat the last good sample
             if self._last_good is None:
-                raise VideoDecodeError("cache", f"{self.batch_size} consecutive samples are corrupt before any good one "
-                                                f"(first: {skipped[0]}); run `salt inspect --verify` on the cache")
+                raise VideoDecodeError(
+                    "cache",
+                    f"{self.batch_size} consecutive samples are corrupt before any good one "
+                    f"(first: {skipped[0]}); run `salt inspect --verify` on the cache",
+                )
             taken = [self._last_good]
         self._last_good = taken[-1]
         taken += [taken[i % len(taken)] for i in range(self.batch_size - len(taken))]
@@ -298,5 +335,11 @@ class CacheBatches(IterableDataset):
 
 def clip_loader(dataset: IterableDataset, workers: int, pin_memory: bool = False) -> DataLoader:
     """A DataLoader over whole batches; forkserver workers that exit with this process."""
-    return owned_loader(dataset, workers, batch_size=None, pin_memory=pin_memory, prefetch_factor=2 if workers else None,
-                        persistent_workers=False)
+    return owned_loader(
+        dataset,
+        workers,
+        batch_size=None,
+        pin_memory=pin_memory,
+        prefetch_factor=2 if workers else None,
+        persistent_workers=False,
+    )

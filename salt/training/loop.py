@@ -54,7 +54,9 @@ def describe(result: TrainResult) -> str:
     return f"stopped after step {result.step} (run.stop_at); continue with --resume"
 
 
-def launcher_main(description: str, run_stage: Callable[[str, list[str], bool], TrainResult], argv: list[str] | None = None) -> None:
+def launcher_main(
+    description: str, run_stage: Callable[[str, list[str], bool], TrainResult], argv: list[str] | None = None
+) -> None:
     """Entry point for `deepspeed salt/train_*.py`: --config, --set, --resume, and the launcher's --local_rank."""
     import argparse
 
@@ -95,7 +97,9 @@ def init_distributed(timeout_s: int) -> Distributed:
     return Distributed(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 
-def deepspeed_config(optim: OptimConfig, engine: EngineConfig, micro_batch: int, world_size: int, precision: str) -> dict:
+def deepspeed_config(
+    optim: OptimConfig, engine: EngineConfig, micro_batch: int, world_size: int, precision: str
+) -> dict:
     config = {
         "train_micro_batch_size_per_gpu": micro_batch,
         "gradient_accumulation_steps": optim.grad_accum,
@@ -163,8 +167,10 @@ def train(
 
     if run.compile:
         if config.engine.zero_stage == 3:
-            raise TrainingError("run.compile with engine.zero_stage 3: ZeRO-3 gathers parameters in hooks that torch.compile "
-                                "does not trace here; use zero_stage 1 or 2, or run.compile: false")
+            raise TrainingError(
+                "run.compile with engine.zero_stage 3: ZeRO-3 gathers parameters in hooks that torch.compile "
+                "does not trace here; use zero_stage 1 or 2, or run.compile: false"
+            )
         objective.compile_parts()
     optimizer = torch.optim.AdamW(param_groups(objective), lr=optim.lr_start, betas=optim.betas, eps=optim.eps)
     engine, optimizer, _, _ = deepspeed.initialize(
@@ -180,7 +186,9 @@ def train(
     defaults = compatible_keys(to_dict(type(config)()))
     start_step = checkpointing.load(engine, resume_from, client, defaults) if resume_from is not None else 0
     if start_step >= optim.steps:
-        raise TrainingError(f"the checkpoint in {checkpoint_dir} is already at step {start_step} of {optim.steps}: nothing to train")
+        raise TrainingError(
+            f"the checkpoint in {checkpoint_dir} is already at step {start_step} of {optim.steps}: nothing to train"
+        )
 
     log = MetricsLog(out_dir / "metrics.jsonl", enabled=rank == 0, tensorboard=run.tensorboard, start_step=start_step)
     progress = _progress_bar(run, rank, start_step, optim.steps)
@@ -212,7 +220,10 @@ def train(
                 if flops_per_step is None:
                     trained, frozen = measure_flops(engine.module, batch)
                     # Backward costs about twice the forward; frozen parts run forward only.
-                    flops_per_step = {"trained": 3 * trained * optim.grad_accum * world, "frozen": frozen * optim.grad_accum * world}
+                    flops_per_step = {
+                        "trained": 3 * trained * optim.grad_accum * world,
+                        "frozen": frozen * optim.grad_accum * world,
+                    }
                     # Counted from step 0, so a resumed run reports the whole run's FLOPs.
                     cumulative_flops = {source: flops * start_step for source, flops in flops_per_step.items()}
                 loss, metrics = engine(batch)
@@ -222,8 +233,10 @@ def train(
                     checkpointing.save(engine, checkpoint_dir, step, client, rank, run.keep_checkpoints)
                     cause = engine.module.diagnose(batch)
                     raise TrainingError(
-                        f"loss is {loss.item()} at step {step}{f' ({cause})' if cause else ''}: stopping. The last good "
-                        f"state is saved in {checkpoint_dir} (tag step{step}); lower the learning rate or check the data, "
+                        f"loss is {loss.item()} at step {step}{f' ({cause})' if cause else ''}: stopping. The last "
+                        "good "
+                        f"state is saved in {checkpoint_dir} (tag step{step}); lower the learning rate or check the "
+                        "data, "
                         "then --resume."
                     )
                 engine.step()
@@ -236,12 +249,23 @@ def train(
             if progress is not None:
                 progress.update(1)
             if done % run.log_every == 0 or done == last_step:
-                record = window.record(done, lr_at(step), wd_at(step), engine.get_global_grad_norm(),
-                                       engine.gradient_accumulation_steps(), cumulative_flops, len(bad_videos))
+                record = window.record(
+                    done,
+                    lr_at(step),
+                    wd_at(step),
+                    engine.get_global_grad_norm(),
+                    engine.gradient_accumulation_steps(),
+                    cumulative_flops,
+                    len(bad_videos),
+                )
                 record["elapsed_s"] = time.perf_counter() - started  # wall time of this invocation
                 log.write(record)
                 if progress is not None:
-                    progress.set_postfix(loss=f"{record['loss']:.4f}", sps=f"{record['samples_per_s']:.1f}", wait=f"{record['data_wait_share']:.0%}")
+                    progress.set_postfix(
+                        loss=f"{record['loss']:.4f}",
+                        sps=f"{record['samples_per_s']:.1f}",
+                        wait=f"{record['data_wait_share']:.0%}",
+                    )
                 window = Window()
             if done % run.checkpoint_every == 0 or done == last_step:
                 client["bad_videos"] = bad_videos
@@ -254,8 +278,15 @@ def train(
     if last_step < optim.steps:
         return TrainResult(None, last_step, engine.module)
     export_path = out_dir / export_name
-    checkpointing.export(engine, objective, checkpoint_dir, checkpointing.tag_of(optim.steps), export_path, rank,
-                         {"step": optim.steps, "config": config_dict})
+    checkpointing.export(
+        engine,
+        objective,
+        checkpoint_dir,
+        checkpointing.tag_of(optim.steps),
+        export_path,
+        rank,
+        {"step": optim.steps, "config": config_dict},
+    )
     return TrainResult(export_path, last_step, engine.module)
 
 

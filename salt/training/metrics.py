@@ -48,18 +48,23 @@ class Window:
 
     def _means(self) -> dict[str, float]:
         series = {"loss": self.losses, **self.metrics}
-        values = [torch.as_tensor(v, dtype=torch.float32, device="cpu") if not isinstance(v, torch.Tensor) else v.float()
-                  for vs in series.values() for v in vs]
+        values = [
+            torch.as_tensor(v, dtype=torch.float32, device="cpu") if not isinstance(v, torch.Tensor) else v.float()
+            for vs in series.values()
+            for v in vs
+        ]
         if not values:
             return {}
         flat = torch.stack([v.to(values[0].device).reshape(()) for v in values]).tolist()  # the one sync
         means, start = {}, 0
         for key, vs in series.items():
-            means[key] = sum(flat[start:start + len(vs)]) / len(vs) if vs else float("nan")
+            means[key] = sum(flat[start : start + len(vs)]) / len(vs) if vs else float("nan")
             start += len(vs)
         return means
 
-    def record(self, step: int, lr: float, wd: float, grad_norm, grad_accum: int, flops: dict, bad_videos: int) -> dict[str, Any]:
+    def record(
+        self, step: int, lr: float, wd: float, grad_norm, grad_accum: int, flops: dict, bad_videos: int
+    ) -> dict[str, Any]:
         seconds = max(self.seconds, 1e-9)
         means = self._means()
         record = {
@@ -107,7 +112,9 @@ class MetricsLog:
             try:
                 from torch.utils.tensorboard import SummaryWriter
             except ImportError as err:
-                raise TrainingError("run.tensorboard is on but tensorboard is not installed: pip install tensorboard") from err
+                raise TrainingError(
+                    "run.tensorboard is on but tensorboard is not installed: pip install tensorboard"
+                ) from err
             self.writer = SummaryWriter(str(path.parent / "tensorboard"))
 
     def write(self, record: dict[str, Any]) -> None:

@@ -2,9 +2,10 @@
 
 An objective is an `nn.Module` holding its model parts. `forward(batch)` returns the loss and
 a few metrics (0-d tensors, read by the loop once per log record, not per step: no device
-sync); `diagnose(batch)` names what made a loss non-finite; `frozen_forward(batch)` is the work that makes targets without gradients (a
-frozen teacher, an EMA copy), counted separately in FLOPs; `after_step(step)` runs after each
-optimiser step (e.g. an EMA update); `encoder` is what gets exported.
+sync); `diagnose(batch)` names what made a loss non-finite; `frozen_forward(batch)` is the work
+that makes targets without gradients (a frozen teacher, an EMA copy), counted separately in
+FLOPs; `after_step(step)` runs after each optimiser step (e.g. an EMA update); `encoder` is what
+gets exported.
 """
 
 from __future__ import annotations
@@ -78,7 +79,9 @@ def pixel_targets(frames: torch.Tensor, tubelet: int, patch: int, norm: str = "c
     x = x.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(b, -1, tubelet * patch * patch, c)
     groups = x.flatten(2).unsqueeze(-1) if norm == "patch" else x  # [B, N, values, groups]
     if norm != "none":
-        groups = (groups - groups.mean(dim=-2, keepdim=True)) / (groups.var(dim=-2, unbiased=True, keepdim=True).sqrt() + 1e-6)
+        groups = (groups - groups.mean(dim=-2, keepdim=True)) / (
+            groups.var(dim=-2, unbiased=True, keepdim=True).sqrt() + 1e-6
+        )
     return groups.flatten(2)
 
 
@@ -87,15 +90,29 @@ class PixelObjective(Objective):
 
     kind = "teacher"
 
-    def __init__(self, encoder: VideoViT, width: int, depth: int, num_heads: int, num_masks: int, norm: str = "channel",
-                 pos_embed: str = "sincos3d"):
+    def __init__(
+        self,
+        encoder: VideoViT,
+        width: int,
+        depth: int,
+        num_heads: int,
+        num_masks: int,
+        norm: str = "channel",
+        pos_embed: str = "sincos3d",
+    ):
         super().__init__()
         self.encoder = encoder
         self.norm = norm
         pixels_per_token = encoder.tubelet_size * encoder.patch_size**2 * encoder.in_chans
         self.decoder = Predictor(
-            encoder.embed_dim, pixels_per_token, width=width, depth=depth, num_heads=num_heads, num_mask_tokens=num_masks,
-            checkpoint_activations=encoder.checkpoint_activations, pos_embed=pos_embed,
+            encoder.embed_dim,
+            pixels_per_token,
+            width=width,
+            depth=depth,
+            num_heads=num_heads,
+            num_mask_tokens=num_masks,
+            checkpoint_activations=encoder.checkpoint_activations,
+            pos_embed=pos_embed,
         )
 
     def forward(self, batch: ClipBatch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -110,7 +127,7 @@ class PixelObjective(Objective):
             losses.append(F.mse_loss(predicted.float(), masked))
             baselines.append(masked.detach().square().mean())  # predicting zeros: the patch mean, if standardised
         loss = torch.stack(losses).mean()
-        metrics = {f"loss_mask{i}": l.detach() for i, l in enumerate(losses)}
+        metrics = {f"loss_mask{i}": part.detach() for i, part in enumerate(losses)}
         return loss, {**metrics, "baseline_loss": torch.stack(baselines).mean()}
 
 
@@ -123,7 +140,9 @@ class SupervisedObjective(Objective):
         super().__init__()
         self.encoder = encoder
         if head == "attentive":
-            self.head = AttentiveClassifier(encoder.embed_dim, num_classes, num_heads=encoder.num_heads, depth=head_depth)
+            self.head = AttentiveClassifier(
+                encoder.embed_dim, num_classes, num_heads=encoder.num_heads, depth=head_depth
+            )
         else:
             self.head = MeanPoolClassifier(encoder.embed_dim, num_classes)
 
@@ -153,9 +172,19 @@ class StudentObjective(Objective):
 
     kind = "student"
 
-    def __init__(self, encoder: VideoViT, predictor: Predictor, source: str, target_norm: str = "layer_norm",
-                 frozen: VideoViT | None = None, momentum=None, precision: str = "fp32", health_every: int = 0,
-                 loss: str = "l1", basis=None):
+    def __init__(
+        self,
+        encoder: VideoViT,
+        predictor: Predictor,
+        source: str,
+        target_norm: str = "layer_norm",
+        frozen: VideoViT | None = None,
+        momentum=None,
+        precision: str = "fp32",
+        health_every: int = 0,
+        loss: str = "l1",
+        basis=None,
+    ):
         super().__init__()
         self.loss = {"l1": F.l1_loss, "l2": F.mse_loss}[loss]
         object.__setattr__(self, "basis", basis)  # fixed arrays, not parameters: see the class docstring
@@ -190,7 +219,7 @@ class StudentObjective(Objective):
             if mask_index == 0 and self.health_every and batch.step % self.health_every == 0:
                 metrics.update(feature_health(context.detach()))
         loss = torch.stack(losses).mean()
-        metrics.update({f"loss_mask{i}": l.detach() for i, l in enumerate(losses)})
+        metrics.update({f"loss_mask{i}": part.detach() for i, part in enumerate(losses)})
         metrics.update(baseline_loss=torch.stack(baselines).mean(), explained_variance=torch.stack(explained).mean())
         return loss, metrics
 

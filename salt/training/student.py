@@ -26,37 +26,69 @@ def check_against_manifest(cfg: StudentConfig, manifest, source: str) -> tuple[i
     """Refuse, before step 1, a student whose clips or tokens differ from the cache's, or a cache
     with nothing in it (its loader could never fill a batch)."""
     if manifest.sample_count == 0:
-        raise TrainingError(f"{cfg.cache.path} holds no samples (all {len(manifest.skipped)} videos were skipped, reasons in "
-                            "its manifest.json) — cache data that decodes (salt check-data DATA) and point cache.path at it")
+        raise TrainingError(
+            f"{cfg.cache.path} holds no samples (all {len(manifest.skipped)} videos were skipped, reasons in "
+            "its manifest.json) — cache data that decodes (salt check-data DATA) and point cache.path at it"
+        )
     try:
-        arch = resolve_arch(cfg.encoder.arch, **{"img_size": cfg.geometry.size, "num_frames": cfg.geometry.frames,
-                                                 **cfg.encoder.overrides})
+        arch = resolve_arch(
+            cfg.encoder.arch,
+            **{"img_size": cfg.geometry.size, "num_frames": cfg.geometry.frames, **cfg.encoder.overrides},
+        )
         grid = token_grid(arch, cfg.geometry.frames, cfg.geometry.size, cfg.geometry.size)
     except ValueError as err:
         raise ConfigError(f"{source}: {err}") from None
-    ours = {"frames": cfg.geometry.frames, "frame_step": cfg.geometry.frame_step, "size": cfg.geometry.size,
-            "patch": arch["patch_size"], "tubelet": arch["tubelet_size"], "grid": list(grid)}
-    theirs = {**{k: manifest.geometry.get(k) for k in ("frames", "frame_step", "size", "patch", "tubelet")}, "grid": list(manifest.grid)}
-    keys = {"frames": "geometry.frames", "frame_step": "geometry.frame_step", "size": "geometry.size",
-            "patch": "encoder.overrides.patch_size", "tubelet": "encoder.overrides.tubelet_size"}  # the grid follows
-    mismatched = [f"{k}: config {ours[k]}, cache {theirs[k]}" + (f" (--set {keys[k]}={theirs[k]})" if k in keys else "")
-                  for k in ours if ours[k] != theirs[k]]
+    ours = {
+        "frames": cfg.geometry.frames,
+        "frame_step": cfg.geometry.frame_step,
+        "size": cfg.geometry.size,
+        "patch": arch["patch_size"],
+        "tubelet": arch["tubelet_size"],
+        "grid": list(grid),
+    }
+    theirs = {
+        **{k: manifest.geometry.get(k) for k in ("frames", "frame_step", "size", "patch", "tubelet")},
+        "grid": list(manifest.grid),
+    }
+    keys = {
+        "frames": "geometry.frames",
+        "frame_step": "geometry.frame_step",
+        "size": "geometry.size",
+        "patch": "encoder.overrides.patch_size",
+        "tubelet": "encoder.overrides.tubelet_size",
+    }  # the grid follows
+    mismatched = [
+        f"{k}: config {ours[k]}, cache {theirs[k]}" + (f" (--set {keys[k]}={theirs[k]})" if k in keys else "")
+        for k in ours
+        if ours[k] != theirs[k]
+    ]
     if mismatched:
-        raise ConfigError(f"{source}: the student does not fit the cache {cfg.cache.path}: " + "; ".join(mismatched)
-                          + " — set those keys to the cache's values, or cache the data again for this geometry")
+        raise ConfigError(
+            f"{source}: the student does not fit the cache {cfg.cache.path}: "
+            + "; ".join(mismatched)
+            + " — set those keys to the cache's values, or cache the data again for this geometry"
+        )
     return grid
 
 
 def check_target_rank(cfg: StudentConfig, manifest, source: str):
     """Refuse, before step 1, a rank or coefficient request the cache cannot serve; the basis of
     a low-rank cache (None for a full-rank one)."""
-    held = f"rank {manifest.target_rank} of dim {manifest.dim}" if manifest.target_rank else f"full rank (dim {manifest.dim})"
+    held = (
+        f"rank {manifest.target_rank} of dim {manifest.dim}"
+        if manifest.target_rank
+        else f"full rank (dim {manifest.dim})"
+    )
     if cfg.cache.rank and cfg.cache.rank != manifest.target_rank:
-        raise ConfigError(f"{source}: cache.rank {cfg.cache.rank}, but {cfg.cache.path} holds {held} targets. Point cache.path at "
-                          f"a cache of that rank (salt compact-cache {cfg.cache.path} --rank {cfg.cache.rank}), or set cache.rank: 0")
+        raise ConfigError(
+            f"{source}: cache.rank {cfg.cache.rank}, but {cfg.cache.path} holds {held} targets. Point cache.path at "
+            f"a cache of that rank (salt compact-cache {cfg.cache.path} --rank {cfg.cache.rank}), or set cache.rank: 0"
+        )
     if cfg.cache.low_rank == "coefficients" and not manifest.target_rank:
-        raise ConfigError(f"{source}: cache.low_rank: coefficients, but {cfg.cache.path} holds {held} targets: there are no "
-                          "coefficients to read. Compact it (salt compact-cache --rank R) or set cache.low_rank: reconstructed")
+        raise ConfigError(
+            f"{source}: cache.low_rank: coefficients, but {cfg.cache.path} holds {held} targets: there are no "
+            "coefficients to read. Compact it (salt compact-cache --rank R) or set cache.low_rank: reconstructed"
+        )
     if not manifest.target_rank:
         return None
     from salt.latents import load_basis
@@ -81,14 +113,19 @@ def sample_of_targets(cache_path: str, cache_format: str = "auto", views: int = 
         except CacheError:  # a corrupt sample: the run itself raises or skips it, per cache.on_error
             continue
     if not latents:
-        raise ConfigError(f"{cache_path}: none of {len(positions)} samples read for the baseline is readable; "
-                          f"run `salt inspect {cache_path} --verify`")
+        raise ConfigError(
+            f"{cache_path}: none of {len(positions)} samples read for the baseline is readable; "
+            f"run `salt inspect {cache_path} --verify`"
+        )
     return torch.stack(latents)
 
 
 def compatible_keys(config: dict) -> dict:
-    kept = {key: config[key] for key in ("targets", "cache", "teacher", "geometry", "data", "encoder", "predictor", "masks", "ema",
-                                         "loss") if key in config}
+    kept = {
+        key: config[key]
+        for key in ("targets", "cache", "teacher", "geometry", "data", "encoder", "predictor", "masks", "ema", "loss")
+        if key in config
+    }
     # Where frames are decoded does not change what a step trains on: a run may resume either way.
     kept["data"] = {key: value for key, value in kept.get("data", {}).items() if key != "decode_frames"}
     return kept | {"seed": config["run"]["seed"], "grad_accum": config["optim"]["grad_accum"]}
@@ -105,51 +142,91 @@ def run_student(config_path: str | None, overrides: list[str], resume: bool = Fa
     grid = check_against_manifest(cfg, manifest, source)
     basis = check_target_rank(cfg, manifest, source)
     if cfg.targets == "ema" and cfg.engine.zero_stage == 3:
-        raise ConfigError(f"{source}: targets: ema needs the whole student on every rank to update its EMA copy; "
-                          "ZeRO-3 partitions it. Use engine.zero_stage 1 or 2.")
+        raise ConfigError(
+            f"{source}: targets: ema needs the whole student on every rank to update its EMA copy; "
+            "ZeRO-3 partitions it. Use engine.zero_stage 1 or 2."
+        )
     if cfg.targets == "teacher" and not cfg.teacher:
         raise ConfigError(f"{source}: targets: teacher needs `teacher:` (a checkpoint path)")
     dist_info = init_distributed(cfg.engine.timeout_s)
     precision = resolve_precision(cfg.engine.precision)
     torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank and every run
-    encoder = build_encoder(cfg.encoder.arch, checkpoint_activations=cfg.encoder.checkpoint_activations,
-                            **{"img_size": cfg.geometry.size, "num_frames": cfg.geometry.frames, **cfg.encoder.overrides})
+    encoder = build_encoder(
+        cfg.encoder.arch,
+        checkpoint_activations=cfg.encoder.checkpoint_activations,
+        **{"img_size": cfg.geometry.size, "num_frames": cfg.geometry.frames, **cfg.encoder.overrides},
+    )
     coefficients = cfg.cache.low_rank == "coefficients"
-    predictor = Predictor(encoder.embed_dim, manifest.target_rank if coefficients else manifest.dim, width=cfg.predictor.width, depth=cfg.predictor.depth,
-                          num_heads=cfg.predictor.num_heads, num_mask_tokens=len(cfg.masks),
-                          checkpoint_activations=cfg.encoder.checkpoint_activations, pos_embed=cfg.predictor.pos_embed)
+    predictor = Predictor(
+        encoder.embed_dim,
+        manifest.target_rank if coefficients else manifest.dim,
+        width=cfg.predictor.width,
+        depth=cfg.predictor.depth,
+        num_heads=cfg.predictor.num_heads,
+        num_mask_tokens=len(cfg.masks),
+        checkpoint_activations=cfg.encoder.checkpoint_activations,
+        pos_embed=cfg.predictor.pos_embed,
+    )
     frozen = None
     if cfg.targets == "teacher":
         # The arch and state-dict key the cache was made with: what the weights cannot tell.
-        frozen, _ = load_encoder(cfg.teacher, manifest.teacher.get("arch"), manifest.teacher.get("checkpoint_key") or None)
+        frozen, _ = load_encoder(
+            cfg.teacher, manifest.teacher.get("arch"), manifest.teacher.get("checkpoint_key") or None
+        )
         from salt.models import fingerprint
 
         if fingerprint(frozen.state_dict()) != manifest.teacher["fingerprint"]:
             raise TrainingError(f"{cfg.teacher} is not the teacher that made {cfg.cache.path} (fingerprints differ)")
     objective = StudentObjective(
-        encoder, predictor, cfg.targets, target_norm=manifest.target_norm, frozen=frozen, loss=cfg.loss,
+        encoder,
+        predictor,
+        cfg.targets,
+        target_norm=manifest.target_norm,
+        frozen=frozen,
+        loss=cfg.loss,
         basis=None if coefficients or cfg.targets != "cache" else basis,
         momentum=Linear(cfg.ema.momentum_start, cfg.ema.momentum_final, cfg.optim.steps),
-        precision=precision, health_every=cfg.health_every,
+        precision=precision,
+        health_every=cfg.health_every,
     )
 
     if cfg.targets == "cache":
         objective.set_target_mean(sample_of_targets(cfg.cache.path, cfg.cache.format, cfg.cache.views))
 
     def make_batches(first_micro_step: int):
-        dataset = CacheBatches(cfg.cache.path, cfg.cache.format, cfg.data.batch_size, cfg.run.seed, dist_info.rank,
-                               dist_info.world_size, cfg.data.workers, cfg.masks, grid, first_micro_step, cfg.cache.on_error,
-                               cfg.cache.views, cfg.data.decode_frames)
+        dataset = CacheBatches(
+            cfg.cache.path,
+            cfg.cache.format,
+            cfg.data.batch_size,
+            cfg.run.seed,
+            dist_info.rank,
+            dist_info.world_size,
+            cfg.data.workers,
+            cfg.masks,
+            grid,
+            first_micro_step,
+            cfg.cache.on_error,
+            cfg.cache.views,
+            cfg.data.decode_frames,
+        )
         return clip_loader(dataset, cfg.data.workers, pin_memory=dist_info.device.type == "cuda")
 
     # Fewer filled shards than ranks × workers would leave a reader without data: refuse now, not hang later.
     splits = dist_info.world_size * max(1, cfg.data.workers)
     filled = sum(1 for shard in manifest.shards if shard.samples)
     if filled < splits:
-        raise TrainingError(f"{cfg.cache.path} has {filled} shards with samples for {dist_info.world_size} ranks × "
-                            f"{max(1, cfg.data.workers)} workers — use fewer workers or cache with smaller --shard-videos")
+        raise TrainingError(
+            f"{cfg.cache.path} has {filled} shards with samples for {dist_info.world_size} ranks × "
+            f"{max(1, cfg.data.workers)} workers — use fewer workers or cache with smaller --shard-videos"
+        )
     return train(
-        cfg, objective, make_batches, dist_info, resume=resume, export_name="student.pt", compatible_keys=compatible_keys,
+        cfg,
+        objective,
+        make_batches,
+        dist_info,
+        resume=resume,
+        export_name="student.pt",
+        compatible_keys=compatible_keys,
         max_bad_videos=10**9 if cfg.cache.on_error == "skip" else 0,
         client_extra={"cache_teacher_fingerprint": manifest.teacher["fingerprint"], "workers": cfg.data.workers},
     )

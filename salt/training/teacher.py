@@ -25,7 +25,12 @@ def build_objective(cfg: TeacherConfig) -> Objective:
     )
     if cfg.objective == "pixels":
         return PixelObjective(
-            encoder, cfg.decoder.width, cfg.decoder.depth, cfg.decoder.num_heads, len(cfg.masks), cfg.pixels.norm,
+            encoder,
+            cfg.decoder.width,
+            cfg.decoder.depth,
+            cfg.decoder.num_heads,
+            len(cfg.masks),
+            cfg.pixels.norm,
             pos_embed=cfg.decoder.pos_embed,
         )
     return SupervisedObjective(encoder, cfg.supervised.num_classes, cfg.supervised.head, cfg.supervised.head_depth)
@@ -35,7 +40,9 @@ def check_geometry(cfg: TeacherConfig, source: str) -> tuple[int, int, int]:
     """Refuse, before step 1, a clip that does not divide into tubelets and patches."""
     view = cfg.data.view
     try:
-        arch = resolve_arch(cfg.encoder.arch, **{"img_size": view.size, "num_frames": view.frames, **cfg.encoder.overrides})
+        arch = resolve_arch(
+            cfg.encoder.arch, **{"img_size": view.size, "num_frames": view.frames, **cfg.encoder.overrides}
+        )
         return token_grid(arch, view.frames, view.size, view.size)
     except (ValueError, KeyError) as err:
         raise ConfigError(f"{source}: {err}") from None
@@ -83,8 +90,14 @@ def run_teacher(config_path: str | None, overrides: list[str], resume: bool = Fa
         return clip_loader(dataset, cfg.data.workers, pin_memory=dist_info.device.type == "cuda")
 
     return train(
-        cfg, objective, make_batches, dist_info, resume=resume, compatible_keys=compatible_keys,
-        export_name="teacher.pt" if cfg.objective == "pixels" else "supervised.pt", max_bad_videos=cfg.data.max_bad_videos,
+        cfg,
+        objective,
+        make_batches,
+        dist_info,
+        resume=resume,
+        compatible_keys=compatible_keys,
+        export_name="teacher.pt" if cfg.objective == "pixels" else "supervised.pt",
+        max_bad_videos=cfg.data.max_bad_videos,
     )
 
 

@@ -55,7 +55,9 @@ def open_reader(source: VideoSource, name: str | None = None, num_threads: int =
     try:
         reader = decord.VideoReader(handle, ctx=decord.cpu(0), num_threads=num_threads)
     except Exception as err:  # decord raises its own DECORDError and plain RuntimeErrors
-        raise VideoDecodeError(name, f"not a decodable video ({type(err).__name__}: {_first_line(err)}); remove or replace it") from None
+        raise VideoDecodeError(
+            name, f"not a decodable video ({type(err).__name__}: {_first_line(err)}); remove or replace it"
+        ) from None
     if len(reader) < 1:
         raise VideoDecodeError(name, "the video has no frames")
     return reader
@@ -161,5 +163,11 @@ def describe_record(record, chunk: int = 64) -> dict:
         height, width = decoded.shape[1:3]
     fps = float(reader.get_avg_fps() or 0.0)
     size = len(source) if isinstance(source, bytes) else Path(source).stat().st_size
-    return {"frames": frames, "height": int(height), "width": int(width), "fps": fps,
-            "seconds": frames / fps if fps > 0 else None, "bytes": size}
+    return {
+        "frames": frames,
+        "height": int(height),
+        "width": int(width),
+        "fps": fps,
+        "seconds": frames / fps if fps > 0 else None,
+        "bytes": size,
+    }

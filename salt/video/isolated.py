@@ -45,10 +45,14 @@ class IsolatedDecoder:
             status, payload = _read_message(child.stdout, time.monotonic() + self.timeout)
         except TimeoutError:
             self.close()
-            raise VideoDecodeError(name, f"decoding took longer than {self.timeout:g} s; skipped (decoder restarted)") from None
+            raise VideoDecodeError(
+                name, f"decoding took longer than {self.timeout:g} s; skipped (decoder restarted)"
+            ) from None
         except (EOFError, BrokenPipeError, OSError):
             code = self._reap()
-            raise VideoDecodeError(name, f"the decoder process died ({_describe_exit(code)}) on this file; skipped") from None
+            raise VideoDecodeError(
+                name, f"the decoder process died ({_describe_exit(code)}) on this file; skipped"
+            ) from None
         if status == "ok":
             return payload
         kind, message = payload

@@ -19,7 +19,6 @@ import tempfile
 from pathlib import Path
 
 from salt.latents import storage
-
 from salt.video.sources import SHARD_FORMAT, SHARD_FORMAT_VERSION, SHARD_INDEX, VideoRecord, load_records
 
 
@@ -65,8 +64,14 @@ def _write_shard(path: Path, records: list[VideoRecord]) -> list[dict]:
             _add(tar, f"{key}.json", meta)
             offset = _add(tar, f"{key}{ext}", data)
             listed.append(
-                {"video_id": record.video_id, "member": f"{key}{ext}", "offset": offset, "size": len(data),
-                 "label": record.label, "source": record.name}
+                {
+                    "video_id": record.video_id,
+                    "member": f"{key}{ext}",
+                    "offset": offset,
+                    "size": len(data),
+                    "label": record.label,
+                    "source": record.name,
+                }
             )
         tar.close()
         handle.flush()

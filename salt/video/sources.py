@@ -88,8 +88,10 @@ def read_csv(csv_path: str | Path, problems: list[dict] | None = None) -> list[V
         records.append(VideoRecord(len(records), str(path), label))
     if bad and problems is None:
         more = f" (and {len(bad) - 1} more bad lines)" if len(bad) > 1 else ""
-        raise VideoSourceError(f"{bad[0]}{more} — write one 'path label' per line, separated by a space, e.g. "
-                               "'videos/000000.mp4 3' (label: an integer class index)")
+        raise VideoSourceError(
+            f"{bad[0]}{more} — write one 'path label' per line, separated by a space, e.g. "
+            "'videos/000000.mp4 3' (label: an integer class index)"
+        )
     if not records and not bad:
         raise VideoSourceError(f"{csv_path}: no videos listed — write one 'path label' per line")
     return records
@@ -135,8 +137,10 @@ def load_records(data: str | Path) -> list[VideoRecord]:
     if isinstance(data, str):
         if storage.is_file(storage.join(data, SHARD_INDEX)):
             return read_shard_index(data)
-        raise VideoSourceError(f"{data}: no {SHARD_INDEX} there; on an object store, videos are read from the shards "
-                               "`salt make-shards --out URL` writes")
+        raise VideoSourceError(
+            f"{data}: no {SHARD_INDEX} there; on an object store, videos are read from the shards "
+            "`salt make-shards --out URL` writes"
+        )
     if data.is_dir() and (data / SHARD_INDEX).is_file():
         return read_shard_index(data)
     if data.is_dir():
@@ -163,7 +167,11 @@ def read_shard_index(folder: str | Path) -> list[VideoRecord]:
         if shard["name"] not in listed:
             raise VideoSourceError(f"{path}: shard listed in {SHARD_INDEX} is missing")
         for video in shard["videos"]:
-            records.append(VideoRecord(video["video_id"], str(path), video["label"], video["member"], video["offset"], video["size"]))
+            records.append(
+                VideoRecord(
+                    video["video_id"], str(path), video["label"], video["member"], video["offset"], video["size"]
+                )
+            )
     return records
 
 

@@ -259,8 +259,9 @@ def _shade(scene: dict, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
-def _motion(kind: str, periods: int, size: int, rng: np.random.Generator, amount: float = 1.0,
-            version: int = 2) -> list[tuple[float, float, float, float]]:
+def _motion(
+    kind: str, periods: int, size: int, rng: np.random.Generator, amount: float = 1.0, version: int = 2
+) -> list[tuple[float, float, float, float]]:
     """(angle, scale, shift_y, shift_x) per period; every class shares the same marginals.
 
     Version 1 adds a random texture offset to the shifts; version 2's shifts are the screen

@@ -39,7 +39,9 @@ class ViewConfig:
 
     def validate(self) -> None:
         if self.frames < 1 or self.frame_step < 1 or self.size < 1:
-            raise ValueError(f"view: frames, frame_step and size must be >= 1 (got {self.frames}, {self.frame_step}, {self.size})")
+            raise ValueError(
+                f"view: frames, frame_step and size must be >= 1 (got {self.frames}, {self.frame_step}, {self.size})"
+            )
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
             raise ValueError(f"view.crop_scale must satisfy 0 < min <= max <= 1, got {self.crop_scale}")

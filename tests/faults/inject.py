@@ -54,7 +54,7 @@ def install(fault: str) -> None:
     elif fault.startswith("ray:"):
         from tests.faults import ray_faults
 
-        ray_faults.install(fault[len("ray:"):])
+        ray_faults.install(fault[len("ray:") :])
     else:
         raise SystemExit(f"unknown fault {fault!r}")
 

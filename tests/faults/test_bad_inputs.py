@@ -20,15 +20,24 @@ from salt.latents import load_manifest, open_cache
 from salt.models import build_encoder, fingerprint, save_encoder
 from salt.video.isolated import IsolatedDecoder
 from salt.video.synthetic import write_mp4
-
 from tests.helpers import cache_args, salt
 
 pytestmark = pytest.mark.timeout(600)  # the bound: nothing here may hang
 
 
 def job(teacher: Path, data: Path, out: Path, **overrides) -> CacheJob:
-    settings = dict(teacher=str(teacher), data=str(data), out=str(out), views=1, shard_videos=2, workers=0, batch_size=4,
-                    precision="fp32", progress=False, formats=("wds", "zarr"))
+    settings = dict(
+        teacher=str(teacher),
+        data=str(data),
+        out=str(out),
+        views=1,
+        shard_videos=2,
+        workers=0,
+        batch_size=4,
+        precision="fp32",
+        progress=False,
+        formats=("wds", "zarr"),
+    )
     return CacheJob(**{**settings, **overrides})
 
 
@@ -50,11 +59,26 @@ def test_bad_videos_are_skipped_and_recorded_or_handled(tmp_path, teacher, synth
     rng = np.random.default_rng(1)
     write_mp4(videos / "short.mp4", rng.integers(0, 255, (5, 48, 48, 3), dtype=np.uint8))  # < one clip of 29 frames
     write_mp4(videos / "tiny 2x2.mp4", rng.integers(0, 255, (40, 2, 2, 3), dtype=np.uint8))
-    write_mp4(videos / "tiny 1x1.mkv", rng.integers(0, 255, (40, 1, 1, 3), dtype=np.uint8), codec="ffv1", pix_fmt="yuv444p")
-    names = ["good.mp4", str(odd.relative_to(videos)), "hang.mp4", "empty.mp4", "truncated.mp4", "random.mp4", "image.mp4",
-             "short.mp4", "tiny 2x2.mp4", "tiny 1x1.mkv", "missing.mp4"]
+    write_mp4(
+        videos / "tiny 1x1.mkv", rng.integers(0, 255, (40, 1, 1, 3), dtype=np.uint8), codec="ffv1", pix_fmt="yuv444p"
+    )
+    names = [
+        "good.mp4",
+        str(odd.relative_to(videos)),
+        "hang.mp4",
+        "empty.mp4",
+        "truncated.mp4",
+        "random.mp4",
+        "image.mp4",
+        "short.mp4",
+        "tiny 2x2.mp4",
+        "tiny 1x1.mkv",
+        "missing.mp4",
+    ]
     (videos / "list.csv").write_text("".join(f"{name} {i % 8}\n" for i, name in enumerate(names)))
-    monkeypatch.setattr(local_engine, "IsolatedDecoder", functools.partial(IsolatedDecoder, "tests.faults.stubs:hang_on_marked"))
+    monkeypatch.setattr(
+        local_engine, "IsolatedDecoder", functools.partial(IsolatedDecoder, "tests.faults.stubs:hang_on_marked")
+    )
 
     run_cache(job(teacher, videos / "list.csv", tmp_path / "cache", decode_timeout=5.0, max_skipped=1.0))
 
@@ -67,7 +91,9 @@ def test_bad_videos_are_skipped_and_recorded_or_handled(tmp_path, teacher, synth
     # Handled by the documented rules: a short video repeats its last frame; a tiny one is
     # cropped and upscaled; odd paths are just paths. decord 0.6 cannot copy out 1/2-px-wide
     # (or 24/48-px-wide) frames, so those are decoded with PyAV instead.
-    kept = {names[s.video] for s in (open_cache(tmp_path / "cache").get(k) for k in open_cache(tmp_path / "cache").keys())}
+    kept = {
+        names[s.video] for s in (open_cache(tmp_path / "cache").get(k) for k in open_cache(tmp_path / "cache").keys())
+    }
     assert kept == {"good.mp4", str(odd.relative_to(videos)), "short.mp4", "tiny 2x2.mp4", "tiny 1x1.mkv"}
 
 
@@ -112,8 +138,14 @@ def corrupt(cache: Path, case: str) -> str:
     return {"manifest with wrong dims": "dim", "future format version": "newer SALT"}[case]
 
 
-CACHE_CASES = ["truncated tar", "flipped byte in latents", "flipped byte in frames", "deleted shard", "manifest with wrong dims",
-               "future format version"]
+CACHE_CASES = [
+    "truncated tar",
+    "flipped byte in latents",
+    "flipped byte in frames",
+    "deleted shard",
+    "manifest with wrong dims",
+    "future format version",
+]
 
 
 @pytest.mark.parametrize("case", CACHE_CASES)
@@ -141,13 +173,21 @@ def test_student_stops_naming_the_sample_or_skips_and_counts(tmp_path, healthy_c
     cache = tmp_path / "cache"
     shutil.copytree(healthy_cache, cache)
     named = corrupt(cache, case)
-    config = {"cache": {"path": str(cache), "format": "wds"}, "geometry": {"frames": 8, "frame_step": 4, "size": 32},
-              "data": {"batch_size": 4, "workers": 0}, "encoder": {"arch": "vit_tiny", "overrides": {"depth": 1}},
-              "predictor": {"width": 32, "depth": 1, "num_heads": 2}, "optim": {"steps": 4, "warmup_steps": 1},
-              "engine": {"precision": "fp32"}, "run": {"out_dir": str(tmp_path / "run"), "progress": False, "log_every": 1}}
+    config = {
+        "cache": {"path": str(cache), "format": "wds"},
+        "geometry": {"frames": 8, "frame_step": 4, "size": 32},
+        "data": {"batch_size": 4, "workers": 0},
+        "encoder": {"arch": "vit_tiny", "overrides": {"depth": 1}},
+        "predictor": {"width": 32, "depth": 1, "num_heads": 2},
+        "optim": {"steps": 4, "warmup_steps": 1},
+        "engine": {"precision": "fp32"},
+        "run": {"out_dir": str(tmp_path / "run"), "progress": False, "log_every": 1},
+    }
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(config))
     stopped = salt("train-student", "--config", str(tmp_path / "s.yaml"))
-    assert stopped.returncode == 1 and named in stopped.stderr and "Traceback" not in stopped.stderr, stopped.stderr[-2000:]
+    assert stopped.returncode == 1 and named in stopped.stderr and "Traceback" not in stopped.stderr, stopped.stderr[
+        -2000:
+    ]
     shutil.rmtree(tmp_path / "run")
     skipped = salt("train-student", "--config", str(tmp_path / "s.yaml"), "--set", "cache.on_error=skip")
     assert skipped.returncode == 0, skipped.stderr[-2000:]
@@ -195,8 +235,12 @@ def test_bad_checkpoint_is_refused_with_one_line(tmp_path, teacher, synthetic_se
 
 # --------------------------------------------------------------------------------- misuse
 def test_student_geometry_that_differs_from_the_cache_is_refused(tmp_path, healthy_cache):
-    config = {"cache": {"path": str(healthy_cache)}, "geometry": {"frames": 16, "frame_step": 4, "size": 32},
-              "encoder": {"arch": "vit_tiny"}, "run": {"out_dir": str(tmp_path / "run")}}
+    config = {
+        "cache": {"path": str(healthy_cache)},
+        "geometry": {"frames": 16, "frame_step": 4, "size": 32},
+        "encoder": {"arch": "vit_tiny"},
+        "run": {"out_dir": str(tmp_path / "run")},
+    }
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(config))
     result = salt("train-student", "--config", str(tmp_path / "s.yaml"))
     assert result.returncode == 1 and "frames: config 16, cache 8" in result.stderr, result.stderr[-2000:]
@@ -237,16 +281,24 @@ def test_out_over_another_teachers_cache_is_refused(tmp_path, healthy_cache, syn
 def test_resume_against_a_cache_of_another_teacher_is_refused(tmp_path, healthy_cache, synthetic_set):
     cache = tmp_path / "cache"
     shutil.copytree(healthy_cache, cache)
-    config = {"cache": {"path": str(cache)}, "geometry": {"frames": 8, "frame_step": 4, "size": 32},
-              "data": {"batch_size": 4, "workers": 0}, "encoder": {"arch": "vit_tiny", "overrides": {"depth": 1}},
-              "predictor": {"width": 32, "depth": 1, "num_heads": 2}, "optim": {"steps": 6, "warmup_steps": 1},
-              "engine": {"precision": "fp32"}, "run": {"out_dir": str(tmp_path / "run"), "progress": False, "checkpoint_every": 2}}
+    config = {
+        "cache": {"path": str(cache)},
+        "geometry": {"frames": 8, "frame_step": 4, "size": 32},
+        "data": {"batch_size": 4, "workers": 0},
+        "encoder": {"arch": "vit_tiny", "overrides": {"depth": 1}},
+        "predictor": {"width": 32, "depth": 1, "num_heads": 2},
+        "optim": {"steps": 6, "warmup_steps": 1},
+        "engine": {"precision": "fp32"},
+        "run": {"out_dir": str(tmp_path / "run"), "progress": False, "checkpoint_every": 2},
+    }
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(config))
     assert salt("train-student", "--config", str(tmp_path / "s.yaml"), "--set", "run.stop_at=2").returncode == 0
     other = tmp_path / "other.pt"
     torch.manual_seed(1)
     save_encoder(other, build_encoder("vit_tiny", img_size=32, num_frames=8, depth=2), kind="teacher")
-    assert salt(*cache_args(other, synthetic_set / "train.csv", cache, "--overwrite", views=2, videos=6)).returncode == 0
+    assert (
+        salt(*cache_args(other, synthetic_set / "train.csv", cache, "--overwrite", views=2, videos=6)).returncode == 0
+    )
     result = salt("train-student", "--config", str(tmp_path / "s.yaml"), "--resume")
     assert result.returncode == 1 and "cache_teacher_fingerprint" in result.stderr, result.stderr[-2000:]
 
@@ -264,7 +316,9 @@ def test_full_disk_removes_the_partial_shard_and_the_rerun_resumes(tmp_path, tea
         return real_write(self, data)
 
     monkeypatch.setattr(wds._HashingWriter, "write", write)
-    with pytest.raises(CacheWriteError, match=r"writing shard \S+ failed: No space left on device.*run the same command again"):
+    with pytest.raises(
+        CacheWriteError, match=r"writing shard \S+ failed: No space left on device.*run the same command again"
+    ):
         run_cache(job(teacher, synthetic_set / "train.csv", out, views=2, max_videos=8, formats=("wds",)))
     assert not list((out / "wds").glob("*.tmp")), "the partial shard is removed"
     assert len(list((out / "done").glob("*.json"))) == 2 and not (out / "manifest.json").exists()

@@ -17,7 +17,6 @@ import pytest
 import yaml
 
 from salt.cli import run_cli
-
 from tests.helpers import cache_args, free_port, salt
 
 pytestmark = pytest.mark.timeout(600)
@@ -73,15 +72,25 @@ def test_unusable_csv_lines_are_refused_naming_the_line(tmp_path, cli, teacher, 
     assert not (tmp_path / "cache").exists()  # nothing to block the corrected rerun
 
 
-@pytest.mark.parametrize("option, value", [("--jpeg-quality", "200"), ("--frame-step", "0"), ("--decode-timeout", "0"),
-                                           ("--max-skipped", "2"), ("--views", "0")])
+@pytest.mark.parametrize(
+    "option, value",
+    [
+        ("--jpeg-quality", "200"),
+        ("--frame-step", "0"),
+        ("--decode-timeout", "0"),
+        ("--max-skipped", "2"),
+        ("--views", "0"),
+    ],
+)
 def test_out_of_range_options_are_refused_before_anything_starts(tmp_path, cli, teacher, synthetic_set, option, value):
     code, err = cli(*cache_args(teacher, synthetic_set / "train.csv", tmp_path / "cache", option, value))
     one_error_line(code, err, 2, option, value, "--help")
     assert not (tmp_path / "cache").exists()
 
 
-def test_a_cache_of_nothing_fails_naming_the_videos_and_the_fixed_rerun_completes(tmp_path, cli, teacher, synthetic_set):
+def test_a_cache_of_nothing_fails_naming_the_videos_and_the_fixed_rerun_completes(
+    tmp_path, cli, teacher, synthetic_set
+):
     """Paths relative to the wrong folder: every video is missing. Nothing is cached, the run
     fails naming them; once the list is fixed in place, the same command completes."""
     csv = tmp_path / "data.csv"
@@ -109,23 +118,58 @@ def test_more_skipped_than_allowed_stops_and_names_them(tmp_path, cli, teacher, 
 
 
 def test_unknown_encoder_size_is_one_line_with_the_list(tmp_path, cli, synthetic_set):
-    line = one_error_line(*cli("probe", "--random-init", "vit_tinyy", "--train", synthetic_set / "train.csv", "--val",
-                               synthetic_set / "val.csv"), 1, "vit_tinyy", "vit_tiny,")
+    line = one_error_line(
+        *cli(
+            "probe",
+            "--random-init",
+            "vit_tinyy",
+            "--train",
+            synthetic_set / "train.csv",
+            "--val",
+            synthetic_set / "val.csv",
+        ),
+        1,
+        "vit_tinyy",
+        "vit_tiny,",
+    )
     assert "salt models" in line
 
 
 def test_probe_refuses_a_garbage_csv_and_a_split_with_a_missing_video(tmp_path, cli, synthetic_set):
     garbage = tmp_path / "garbage.csv"
     garbage.write_text("this is not\na list of videos\n")
-    base = ["probe", "--random-init", "vit_tiny", "--arch", "img_size=32", "--arch", "num_frames=8", "--arch", "depth=1",
-            "--protocol", "linear", "--set", "train_views=1", "--set", "eval_clips=1", "--set", "eval_spatial=1",
-            "--set", "workers=0", "--set", "linear.epochs=1", "--no-progress"]
+    base = [
+        "probe",
+        "--random-init",
+        "vit_tiny",
+        "--arch",
+        "img_size=32",
+        "--arch",
+        "num_frames=8",
+        "--arch",
+        "depth=1",
+        "--protocol",
+        "linear",
+        "--set",
+        "train_views=1",
+        "--set",
+        "eval_clips=1",
+        "--set",
+        "eval_spatial=1",
+        "--set",
+        "workers=0",
+        "--set",
+        "linear.epochs=1",
+        "--no-progress",
+    ]
     one_error_line(*cli(*base, "--train", garbage, "--val", synthetic_set / "val.csv"), 1, f"{garbage}:1:")
     val = tmp_path / "val.csv"
     val.write_text("".join(f"{line}\n" for line in good_lines(synthetic_set, 2)) + f"{tmp_path / 'gone.mp4'} 1\n")
     train = tmp_path / "train.csv"
     train.write_text("".join(f"{line}\n" for line in good_lines(synthetic_set, 2)))
-    one_error_line(*cli(*base, "--train", train, "--val", val), 1, "1 videos are missing", "gone.mp4", "--allow-missing")
+    one_error_line(
+        *cli(*base, "--train", train, "--val", val), 1, "1 videos are missing", "gone.mp4", "--allow-missing"
+    )
     code, err = cli(*base, "--train", train, "--val", val, "--allow-missing", "--out", tmp_path / "probe.json")
     assert code == 0, err
     report = json.loads((tmp_path / "probe.json").read_text())
@@ -149,18 +193,32 @@ def read_only(tmp_path):
 
 
 def test_outputs_in_a_read_only_folder_are_one_line(read_only, cli, teacher, synthetic_set):
-    one_error_line(*cli("make-synthetic", "--out", read_only / "syn", "--videos", "8"), 1, "permission denied",
-                   str(read_only / "syn"))
+    one_error_line(
+        *cli("make-synthetic", "--out", read_only / "syn", "--videos", "8"),
+        1,
+        "permission denied",
+        str(read_only / "syn"),
+    )
     one_error_line(*cli(*cache_args(teacher, synthetic_set / "train.csv", read_only / "cache")), 1, "permission denied")
 
 
 def test_object_store_without_endpoint_or_credentials_is_one_line_in_seconds(tmp_path, teacher, synthetic_set):
-    unreachable = {"FSSPEC_S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}", "AWS_ACCESS_KEY_ID": "testing",
-                   "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    unreachable = {
+        "FSSPEC_S3_ENDPOINT_URL": f"http://127.0.0.1:{free_port()}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     result = salt(*cache_args(teacher, synthetic_set / "train.csv", "s3://bucket/cache"), env=unreachable, timeout=120)
     one_error_line(result.returncode, result.stderr, 1, "cannot be reached", "FSSPEC_S3_ENDPOINT_URL")
-    anonymous = {**unreachable, "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": "", "AWS_SHARED_CREDENTIALS_FILE":
-                 str(tmp_path / "none"), "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_EC2_METADATA_DISABLED": "true"}
+    anonymous = {
+        **unreachable,
+        "AWS_ACCESS_KEY_ID": "",
+        "AWS_SECRET_ACCESS_KEY": "",
+        "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+        "AWS_CONFIG_FILE": str(tmp_path / "none"),
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
     result = salt("inspect", "s3://bucket/cache", env=anonymous, timeout=120)
     one_error_line(result.returncode, result.stderr, 1, "no credentials", "AWS_ACCESS_KEY_ID")
 
@@ -182,14 +240,23 @@ def test_student_on_an_empty_cache_refuses_within_seconds(tmp_path, cli, teacher
     fails and a student refuses before step 1, never hangs."""
     cache = tmp_path / "cache"
     assert cli(*cache_args(teacher, synthetic_set / "train.csv", cache, views=1, videos=2))[0] == 0
-    config = {"cache": {"path": str(cache)}, "geometry": {"frames": 8, "frame_step": 4, "size": 32},
-              "data": {"batch_size": 2, "workers": 0}, "encoder": {"arch": "vit_tiny", "overrides": {"depth": 1}},
-              "predictor": {"width": 32, "depth": 1, "num_heads": 2}, "optim": {"steps": 2, "warmup_steps": 1},
-              "run": {"out_dir": str(tmp_path / "run"), "progress": False}}
+    config = {
+        "cache": {"path": str(cache)},
+        "geometry": {"frames": 8, "frame_step": 4, "size": 32},
+        "data": {"batch_size": 2, "workers": 0},
+        "encoder": {"arch": "vit_tiny", "overrides": {"depth": 1}},
+        "predictor": {"width": 32, "depth": 1, "num_heads": 2},
+        "optim": {"steps": 2, "warmup_steps": 1},
+        "run": {"out_dir": str(tmp_path / "run"), "progress": False},
+    }
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(config))
     other = ("--set", "geometry.size=64", "--set", "encoder.overrides.patch_size=8")  # refused before DeepSpeed starts
-    one_error_line(*cli("train-student", "--config", tmp_path / "s.yaml", *other), 1, "size: config 64, cache 32 "
-                   "(--set geometry.size=32)", "(--set encoder.overrides.patch_size=16)")
+    one_error_line(
+        *cli("train-student", "--config", tmp_path / "s.yaml", *other),
+        1,
+        "size: config 64, cache 32 (--set geometry.size=32)",
+        "(--set encoder.overrides.patch_size=16)",
+    )
     manifest = json.loads((cache / "manifest.json").read_text())
     manifest["skipped"] = [{"video": v, "path": f"v{v}.mp4", "reason": "broken"} for v in range(2)]
     manifest["sample_count"], manifest["shards"][0]["samples"] = 0, 0

@@ -16,7 +16,6 @@ import pytest
 import yaml
 
 from salt.latents import open_cache
-
 from tests.helpers import BOUND_S, REPO, cache_args, killed, salt
 
 EXPECTED = sorted(f"v{v:08d}k{k:03d}" for v in range(8) for k in range(2))
@@ -58,8 +57,14 @@ def test_decode_workers_exit_with_a_killed_cache_latents(tmp_path, teacher, synt
     args = cache_args(teacher, synthetic_set / "train.csv", tmp_path / "cache")
     args[args.index("--workers") + 1] = "2"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    process = subprocess.Popen([sys.executable, "-m", "tests.faults.inject", "kill-before-first-shard", *args], cwd=REPO,
-                               env=env, stdout=open(tmp_path / "log.txt", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.faults.inject", "kill-before-first-shard", *args],
+        cwd=REPO,
+        env=env,
+        stdout=open(tmp_path / "log.txt", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         assert process.wait(timeout=BOUND_S) == -signal.SIGKILL, (tmp_path / "log.txt").read_text()[-2000:]
         deadline = time.monotonic() + 60  # a bound on exiting, not a timing assumption
@@ -89,7 +94,9 @@ def test_multi_rank_merge_killed_then_rerun(tmp_path, teacher, synthetic_set):
     rank0 = salt(*cache_args(teacher, data, out, "--rank", "0", "--world-size", "2"))
     assert rank0.returncode == 0 and not (out / "manifest.json").exists()
     # The last rank to finish writes the manifest: killed exactly then.
-    assert killed(salt(*cache_args(teacher, data, out, "--rank", "1", "--world-size", "2"), fault="kill-in-manifest-write"))
+    assert killed(
+        salt(*cache_args(teacher, data, out, "--rank", "1", "--world-size", "2"), fault="kill-in-manifest-write")
+    )
     assert killed(salt(*cache_args(teacher, data, out, "--merge"), fault="kill-in-manifest-write"))
     assert not (out / "manifest.json").exists()
     merge = salt(*cache_args(teacher, data, out, "--merge"))
@@ -107,8 +114,10 @@ def student_cache(tmp_path_factory, teacher, synthetic_set) -> Path:
 
 def student_config(folder: Path, cache: Path, steps: int) -> Path:
     config = {
-        "cache": {"path": str(cache)}, "geometry": {"frames": 8, "frame_step": 4, "size": 32},
-        "data": {"batch_size": 2, "workers": 1}, "encoder": {"arch": "vit_tiny", "overrides": {"depth": 2}},
+        "cache": {"path": str(cache)},
+        "geometry": {"frames": 8, "frame_step": 4, "size": 32},
+        "data": {"batch_size": 2, "workers": 1},
+        "encoder": {"arch": "vit_tiny", "overrides": {"depth": 2}},
         "predictor": {"width": 64, "depth": 1, "num_heads": 4},
         "optim": {"steps": steps, "warmup_steps": 2, "lr_peak": 1e-3},
         "engine": {"precision": "fp32", "zero_stage": 2, "timeout_s": 30},
@@ -125,8 +134,16 @@ def student_command(config: Path, ranks: int, port: int, script: Path | None = N
         entry = [str(script)] if script else ["-m", "salt.cli", "train-student"]
         return [sys.executable, *entry, "--config", str(config)]
     launcher = Path(sys.executable).parent / "deepspeed"
-    return [str(launcher), "--num_gpus", str(ranks), "--master_port", str(port), str(script or REPO / "salt" / "train_student.py"),
-            "--config", str(config)]
+    return [
+        str(launcher),
+        "--num_gpus",
+        str(ranks),
+        "--master_port",
+        str(port),
+        str(script or REPO / "salt" / "train_student.py"),
+        "--config",
+        str(config),
+    ]
 
 
 def losses(run_dir: Path) -> dict[int, float]:
@@ -135,8 +152,14 @@ def losses(run_dir: Path) -> dict[int, float]:
 
 def start(command: list[str], folder: Path, env: dict | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.Popen(command, cwd=folder, env=env, stdout=open(folder / "log.txt", "a"), stderr=subprocess.STDOUT,
-                            start_new_session=True)  # its own process group, killed as a whole
+    return subprocess.Popen(
+        command,
+        cwd=folder,
+        env=env,
+        stdout=open(folder / "log.txt", "a"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )  # its own process group, killed as a whole
 
 
 def wait_for_checkpoint(process: subprocess.Popen, run_dir: Path, bound: float = BOUND_S) -> None:
@@ -151,7 +174,9 @@ def wait_for_checkpoint(process: subprocess.Popen, run_dir: Path, bound: float =
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_student_killed_then_resumed_matches_uninterrupted(tmp_path, student_cache, ranks):
     steps, port = 24, 29700 + ranks
-    full = start(student_command(student_config(tmp_path / "full", student_cache, steps), ranks, port), tmp_path / "full")
+    full = start(
+        student_command(student_config(tmp_path / "full", student_cache, steps), ranks, port), tmp_path / "full"
+    )
     assert full.wait(timeout=BOUND_S) == 0, (tmp_path / "full" / "log.txt").read_text()[-3000:]
 
     split = student_config(tmp_path / "split", student_cache, steps)
@@ -174,7 +199,11 @@ def test_one_rank_killed_the_other_fails_within_the_group_timeout(tmp_path, stud
     config = student_config(tmp_path, student_cache, 400)
     process = start(student_command(config, 2, 29760), tmp_path)
     wait_for_checkpoint(process, tmp_path / "run")
-    ranks = [p for p in psutil.Process(process.pid).children(recursive=True) if any("--local_rank=1" in a for a in p.cmdline())]
+    ranks = [
+        p
+        for p in psutil.Process(process.pid).children(recursive=True)
+        if any("--local_rank=1" in a for a in p.cmdline())
+    ]
     assert len(ranks) == 1, [p.cmdline() for p in psutil.Process(process.pid).children(recursive=True)]
     killed_at = time.monotonic()
     ranks[0].kill()
@@ -195,7 +224,8 @@ def test_one_rank_killed_the_other_fails_within_the_group_timeout(tmp_path, stud
 # killed at every point in turn: at the first checkpoint after DeepSpeed's files (nothing
 # committed yet: resume starts at step 0), at the second after its run state (complete, but
 # `latest` still names step4), at the third after the pointer (before old checkpoints are
-# deleted), and at the fourth half-way through deleting the oldest (step4). Each resume continues from the newest complete checkpoint.
+# deleted), and at the fourth half-way through deleting the oldest (step4). Each resume continues
+# from the newest complete checkpoint.
 COMMIT_KILLS = [("after-deepspeed-files", 4), ("after-run-state", 8), ("after-pointer", 12), ("mid-deletion", 16)]
 COMMIT_STEPS = 20
 KILL_AT_SCRIPT = REPO / "tests" / "faults" / "kill_at.py"
@@ -217,7 +247,9 @@ def test_student_killed_at_every_point_of_the_checkpoint_commit(tmp_path, studen
 
     port = 29800 + 40 * ranks
     full = student_config(tmp_path / "full", student_cache, COMMIT_STEPS)
-    assert run_to_end(student_command(full, ranks, port), tmp_path / "full") == 0, (tmp_path / "full" / "log.txt").read_text()[-3000:]
+    assert run_to_end(student_command(full, ranks, port), tmp_path / "full") == 0, (
+        tmp_path / "full" / "log.txt"
+    ).read_text()[-3000:]
 
     config = student_config(tmp_path / "split", student_cache, COMMIT_STEPS)
     checkpoints = tmp_path / "split" / "run" / "checkpoints"
@@ -228,7 +260,11 @@ def test_student_killed_at_every_point_of_the_checkpoint_commit(tmp_path, studen
         assert code != 0, f"{point}@{step}: the run should have been killed\n{log[-3000:]}"
         complete = [int(p.name[4:]) for p in complete_checkpoints(checkpoints)]
         if point == "after-deepspeed-files":
-            assert complete == [] and (checkpoints / f"step{step}").is_dir() and not (checkpoints / f"step{step}" / RUN_STATE).exists()
+            assert (
+                complete == []
+                and (checkpoints / f"step{step}").is_dir()
+                and not (checkpoints / f"step{step}" / RUN_STATE).exists()
+            )
         else:
             assert complete[-1] == step, (point, complete)
             pointer = (checkpoints / "latest").read_text().strip()
