@@ -247,19 +247,17 @@ def _loader_costs(cache_path: Path, batch_size: int, grid: tuple[int, int, int],
     """CPU ms per batch of the loader's parts, one core, in this process: what a loader worker
     takes from the cores that train on a CPU-only machine."""
     from salt.masks import DEFAULT_MASKS, MultiBlockMasker
-    from salt.training.data import CacheBatches
+    from salt.training.data import CacheBatches, ReaderShare
 
     torch.set_num_threads(1)
 
     def per_batch(decode_frames: str) -> float:
         dataset = CacheBatches(
-            str(cache_path),
-            "wds",
-            batch_size,
+            cache_path=str(cache_path),
+            cache_format="wds",
+            batch_size=batch_size,
             seed=0,
-            rank=0,
-            world_size=1,
-            num_workers=1,
+            share=ReaderShare(),
             mask_configs=list(DEFAULT_MASKS),
             token_grid=grid,
             decode_frames=decode_frames,

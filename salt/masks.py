@@ -25,6 +25,7 @@ of ``Conv3d(...).flatten(2)`` in the patch embedding.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -104,22 +105,21 @@ class MaskPair:
             self.masked_fraction_before.numpy(),
         )
 
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> MaskPair:
-        return MaskPair(
-            self.context_idx.to(device, non_blocking=non_blocking),
-            self.target_idx.to(device, non_blocking=non_blocking),
-            self.num_tokens,
-            self.masked_fraction_before.to(device, non_blocking=non_blocking),
+    def map(self, fn) -> MaskPair:
+        """The same pair with `fn` applied to each of its tensors (the one place that rebuilds it)."""
+        return dataclasses.replace(
+            self,
+            context_idx=fn(self.context_idx),
+            target_idx=fn(self.target_idx),
+            masked_fraction_before=fn(self.masked_fraction_before),
         )
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> MaskPair:
+        return self.map(lambda t: t.to(device, non_blocking=non_blocking))
 
     def pin_memory(self) -> MaskPair:
         # DataLoader(pin_memory=True) calls this on custom batch elements.
-        return MaskPair(
-            self.context_idx.pin_memory(),
-            self.target_idx.pin_memory(),
-            self.num_tokens,
-            self.masked_fraction_before.pin_memory(),
-        )
+        return self.map(lambda t: t.pin_memory())
 
 
 class MultiBlockMasker:

@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+from salt.training.loop import free_port  # the one free-port finder; tests import it from here
+
 REPO = Path(__file__).resolve().parents[1]
 BOUND_S = 300  # every command in the suite finishes (or is killed) within this
 
@@ -53,13 +55,6 @@ def cache_args(teacher: Path, data: Path, out: Path, *extra: str, views: int = 2
 
 def killed(result: subprocess.CompletedProcess) -> bool:
     return result.returncode in (-9, 137)
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (for servers the tests start)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -16,7 +16,7 @@ from salt.cache_latents import CacheJob, run_cache
 from salt.config import ConfigError
 from salt.models import Predictor, build_encoder, load_encoder, save_encoder
 from salt.replayed_student import replay_windows
-from salt.training.data import CacheBatches
+from salt.training.data import CacheBatches, ReaderShare
 from salt.training.loop import TrainingError
 from salt.training.objectives import StudentObjective
 from salt.training.student import run_student
@@ -94,13 +94,11 @@ def test_baseline_is_the_mean_target_and_explained_variance_its_share(demo_cache
     from salt.training.student import sample_of_targets
 
     dataset = CacheBatches(
-        str(demo_cache / "cache"),
-        "auto",
-        4,
+        cache_path=str(demo_cache / "cache"),
+        cache_format="auto",
+        batch_size=4,
         seed=0,
-        rank=0,
-        world_size=1,
-        num_workers=1,
+        share=ReaderShare(num_workers=1),
         mask_configs=list(DEFAULT_MASKS),
         token_grid=(4, 2, 2),
     )
@@ -130,13 +128,11 @@ def test_baseline_is_the_mean_target_and_explained_variance_its_share(demo_cache
 def test_cache_and_online_teacher_give_the_same_loss(demo_cache):
     teacher, _ = load_encoder(demo_cache / "teacher.pt")
     dataset = CacheBatches(
-        str(demo_cache / "cache"),
-        "auto",
-        4,
+        cache_path=str(demo_cache / "cache"),
+        cache_format="auto",
+        batch_size=4,
         seed=0,
-        rank=0,
-        world_size=1,
-        num_workers=1,
+        share=ReaderShare(num_workers=1),
         mask_configs=list(__import__("salt.masks", fromlist=["DEFAULT_MASKS"]).DEFAULT_MASKS),
         token_grid=(4, 2, 2),
     )
@@ -216,13 +212,11 @@ def test_frames_decoded_by_the_training_process_equal_the_workers(tmp_path, demo
 
     def batches(where):
         dataset = CacheBatches(
-            str(demo_cache / "cache"),
-            "auto",
-            4,
+            cache_path=str(demo_cache / "cache"),
+            cache_format="auto",
+            batch_size=4,
             seed=0,
-            rank=0,
-            world_size=1,
-            num_workers=2,
+            share=ReaderShare(num_workers=2),
             mask_configs=list(DEFAULT_MASKS),
             token_grid=(4, 2, 2),
             decode_frames=where,
@@ -349,7 +343,7 @@ def test_non_finite_targets_stop_the_run_naming_the_samples(tmp_path, demo_cache
 
     def poisoned(self):
         targets = original(self)
-        if self.step >= 2:
+        if self.micro_step >= 2:
             targets[1] = float("nan")
         return targets
 

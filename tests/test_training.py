@@ -265,7 +265,7 @@ def test_non_finite_loss_stops_with_a_checkpoint(tmp_path, synthetic_set, monkey
 
     def forward(self, batch):
         loss, metrics = original(self, batch)
-        return (loss * float("nan") if batch.step >= 2 else loss), metrics
+        return (loss * float("nan") if batch.micro_step >= 2 else loss), metrics
 
     monkeypatch.setattr(PixelObjective, "forward", forward)
     config = tiny_config(tmp_path, synthetic_set / "train.csv")

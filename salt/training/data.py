@@ -3,10 +3,10 @@
 The order is a pure function of (seed, position): global sample `p` is video
 `permutation(seed, epoch)[p mod N]` with `epoch = p // N`, rendered as view `epoch` of that
 video (a new replayable view each epoch). Rank `r` of `W` takes samples
-`(step·W + r)·B … +B` for its batch of `step`. Worker `w` of `K` builds the batches of the
-steps `≡ w (mod K)`, and the DataLoader hands them out round-robin, so the batch sequence is
-the same for any worker count, and a resumed run starts at its saved step by arithmetic,
-without decoding what it already saw.
+`(m·W + r)·B … +B` for its micro-batch `m` (micro-step: optimiser step × grad_accum + i).
+Worker `w` of `K` builds the micro-batches `m ≡ w (mod K)`, and the DataLoader hands them out
+round-robin, so the batch sequence is the same for any worker count, and a resumed run starts
+at its saved micro-step by arithmetic, without decoding what it already saw.
 """
 
 from __future__ import annotations
@@ -26,11 +26,21 @@ from salt.video.views import ViewConfig
 from salt.worker_processes import owned_loader
 
 
+@dataclass(frozen=True)
+class ReaderShare:
+    """Which share of the data one loader reads: rank `rank` of `world_size`, each rank with
+    `num_workers` loader workers (0 and 1 both mean one reader, in the training process)."""
+
+    rank: int = 0
+    world_size: int = 1
+    num_workers: int = 1
+
+
 @dataclass
 class ClipBatch:
     """One micro-batch: uint8 frames (normalised later, on the device), labels and masks."""
 
-    step: int
+    micro_step: int
     frames: torch.Tensor  # uint8 [B, T, H, W, 3]
     labels: torch.Tensor  # int64 [B], -1 where unlabelled
     video_ids: torch.Tensor  # int64 [B]
@@ -79,7 +89,7 @@ class CacheBatch:
     become float32 on the device (`float_targets`). With `data.decode_frames: device` the frames
     travel as JPEG bytes (`jpeg`) and `to(device)` decodes them there (nvJPEG on a GPU)."""
 
-    step: int
+    micro_step: int
     frames: torch.Tensor | None  # uint8 [B, T, H, W, 3]; None while `jpeg` holds them undecoded
     targets: torch.Tensor  # [B, N, D] stored latents (fp16, bf16 or int8), not yet normalised
     keys: list[str]
@@ -113,9 +123,7 @@ def _map_tensors(batch, fn):
         if isinstance(value, torch.Tensor):
             value = fn(value)
         elif name == "masks":
-            value = [
-                MaskPair(fn(m.context_idx), fn(m.target_idx), m.num_tokens, fn(m.masked_fraction_before)) for m in value
-            ]
+            value = [mask.map(fn) for mask in value]
         values[name] = value
     return type(batch)(**values)
 
@@ -136,53 +144,48 @@ class SampleOrder:
 
 
 class ClipBatches(IterableDataset):
-    """Endless batches of clips for one rank, from `start_step` on."""
+    """Endless micro-batches of clips for one rank, from `start_micro_step` on (the loader
+    workers are the DataLoader's; `share.num_workers` is not read)."""
 
     def __init__(
         self,
+        *,
         records: list[VideoRecord],
         view: ViewConfig,
         batch_size: int,
         seed: int,
-        rank: int = 0,
-        world_size: int = 1,
+        share: ReaderShare = ReaderShare(),
         mask_configs: list[MaskConfig] | None = None,
         token_grid: tuple[int, int, int] | None = None,
-        start_step: int = 0,
+        start_micro_step: int = 0,
         decode_timeout: float = 60.0,
         decode_function: str = "salt.video.decode:decode_record_views",
     ):
         super().__init__()
         if not records:
             raise ValueError("no videos to train on")
-        self.records = records
-        self.view = view
-        self.batch_size = batch_size
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.mask_configs = mask_configs
-        self.token_grid = token_grid
-        self.start_step = start_step
-        self.decode_timeout = decode_timeout
-        self.decode_function = decode_function
+        self.records, self.view, self.batch_size, self.seed = records, view, batch_size, seed
+        self.rank, self.world_size = share.rank, share.world_size
+        self.mask_configs, self.token_grid = mask_configs, token_grid
+        self.start_micro_step = start_micro_step
+        self.decode_timeout, self.decode_function = decode_timeout, decode_function
 
     def __iter__(self):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         order = SampleOrder(len(self.records), self.seed)
-        # Each rank draws its own masks; within a rank they depend on the step only.
+        # Each rank draws its own masks; within a rank they depend on the micro-step only.
         masker = (
             MultiBlockMasker(self.token_grid, self.mask_configs, seed=self.seed * 1_000_003 + self.rank)
             if self.mask_configs
             else None
         )
         with IsolatedDecoder(self.decode_function, timeout=self.decode_timeout) as decoder:
-            for step in itertools.count(self.start_step + worker, workers):
-                yield self._batch(step, order, decoder, masker)
+            for micro_step in itertools.count(self.start_micro_step + worker, workers):
+                yield self._batch(micro_step, order, decoder, masker)
 
-    def _batch(self, step: int, order: SampleOrder, decoder: IsolatedDecoder, masker) -> ClipBatch:
-        first = (step * self.world_size + self.rank) * self.batch_size
+    def _batch(self, micro_step: int, order: SampleOrder, decoder: IsolatedDecoder, masker) -> ClipBatch:
+        first = (micro_step * self.world_size + self.rank) * self.batch_size
         clips, labels, video_ids, skipped = [], [], [], []
         for position in range(first, first + self.batch_size):
             index, epoch = order(position)
@@ -197,7 +200,7 @@ class ClipBatches(IterableDataset):
             video_ids.append(record.video_id)
         if not clips:
             raise VideoDecodeError(
-                f"batch {step}",
+                f"batch {micro_step}",
                 f"all {self.batch_size} videos failed to decode (first: {skipped[0][0]}: {skipped[0][1]})",
             )
         # A skipped video is replaced by repeating a good one of the same batch: the batch keeps
@@ -206,9 +209,9 @@ class ClipBatches(IterableDataset):
             clips.append(clips[missing % len(clips)])
             labels.append(labels[missing % len(labels)])
             video_ids.append(video_ids[missing % len(video_ids)])
-        masks = masker(self.batch_size, step) if masker is not None else []
+        masks = masker(self.batch_size, micro_step) if masker is not None else []
         return ClipBatch(
-            step=step,
+            micro_step=micro_step,
             frames=torch.from_numpy(np.stack(clips)),
             labels=torch.tensor(labels, dtype=torch.int64),
             video_ids=torch.tensor(video_ids, dtype=torch.int64),
@@ -218,25 +221,24 @@ class ClipBatches(IterableDataset):
 
 
 class CacheBatches(IterableDataset):
-    """Endless batches for one rank from a latent cache; masks drawn online, per step.
+    """Endless micro-batches for one rank from a latent cache; masks drawn online, per micro-step.
 
-    The batch of step `s` holds the next samples of cache split `s mod K` (K workers), streamed
-    epoch after epoch in an order fixed by seed and epoch. Resuming at `start_step` skips, by
+    Micro-batch `m` holds the next samples of cache split `m mod K` (K workers), streamed epoch
+    after epoch in an order fixed by seed and epoch. Resuming at `start_micro_step` skips, by
     arithmetic, the samples each split already delivered; nothing is read to be thrown away.
     """
 
     def __init__(
         self,
+        *,
         cache_path: str,
         cache_format: str,
         batch_size: int,
         seed: int,
-        rank: int,
-        world_size: int,
-        num_workers: int,
+        share: ReaderShare,
         mask_configs: list[MaskConfig],
         token_grid: tuple[int, int, int],
-        start_step: int = 0,
+        start_micro_step: int = 0,
         on_error: str = "raise",
         views: int = 0,
         decode_frames: str = "workers",
@@ -244,10 +246,10 @@ class CacheBatches(IterableDataset):
         super().__init__()
         self.decode_frames = decode_frames
         self.cache_path, self.cache_format, self.views = cache_path, cache_format, views
-        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
-        self.num_workers = max(1, num_workers)
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, share.rank, share.world_size
+        self.num_workers = max(1, share.num_workers)
         self.mask_configs, self.token_grid = mask_configs, token_grid
-        self.start_step, self.on_error = start_step, on_error
+        self.start_micro_step, self.on_error = start_micro_step, on_error
 
     def __iter__(self):
         from salt.latents import open_cache
@@ -256,29 +258,29 @@ class CacheBatches(IterableDataset):
         worker = info.id if info is not None else 0
         cache = open_cache(self.cache_path, self.cache_format, self.views)
         masker = MultiBlockMasker(self.token_grid, self.mask_configs, seed=self.seed * 1_000_003 + self.rank)
-        # The DataLoader asks worker 0 first, so worker w makes steps start+w, start+w+K, …; the
-        # samples of step s always come from cache split s mod K, whichever worker builds it.
-        first_step = self.start_step + worker
-        split = first_step % self.num_workers
-        delivered = (first_step - split) // self.num_workers * self.batch_size
+        # The DataLoader asks worker 0 first, so worker w makes micro-batches start+w, start+w+K, …;
+        # the samples of micro-batch m always come from cache split m mod K, whichever worker builds it.
+        first = self.start_micro_step + worker
+        split = first % self.num_workers
+        delivered = (first - split) // self.num_workers * self.batch_size
         samples = self._samples(cache, split, delivered)
         self._held = None  # a sample read past the end of the previous batch
         self._last_good = None  # fills a batch whose samples are all corrupt (on_error: skip)
-        for step in itertools.count(first_step, self.num_workers):
+        for micro_step in itertools.count(first, self.num_workers):
             taken, skipped = self._take(cache, samples)
             on_device = self.decode_frames == "device"
             frames = None if on_device else torch.from_numpy(np.stack([s.frames for s in taken]))
             targets = torch.stack([s.latents for s in taken])
             scales = torch.stack([s.latent_scales for s in taken]) if taken[0].latent_scales is not None else None
             yield CacheBatch(
-                step,
-                frames,
-                targets,
-                [s.key for s in taken],
-                masker(len(taken), step),
-                skipped,
-                scales,
-                JpegFrames.pack([s.encoded_frames for s in taken]) if on_device else None,
+                micro_step=micro_step,
+                frames=frames,
+                targets=targets,
+                keys=[s.key for s in taken],
+                masks=masker(len(taken), micro_step),
+                skipped=skipped,
+                target_scales=scales,
+                jpeg=JpegFrames.pack([s.encoded_frames for s in taken]) if on_device else None,
             )
 
     def _samples(self, cache, split_index: int, skip: int):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,27 @@ def measure_flops(objective, batch) -> tuple[float, float]:
     return float(total.get_total_flops() - frozen.get_total_flops()), float(frozen.get_total_flops())
 
 
+class FlopCount:
+    """FLOPs of the whole run, counted from step 0 (a resumed run reports the whole run's): the
+    forward measured once, on the first micro-batch; backward costs about twice the forward;
+    frozen parts (targets) run forward only."""
+
+    def __init__(self, micro_batches_per_step: int, start_step: int):
+        self.scale, self.start_step = micro_batches_per_step, start_step  # micro-batches: grad_accum × ranks
+        self.per_step: dict[str, float] | None = None
+        self.total = {"trained": 0.0, "frozen": 0.0}
+
+    def measure_once(self, objective, batch) -> None:
+        if self.per_step is None:
+            trained, frozen = measure_flops(objective, batch)
+            self.per_step = {"trained": 3 * trained * self.scale, "frozen": frozen * self.scale}
+            self.total = {source: flops * self.start_step for source, flops in self.per_step.items()}
+
+    def add_step(self) -> None:
+        for source, flops in self.per_step.items():
+            self.total[source] += flops
+
+
 @dataclass
 class Window:
     """Statistics of the steps since the last logged record."""
@@ -39,6 +61,14 @@ class Window:
     # so a step does not wait for its own results.
     losses: list[torch.Tensor] = field(default_factory=list)
     metrics: dict[str, list[torch.Tensor | float]] = field(default_factory=dict)
+
+    def timed(self, fetch, *args):
+        """fetch(*args), its time counted as waiting for the loader."""
+        started = time.perf_counter()
+        try:
+            return fetch(*args)
+        finally:
+            self.wait += time.perf_counter() - started
 
     def add(self, loss: torch.Tensor, metrics: dict[str, torch.Tensor | float], samples: int) -> None:
         self.losses.append(loss.detach())

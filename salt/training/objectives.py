@@ -216,7 +216,7 @@ class StudentObjective(Objective):
             baseline, share = self._against_the_mean(predicted.detach(), masked)
             baselines.append(baseline)
             explained.append(share)
-            if mask_index == 0 and self.health_every and batch.step % self.health_every == 0:
+            if mask_index == 0 and self.health_every and batch.micro_step % self.health_every == 0:
                 metrics.update(feature_health(context.detach()))
         loss = torch.stack(losses).mean()
         metrics.update({f"loss_mask{i}": part.detach() for i, part in enumerate(losses)})

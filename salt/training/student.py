@@ -15,7 +15,7 @@ from salt.latents import CacheError, first_views, load_manifest
 from salt.models import Predictor, build_encoder, load_encoder, resolve_arch, token_grid
 from salt.precision import resolve_precision
 from salt.training.config import StudentConfig
-from salt.training.data import CacheBatches, clip_loader
+from salt.training.data import CacheBatches, ReaderShare, clip_loader
 from salt.training.errors import TrainingError
 from salt.training.loop import TrainResult, init_distributed, launcher_main, train
 from salt.training.objectives import StudentObjective
@@ -193,21 +193,19 @@ def run_student(config_path: str | None, overrides: list[str], resume: bool = Fa
     if cfg.targets == "cache":
         objective.set_target_mean(sample_of_targets(cfg.cache.path, cfg.cache.format, cfg.cache.views))
 
-    def make_batches(first_micro_step: int):
+    def make_batches(start_micro_step: int):
         dataset = CacheBatches(
-            cfg.cache.path,
-            cfg.cache.format,
-            cfg.data.batch_size,
-            cfg.run.seed,
-            dist_info.rank,
-            dist_info.world_size,
-            cfg.data.workers,
-            cfg.masks,
-            grid,
-            first_micro_step,
-            cfg.cache.on_error,
-            cfg.cache.views,
-            cfg.data.decode_frames,
+            cache_path=cfg.cache.path,
+            cache_format=cfg.cache.format,
+            batch_size=cfg.data.batch_size,
+            seed=cfg.run.seed,
+            share=ReaderShare(dist_info.rank, dist_info.world_size, cfg.data.workers),
+            mask_configs=cfg.masks,
+            token_grid=grid,
+            start_micro_step=start_micro_step,
+            on_error=cfg.cache.on_error,
+            views=cfg.cache.views,
+            decode_frames=cfg.data.decode_frames,
         )
         return clip_loader(dataset, cfg.data.workers, pin_memory=dist_info.device.type == "cuda")
 

@@ -10,7 +10,7 @@ import torch
 from salt.config import ConfigError, load_config
 from salt.models import build_encoder, resolve_arch, token_grid
 from salt.training.config import TeacherConfig
-from salt.training.data import ClipBatches, clip_loader
+from salt.training.data import ClipBatches, ReaderShare, clip_loader
 from salt.training.loop import TrainResult, init_distributed, launcher_main, train
 from salt.training.objectives import Objective, PixelObjective, SupervisedObjective
 from salt.video.sources import load_records
@@ -74,17 +74,16 @@ def run_teacher(config_path: str | None, overrides: list[str], resume: bool = Fa
     torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank and every run
     objective = build_objective(cfg)
 
-    def make_batches(start_step: int):
+    def make_batches(start_micro_step: int):
         dataset = ClipBatches(
-            records,
-            cfg.data.view,
-            cfg.data.batch_size,
+            records=records,
+            view=cfg.data.view,
+            batch_size=cfg.data.batch_size,
             seed=cfg.run.seed,
-            rank=dist_info.rank,
-            world_size=dist_info.world_size,
+            share=ReaderShare(dist_info.rank, dist_info.world_size, cfg.data.workers),
             mask_configs=cfg.masks if cfg.objective == "pixels" else None,
             token_grid=grid,
-            start_step=start_step,
+            start_micro_step=start_micro_step,
             decode_timeout=cfg.data.decode_timeout,
         )
         return clip_loader(dataset, cfg.data.workers, pin_memory=dist_info.device.type == "cuda")
