@@ -96,4 +96,4 @@ gpu-wheels: $(STAMP)
 	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w wheels \
 		deepspeed==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("deepspeed"))')
 	$(BIN)/python -m pip download -q --only-binary=:all: --python-version 3.12 $(GPU_PLATFORMS) -d wheels \
-		decord==0.6.0 webdataset zarr numcodecs simplejpeg einops hjson msgpack ninja py-cpuinfo pydantic psutil packaging typing-extensions
+		decord==0.6.0 zarr numcodecs simplejpeg einops hjson msgpack ninja py-cpuinfo pydantic psutil packaging typing-extensions

@@ -85,8 +85,8 @@ def main() -> None:
                 )
             )
     print(
-        f"machine: {platform.processor() or platform.machine()}, {platform.node()}; video 640x360 H.264, "
-        f"{args.seconds} s at 30 fps"
+        f"machine: {platform.processor() or platform.machine()}, "
+        f"{platform.node()}; video 640x360 H.264, {args.seconds} s at 30 fps"
     )
     print(f"{'what':<52} {'ms/call':>9} {'ms/view':>9}")
     for name, ms, views in rows:

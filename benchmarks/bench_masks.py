@@ -49,8 +49,8 @@ def main() -> None:
 
     masker = MultiBlockMasker(GRID, DEFAULT_MASKS, seed=0)
     print(
-        f"grid {GRID}, {masker.num_tokens} tokens; {platform.processor() or platform.machine()}, "
-        f"torch {torch.__version__}"
+        f"grid {GRID}, {masker.num_tokens} tokens; "
+        f"{platform.processor() or platform.machine()}, torch {torch.__version__}"
     )
 
     # DataLoader workers run with one torch thread; the main process with all cores.

@@ -219,8 +219,8 @@ def main() -> None:
         history.append(metric)
         if (step + 1) % 100 == 0:
             print(
-                f"step {step + 1}: {'train accuracy' if supervised else 'loss'} {np.mean(history[-100:]):.4f} "
-                f"({time.time() - started:.0f} s)",
+                f"step {step + 1}: {'train accuracy' if supervised else 'loss'} "
+                f"{np.mean(history[-100:]):.4f} ({time.time() - started:.0f} s)",
                 flush=True,
             )
         if args.probe_every and (step + 1) % args.probe_every == 0 and step + 1 < args.steps:

@@ -207,8 +207,7 @@ def main() -> None:
             report["teacher"].append(row)
             print(
                 f"teacher {arch:<10} batch {batch:>3} {'compiled' if compiled else 'eager   '}: "
-                f"{row['views_per_s']:8.1f} views/s, "
-                f"{row['tflop_per_view']:.3f} TFLOP/view, MFU {row['mfu']:.1%}",
+                f"{row['views_per_s']:8.1f} views/s, {row['tflop_per_view']:.3f} TFLOP/view, MFU {row['mfu']:.1%}",
                 flush=True,
             )
     for (arch, batch), compiled in [
@@ -222,10 +221,9 @@ def main() -> None:
         report["student"].append(row)
         print(
             f"student {arch} batch {batch} {'compiled' if compiled else 'eager   '}: {row['s_per_step'] * 1000:7.1f} "
-            "ms/step "
-            f"({row['clips_per_s']:.1f} clips/s), "
-            f"{row['tflop_per_step']:.2f} TFLOP/step, MFU {row['mfu']:.1%}, peak {row['peak_memory_gib']:.1f} GiB, "
-            f"context ratios {[round(r, 3) for r in row['context_ratio']]}",
+            f"ms/step ({row['clips_per_s']:.1f} clips/s), {row['tflop_per_step']:.2f} TFLOP/step, MFU "
+            f"{row['mfu']:.1%}, peak {row['peak_memory_gib']:.1f} GiB, context ratios "
+            f"{[round(r, 3) for r in row['context_ratio']]}",
             flush=True,
         )
     try:

@@ -6,6 +6,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
-python3 -m pip install --quiet --no-index --find-links "${WHEELS:-wheels}" deepspeed decord webdataset zarr numcodecs simplejpeg 2>&1 | tail -5
+python3 -m pip install --quiet --no-index --find-links "${WHEELS:-wheels}" deepspeed decord zarr numcodecs simplejpeg 2>&1 | tail -5
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 python3 -m salt.cli reproduce --config "${CONFIG:-configs/reproduce/gpu.yaml}" "$@"

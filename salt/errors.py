@@ -28,7 +28,7 @@ def user_errors() -> tuple[type[Exception], ...]:
     from salt.latents import CacheError
     from salt.latents.errors import CacheWriteError
     from salt.models.errors import CheckpointError, ExportError
-    from salt.reproduce import ReproduceError
+    from salt.tools.reproduce_chain import ReproduceError
     from salt.training.errors import TrainingError
     from salt.video import VideoDecodeError, VideoSourceError
 
@@ -56,8 +56,8 @@ def one_line(err: BaseException) -> str | None:
         return f"error: {err}"
     if isinstance(err, PermissionError):
         return (
-            f"error: permission denied: {err.filename or err} — choose a folder you can write to, or change its "
-            "permissions"
+            f"error: permission denied: {err.filename or err} — choose "
+            "a folder you can write to, or change its permissions"
         )
     for cause in _chain(err):
         for kind in type(cause).__mro__:

@@ -355,8 +355,8 @@ def _write_folder(tmp: Path, config: Mapping[str, Any], tensors: Mapping[str, to
 def _refuse_existing(out: Path) -> None:
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ExportError(
-            f"--out {out} already exists and is not empty; nothing was written. Choose a new folder "
-            f"(or remove that one yourself)"
+            f"--out {out} already exists and is not empty; nothing was "
+            "written. Choose a new folder (or remove that one yourself)"
         )
 
 

@@ -164,9 +164,8 @@ def extract_features(
         storage.remove(storage.join(out, "manifest.json"))
         raise VideoSourceError(
             f"probe {split} data {data}: {len(skipped)} videos are missing or do not decode "
-            f"({name_skipped(skipped)}), so the accuracy would be over another set than asked — fix the "
-            f"list (`salt check-data {data}` names every failure) or pass --allow-missing to probe the "
-            "rest and record them"
+            f"({name_skipped(skipped)}), so the accuracy would be over another set than asked — fix the list (`salt "
+            f"check-data {data}` names every failure) or pass --allow-missing to probe the rest and record them"
         )
     seconds = time.perf_counter() - start
     cache = open_cache(out)
@@ -337,8 +336,7 @@ def run_probe(
 def format_probe(report: dict) -> str:
     lines = [
         f"{report['protocol']} probe of {report['encoder']} (fingerprint {report['fingerprint'][:12]}), "
-        f"{report['classes']} classes, "
-        f"{report['train_samples']} training views, {report['val_videos']} val videos × "
+        f"{report['classes']} classes, {report['train_samples']} training views, {report['val_videos']} val videos × "
         f"{report['config']['eval_clips']}×{report['config']['eval_spatial']} views, seed {report['config']['seed']}",
         f"{'lr':>9}{'wd':>9}{'top-1':>8}{'± s.e.':>8}{'top-5':>8}",
     ]

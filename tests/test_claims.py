@@ -1,6 +1,6 @@
 """Verdicts of the claims table read as the numbers say."""
 
-from salt.claims import compare, rank_verdicts, row, verdicts
+from salt.tools.claims import compare, rank_verdicts, row, verdicts
 
 
 def record(top1: float, videos: int = 400) -> dict:

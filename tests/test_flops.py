@@ -4,8 +4,8 @@ from click.testing import CliRunner
 
 from salt.cli import main
 from salt.config import load_config
-from salt.flops import plan, token_shares
 from salt.masks import DEFAULT_MASKS, MultiBlockMasker
+from salt.tools.flops import plan, token_shares
 from salt.training.config import StudentConfig, TeacherConfig
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

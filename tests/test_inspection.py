@@ -12,19 +12,10 @@ from PIL import Image
 
 from salt.cache_latents import CacheJob, run_cache
 from salt.cli import main, run_cli
-from salt.inspection import (
-    DPI,
-    SUMMARY_FIGSIZE,
-    compare_caches,
-    effective_rank,
-    mean_token_cosine,
-    sample_figsize,
-    summarise,
-    token_statistics,
-    write_pictures,
-)
 from salt.latents import CacheError, normalise_targets, open_cache
 from salt.models import build_encoder, save_encoder
+from salt.tools.inspection import compare_caches, effective_rank, mean_token_cosine, summarise, token_statistics
+from salt.tools.inspection_pictures import DPI, SUMMARY_FIGSIZE, sample_figsize, write_pictures
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -193,7 +184,7 @@ def test_statistics_match_direct_computation():
 
 
 def test_flat_token_norms_are_drawn_flat_not_as_noise():
-    from salt.inspection import _norm_range
+    from salt.tools.inspection_pictures import _norm_range
 
     flat = 9.7975 + np.linspace(0, 1e-3, 8).reshape(2, 2, 2)  # the spread a final LayerNorm leaves
     (low, high), label = _norm_range([flat])

@@ -232,6 +232,9 @@ def test_wds_tar_is_deterministic_and_readable_by_tar_and_webdataset(tmp_path):
         np.testing.assert_array_equal(decode_frames(frames), expected.frames)
         seen.append(key)
     assert seen == ["v00000000k000", "v00000000k001", "v00000001k000", "v00000001k001"]
+    # The whole cache as a plain webdataset pipeline over its shard URLs, in manifest order.
+    everything = webdataset.WebDataset([str(p) for p in cache.shard_paths()], shardshuffle=False, empty_check=False)
+    assert [raw["__key__"] for raw in everything] == cache.keys()
 
 
 def test_stream_order_splits_and_resume(tmp_path):

@@ -195,7 +195,7 @@ def test_cache_latents_with_a_target_rank_stores_the_teachers_coefficients(demo_
 
 
 def test_inspect_shows_the_spectrum_and_measures_the_error_against_the_full_cache(demo_cache, compacted, tmp_path):  # noqa: F811
-    from salt.inspection import format_report, inspect_cache
+    from salt.tools.inspection import format_report, inspect_cache
 
     # Compared over all 16 samples the basis was fit on: the fit's dropped share is their mean, and
     # a subset of 8 can lie above it by more than int8 rounding (seen on generator version 2's set).

@@ -4,7 +4,7 @@ import torch
 
 from salt.cache_latents import CacheJob, run_cache
 from salt.models import build_encoder, save_encoder
-from salt.report import pipeline_report
+from salt.tools.report import pipeline_report
 
 
 def test_pipeline_report_lists_every_stage(tmp_path, synthetic_set):
@@ -41,7 +41,7 @@ def test_pipeline_report_lists_every_stage(tmp_path, synthetic_set):
 
 
 def test_probe_table_lists_both_protocols_with_errors_and_margins():
-    from salt.report import probe_table
+    from salt.tools.report import probe_table
 
     def record(encoder, protocol, top1):
         return {

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from salt.reproduce import ReproduceError, reproduce
+from salt.tools.reproduce import ReproduceError, reproduce
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -127,7 +127,7 @@ def test_cli_rejects_unknown_claims(tmp_path):
 
 def test_steps_do_not_inherit_a_process_group(monkeypatch):
     """A caller that already formed a group (or a SLURM job) must not make every step join it."""
-    from salt.reproduce import step_environment
+    from salt.tools.reproduce import step_environment
 
     monkeypatch.setenv("RANK", "0")
     monkeypatch.setenv("MASTER_PORT", "29999")

@@ -15,7 +15,7 @@ import yaml
 from salt.cache_latents import CacheJob, run_cache
 from salt.config import ConfigError
 from salt.models import Predictor, build_encoder, load_encoder, save_encoder
-from salt.replayed_student import replay_windows
+from salt.tools.replayed_student import replay_windows
 from salt.training.data import CacheBatches, ReaderShare
 from salt.training.loop import TrainingError
 from salt.training.objectives import StudentObjective
@@ -407,7 +407,7 @@ def test_replayed_student_trains_its_first_window_on_the_streamed_batches(tmp_pa
     group = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")  # this process's group of one
     env = {k: v for k, v in os.environ.items() if k not in group}
     result = subprocess.run(
-        [sys.executable, "-m", "salt.replayed_student", "2", "--config", str(replay)],
+        [sys.executable, "-m", "salt.tools.replayed_student", "2", "--config", str(replay)],
         capture_output=True,
         text=True,
         env={**env, "PYTHONPATH": str(Path(__file__).parents[1])},

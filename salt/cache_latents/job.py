@@ -52,8 +52,8 @@ def _formats_flag(formats: tuple[str, ...]) -> str:
 class CacheJob:
     teacher: str = field(
         metadata=cli(
-            "Encoder checkpoint: SALT .pt/.safetensors, V-JEPA 1/2, VideoMAE, or a Hugging Face VideoMAE or V-JEPA 2 "
-            "folder.",
+            "Encoder checkpoint: SALT .pt/.safetensors, V-JEPA 1/2, "
+            "VideoMAE, or a Hugging Face VideoMAE or V-JEPA 2 folder.",
             required=True,
             metavar="PATH",
         )
@@ -127,8 +127,8 @@ class CacheJob:
     max_skipped: float = field(
         default=0.05,
         metadata=cli(
-            "Largest share of videos that may be skipped (unreadable, missing) before the run stops with the list "
-            "(0..1).",
+            "Largest share of videos that may be skipped (unreadable, "
+            "missing) before the run stops with the list (0..1).",
             bounds=dict(min=0, max=1),
         ),
     )

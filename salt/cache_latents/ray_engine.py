@@ -139,11 +139,10 @@ def _connect(ray, address: str) -> bool:
                 causes.append(causes[-1].__cause__)
             reason = "; ".join(str(e).strip().splitlines()[-1][:300] for e in causes if str(e).strip())
             raise CacheWriteError(
-                f"--ray-address {address}: no Ray cluster could be joined there ({reason}). Start one with `ray start "
-                "--head` (and `ray start --address HEAD:PORT` on the other nodes); a cluster with token authentication "
-                "needs RAY_AUTH_MODE=token and its token here too (docs/scale.md); or leave --ray-address empty to "
-                "start "
-                "a local one"
+                f"--ray-address {address}: no Ray cluster could be joined there ({reason}). Start "
+                "one with `ray start --head` (and `ray start --address HEAD:PORT` on the other "
+                "nodes); a cluster with token authentication needs RAY_AUTH_MODE=token and its "
+                "token here too (docs/scale.md); or leave --ray-address empty to start a local one"
             ) from None
     else:
         # "local": a new instance even where `ray start` left an address behind (ray.init() would join that).

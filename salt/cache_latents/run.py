@@ -33,18 +33,7 @@ from salt.video.views import ViewConfig
 
 def run_cache(job: CacheJob) -> Path | str | None:
     """Fill the cache for this writer; returns the manifest path once every writer is done."""
-    try:
-        job.validate()
-    except ValueError as err:
-        raise CacheWriteError(f"salt cache-latents: {err}") from None
-    out = storage.resolve(job.out)  # a local Path or an object-store URL; a scheme we cannot serve stops here
-    if not storage.is_url(out) and out.exists() and not out.is_dir():
-        raise CacheWriteError(f"{out} is a file, not a cache folder: give --out a folder (new or a cache to resume)")
-    if storage.is_url(out) and "zarr" in job.formats:
-        raise CacheWriteError(
-            f"{job.out}: the Zarr store is written to local or shared file systems only; use --format wds "
-            "for an object store"
-        )
+    out = _checked_output(job)
     encoder, arch = load_encoder(job.teacher, job.arch, job.checkpoint_key or None)
     view = ViewConfig(
         frames=job.frames or arch["num_frames"],
@@ -65,6 +54,49 @@ def run_cache(job: CacheJob) -> Path | str | None:
             f"choose 1..{encoder.embed_dim - 1}, or 0 for full rank"
         )
     codec = LatentCodec(job.dtype, CODECS[job.codec])
+    settings = _settings(job, encoder, arch, view, codec)
+    lock = OutputLock(storage.join(out, "locks", f"rank{job.rank}-of-{job.world_size}.lock"))
+    lock.acquire()
+    try:
+        check_settings(out, settings, job.overwrite)
+        missing = plan_missing(len(records), job.views, job.shard_videos, [d for d, _ in done_shards(out)])
+        mine = [s for s in missing if rank_of(s, job.shard_videos, job.world_size) == job.rank]
+        basis = None
+        if job.target_rank and (mine and not job.merge_only or not missing):
+            from salt.cache_latents.low_rank import basis_for
+
+            basis = basis_for(out, job, records, view, encoder)
+        if mine and not job.merge_only:
+            zarr_writer = _zarr_writer(job, out, len(records), grid, view, codec, job.target_rank or encoder.embed_dim)
+            plan = CachePlan(job, out, records, view, encoder, arch, mine)
+            _fill(plan, ShardAssembler(out, mine, codec, zarr_writer, job, basis))
+        return merge(job, out, settings, len(records), grid, encoder.embed_dim, view, arch)
+    except TooManySkipped:
+        forget_shards_with_skips(out)  # after the writer thread stopped: the corrected rerun redoes them
+        raise
+    finally:
+        lock.release()
+
+
+def _checked_output(job: CacheJob) -> Path | str:
+    """The job checked and its output resolved (a local Path or an object-store URL)."""
+    try:
+        job.validate()
+    except ValueError as err:
+        raise CacheWriteError(f"salt cache-latents: {err}") from None
+    out = storage.resolve(job.out)  # a scheme we cannot serve stops here
+    if not storage.is_url(out) and out.exists() and not out.is_dir():
+        raise CacheWriteError(f"{out} is a file, not a cache folder: give --out a folder (new or a cache to resume)")
+    if storage.is_url(out) and "zarr" in job.formats:
+        raise CacheWriteError(
+            f"{job.out}: the Zarr store is written to local or shared "
+            "file systems only; use --format wds for an object store"
+        )
+    return out
+
+
+def _settings(job: CacheJob, encoder, arch: dict, view: ViewConfig, codec: LatentCodec) -> dict:
+    """What every writer of the output must share (saved beside it and checked on each run)."""
     settings = {
         "teacher_fingerprint": fingerprint(encoder.state_dict()),
         "teacher_arch": arch,
@@ -78,42 +110,24 @@ def run_cache(job: CacheJob) -> Path | str | None:
         "data": str(job.data),
         **({"target_rank": job.target_rank, "basis_videos": job.basis_videos} if job.target_rank else {}),
     }
-    settings = json.loads(json.dumps(settings))  # plain JSON types, as a saved copy reads back
-    lock = OutputLock(storage.join(out, "locks", f"rank{job.rank}-of-{job.world_size}.lock"))
-    lock.acquire()
-    try:
-        check_settings(out, settings, job.overwrite)
-        missing = plan_missing(len(records), job.views, job.shard_videos, [d for d, _ in done_shards(out)])
-        mine = [s for s in missing if rank_of(s, job.shard_videos, job.world_size) == job.rank]
-        basis = None
-        if job.target_rank and (mine and not job.merge_only or not missing):
-            from salt.cache_latents.low_rank import basis_for
+    return json.loads(json.dumps(settings))  # plain JSON types, as a saved copy reads back
 
-            basis = basis_for(out, job, records, view, encoder)
-        stored_dim = job.target_rank or encoder.embed_dim
-        if mine and not job.merge_only:
-            zarr_writer = None
-            if "zarr" in job.formats:
-                with file_lock(out / "locks" / "zarr.lock"):  # ranks create or grow the store one at a time
-                    zarr_writer = ZarrCacheWriter.open(
-                        out / "cache.zarr",
-                        num_videos=len(records),
-                        views=job.views,
-                        grid_tokens=int(np.prod(grid)),
-                        dim=stored_dim,
-                        stored_dtype=job.dtype,
-                        compressor=codec.compressor,
-                        frames_per_clip=view.frames,
-                        videos_per_shard=job.shard_videos,
-                    )
-            plan = CachePlan(job, out, records, view, encoder, arch, mine)
-            _fill(plan, ShardAssembler(out, mine, codec, zarr_writer, job, basis))
-        return merge(job, out, settings, len(records), grid, encoder.embed_dim, view, arch)
-    except TooManySkipped:
-        forget_shards_with_skips(out)  # after the writer thread stopped: the corrected rerun redoes them
-        raise
-    finally:
-        lock.release()
+
+def _zarr_writer(job: CacheJob, out: Path, videos: int, grid, view: ViewConfig, codec: LatentCodec, dim: int):
+    if "zarr" not in job.formats:
+        return None
+    with file_lock(out / "locks" / "zarr.lock"):  # ranks create or grow the store one at a time
+        return ZarrCacheWriter.open(
+            out / "cache.zarr",
+            num_videos=videos,
+            views=job.views,
+            grid_tokens=int(np.prod(grid)),
+            dim=dim,
+            stored_dtype=job.dtype,
+            compressor=codec.compressor,
+            frames_per_clip=view.frames,
+            videos_per_shard=job.shard_videos,
+        )
 
 
 def _fill(plan: CachePlan, assembler: ShardAssembler) -> None:

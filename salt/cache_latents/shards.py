@@ -86,8 +86,8 @@ def check_settings(out: Path | str, settings: dict, overwrite: bool) -> None:
         if changed and not overwrite:
             details = "; ".join(f"{k}: cache {saved.get(k)!r}, now {settings.get(k)!r}" for k in changed)
             raise CacheWriteError(
-                f"{out} holds a cache made with other settings ({details}). Use another --out, or --overwrite to "
-                "replace it."
+                f"{out} holds a cache made with other settings ({details}). "
+                "Use another --out, or --overwrite to replace it."
             )
         if changed:
             for child in ("manifest.json", "done", "wds", "cache.zarr"):  # the commit marks first
@@ -275,8 +275,7 @@ def store_shard(
     except OSError as err:  # a full disk, a lost mount: the shard is not marked done, so a rerun redoes it
         raise CacheWriteError(
             f"{out}: writing shard {shard.name} failed: {err.strerror or err}. Its partial tar was removed and it is "
-            "not "
-            "marked done; free space (or fix the disk) and run the same command again: finished shards are kept."
+            "not marked done; free space (or fix the disk) and run the same command again: finished shards are kept."
         ) from err
     record = ShardRecord.for_shard(
         shard,
@@ -306,9 +305,8 @@ class TooManySkipped(CacheWriteError):
         self.skipped, self.num_videos = skipped, num_videos
         why = "no view was cached" if not samples else f"more than --max-skipped {max_skipped:g} of them"
         super().__init__(
-            f"{len(skipped)} of {num_videos} videos could not be used, {why} ({name_skipped(skipped)}) — fix the "
-            "data (`salt check-data DATA` lists every failure) or raise --max-skipped, then run the same "
-            "command again"
+            f"{len(skipped)} of {num_videos} videos could not be used, {why} ({name_skipped(skipped)}) — fix the data "
+            "(`salt check-data DATA` lists every failure) or raise --max-skipped, then run the same command again"
         )
 
 

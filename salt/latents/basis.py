@@ -96,8 +96,8 @@ class TargetBasis:
             or not 1 <= components.shape[1] <= dim
         ):
             raise CacheError(
-                f"{source}: inconsistent shapes mean {mean.shape}, components {components.shape}, "
-                f"variance {variance.shape}"
+                f"{source}: inconsistent shapes mean {mean.shape}, "
+                f"components {components.shape}, variance {variance.shape}"
             )
         return cls(mean, components, variance, fit_tokens)
 

@@ -279,8 +279,8 @@ def roundtrip_frames(frames: np.ndarray, codec: FramesCodec, quality: int = 90) 
 def frames_decoder_id() -> str:
     """The decoder build a student needs to get the teacher's exact pixels back."""
     return (
-        f"simplejpeg-{simplejpeg.__version__} (libjpeg-turbo, JPEG) / torchvision-{torchvision.__version__} "
-        "(libpng, PNG); CPU"
+        f"simplejpeg-{simplejpeg.__version__} (libjpeg-turbo, JPEG) "
+        f"/ torchvision-{torchvision.__version__} (libpng, PNG); CPU"
     )
 
 

@@ -154,6 +154,11 @@ class Manifest:
     def codec(self) -> LatentCodec:
         return LatentCodec(self.latent_dtype, self.compressor)
 
+    def bytes_per_view(self) -> tuple[float, float]:
+        """(latent, frame) bytes a stored view takes on disk, per format, compressed."""
+        views = max(self.sample_count, 1)
+        return self.latent_bytes / views, self.frame_bytes / views
+
     @property
     def skipped_videos(self) -> frozenset[int]:
         return frozenset(int(entry["video"]) for entry in self.skipped)
@@ -246,8 +251,8 @@ class Manifest:
             basis = self.basis or {}
             if not 1 <= self.target_rank < self.dim:
                 fail(
-                    f"target_rank {self.target_rank} must lie between 1 and dim - 1 ({self.dim - 1}), or be 0 (full "
-                    "rank)"
+                    f"target_rank {self.target_rank} must lie between 1 "
+                    f"and dim - 1 ({self.dim - 1}), or be 0 (full rank)"
                 )
             if basis.get("file") != BASIS_NAME or not basis.get("sha256") or basis.get("fit_on") != FIT_ON:
                 fail(f"a low-rank cache needs basis {{file: {BASIS_NAME}, sha256, fit_on: {FIT_ON}}}, got {basis}")
@@ -274,8 +279,8 @@ class Manifest:
             expected = len(shard.sample_ids(skipped))
             if record.samples != expected:
                 fail(
-                    f"shard {record.name} records {record.samples} samples, its range minus skipped videos holds "
-                    f"{expected}"
+                    f"shard {record.name} records {record.samples} samples, "
+                    f"its range minus skipped videos holds {expected}"
                 )
             if "wds" in self.formats and not record.sha256:
                 fail(f"shard {record.name} has no sha256 although the cache has WebDataset shards")

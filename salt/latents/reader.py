@@ -62,8 +62,8 @@ def first_views(manifest: Manifest, views: int, path: str | Path = "") -> Manife
     kept = [r for r in manifest.shards if r.view_end <= views]
     if not kept or max(r.view_end for r in kept) < views:
         raise CacheError(
-            f"{path}: the cache holds fewer than {views} views per video; grow it with `salt cache-latents --views "
-            f"{views}`"
+            f"{path}: the cache holds fewer than {views} views per "
+            f"video; grow it with `salt cache-latents --views {views}`"
         )
     return dataclasses.replace(manifest, shards=kept, views=views)
 
@@ -77,8 +77,8 @@ class LatentCache:
             present = ["wds"] if "wds" in self.manifest.formats else []
             if format == "zarr" or not present:
                 raise CacheError(
-                    f"{self.path}: on an object store only the wds format is read; this cache has "
-                    f"{self.manifest.formats}"
+                    f"{self.path}: on an object store only the wds format "
+                    f"is read; this cache has {self.manifest.formats}"
                 )
         else:
             present = [f for f in self.manifest.formats if (self.path / (WDS_DIR if f == "wds" else ZARR_DIR)).exists()]
@@ -374,8 +374,8 @@ def load_basis(path: str | Path, manifest: Manifest) -> TargetBasis:
     basis = TargetBasis.from_bytes(data, str(location), manifest.basis["sha256"])
     if (basis.dim, basis.rank) != (manifest.dim, manifest.target_rank):
         raise CacheError(
-            f"{location}: basis of dim {basis.dim} and rank {basis.rank}, the manifest says dim {manifest.dim} "
-            f"and rank {manifest.target_rank}"
+            f"{location}: basis of dim {basis.dim} and rank {basis.rank}, the "
+            f"manifest says dim {manifest.dim} and rank {manifest.target_rank}"
         )
     return basis
 

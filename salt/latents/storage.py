@@ -46,8 +46,8 @@ def resolve(path_or_url: str | os.PathLike) -> str | Path:
     if not scheme and len(head) > 2 and head.endswith(":") and head[:-1].isalnum():
         # "s3:/bucket/key" (one slash, e.g. after a Path() round trip) would become a local folder "s3:"
         raise CacheError(
-            f"{path_or_url}: looks like a URL with one slash after {head}; write {head}//... for the "
-            "store, or ./ before a local path"
+            f"{path_or_url}: looks like a URL with one slash after {head}; "
+            f"write {head}//... for the store, or ./ before a local path"
         )
     if scheme in LOCAL_SCHEMES:
         return Path(rest) if scheme else Path(os.fspath(path_or_url))

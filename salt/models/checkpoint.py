@@ -173,9 +173,8 @@ def _load_torch(path: Path) -> Any:
         ) from None
     except Exception as err:  # torch reports truncation as RuntimeError/EOFError/KeyError/...
         raise CheckpointError(
-            f"{path}: unreadable checkpoint, probably truncated or corrupt "
-            f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else 'no detail'}); "
-            f"re-export or re-download it."
+            f"{path}: unreadable checkpoint, probably truncated or corrupt ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else 'no detail'}); re-export or re-download it."
         ) from None
 
 

@@ -191,9 +191,8 @@ def _geometry_candidates(
     if not fitting:
         raise CheckpointError(
             f"{path}: the stored position table has {tokens} tokens, which does not fit "
-            f"img_size={given.get('img_size', '?')}, num_frames={given.get('num_frames', '?')} "
-            f"with patch {patch} and tubelet {tubelet} (square frames); pass the clip geometry "
-            f"in arch (img_size and/or num_frames)"
+            f"img_size={given.get('img_size', '?')}, num_frames={given.get('num_frames', '?')} with patch {patch} "
+            f"and tubelet {tubelet} (square frames); pass the clip geometry in arch (img_size and/or num_frames)"
         )
     return list(dict.fromkeys(fitting))
 
@@ -220,10 +219,9 @@ def _match_position_table(table: torch.Tensor, arch: dict[str, Any], given: Mapp
                 arch.update(img_size=img, num_frames=frames, pos_embed=kind, uniform_power=uniform_power)
                 return
     raise CheckpointError(
-        f"{path}: the stored pos_embed {tuple(table.shape)} is not the fixed sin-cos table "
-        f"of a {' or '.join(map(str, grids))} grid (tried {options}); learned positional "
-        f"embeddings are not supported. If the clip geometry differs, pass img_size/num_frames "
-        f"in arch"
+        f"{path}: the stored pos_embed {tuple(table.shape)} is not the fixed sin-cos table of a "
+        f"{' or '.join(map(str, grids))} grid (tried {options}); learned positional embeddings are not supported. If "
+        "the clip geometry differs, pass img_size/num_frames in arch"
     )
 
 
@@ -234,8 +232,8 @@ def _num_heads(arch: dict[str, Any], path: Path) -> int:
     for name, size in sizes:
         if (size["embed_dim"], size["depth"]) == (arch["embed_dim"], arch["depth"]):
             log.warning(
-                "%s: head count is not stored in the weights; assuming %d (as %s). "
-                "Pass --arch num_heads=N if that is wrong",
+                "%s: head count is not stored in the weights; assuming "
+                "%d (as %s). Pass --arch num_heads=N if that is wrong",
                 path,
                 size["num_heads"],
                 name,
@@ -245,8 +243,8 @@ def _num_heads(arch: dict[str, Any], path: Path) -> int:
     while arch["embed_dim"] % heads:
         heads -= 1
     log.warning(
-        "%s: head count is not stored in the weights; assuming %d (head dim %d). "
-        "Pass --arch num_heads=N if that is wrong",
+        "%s: head count is not stored in the weights; assuming %d "
+        "(head dim %d). Pass --arch num_heads=N if that is wrong",
         path,
         heads,
         arch["embed_dim"] // heads,

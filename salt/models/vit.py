@@ -344,8 +344,8 @@ def complete_arch(arch: Mapping[str, Any]) -> dict[str, Any]:
     if a["pos_embed"] in ROPE_KINDS:
         if a["qkv_bias"] == "qv":
             raise ValueError(
-                "pos_embed rope takes qkv_bias true or false (q/v-only biases are VideoMAE's, "
-                "which uses sin-cos positions)"
+                "pos_embed rope takes qkv_bias true or false (q/v-only "
+                "biases are VideoMAE's, which uses sin-cos positions)"
             )
         if axis_dims(a["embed_dim"] // a["num_heads"]) < 2:
             raise ValueError(
@@ -380,8 +380,8 @@ def resolve_arch(name_or_arch: str | Mapping[str, Any], **overrides: Any) -> dic
             from salt.models.errors import CheckpointError  # a ValueError: a size no one registered is bad input
 
             raise CheckpointError(
-                f"unknown encoder size {name_or_arch!r} — use one of {', '.join(sorted(ARCHS))} "
-                "(salt models lists them)"
+                f"unknown encoder size {name_or_arch!r} — use one of "
+                f"{', '.join(sorted(ARCHS))} (salt models lists them)"
             )
         base = ARCHS[name_or_arch]
     else:

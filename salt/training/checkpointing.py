@@ -97,8 +97,8 @@ def find_resume_point(checkpoint_dir: Path, out_dir: Path, announce: bool = True
         )
     if announce:
         print(
-            f"--resume: no complete checkpoint in {checkpoint_dir} (stopped before the first one was committed); "
-            "starting at step 0",
+            f"--resume: no complete checkpoint in {checkpoint_dir} (stopped "
+            "before the first one was committed); starting at step 0",
             flush=True,
         )
     return None
@@ -145,7 +145,7 @@ _ABSENT = object()
 # checkpoints hold them: pixels.norm_pix: true was VideoMAE's per-channel targets, today's
 # `pixels.norm: channel` (the default, so such a teacher resumes unless its config now asks for
 # another normalisation); every student checkpoint before 2026-12-03 saved data.replay_every: 0
-# (a benchmark mode, now `python -m salt.replayed_student`), and older ones the two before it.
+# (a benchmark mode, now `python -m salt.tools.replayed_student`), and older ones the two before it.
 RETIRED_SETTINGS = {
     "data.reuse_first_batch": False,
     "data.preload_batches": 0,

@@ -247,9 +247,9 @@ class StudentConfig:
         if self.cache.low_rank == "coefficients":
             if self.loss != "l2":
                 raise ValueError(
-                    "cache.low_rank: coefficients needs loss: l2 (an L2 loss on orthonormal coefficients is the "
-                    "full-space L2 less a constant; L1 has no such equivalence). Set loss: l2, or "
-                    "cache.low_rank: reconstructed"
+                    "cache.low_rank: coefficients needs loss: l2 (an L2 loss on "
+                    "orthonormal coefficients is the full-space L2 less a constant; L1 has "
+                    "no such equivalence). Set loss: l2, or cache.low_rank: reconstructed"
                 )
             if self.targets != "cache":
                 raise ValueError(
@@ -270,8 +270,8 @@ def schedule_warnings(optim: OptimConfig, run: RunConfig) -> list[str]:
         )
     if run.log_every > steps:
         found.append(
-            f"run.log_every {run.log_every} > optim.steps {steps}: one metrics line, at the end — "
-            f"set run.log_every to at most {steps}"
+            f"run.log_every {run.log_every} > optim.steps {steps}: one "
+            f"metrics line, at the end — set run.log_every to at most {steps}"
         )
     if run.checkpoint_every > steps:
         found.append(

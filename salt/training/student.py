@@ -114,8 +114,8 @@ def sample_of_targets(cache_path: str, cache_format: str = "auto", views: int = 
             continue
     if not latents:
         raise ConfigError(
-            f"{cache_path}: none of {len(positions)} samples read for the baseline is readable; "
-            f"run `salt inspect {cache_path} --verify`"
+            f"{cache_path}: none of {len(positions)} samples read for the "
+            f"baseline is readable; run `salt inspect {cache_path} --verify`"
         )
     return torch.stack(latents)
 
@@ -132,6 +132,46 @@ def compatible_keys(config: dict) -> dict:
 
 
 def run_student(config_path: str | None, overrides: list[str], resume: bool = False) -> TrainResult:
+    cfg, manifest, grid, basis = load_student_config(config_path, overrides)
+    dist_info = init_distributed(cfg.engine.timeout_s)
+    torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank and every run
+    objective = build_objective(cfg, manifest, basis, resolve_precision(cfg.engine.precision))
+    if cfg.targets == "cache":
+        objective.set_target_mean(sample_of_targets(cfg.cache.path, cfg.cache.format, cfg.cache.views))
+
+    def make_batches(start_micro_step: int):
+        dataset = CacheBatches(
+            cache_path=cfg.cache.path,
+            cache_format=cfg.cache.format,
+            batch_size=cfg.data.batch_size,
+            seed=cfg.run.seed,
+            share=ReaderShare(dist_info.rank, dist_info.world_size, cfg.data.workers),
+            mask_configs=cfg.masks,
+            token_grid=grid,
+            start_micro_step=start_micro_step,
+            on_error=cfg.cache.on_error,
+            views=cfg.cache.views,
+            decode_frames=cfg.data.decode_frames,
+        )
+        return clip_loader(dataset, cfg.data.workers, pin_memory=dist_info.device.type == "cuda")
+
+    check_shards_for_readers(cfg, manifest, dist_info.world_size)
+    return train(
+        cfg,
+        objective,
+        make_batches,
+        dist_info,
+        resume=resume,
+        export_name="student.pt",
+        compatible_keys=compatible_keys,
+        max_bad_videos=10**9 if cfg.cache.on_error == "skip" else 0,
+        client_extra={"cache_teacher_fingerprint": manifest.teacher["fingerprint"], "workers": cfg.data.workers},
+    )
+
+
+def load_student_config(config_path: str | None, overrides: list[str]):
+    """(config, the manifest of the views it reads, token grid, low-rank basis or None), checked
+    against each other before any process group or model exists."""
     cfg = load_config(StudentConfig, config_path, overrides)
     source = config_path or "<defaults>"
     manifest = load_manifest(cfg.cache.path)
@@ -148,9 +188,11 @@ def run_student(config_path: str | None, overrides: list[str], resume: bool = Fa
         )
     if cfg.targets == "teacher" and not cfg.teacher:
         raise ConfigError(f"{source}: targets: teacher needs `teacher:` (a checkpoint path)")
-    dist_info = init_distributed(cfg.engine.timeout_s)
-    precision = resolve_precision(cfg.engine.precision)
-    torch.manual_seed(cfg.run.seed)  # the same initial weights on every rank and every run
+    return cfg, manifest, grid, basis
+
+
+def build_objective(cfg: StudentConfig, manifest, basis, precision: str) -> StudentObjective:
+    """Student encoder + predictor, and for `targets: teacher` the frozen teacher the cache names."""
     encoder = build_encoder(
         cfg.encoder.arch,
         checkpoint_activations=cfg.encoder.checkpoint_activations,
@@ -177,7 +219,7 @@ def run_student(config_path: str | None, overrides: list[str], resume: bool = Fa
 
         if fingerprint(frozen.state_dict()) != manifest.teacher["fingerprint"]:
             raise TrainingError(f"{cfg.teacher} is not the teacher that made {cfg.cache.path} (fingerprints differ)")
-    objective = StudentObjective(
+    return StudentObjective(
         encoder,
         predictor,
         cfg.targets,
@@ -190,46 +232,18 @@ def run_student(config_path: str | None, overrides: list[str], resume: bool = Fa
         health_every=cfg.health_every,
     )
 
-    if cfg.targets == "cache":
-        objective.set_target_mean(sample_of_targets(cfg.cache.path, cfg.cache.format, cfg.cache.views))
 
-    def make_batches(start_micro_step: int):
-        dataset = CacheBatches(
-            cache_path=cfg.cache.path,
-            cache_format=cfg.cache.format,
-            batch_size=cfg.data.batch_size,
-            seed=cfg.run.seed,
-            share=ReaderShare(dist_info.rank, dist_info.world_size, cfg.data.workers),
-            mask_configs=cfg.masks,
-            token_grid=grid,
-            start_micro_step=start_micro_step,
-            on_error=cfg.cache.on_error,
-            views=cfg.cache.views,
-            decode_frames=cfg.data.decode_frames,
-        )
-        return clip_loader(dataset, cfg.data.workers, pin_memory=dist_info.device.type == "cuda")
-
-    # Fewer filled shards than ranks × workers would leave a reader without data: refuse now, not hang later.
-    splits = dist_info.world_size * max(1, cfg.data.workers)
+def check_shards_for_readers(cfg: StudentConfig, manifest, world_size: int) -> None:
+    """Fewer filled shards than ranks × workers would leave a reader without data: refuse now, not hang later."""
+    readers = max(1, cfg.data.workers)
     filled = sum(1 for shard in manifest.shards if shard.samples)
-    if filled < splits:
+    if filled < world_size * readers:
         raise TrainingError(
-            f"{cfg.cache.path} has {filled} shards with samples for {dist_info.world_size} ranks × "
-            f"{max(1, cfg.data.workers)} workers — use fewer workers or cache with smaller --shard-videos"
+            f"{cfg.cache.path} has {filled} shards with samples for {world_size} ranks × "
+            f"{readers} workers — use fewer workers or cache with smaller --shard-videos"
         )
-    return train(
-        cfg,
-        objective,
-        make_batches,
-        dist_info,
-        resume=resume,
-        export_name="student.pt",
-        compatible_keys=compatible_keys,
-        max_bad_videos=10**9 if cfg.cache.on_error == "skip" else 0,
-        client_extra={"cache_teacher_fingerprint": manifest.teacher["fingerprint"], "workers": cfg.data.workers},
-    )
 
 
 def main(argv: list[str] | None = None) -> None:
     """Entry point of `deepspeed salt/train_student.py` (accepts the launcher's --local_rank)."""
-    launcher_main("Stage 2: train a student from a latent cache.", run_student, argv)
+    launcher_main("Process 2 (stage 2): train a student from a latent cache.", run_student, argv)

@@ -138,8 +138,8 @@ def load_records(data: str | Path) -> list[VideoRecord]:
         if storage.is_file(storage.join(data, SHARD_INDEX)):
             return read_shard_index(data)
         raise VideoSourceError(
-            f"{data}: no {SHARD_INDEX} there; on an object store, videos are read from the shards "
-            "`salt make-shards --out URL` writes"
+            f"{data}: no {SHARD_INDEX} there; on an object store, videos "
+            "are read from the shards `salt make-shards --out URL` writes"
         )
     if data.is_dir() and (data / SHARD_INDEX).is_file():
         return read_shard_index(data)

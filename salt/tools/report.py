@@ -6,10 +6,13 @@ import json
 import math
 from pathlib import Path
 
+from salt.tools.common import metric_records
+
 
 def _records(run_dir: Path) -> list[dict]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    return [json.loads(line) for line in lines if line.strip()]
+    if not (run_dir / "metrics.jsonl").is_file():
+        raise ValueError(f"{run_dir} holds no metrics.jsonl: give the run.out_dir of a salt train-teacher/-student run")
+    return metric_records(run_dir / "metrics.jsonl")
 
 
 def check_run_kind(run_dir: Path, kind: str) -> None:
@@ -55,15 +58,14 @@ def pipeline_report(teacher_run: str, cache: str, student_run: str, probes: list
         check_run_kind(run_dir, kind)
         lines += stage_lines(name, _records(run_dir))
     manifest = load_manifest(cache)
-    per_view = (manifest.latent_bytes + manifest.frame_bytes) / max(1, manifest.sample_count)
+    per_view = sum(manifest.bytes_per_view())
     lines.append(
         f"{'process 1: cache ' + cache:<34}{f'{manifest.sample_count} views, {per_view / 1e3:.1f} kB/view':<34}{'':>9}"
         f"{_teacher_forward_flops(manifest):>11.3g}"
     )
     lines.append(
         f"  cache on disk: latents {manifest.latent_bytes / 1e6:.1f} MB + frames {manifest.frame_bytes / 1e6:.1f} MB "
-        "per format "
-        f"({', '.join(manifest.formats)}); {len(manifest.skipped)} videos skipped"
+        f"per format ({', '.join(manifest.formats)}); {len(manifest.skipped)} videos skipped"
     )
     lines += probe_table([json.loads(Path(path).read_text()) for path in probes])
     lines.append(

@@ -144,44 +144,23 @@ def plan(
     parts: list[Part] = []
     teacher_arch = None
     if teacher_cfg is not None and teacher_steps > 0:
-        view = teacher_cfg.data.view
-        teacher_arch = resolve_arch(
-            teacher_cfg.encoder.arch, img_size=view.size, num_frames=view.frames, **teacher_cfg.encoder.overrides
-        )
-        pixels = teacher_arch["tubelet_size"] * teacher_arch["patch_size"] ** 2 * 3
-        decoder = {
-            "out_dim": pixels,
-            "width": teacher_cfg.decoder.width,
-            "depth": teacher_cfg.decoder.depth,
-            "num_heads": teacher_cfg.decoder.num_heads,
-            "num_mask_tokens": len(teacher_cfg.masks),
-            "pos_embed": teacher_cfg.decoder.pos_embed,
-        }
-        parts += masked_training_parts(
-            "1 teacher",
-            teacher_arch,
-            decoder,
-            teacher_cfg.masks,
-            teacher_cfg.data.batch_size,
-            view.frames,
-            view.size,
-            teacher_steps * teacher_batch,
-        )
+        teacher_arch, teacher_parts = _teacher_parts(teacher_cfg, teacher_steps * teacher_batch)
+        parts += teacher_parts
     geometry = student_cfg.geometry
+    overrides = student_cfg.encoder.overrides
     student_arch = resolve_arch(
-        student_cfg.encoder.arch, img_size=geometry.size, num_frames=geometry.frames, **student_cfg.encoder.overrides
+        student_cfg.encoder.arch, img_size=geometry.size, num_frames=geometry.frames, **overrides
     )
     target_arch = teacher_arch or student_arch
-    target_dim = target_arch["embed_dim"]
     predictor = {
-        "out_dim": target_dim,
+        "out_dim": target_arch["embed_dim"],
         "width": student_cfg.predictor.width,
         "depth": student_cfg.predictor.depth,
         "num_heads": student_cfg.predictor.num_heads,
         "num_mask_tokens": len(student_cfg.masks),
         "pos_embed": student_cfg.predictor.pos_embed,
     }
-    student_clips = student_steps * student_batch
+    clips = student_steps * student_batch
     parts += masked_training_parts(
         "2 student",
         student_arch,
@@ -190,70 +169,72 @@ def plan(
         student_cfg.data.batch_size,
         geometry.frames,
         geometry.size,
-        student_clips,
+        clips,
     )
+    frames, size = geometry.frames, geometry.size
     if student_cfg.targets == "teacher":
         parts.append(
-            frozen_forward_part(
-                "2 student",
-                "teacher forward, online (frozen)",
-                target_arch,
-                geometry.frames,
-                geometry.size,
-                student_clips,
-            )
+            frozen_forward_part("2 student", "teacher forward, online (frozen)", target_arch, frames, size, clips)
         )
     elif student_cfg.targets == "ema":
-        parts.append(
-            frozen_forward_part(
-                "2 student", "EMA target encoder forward", student_arch, geometry.frames, geometry.size, student_clips
-            )
-        )
+        parts.append(frozen_forward_part("2 student", "EMA target encoder forward", student_arch, frames, size, clips))
     else:
-        parts.append(
-            frozen_forward_part(
-                "1b cache",
-                f"teacher forward, once ({cache_views} views x {cache_videos} videos)",
-                target_arch,
-                geometry.frames,
-                geometry.size,
-                cache_views * cache_videos,
-            )
-        )
+        name = f"teacher forward, once ({cache_views} views x {cache_videos} videos)"
+        parts.append(frozen_forward_part("1b cache", name, target_arch, frames, size, cache_views * cache_videos))
     total = sum(p.flops for p in parts)
-    teacher_share = sum(p.flops for p in parts if not p.stage.startswith("2")) / total
-    grid = token_grid(student_arch, geometry.frames, geometry.size, geometry.size)
     cache = None
     if student_cfg.targets == "cache":
+        grid = token_grid(student_arch, frames, size, size)
         tokens = grid[0] * grid[1] * grid[2]
-        views = cache_views * cache_videos
-        per_view = bytes_per_view or latent_bytes_per_view(tokens, target_dim, "fp16") + FRAME_BYTES_PER_VIEW
-        cache = {
-            "views": views,
-            "bytes_per_view": per_view,
-            "bytes": per_view * views,
-            "bytes_per_step": per_view * student_batch,
-            "epochs_over_views": student_clips / max(1, views),
-            "by_format": [
-                {
-                    "dtype": dtype,
-                    "rank": rank,
-                    "bytes_per_view": b,
-                    "bytes": b * views,
-                    "bytes_per_step": b * student_batch,
-                }
-                for dtype in COMPRESSION
-                for rank in (target_dim, target_dim // 2, target_dim // 4, target_dim // 8)
-                if rank >= 1
-                for b in [latent_bytes_per_view(tokens, rank, dtype) + FRAME_BYTES_PER_VIEW]
-            ],
-        }
+        cache = _cache_plan(
+            tokens, target_arch["embed_dim"], cache_views * cache_videos, clips, student_batch, bytes_per_view
+        )
     return {
         "parts": parts,
         "total": total,
-        "teacher_share": teacher_share,
+        "teacher_share": sum(p.flops for p in parts if not p.stage.startswith("2")) / total,
         "cache": cache,
         "counted_total": sum(p.counted for p in parts),
+    }
+
+
+def _teacher_parts(teacher_cfg, clips: int) -> tuple[dict, list[Part]]:
+    """Stage 1's arch and parts: the encoder on the context and the pixel decoder."""
+    from salt.models import resolve_arch
+
+    view = teacher_cfg.data.view
+    overrides = teacher_cfg.encoder.overrides
+    arch = resolve_arch(teacher_cfg.encoder.arch, img_size=view.size, num_frames=view.frames, **overrides)
+    decoder = {
+        "out_dim": arch["tubelet_size"] * arch["patch_size"] ** 2 * 3,  # pixels of a tubelet patch
+        "width": teacher_cfg.decoder.width,
+        "depth": teacher_cfg.decoder.depth,
+        "num_heads": teacher_cfg.decoder.num_heads,
+        "num_mask_tokens": len(teacher_cfg.masks),
+        "pos_embed": teacher_cfg.decoder.pos_embed,
+    }
+    batch = teacher_cfg.data.batch_size
+    return arch, masked_training_parts(
+        "1 teacher", arch, decoder, teacher_cfg.masks, batch, view.frames, view.size, clips
+    )
+
+
+def _cache_plan(tokens: int, dim: int, views: int, clips: int, batch: int, bytes_per_view: float) -> dict:
+    """A cache's size and read bandwidth, as made (fp16 unless measured) and per stored dtype and rank."""
+    per_view = bytes_per_view or latent_bytes_per_view(tokens, dim, "fp16") + FRAME_BYTES_PER_VIEW
+    return {
+        "views": views,
+        "bytes_per_view": per_view,
+        "bytes": per_view * views,
+        "bytes_per_step": per_view * batch,
+        "epochs_over_views": clips / max(1, views),
+        "by_format": [
+            {"dtype": dtype, "rank": rank, "bytes_per_view": b, "bytes": b * views, "bytes_per_step": b * batch}
+            for dtype in COMPRESSION
+            for rank in (dim, dim // 2, dim // 4, dim // 8)
+            if rank >= 1
+            for b in [latent_bytes_per_view(tokens, rank, dtype) + FRAME_BYTES_PER_VIEW]
+        ],
     }
 
 
@@ -266,21 +247,19 @@ def format_plan(result: dict) -> str:
         )
     lines.append(
         f"total: {result['total']:.3g} FLOPs the paper's way (6ND/2ND), {result['counted_total']:.3g} by torch's "
-        "counter "
-        f"(with attention); teacher side (stage 1 + caching or online teacher): {result['teacher_share']:.1%}"
+        f"counter (with attention); teacher side (stage 1 + caching or online teacher): {result['teacher_share']:.1%}"
     )
     cache = result["cache"]
     if cache:
         lines.append(
             f"cache: {cache['views']:.3g} views x {cache['bytes_per_view'] / 1e6:.2f} MB = "
-            f"{cache['bytes'] / 1e12:.2f} TB; "
-            f"reads {cache['bytes_per_step'] / 1e9:.2f} GB per student step; the student sees each view "
-            f"{cache['epochs_over_views']:.1f} times"
+            f"{cache['bytes'] / 1e12:.2f} TB; reads {cache['bytes_per_step'] / 1e9:.2f} GB per "
+            f"student step; the student sees each view {cache['epochs_over_views']:.1f} times"
         )
         full = cache["by_format"][0]["bytes"]
         lines.append(
-            f"cache by stored dtype and target rank (salt compact-cache; +{FRAME_BYTES_PER_VIEW / 1e3:.0f} kB of "
-            "frames a view):"
+            "cache by stored dtype and target rank (salt compact-cache; "
+            f"+{FRAME_BYTES_PER_VIEW / 1e3:.0f} kB of frames a view):"
         )
         lines.append(f"  {'dtype':<6}{'rank':>6}{'MB/view':>10}{'total TB':>10}{'GB/step':>10}{'vs fp16 full':>14}")
         for row in cache["by_format"]:

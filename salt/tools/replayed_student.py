@@ -1,4 +1,4 @@
-"""`python -m salt.replayed_student WINDOW --config … [--set …]`: `salt bench student`'s
+"""`python -m salt.tools.replayed_student WINDOW --config … [--set …]`: `salt bench student`'s
 in-memory reference, a mode the benchmark owns (no training setting carries it).
 
 The student runs as `salt train-student` does, except that its batches come in windows of

@@ -1,0 +1,242 @@
+"""`salt bench …`: benchmarks that measure real work side by side, in one run.
+
+Each prints a table and appends one JSON record (machine, versions, git commit, settings,
+numbers) to `benchmarks/results/<name>.jsonl`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def environment() -> dict:
+    import timm
+
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+    except OSError:
+        commit = ""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "host": platform.node(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "timm": timm.__version__,
+        "commit": commit,
+    }
+
+
+def save_record(name: str, settings: dict, results: dict, results_dir: str | Path = "benchmarks/results") -> Path:
+    path = Path(results_dir) / f"{name}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps({"benchmark": name, **environment(), "settings": settings, "results": results}) + "\n")
+    return path
+
+
+def bench_cache(
+    *,
+    videos: int,
+    views: int,
+    arch: str,
+    size: int,
+    frames: int,
+    workers: int,
+    batch_size: int,
+    seconds: int,
+    results_dir: str,
+    engine: str = "local",
+) -> dict:
+    """Views/s of `salt cache-latents` vs. its stages alone, on the same videos; bytes per view.
+    With engine "ray", the Ray engine runs too (on a local cluster started first, its start-up
+    timed apart), after the local engine on the same videos."""
+    from salt.cache_latents import CacheJob, run_cache
+    from salt.models import build_encoder, save_encoder
+    from salt.precision import resolve_precision
+    from salt.video.synthetic import make_benchmark_videos
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        csv = make_benchmark_videos(tmp / "videos", videos, seconds)
+        encoder = build_encoder(arch, img_size=size, num_frames=frames).eval().requires_grad_(False)
+        save_encoder(tmp / "teacher.pt", encoder, kind="teacher")
+        precision = resolve_precision("auto")
+        job = CacheJob(
+            teacher=str(tmp / "teacher.pt"),
+            data=str(csv),
+            out=str(tmp / "cache"),
+            views=views,
+            workers=workers,
+            batch_size=batch_size,
+            shard_videos=max(1, videos // 4),
+            progress=False,
+        )
+        decoded, decode_s = _decode_alone(job, encoder, frames, size)
+        latents, forward_s = _forward_alone(encoder, decoded, batch_size, precision)
+        start = time.perf_counter()  # the whole command, by each engine
+        run_cache(job)
+        whole_s = {"local": time.perf_counter() - start}
+        ray_startup_s = None
+        if engine == "ray":
+            ray_startup_s, whole_s["ray"] = _ray_engine_run(dataclasses.replace(job, out=str(tmp / "cache_ray")))
+        storage = _storage_by_codec(latents[:8])
+        frame_bytes = float(np.mean([sum(len(b) for b in v["encoded"]) for item in decoded for v in item["views"]]))
+
+    total_views = videos * views
+    rates = {
+        "whole command": total_views / whole_s["local"],
+        "decode + augment + JPEG": total_views / decode_s,
+        "teacher forward": total_views / forward_s,
+    }
+    if "ray" in whole_s:
+        rates["whole command, ray engine"] = total_views / whole_s["ray"]
+    slowest = min(rates["decode + augment + JPEG"], rates["teacher forward"])
+    results = {
+        "views_per_s": rates,
+        "slowest_stage_idle_share": max(0.0, 1 - rates["whole command"] / slowest),
+        "whole_vs_slowest": rates["whole command"] / slowest,
+        "ray_vs_local": whole_s["local"] / whole_s["ray"] if "ray" in whole_s else None,
+        "ray_startup_s": ray_startup_s,
+        "jpeg_frame_bytes_per_view": frame_bytes,
+        "storage": storage,
+        "precision": precision,
+    }
+    settings = {
+        "videos": videos,
+        "views": views,
+        "arch": arch,
+        "size": size,
+        "frames": frames,
+        "workers": workers,
+        "batch_size": batch_size,
+        "video": f"640x360 H.264, {seconds} s",
+        "engine": engine,
+    }
+    save_record("cache" if engine == "local" else f"cache-{engine}", settings, results, results_dir)
+    return {"settings": settings, "results": results}
+
+
+def _decode_alone(job, encoder, frames: int, size: int) -> tuple[list[dict], float]:
+    """Stage 1 of the command alone: decode + augment + JPEG round trip, in the same workers."""
+    from salt.cache_latents import CachePlan, VideoViews
+    from salt.latents import ShardId
+    from salt.video.sources import load_records
+    from salt.video.views import ViewConfig
+    from salt.worker_processes import owned_loader
+
+    records = load_records(job.data)
+    view = ViewConfig(frames=frames, frame_step=4, size=size)
+    plan = CachePlan(job, Path(job.out), records, view, encoder, {}, [ShardId(0, len(records), 0, job.views)])
+    loader = owned_loader(VideoViews(plan), job.workers, batch_size=None)
+    start = time.perf_counter()
+    decoded = [item for item in loader]
+    return decoded, time.perf_counter() - start
+
+
+def _forward_alone(encoder, decoded: list[dict], batch_size: int, precision: str) -> tuple[torch.Tensor, float]:
+    """Stage 2 of the command alone: the teacher forward on those clips, batched."""
+    from salt.video.views import to_model_input
+
+    clips = torch.from_numpy(np.stack([v["frames"] for item in decoded for v in item["views"]]))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
+        encoder(to_model_input(clips[:batch_size]))  # warm-up
+        start = time.perf_counter()
+        outputs = [encoder(to_model_input(clips[i : i + batch_size])).float() for i in range(0, len(clips), batch_size)]
+        seconds = time.perf_counter() - start
+    return torch.cat(outputs), seconds
+
+
+def _ray_engine_run(job) -> tuple[float, float]:
+    """(start-up of a local Ray instance, the whole command by the Ray engine on it), seconds."""
+    from salt.cache_latents import run_cache
+    from salt.cache_latents.ray_engine import import_ray
+
+    ray = import_ray()
+    start = time.perf_counter()
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    startup_s = time.perf_counter() - start
+    try:
+        start = time.perf_counter()
+        run_cache(dataclasses.replace(job, engine="ray"))
+        return startup_s, time.perf_counter() - start
+    finally:
+        ray.shutdown()
+
+
+def _storage_by_codec(latents: torch.Tensor) -> list[dict]:
+    """Bytes per view and error by dtype and codec, on real teacher outputs."""
+    from salt.latents import LatentCodec, normalise_targets
+    from salt.latents.codecs import CODECS
+
+    reference = normalise_targets(latents)
+    storage = []
+    for dtype in ("fp16", "bf16", "int8"):
+        for codec_name in ("blosc-zstd", "zstd", "none"):
+            codec = LatentCodec(dtype, CODECS[codec_name])
+            sizes, raw, errors = [], [], []
+            for tokens, target in zip(latents, reference):
+                stored = codec.to_stored(tokens)
+                sizes.append(sum(len(v) for v in codec.encode(stored).values()))
+                raw.append(stored.values.nbytes + (stored.scales.nbytes if stored.scales is not None else 0))
+                restored = normalise_targets(codec.from_stored(stored.values, stored.scales))
+                errors.append((restored - target).abs().mean().item())
+            storage.append(
+                {
+                    "dtype": dtype,
+                    "codec": codec_name,
+                    "bytes_per_view": float(np.mean(sizes)),
+                    "compression_ratio": float(np.sum(raw) / np.sum(sizes)),
+                    "mean_abs_err_layernormed": float(np.mean(errors)),
+                }
+            )
+    return storage
+
+
+def format_cache(report: dict) -> str:
+    s, r = report["settings"], report["results"]
+    lines = [
+        f"salt bench cache: {s['videos']} videos ({s['video']}) x {s['views']} views, teacher {s['arch']} at "
+        f"{s['frames']}x{s['size']}², {s['workers']} workers, batch {s['batch_size']}, {r['precision']}",
+        f"{'stage':<28}{'views/s':>10}",
+    ]
+    lines += [f"{name:<28}{rate:>10.2f}" for name, rate in r["views_per_s"].items()]
+    lines.append(
+        f"whole command / slowest stage alone: {r['whole_vs_slowest']:.2f} "
+        f"(slowest stage idle {r['slowest_stage_idle_share']:.0%})"
+    )
+    if r.get("ray_vs_local") is not None:
+        lines.append(
+            f"ray engine / local engine views/s: {r['ray_vs_local']:.2f} (local "
+            f"Ray cluster start-up {r['ray_startup_s']:.1f} s, not counted)"
+        )
+    lines.append(f"JPEG frames: {r['jpeg_frame_bytes_per_view'] / 1e3:.1f} kB per view")
+    lines.append(f"{'dtype':<6}{'codec':<12}{'kB/view':>10}{'ratio':>8}{'mean|Δ| (layer-normed)':>25}")
+    for row in r["storage"]:
+        lines.append(
+            f"{row['dtype']:<6}{row['codec']:<12}{row['bytes_per_view'] / 1e3:>10.1f}{row['compression_ratio']:>8.2f}"
+            f"{row['mean_abs_err_layernormed']:>25.5f}"
+        )
+    return "\n".join(lines)
