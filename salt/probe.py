@@ -280,6 +280,7 @@ def view_averaged_accuracy(probabilities: torch.Tensor, labels: torch.Tensor, vi
 
 
 def run_probe(
+    *,
     encoder: str | None,
     random_init: str | None,
     train_data: str,

@@ -1,11 +1,143 @@
-"""The tools' sub-commands of `salt` (salt/cli.py adds them to the group): FLOPs, reports,
-the claims chain, benchmarks, the teacher's reconstructions and the cache's inspection."""
+"""The sub-commands of `salt` around the two processes (salt/cli.py adds them to the group):
+frozen probes, exports to transformers, FLOPs, reports, the claims chain, benchmarks, the
+teacher's reconstructions and the cache's inspection."""
 
 from __future__ import annotations
 
 import json
 
 import click
+
+
+@click.command("probe")
+@click.option(
+    "--encoder",
+    type=click.Path(),
+    help="Encoder checkpoint (SALT .pt/.safetensors, V-JEPA 1/2, VideoMAE, Hugging Face VideoMAE or V-JEPA 2 folder).",
+)
+@click.option(
+    "--checkpoint-key",
+    default="",
+    show_default=False,
+    help="State dict to read from a trainer checkpoint (default: target_encoder, else encoder).",
+)
+@click.option("--random-init", help="Probe a randomly initialised encoder of this size instead (the floor).")
+@click.option(
+    "--train", "train_data", required=True, help="Labelled training videos (CSV, folder, shards: a path or URL)."
+)
+@click.option("--val", "val_data", required=True, help="Labelled validation videos.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML (configs/probe/default.yaml).")
+@click.option(
+    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a probe config value, e.g. epochs=5."
+)
+@click.option("--arch", "arch_pairs", multiple=True, metavar="KEY=VALUE", help="Architecture facts (e.g. img_size=64).")
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the results as JSON here.")
+@click.option(
+    "--work-dir",
+    type=click.Path(file_okay=False),
+    help="Keep the stored token maps here (default: a temporary folder); a later probe with the same folder "
+    "reuses them.",
+)
+@click.option(
+    "--protocol",
+    type=click.Choice(["attentive", "linear"]),
+    default=None,
+    help="attentive (the paper's) or linear (mean-pooled tokens, MAE's protocol); default: the config's.",
+)
+@click.option(
+    "--allow-missing",
+    is_flag=True,
+    help="Probe the videos that decode and record the others under 'skipped' (default: refuse a split with any).",
+)
+@click.option(
+    "--max-videos", default=0, type=click.IntRange(min=0), help="Use only the first N videos of each split (0: all)."
+)
+@click.option("--no-progress", is_flag=True, help="No progress bars (none either when stderr is not a terminal).")
+def probe_command(
+    encoder,
+    checkpoint_key,
+    random_init,
+    train_data,
+    val_data,
+    config_path,
+    overrides,
+    arch_pairs,
+    out,
+    work_dir,
+    protocol,
+    allow_missing,
+    max_videos,
+    no_progress,
+) -> None:
+    """Frozen probe: token maps computed once, an lr x wd grid of heads, multi-view evaluation.
+
+    Example: salt probe --encoder runs/student/student.pt --train data/syn/train.csv --val data/syn/val.csv
+    --out probe.json
+    """
+    from salt.cache_latents.job import parse_arch_pairs
+    from salt.config import load_config
+    from salt.probe import ProbeConfig, ProbeData, format_probe, run_probe, save_report
+
+    if bool(encoder) == bool(random_init):
+        raise click.UsageError("give exactly one of --encoder and --random-init")
+    cfg = load_config(ProbeConfig, config_path, list(overrides) + ([f"protocol={protocol}"] if protocol else []))
+    report = run_probe(
+        encoder=encoder,
+        random_init=random_init,
+        train_data=train_data,
+        val_data=val_data,
+        cfg=cfg,
+        work_dir=work_dir,
+        arch=parse_arch_pairs(arch_pairs),
+        checkpoint_key=checkpoint_key,
+        which=ProbeData(allow_missing, max_videos, not no_progress and click.get_text_stream("stderr").isatty()),
+    )
+    click.echo(format_probe(report))
+    if out:
+        save_report(report, out)
+        click.echo(f"wrote {out}")
+
+
+@click.command("export")
+@click.argument("encoder", metavar="ENCODER", type=click.Path(exists=True))
+@click.option(
+    "--out",
+    required=True,
+    type=click.Path(),
+    help="New folder for config.json, model.safetensors, salt_export.json, README.md.",
+)
+@click.option(
+    "--arch",
+    "arch_pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Architecture facts the checkpoint cannot tell (e.g. num_heads=16).",
+)
+@click.option(
+    "--checkpoint-key",
+    default="",
+    show_default=False,
+    help="State dict to read from a trainer checkpoint (default: target_encoder, else encoder).",
+)
+def export_command(encoder, out, arch_pairs, checkpoint_key) -> None:
+    """Write ENCODER (anything `salt probe --encoder` reads) as a transformers folder that
+    `AutoModel.from_pretrained(OUT)` loads without SALT: RoPE -> VJEPA2Model, sincos1d -> VideoMAEModel.
+
+    Example: salt export runs/student/student.pt --out exports/student_hf
+    """
+    from salt.cache_latents.job import parse_arch_pairs
+    from salt.hf_export import export_encoder
+
+    try:
+        arch = parse_arch_pairs(arch_pairs)
+    except ValueError as err:
+        raise click.BadParameter(str(err), param_hint="--arch") from None
+    record = export_encoder(encoder, out, arch, checkpoint_key or None)
+    arch = record["arch"]
+    click.echo(
+        f"wrote {out}: {record['transformers_class']}, {record['tokens']} tokens x {record['embed_dim']} per clip "
+        f"of {arch['num_frames']}x{arch['img_size']}x{arch['img_size']}; how to feed it: {out}/README.md"
+    )
 
 
 @click.command("flops")
@@ -276,4 +408,13 @@ def bench_loader_command(videos, seconds, size, samples, results, s3_url) -> Non
 
 
 def tool_commands() -> list[click.Command]:
-    return [flops_command, report_command, reproduce_command, bench_group, reconstruct_command, inspect_command]
+    return [
+        probe_command,
+        export_command,
+        flops_command,
+        report_command,
+        reproduce_command,
+        bench_group,
+        reconstruct_command,
+        inspect_command,
+    ]
