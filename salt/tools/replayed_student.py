@@ -15,19 +15,22 @@ from collections.abc import Iterable, Iterator
 
 
 def replay_windows(batches: Iterable, window: int) -> Iterator:
-    """`window` batches as they arrive, then the same `window` again, then the next ones."""
-    stream = iter(batches)
-    while True:
-        held = []
-        for _ in range(window):
-            held.append(next(stream))
-            yield held[-1]
-        yield from held
+    """`window` batches as they arrive, then the same `window` again, then the next ones; ends
+    with its input (a loader that stops or fails ends or fails this too)."""
+    held = []
+    for batch in batches:
+        held.append(batch)
+        yield batch
+        if len(held) == window:
+            yield from held
+            held = []
 
 
 def main(argv: list[str]) -> None:
     import salt.training.student as student
 
+    if not argv or not argv[0].isdigit() or int(argv[0]) < 1:
+        raise SystemExit("usage: python -m salt.tools.replayed_student WINDOW --config … (WINDOW: steps, >= 1)")
     window, argv = int(argv[0]), argv[1:]
     make_loader = student.clip_loader
 

@@ -3,6 +3,7 @@ FLOPs the planner gives each row (to match the EMA baseline's budget and to tabl
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from salt.config import load_config
@@ -49,7 +50,7 @@ class ChainPlan:
 
     def rank_variants(self) -> list[tuple[str, int]]:
         """(label, rank) of the compacted caches: full rank (0) and R = D / divisor."""
-        dim, dtype = self.teacher_arch()["embed_dim"], self.cfg.rank_dtype
+        dim, dtype = self.teacher_arch["embed_dim"], self.cfg.rank_dtype
         divisors = sorted(set(self.cfg.rank_divisors))
         return [(f"{dtype}_full", 0)] + [(f"{dtype}_rank{dim // d}", dim // d) for d in divisors if dim // d >= 1]
 
@@ -194,6 +195,7 @@ class ChainPlan:
         student_sets = self.student_sets("flops", self.out / "cache", 0, steps, targets)
         return teacher, load_config(StudentConfig, cfg.student_config, student_sets)
 
+    @functools.cached_property
     def teacher_arch(self) -> dict:
         from salt.models import resolve_arch
 
@@ -220,5 +222,5 @@ class ChainPlan:
         from salt.tools.flops import frozen_forward_part
 
         cfg = self.cfg
-        part = frozen_forward_part("1b cache", "teacher forward", self.teacher_arch(), cfg.frames, cfg.size, clips=1)
+        part = frozen_forward_part("1b cache", "teacher forward", self.teacher_arch, cfg.frames, cfg.size, clips=1)
         return part.counted

@@ -150,12 +150,13 @@ def train(
     resume (geometry, model, data order); a checkpoint whose parts differ is refused.
     """
     optim, run, world = config.optim, config.run, dist_info.world_size
-    checkpoints = _Checkpoints(Path(run.out_dir) / "checkpoints", dist_info.rank, run.keep_checkpoints)
-    resume_from = _open_run_dir(config, checkpoints.folder, resume, dist_info.rank)
+    checkpoint_dir = Path(run.out_dir) / "checkpoints"
+    resume_from = _open_run_dir(config, checkpoint_dir, resume, dist_info.rank)
     engine, optimizer = _deepspeed_engine(config, objective, world)
     lr_at = WarmupCosine(optim.lr_start, optim.lr_peak, optim.lr_final, optim.warmup_steps, optim.steps)
     wd_at = Cosine(optim.wd_start, optim.wd_final, optim.steps)
-    checkpoints.client = {"config": compatible_keys(to_dict(config)), "world_size": world, **(client_extra or {})}
+    client = {"config": compatible_keys(to_dict(config)), "world_size": world, **(client_extra or {})}
+    checkpoints = _Checkpoints(checkpoint_dir, dist_info.rank, run.keep_checkpoints, client)
     start_step = checkpoints.resume(engine, resume_from, compatible_keys(to_dict(type(config)())), optim.steps)
     last_step = min(optim.steps, run.stop_at) if run.stop_at > 0 else optim.steps
     micro_batches = iter(make_batches(start_step * optim.grad_accum))
@@ -249,9 +250,9 @@ def _set_schedules(optimizer, lr: float, wd: float) -> None:
 class _Checkpoints:
     """The run's checkpoint folder, with what every checkpoint records beside the weights."""
 
-    def __init__(self, folder: Path, rank: int, keep: int):
+    def __init__(self, folder: Path, rank: int, keep: int, client: dict):
         self.folder, self.rank, self.keep = folder, rank, keep
-        self.client: dict = {}  # settings that must match on resume, and the world size
+        self.client = client  # settings that must match on resume, and the world size
 
     def resume(self, engine, resume_from: Path | None, defaults: dict, steps: int) -> int:
         """The optimiser step to continue from (0 for a fresh run), the state loaded."""
