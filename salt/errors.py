@@ -5,9 +5,13 @@ a misused command line); anything else is a bug and keeps its traceback. `SALT_D
 
 from __future__ import annotations
 
+import errno
 import os
+import sys
 from contextlib import contextmanager
 from typing import Iterator
+
+from salt.runtime.preemption import Interrupted
 
 # botocore's errors by name: a missing or wrong account and an unreachable endpoint are the
 # user's to fix, and naming them here keeps botocore an optional import.
@@ -21,6 +25,29 @@ STORE_ERRORS = {
     "ConnectTimeoutError": "the object store did not answer — check FSSPEC_S3_ENDPOINT_URL / the network",
     "NoSuchBucket": "the bucket does not exist — create it or fix the URL",
 }
+
+
+NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+# What a collective raises on the ranks that are left when another rank's process has ended.
+PEER_GONE = ("Connection closed by peer", "Connection reset by peer", "Broken pipe")
+
+
+class NoSpaceLeft(OSError):
+    """No space left on the device while writing `path`; for writers whose own error does not
+    say so (torch's checkpoint writer raises a RuntimeError with a file offset). `every_rank`:
+    raised alike on every rank of a run, so rank 0 alone prints it."""
+
+    def __init__(self, path, every_rank: bool = False):
+        super().__init__(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        self.every_rank = every_rank
+
+
+def no_space(err: BaseException) -> OSError | None:
+    """The full-disk error in `err`'s chain, if that is what `err` is."""
+    for cause in _chain(err):
+        if isinstance(cause, OSError) and cause.errno in NO_SPACE:
+            return cause
+    return None
 
 
 def user_errors() -> tuple[type[Exception], ...]:
@@ -54,6 +81,10 @@ def one_line(err: BaseException) -> str | None:
 
     if isinstance(err, ConfigError) or isinstance(err, user_errors()):
         return f"error: {err}"
+    full = no_space(err)
+    if full is not None:
+        where = full.filename or "a file"
+        return f"error: no space left on device writing {where} — free space or choose another folder"
     if isinstance(err, PermissionError):
         return (
             f"error: permission denied: {err.filename or err} — choose "
@@ -63,6 +94,11 @@ def one_line(err: BaseException) -> str | None:
         for kind in type(cause).__mro__:
             if kind.__name__ in STORE_ERRORS:
                 return f"error: {STORE_ERRORS[kind.__name__]} ({cause})"
+    if isinstance(err, RuntimeError) and any(text in str(err) for text in PEER_GONE) and "RANK" in os.environ:
+        return (
+            f"error: rank {os.environ['RANK']} stopped because another rank of the run ended (its own lines "
+            "say why; a killed rank prints none) — fix that cause, then rerun with --resume"
+        )
     return None
 
 
@@ -75,13 +111,30 @@ def _chain(err: BaseException) -> Iterator[BaseException]:
         err = err.__cause__ or err.__context__
 
 
+def _printed_here(err: BaseException) -> bool:
+    """An error every rank raises alike is printed by rank 0 alone."""
+    return not getattr(err, "every_rank", False) or os.environ.get("RANK", "0") == "0"
+
+
 @contextmanager
 def one_line_errors() -> Iterator[None]:
-    """Turn a user error into `SystemExit("error: …")` (exit status 1, no traceback)."""
+    """Turn a user error into `SystemExit("error: …")` (exit status 1, no traceback); a run
+    stopped by a signal after saving (`Interrupted`) into its line and exit status 75."""
     try:
         yield
+    except Interrupted as err:
+        if _printed_here(err):
+            print(err, file=sys.stderr, flush=True)
+        raise SystemExit(err.exit_status) from None
+    except KeyboardInterrupt:  # Ctrl-C before a stage's handlers were in place: nothing to save yet
+        if debugging():
+            raise
+        print("interrupted (nothing was saved: the work had not started)", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
     except Exception as err:
         line = None if debugging() else one_line(err)
         if line is None:
             raise
+        if not _printed_here(err):
+            raise SystemExit(1) from None
         raise SystemExit(line) from None

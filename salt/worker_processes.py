@@ -5,7 +5,8 @@ checks the worker's parent, which is then the fork server, not the loader's proc
 fork server outlives a SIGKILLed owner, because every worker holds its keep-alive pipe. Killed
 runs (preemption, a full node's OOM killer) therefore left workers and fork servers behind
 forever, holding memory and the owner's stdout. Each worker here waits on a pidfd of the
-owner and exits the moment the owner does.
+owner and exits the moment the owner does; a scheduler's stop signals (which launchers send to
+whole process trees) are left to the owner, which saves and then ends them.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import threading
 import time
 
 from torch.utils.data import DataLoader
+
+from salt.runtime.preemption import ignore_stop_signals
 
 FALLBACK_POLL_S = 1.0  # only without pidfd (Linux < 5.3, other systems)
 
@@ -45,6 +48,7 @@ def _alive(pid: int) -> bool:
 
 
 def _watch_owner(owner: int, user_init, worker_id: int) -> None:
+    ignore_stop_signals()
     threading.Thread(target=_exit_with, args=(owner,), name="owner-watch", daemon=True).start()
     if user_init is not None:
         user_init(worker_id)

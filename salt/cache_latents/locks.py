@@ -1,7 +1,7 @@
 """Locks between writers of one cache output.
 
-`OutputLock`: one live writer per (output, rank), across hosts that share the folder (a lock
-file naming host and pid; a dead owner's lock on this host is taken over). `file_lock`: a short
+`OutputLock`: one live writer per (output, rank), across hosts that share the folder
+(`salt.runtime.locks.HolderLock`; on an object store, a lock object naming host and pid). `file_lock`: a short
 critical section between processes of this machine (ranks creating or growing the Zarr store).
 """
 
@@ -17,80 +17,71 @@ from pathlib import Path
 
 from salt.latents import storage
 from salt.latents.errors import CacheWriteError
+from salt.runtime.locks import HolderLock, LockHeld
 
 
 class OutputLock:
-    """One live writer per (output, rank): a lock file with host and pid; a dead owner's is taken over.
-
-    On an object store (no exclusive create) the lock object is read, then written: it stops a
-    second writer started after the first, not one started at the same instant; ranks have
-    lock objects of their own and never write the same shard objects."""
+    """One live writer per (output, rank). On a file system a `HolderLock` (host, pid,
+    heartbeat; a dead owner's lock, or an empty one, is taken over). On an object store (no
+    exclusive create) the lock object is read, then written: it stops a second writer started
+    after the first, not one started at the same instant; ranks have lock objects of their own
+    and never write the same shard objects."""
 
     def __init__(self, path: Path | str):
         self.path = path
         self.held = False
+        self._local = None if storage.is_url(path) else HolderLock(path, "salt cache-latents")
 
     def acquire(self) -> None:
-        if storage.is_url(self.path):
-            self._acquire_object()
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
-        for _ in range(3):
+        if self._local is not None:
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self._owner()
-                if owner is None or self._alive(owner):
-                    who = f"pid {owner['pid']} on {owner['host']}" if owner else "an unknown process"
-                    raise CacheWriteError(
-                        f"{self.path}: another salt cache-latents ({who}) is writing this output; wait for it, "
-                        f"or delete the lock file if that process is gone"
-                    ) from None
-                self.path.unlink(missing_ok=True)  # stale: its owner died on this host
-                continue
-            with os.fdopen(fd, "w") as handle:
-                json.dump(me, handle)
-            self.held = True
-            return
-        raise CacheWriteError(f"{self.path}: could not take the lock")
+                self._local.acquire()
+            except LockHeld as err:
+                raise CacheWriteError(str(err)) from None
+        else:
+            self._acquire_object()
+        self.held = True
 
     def _acquire_object(self) -> None:
         if storage.exists(self.path):
             owner = self._owner()
-            if owner is None or self._alive(owner):
-                who = f"pid {owner['pid']} on {owner['host']}" if owner else "an unknown process"
+            # An empty or unreadable lock object is what a failed write leaves: stale.
+            if owner is not None and _alive(owner):
                 raise CacheWriteError(
-                    f"{self.path}: another salt cache-latents ({who}) is writing this output; wait for "
-                    "it, or delete the lock object if that process is gone"
+                    f"{self.path}: another salt cache-latents (pid {owner.get('pid')} on {owner.get('host')}) is "
+                    "writing this output; wait for it, or delete the lock object if that process is gone"
                 )
         storage.write_bytes(
             self.path, json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}).encode()
         )
-        self.held = True
 
     def release(self) -> None:
         if self.held:
-            storage.remove(self.path)
+            if self._local is not None:
+                self._local.release()
+            else:
+                storage.remove(self.path)
             self.held = False
 
     def _owner(self) -> dict | None:
         try:
-            return json.loads(storage.read_bytes(self.path))
+            owner = json.loads(storage.read_bytes(self.path))
         except (OSError, ValueError):
-            return None  # a lock being written right now, or garbage: treated as live for safety
+            return None
+        return owner if isinstance(owner, dict) else None
 
-    @staticmethod
-    def _alive(owner: dict) -> bool:
-        if owner.get("host") != socket.gethostname():
-            return True  # cannot check another host's processes: assume alive
-        try:
-            os.kill(int(owner["pid"]), 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
+
+def _alive(owner: dict) -> bool:
+    """An object-store lock's owner: checked on this host; assumed alive on another."""
+    if owner.get("host") != socket.gethostname():
         return True
+    try:
+        os.kill(int(owner["pid"]), 0)
+    except (ProcessLookupError, KeyError, ValueError, TypeError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextlib.contextmanager

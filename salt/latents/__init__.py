@@ -31,6 +31,7 @@ from salt.latents.manifest import (
     load_manifest,
     write_json_atomic,
 )
+from salt.latents.order import EpochOrder, SampleReader
 from salt.latents.reader import (
     LatentCache,
     apply_target_norm,
@@ -52,6 +53,7 @@ __all__ = [
     "CacheWriteError",
     "DEFAULT_COMPRESSOR",
     "EncodedSample",
+    "EpochOrder",
     "FORMAT_VERSION",
     "FRAME_EXT",
     "LatentCache",
@@ -59,6 +61,7 @@ __all__ = [
     "MANIFEST_NAME",
     "Manifest",
     "Problem",
+    "SampleReader",
     "ShardFiles",
     "ShardId",
     "ShardRecord",

@@ -121,6 +121,17 @@ class LatentCache:
     def __len__(self) -> int:
         return len(self._sorted_codes)
 
+    def locate(self, index: int) -> tuple[int, int, int]:
+        """(shard index, video, view) of sample `index` (the `get` numbering)."""
+        video, view = divmod(int(self._sorted_codes[index]), MAX_VIEWS)
+        return int(self._sorted_owner[index]), video, view
+
+    def shard_sample_indices(self, shard_index: int) -> np.ndarray:
+        """The sample indices (the `get` numbering) of one shard's samples, in key order."""
+        ids = self._shard_samples(shard_index)
+        codes = np.array([video * MAX_VIEWS + view for video, view in ids], dtype=np.int64)
+        return np.searchsorted(self._sorted_codes, codes).astype(np.int64)
+
     def keys(self) -> list[str]:
         return [sample_key(*divmod(int(c), MAX_VIEWS)) for c in self._sorted_codes]
 
@@ -144,18 +155,18 @@ class LatentCache:
         video, view = divmod(int(self._sorted_codes[position]), MAX_VIEWS)
         record = self.manifest.shards[int(self._sorted_owner[position])]
         if self.random_format == "zarr":
-            return self._read_zarr(record, video, view)
+            return self.read_zarr_sample(record, video, view)
         with WdsShardReader(storage.join(self.path, WDS_DIR), record.name) as shard:
-            return self._read_wds(shard, video, view)
+            return self.read_wds_sample(shard, video, view)
 
-    def _read_wds(
+    def read_wds_sample(
         self, shard: WdsShardReader, video: int, view: int, reads: tuple[str, str] = ("decoded", "float32")
     ) -> CacheSample:
         key = sample_key(video, view)
         meta, fields, frames = split_members(shard.read_members(key))
         return self._decode(shard.name, video, view, lambda: self.codec.decode(fields, self.shape), frames, meta, reads)
 
-    def _read_zarr(
+    def read_zarr_sample(
         self, record: ShardRecord, video: int, view: int, reads: tuple[str, str] = ("decoded", "float32")
     ) -> CacheSample:
         stored, frames, meta = self._zarr.read_sample(record.name, video, view)
@@ -321,9 +332,9 @@ class LatentCache:
                 video, view = ids[i]
                 try:
                     if shard is not None:
-                        sample = self._read_wds(shard, video, view, reads)
+                        sample = self.read_wds_sample(shard, video, view, reads)
                     else:
-                        sample = self._read_zarr(record, video, view, reads)
+                        sample = self.read_zarr_sample(record, video, view, reads)
                 except CacheError as error:
                     if on_error == "raise":
                         raise
@@ -410,13 +421,13 @@ def verify(cache: LatentCache) -> list[Problem]:
                 with shard:
                     for (video, view), key in zip(ids, keys):
                         try:
-                            cache._read_wds(shard, video, view)
+                            cache.read_wds_sample(shard, video, view)
                         except CacheError as error:
                             problems.append(Problem(record.name, key, f"[wds] {error}"))
         if "zarr" in manifest.formats and not cache.remote:
             for (video, view), key in zip(ids, keys):
                 try:
-                    cache._read_zarr(record, video, view)
+                    cache.read_zarr_sample(record, video, view)
                 except CacheError as error:
                     problems.append(Problem(record.name, key, f"[zarr] {error}"))
     return problems

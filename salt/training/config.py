@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from salt.masks import DEFAULT_MASKS, MaskConfig
+from salt.runtime.preemption import DEFAULT_STOP_SIGNALS, parse_signals
 from salt.video.views import ViewConfig
 
 
@@ -104,10 +105,14 @@ class RunConfig:
     # torch.compile the trained parts (and a frozen teacher) in place: checkpoints keep their keys.
     # Pays off on GPUs for long runs; the first steps pay the compilation.
     compile: bool = False
+    # Signals that stop the run after the optimiser step in progress, with a checkpoint, exit
+    # status 75 (docs/cluster.md). Others keep their default action.
+    stop_signals: list[str] = field(default_factory=lambda: list(DEFAULT_STOP_SIGNALS))
 
     def validate(self) -> None:
         if not self.out_dir:
             raise ValueError("run.out_dir must name a folder")
+        parse_signals(self.stop_signals)
         if self.log_every < 1 or self.checkpoint_every < 1:
             raise ValueError(
                 f"run: log_every and checkpoint_every must be >= 1 step (got {self.log_every}, {self.checkpoint_every})"

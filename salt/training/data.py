@@ -1,12 +1,19 @@
-"""The online video pipeline: decode + augment + masks in DataLoader workers, whole batches out.
+"""Micro-batches for the training loop: clips decoded online (stage 1) or read from a cache (process 2).
 
-The order is a pure function of (seed, position): global sample `p` is video
-`permutation(seed, epoch)[p mod N]` with `epoch = p // N`, rendered as view `epoch` of that
-video (a new replayable view each epoch). Rank `r` of `W` takes samples
-`(m·W + r)·B … +B` for its micro-batch `m` (micro-step: optimiser step × grad_accum + i).
-Worker `w` of `K` builds the micro-batches `m ≡ w (mod K)`, and the DataLoader hands them out
-round-robin, so the batch sequence is the same for any worker count, and a resumed run starts
-at its saved micro-step by arithmetic, without decoding what it already saw.
+One global order, whatever the number of ranks and workers: global sample position `p` is
+fixed by (seed, epoch) alone, and global micro-batch `g` holds positions `g·B … g·B + B - 1`.
+Rank `r` of `W` builds the micro-batches `g = m·W + r` for its micro-steps `m` (optimiser step
+× grad_accum + i), and its worker `w` of `K` the micro-steps `m ≡ w (mod K)`, handed out
+round-robin by the DataLoader. Masks are drawn from (seed, g). So global batch `s` holds
+positions `s·G … (s+1)·G - 1` (G = B × grad_accum × W) on any number of ranks, a resumed run
+starts at its step by arithmetic without decoding what it already saw, and a run stopped on N
+ranks resumes on M with the same global batch (`optim.grad_accum` or `data.batch_size` making
+up the difference): with the micro-batch kept, it trains on exactly the batches and masks the
+uninterrupted run would have.
+
+Stage 1: position `p` is video `permutation(seed, epoch)[p mod N]` (`epoch = p // N`),
+rendered as view `epoch` of that video. Process 2: position `p` is sample
+`EpochOrder(cache, seed)(p)` (shards shuffled per epoch, then each shard's samples).
 """
 
 from __future__ import annotations
@@ -174,18 +181,14 @@ class ClipBatches(IterableDataset):
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         order = SampleOrder(len(self.records), self.seed)
-        # Each rank draws its own masks; within a rank they depend on the micro-step only.
-        masker = (
-            MultiBlockMasker(self.token_grid, self.mask_configs, seed=self.seed * 1_000_003 + self.rank)
-            if self.mask_configs
-            else None
-        )
+        masker = MultiBlockMasker(self.token_grid, self.mask_configs, seed=self.seed) if self.mask_configs else None
         with IsolatedDecoder(self.decode_function, timeout=self.decode_timeout) as decoder:
             for micro_step in itertools.count(self.start_micro_step + worker, workers):
                 yield self._batch(micro_step, order, decoder, masker)
 
     def _batch(self, micro_step: int, order: SampleOrder, decoder: IsolatedDecoder, masker) -> ClipBatch:
-        first = (micro_step * self.world_size + self.rank) * self.batch_size
+        global_micro_batch = micro_step * self.world_size + self.rank
+        first = global_micro_batch * self.batch_size
         clips, labels, video_ids, skipped = [], [], [], []
         for position in range(first, first + self.batch_size):
             index, epoch = order(position)
@@ -209,7 +212,7 @@ class ClipBatches(IterableDataset):
             clips.append(clips[missing % len(clips)])
             labels.append(labels[missing % len(labels)])
             video_ids.append(video_ids[missing % len(video_ids)])
-        masks = masker(self.batch_size, micro_step) if masker is not None else []
+        masks = masker(self.batch_size, global_micro_batch) if masker is not None else []
         return ClipBatch(
             micro_step=micro_step,
             frames=torch.from_numpy(np.stack(clips)),
@@ -221,12 +224,10 @@ class ClipBatches(IterableDataset):
 
 
 class CacheBatches(IterableDataset):
-    """Endless micro-batches for one rank from a latent cache; masks drawn online, per micro-step.
-
-    Micro-batch `m` holds the next samples of cache split `m mod K` (K workers), streamed epoch
-    after epoch in an order fixed by seed and epoch. Resuming at `start_micro_step` skips, by
-    arithmetic, the samples each split already delivered; nothing is read to be thrown away.
-    """
+    """Endless micro-batches for one rank from a latent cache, in the global order (module
+    docstring); masks drawn online from (seed, global micro-batch). A sample that cannot be
+    read (`on_error: skip`) is replaced by repeating a good one of the same batch (or the last
+    good one), so positions, and with them resume, stay exact."""
 
     def __init__(
         self,
@@ -247,92 +248,59 @@ class CacheBatches(IterableDataset):
         self.decode_frames = decode_frames
         self.cache_path, self.cache_format, self.views = cache_path, cache_format, views
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, share.rank, share.world_size
-        self.num_workers = max(1, share.num_workers)
         self.mask_configs, self.token_grid = mask_configs, token_grid
         self.start_micro_step, self.on_error = start_micro_step, on_error
 
     def __iter__(self):
-        from salt.latents import open_cache
+        from salt.latents import EpochOrder, SampleReader, open_cache
 
         info = get_worker_info()
-        worker = info.id if info is not None else 0
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
         cache = open_cache(self.cache_path, self.cache_format, self.views)
-        masker = MultiBlockMasker(self.token_grid, self.mask_configs, seed=self.seed * 1_000_003 + self.rank)
-        # The DataLoader asks worker 0 first, so worker w makes micro-batches start+w, start+w+K, …;
-        # the samples of micro-batch m always come from cache split m mod K, whichever worker builds it.
-        first = self.start_micro_step + worker
-        split = first % self.num_workers
-        delivered = (first - split) // self.num_workers * self.batch_size
-        samples = self._samples(cache, split, delivered)
-        self._held = None  # a sample read past the end of the previous batch
-        self._last_good = None  # fills a batch whose samples are all corrupt (on_error: skip)
-        for micro_step in itertools.count(first, self.num_workers):
-            taken, skipped = self._take(cache, samples)
-            on_device = self.decode_frames == "device"
-            frames = None if on_device else torch.from_numpy(np.stack([s.frames for s in taken]))
-            targets = torch.stack([s.latents for s in taken])
-            scales = torch.stack([s.latent_scales for s in taken]) if taken[0].latent_scales is not None else None
-            yield CacheBatch(
-                micro_step=micro_step,
-                frames=frames,
-                targets=targets,
-                keys=[s.key for s in taken],
-                masks=masker(len(taken), micro_step),
-                skipped=skipped,
-                target_scales=scales,
-                jpeg=JpegFrames.pack([s.encoded_frames for s in taken]) if on_device else None,
-            )
+        order = EpochOrder(cache, self.seed)
+        masker = MultiBlockMasker(self.token_grid, self.mask_configs, seed=self.seed)
+        skipped: list[tuple[str, str]] = []
+        frames = "encoded" if self.decode_frames == "device" else "decoded"
+        reader = SampleReader(
+            cache,
+            frames=frames,
+            latents="stored",
+            on_error=self.on_error,
+            on_skip=lambda problem: skipped.append((f"{problem.shard}/{problem.key}", problem.reason)),
+        )
+        last_good = None
+        with reader:
+            for micro_step in itertools.count(self.start_micro_step + worker, workers):
+                global_micro_batch = micro_step * self.world_size + self.rank
+                first = global_micro_batch * self.batch_size
+                read = [reader(order(p)) for p in range(first, first + self.batch_size)]
+                taken = [sample for sample in read if sample is not None]
+                if not taken:  # a whole batch unreadable (e.g. a deleted shard): repeat the last good sample
+                    if last_good is None:
+                        raise VideoDecodeError(
+                            "cache",
+                            f"{self.batch_size} consecutive samples are corrupt before any good one "
+                            f"(first: {skipped[0]}); run `salt inspect --verify` on the cache",
+                        )
+                    taken = [last_good]
+                last_good = taken[-1]
+                taken += [taken[i % len(taken)] for i in range(self.batch_size - len(taken))]
+                yield self._batch(micro_step, taken, masker(self.batch_size, global_micro_batch), list(skipped))
+                skipped.clear()
 
-    def _samples(self, cache, split_index: int, skip: int):
-        """One split's samples, epoch after epoch, starting `skip` positions in."""
-        split = dict(rank=self.rank, world_size=self.world_size, worker=split_index, num_workers=self.num_workers)
-        epoch = 0
-        if len(cache) == 0:  # a loader that can produce nothing says so instead of looping forever
-            raise VideoDecodeError("cache", f"{self.cache_path} holds no samples; nothing to train on")
-        while skip >= (length := cache.split_len(self.seed, epoch, **split)):
-            skip, epoch = skip - length, epoch + 1
-        while True:
-            yield from cache.stream(
-                self.seed,
-                epoch,
-                start=skip,
-                on_error=self.on_error,
-                latents="stored",
-                frames="encoded" if self.decode_frames == "device" else "decoded",
-                **split,
-            )
-            skip, epoch = 0, epoch + 1
-
-    def _take(self, cache, samples) -> tuple[list, list[tuple[str, str]]]:
-        """The next `batch_size` positions; a skipped (corrupt) one is replaced by repeating a
-        good sample of the same batch (or the last good one), so positions, and with them
-        resume, stay exact."""
-        taken, skipped, used = [], [], 0
-        while used < self.batch_size:
-            before = len(cache.skipped)
-            if self._held is not None:
-                sample, self._held = self._held, None
-            else:
-                sample = next(samples)
-                new = cache.skipped[before:]
-                skipped += [(f"{p.shard}/{p.key}", p.reason) for p in new]
-                used += len(new)
-                if used >= self.batch_size:
-                    self._held = sample  # belongs to the next batch
-                    break
-            taken.append(sample)
-            used += 1
-        if not taken:  # a whole batch corrupt (e.g. a deleted shard): repeat the last good sample
-            if self._last_good is None:
-                raise VideoDecodeError(
-                    "cache",
-                    f"{self.batch_size} consecutive samples are corrupt before any good one "
-                    f"(first: {skipped[0]}); run `salt inspect --verify` on the cache",
-                )
-            taken = [self._last_good]
-        self._last_good = taken[-1]
-        taken += [taken[i % len(taken)] for i in range(self.batch_size - len(taken))]
-        return taken, skipped
+    def _batch(self, micro_step: int, taken: list, masks: list[MaskPair], skipped: list) -> CacheBatch:
+        on_device = self.decode_frames == "device"
+        scales = torch.stack([s.latent_scales for s in taken]) if taken[0].latent_scales is not None else None
+        return CacheBatch(
+            micro_step=micro_step,
+            frames=None if on_device else torch.from_numpy(np.stack([s.frames for s in taken])),
+            targets=torch.stack([s.latents for s in taken]),
+            keys=[s.key for s in taken],
+            masks=masks,
+            skipped=skipped,
+            target_scales=scales,
+            jpeg=JpegFrames.pack([s.encoded_frames for s in taken]) if on_device else None,
+        )
 
 
 def clip_loader(dataset: IterableDataset, workers: int, pin_memory: bool = False) -> DataLoader:

@@ -1,4 +1,5 @@
-"""What the loop measures: FLOPs once, a window of step statistics, JSONL records on rank 0."""
+"""What the loop measures and reports: FLOPs once, a window of step statistics (averaged over
+ranks), JSONL records and the progress bar on rank 0, and the bad-video limit."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 
 from salt.training.errors import TrainingError
 
@@ -85,7 +87,11 @@ class Window:
         ]
         if not values:
             return {}
-        flat = torch.stack([v.to(values[0].device).reshape(()) for v in values]).tolist()  # the one sync
+        flat = torch.stack([v.to(values[0].device).reshape(()) for v in values])
+        if dist.is_initialized() and dist.get_world_size() > 1:  # the global batch's numbers, on any number of ranks
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            flat /= dist.get_world_size()
+        flat = flat.tolist()  # the one sync
         means, start = {}, 0
         for key, vs in series.items():
             means[key] = sum(flat[start : start + len(vs)]) / len(vs) if vs else float("nan")
@@ -134,8 +140,11 @@ class MetricsLog:
                 if record.get("step", 0) <= start_step:
                     kept.append(line)
             partial = path.with_name(path.name + ".partial")
-            partial.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-            os.replace(partial, path)
+            try:
+                partial.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+                os.replace(partial, path)
+            finally:
+                partial.unlink(missing_ok=True)
         self.file = open(path, "a", encoding="utf-8") if enabled else None
         self.writer = None
         if enabled and tensorboard:
@@ -162,3 +171,66 @@ class MetricsLog:
             self.file.close()
         if self.writer is not None:
             self.writer.close()
+
+
+class BadVideos:
+    """Videos the loader could not decode (with the first reason); more than `limit` stops the run."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.videos: dict[str, str] = {}
+
+    def add(self, skipped: list[tuple[str, str]]) -> None:
+        for video, reason in skipped:
+            self.videos.setdefault(video, reason)
+        if len(self.videos) > self.limit:
+            raise TrainingError(
+                f"{len(self.videos)} videos could not be decoded (limit data.max_bad_videos={self.limit}); "
+                f"first: {next(iter(self.videos.items()))}. Fix the data list or raise the limit."
+            )
+
+
+class Report:
+    """metrics.jsonl (rank 0) and the progress bar. A record that cannot be written (a full
+    disk) is held in `failure` for the ranks to stop together at the end of the step."""
+
+    def __init__(self, run, rank: int, start_step: int, steps: int):
+        path = Path(run.out_dir) / "metrics.jsonl"
+        self.failure: OSError | None = None
+        try:
+            self.log = MetricsLog(path, enabled=rank == 0, tensorboard=run.tensorboard, start_step=start_step)
+        except OSError as err:
+            self.failure, self.log = err, MetricsLog(path, enabled=False, tensorboard=False)
+        self.progress = _progress_bar(run, rank, start_step, steps)
+        self.started = time.perf_counter()
+
+    def write(self, record: dict) -> None:
+        record["elapsed_s"] = time.perf_counter() - self.started  # wall time of this invocation
+        try:
+            self.log.write(record)
+        except OSError as err:
+            self.failure = err
+        if self.progress is not None:
+            postfix = {
+                "loss": f"{record['loss']:.4f}",
+                "sps": f"{record['samples_per_s']:.1f}",
+                "wait": f"{record['data_wait_share']:.0%}",
+            }
+            self.progress.set_postfix(postfix)
+
+    def step_done(self) -> None:
+        if self.progress is not None:
+            self.progress.update(1)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+        self.log.close()
+
+
+def _progress_bar(run, rank: int, start: int, total: int):
+    if rank != 0 or not run.progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=start, desc="train", dynamic_ncols=True)

@@ -17,7 +17,7 @@ from salt.precision import resolve_precision
 from salt.training.config import StudentConfig
 from salt.training.data import CacheBatches, ReaderShare, clip_loader
 from salt.training.errors import TrainingError
-from salt.training.loop import TrainResult, init_distributed, launcher_main, train
+from salt.training.loop import Stage, TrainResult, init_distributed, launcher_main, train
 from salt.training.objectives import StudentObjective
 from salt.training.schedules import Linear
 
@@ -126,9 +126,11 @@ def compatible_keys(config: dict) -> dict:
         for key in ("targets", "cache", "teacher", "geometry", "data", "encoder", "predictor", "masks", "ema", "loss")
         if key in config
     }
-    # Where frames are decoded does not change what a step trains on: a run may resume either way.
-    kept["data"] = {key: value for key, value in kept.get("data", {}).items() if key != "decode_frames"}
-    return kept | {"seed": config["run"]["seed"], "grad_accum": config["optim"]["grad_accum"]}
+    # Where frames are decoded, and by how many workers, does not change what a step trains on;
+    # the global batch (micro-batch × grad_accum × ranks) is checked on its own: its split may change.
+    free = ("decode_frames", "workers", "batch_size")
+    kept["data"] = {key: value for key, value in kept.get("data", {}).items() if key not in free}
+    return kept | {"seed": config["run"]["seed"]}
 
 
 def run_student(config_path: str | None, overrides: list[str], resume: bool = False) -> TrainResult:
@@ -155,18 +157,17 @@ def run_student(config_path: str | None, overrides: list[str], resume: bool = Fa
         )
         return clip_loader(dataset, cfg.data.workers, pin_memory=dist_info.device.type == "cuda")
 
-    check_shards_for_readers(cfg, manifest, dist_info.world_size)
-    return train(
-        cfg,
-        objective,
-        make_batches,
-        dist_info,
-        resume=resume,
+    stage = Stage(
+        config=cfg,
+        objective=objective,
+        make_batches=make_batches,
         export_name="student.pt",
         compatible_keys=compatible_keys,
+        command="salt train-student",
         max_bad_videos=10**9 if cfg.cache.on_error == "skip" else 0,
-        client_extra={"cache_teacher_fingerprint": manifest.teacher["fingerprint"], "workers": cfg.data.workers},
+        client_extra={"cache_teacher_fingerprint": manifest.teacher["fingerprint"]},
     )
+    return train(stage, dist_info, resume=resume)
 
 
 def load_student_config(config_path: str | None, overrides: list[str]):
@@ -231,17 +232,6 @@ def build_objective(cfg: StudentConfig, manifest, basis, precision: str) -> Stud
         precision=precision,
         health_every=cfg.health_every,
     )
-
-
-def check_shards_for_readers(cfg: StudentConfig, manifest, world_size: int) -> None:
-    """Fewer filled shards than ranks × workers would leave a reader without data: refuse now, not hang later."""
-    readers = max(1, cfg.data.workers)
-    filled = sum(1 for shard in manifest.shards if shard.samples)
-    if filled < world_size * readers:
-        raise TrainingError(
-            f"{cfg.cache.path} has {filled} shards with samples for {world_size} ranks × "
-            f"{readers} workers — use fewer workers or cache with smaller --shard-videos"
-        )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -11,7 +11,7 @@ from salt.config import ConfigError, load_config
 from salt.models import build_encoder, resolve_arch, token_grid
 from salt.training.config import TeacherConfig
 from salt.training.data import ClipBatches, ReaderShare, clip_loader
-from salt.training.loop import TrainResult, init_distributed, launcher_main, train
+from salt.training.loop import Stage, TrainResult, init_distributed, launcher_main, train
 from salt.training.objectives import Objective, PixelObjective, SupervisedObjective
 from salt.video.sources import load_records
 
@@ -59,11 +59,9 @@ def compatible_keys(config: dict) -> dict:
         "pixels": config["pixels"],
         "supervised": config["supervised"],
         "view": data["view"],
-        "batch_size": data["batch_size"],
         "train": data["train"],
         "seed": config["run"]["seed"],
-        "grad_accum": config["optim"]["grad_accum"],
-    }
+    }  # the global batch (micro-batch × grad_accum × ranks) is checked on its own: its split may change
 
 
 def run_teacher(config_path: str | None, overrides: list[str], resume: bool = False) -> TrainResult:
@@ -88,16 +86,16 @@ def run_teacher(config_path: str | None, overrides: list[str], resume: bool = Fa
         )
         return clip_loader(dataset, cfg.data.workers, pin_memory=dist_info.device.type == "cuda")
 
-    return train(
-        cfg,
-        objective,
-        make_batches,
-        dist_info,
-        resume=resume,
-        compatible_keys=compatible_keys,
+    stage = Stage(
+        config=cfg,
+        objective=objective,
+        make_batches=make_batches,
         export_name="teacher.pt" if cfg.objective == "pixels" else "supervised.pt",
+        compatible_keys=compatible_keys,
+        command="salt train-teacher",
         max_bad_videos=cfg.data.max_bad_videos,
     )
+    return train(stage, dist_info, resume=resume)
 
 
 def main(argv: list[str] | None = None) -> None:

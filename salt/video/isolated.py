@@ -155,7 +155,11 @@ def _read_message(stream, deadline: float | None) -> Any:
 
 
 def _serve() -> None:
-    """Child side: read (function, args), answer ("ok", result) or ("error", (kind, message))."""
+    """Child side: read (function, args), answer ("ok", result) or ("error", (kind, message)).
+    A scheduler's stop signal is for the owner, which ends this child when it is done."""
+    from salt.runtime.preemption import ignore_stop_signals
+
+    ignore_stop_signals()
     requests, replies = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # stray prints must not corrupt the message stream
     functions: dict[str, Any] = {}
