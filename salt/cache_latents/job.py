@@ -208,9 +208,19 @@ class CacheJob:
             "No progress bar.", flag="--no-progress", is_flag=True, parse=lambda v: not v, shown=lambda v: not v
         ),
     )
+    stop_signals: str = field(
+        default="SIGTERM,SIGINT,SIGUSR1",
+        metadata=cli(
+            "Signals (comma-separated) that stop the run after the shards being written, with exit status 75; "
+            "rerunning the same command continues.",
+        ),
+    )
     command: str = ""  # the command line that made the cache (recorded in the manifest)
 
     def validate(self) -> None:
+        from salt.runtime.preemption import parse_signals
+
+        parse_signals(self.stop_signals.split(","))
         if not 0 <= self.rank < self.world_size:
             raise ValueError(f"rank {self.rank} is not in [0, {self.world_size})")
         if self.engine not in ENGINES:

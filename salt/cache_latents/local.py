@@ -90,6 +90,8 @@ def run_local(plan: CachePlan, assembler: ShardAssembler) -> None:
     views_done, skipped, started = 0, [], time.perf_counter()
     allowed = job.max_skipped * len(plan.records)  # of the whole data: more here and the run cannot pass
     for item in loader:
+        if plan.stop.received:  # a scheduler's signal: what is decoded is kept, the rest is redone
+            break
         record = plan.records[item["video"]]
         if isinstance(item["views"], str):
             assembler.skip_video(item["shard"], record, item["views"])

@@ -233,6 +233,8 @@ def run_ray(plan: CachePlan, assembler: ShardAssembler) -> None:
         tokens_shape = (-1, plan.encoder.embed_dim)
         progress = _Progress(job, plan.planned_views, decoders, teachers)
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            if plan.stop.received:  # a scheduler's signal: the shards written are kept, the rest is redone
+                break
             for i in range(len(batch["shard"])):
                 shard, record = int(batch["shard"][i]), plan.records[int(batch["video"][i])]
                 if batch["skipped"][i]:

@@ -27,6 +27,7 @@ from salt.latents import LatentCodec, ZarrCacheWriter, storage
 from salt.latents.codecs import CODECS
 from salt.latents.errors import CacheWriteError
 from salt.models import fingerprint, load_encoder
+from salt.runtime.preemption import Interrupted, StopSignals
 from salt.video.sources import load_records
 from salt.video.views import ViewConfig
 
@@ -44,7 +45,6 @@ def run_cache(job: CacheJob) -> Path | str | None:
         eval_spatial=job.eval_spatial,
     )
     view.validate()
-    grid = encoder.grid(view.frames, view.size, view.size)
     records = load_records(job.data)
     if job.max_videos:
         records = records[: job.max_videos]
@@ -56,7 +56,18 @@ def run_cache(job: CacheJob) -> Path | str | None:
     codec = LatentCodec(job.dtype, CODECS[job.codec])
     settings = _settings(job, encoder, arch, view, codec)
     lock = OutputLock(storage.join(out, "locks", f"rank{job.rank}-of-{job.world_size}.lock"))
-    lock.acquire()
+    with StopSignals(job.stop_signals.split(",")) as stop:
+        lock.acquire()
+        try:
+            return _fill_and_merge(job, out, stop, records, view, encoder, arch, settings, codec)
+        finally:
+            lock.release()
+
+
+def _fill_and_merge(job, out, stop, records, view, encoder, arch, settings, codec) -> Path | str | None:
+    """Under the writer's lock: this writer's missing shards, then the manifest once every writer
+    is done. A stop signal ends it after the shards being written (`Interrupted`)."""
+    grid = encoder.grid(view.frames, view.size, view.size)
     try:
         check_settings(out, settings, job.overwrite)
         missing = plan_missing(len(records), job.views, job.shard_videos, [d for d, _ in done_shards(out)])
@@ -68,14 +79,18 @@ def run_cache(job: CacheJob) -> Path | str | None:
             basis = basis_for(out, job, records, view, encoder)
         if mine and not job.merge_only:
             zarr_writer = _zarr_writer(job, out, len(records), grid, view, codec, job.target_rank or encoder.embed_dim)
-            plan = CachePlan(job, out, records, view, encoder, arch, mine)
+            plan = CachePlan(job, out, records, view, encoder, arch, mine, stop)
             _fill(plan, ShardAssembler(out, mine, codec, zarr_writer, job, basis))
+        if stop.received:
+            done = {d for d, _ in done_shards(out)}
+            raise Interrupted(
+                f"preempted by {stop.received}: {sum(s in done for s in mine)} of {len(mine)} shards saved in {out} "
+                "— rerun the same command to continue"
+            )
         return merge(job, out, settings, len(records), grid, encoder.embed_dim, view, arch)
     except TooManySkipped:
         forget_shards_with_skips(out)  # after the writer thread stopped: the corrected rerun redoes them
         raise
-    finally:
-        lock.release()
 
 
 def _checked_output(job: CacheJob) -> Path | str:
@@ -140,3 +155,5 @@ def _fill(plan: CachePlan, assembler: ShardAssembler) -> None:
             from salt.cache_latents.local import run_local
 
             run_local(plan, assembler)
+        if plan.stop.received:  # the shards written (or being written) are kept; the rest is redone
+            assembler.drop_open()

@@ -38,6 +38,7 @@ from salt.latents import (
 )
 from salt.latents.basis import manifest_record
 from salt.latents.errors import CacheWriteError
+from salt.runtime.preemption import StopSignals
 from salt.video.sources import VideoRecord
 from salt.video.views import IMAGENET_MEAN, IMAGENET_STD, ViewConfig, ViewParams
 
@@ -106,6 +107,7 @@ class CachePlan:
     encoder: torch.nn.Module
     arch: dict
     shards: list[ShardId]
+    stop: StopSignals = field(default_factory=StopSignals)  # engines end early once `stop.received`
 
     def work(self) -> list[tuple[int, int, int, int]]:
         """(shard index, video index, first view, end view) for every video of every planned shard."""
@@ -210,6 +212,13 @@ class ShardAssembler:
     @property
     def open_shards(self) -> int:
         return len(self._open)
+
+    def drop_open(self) -> int:
+        """Forget the shards still waiting for views (a stopped run: the rerun redoes them);
+        how many there were."""
+        dropped = len(self._open)
+        self._open.clear()
+        return dropped
 
     def close(self) -> None:
         """Wait for the writes in flight; every planned shard must have been committed."""

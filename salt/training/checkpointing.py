@@ -311,20 +311,29 @@ def config_differences(saved: Any, now: Any, prefix: str = "", defaults: Any = N
 
 
 def export(engine, objective, checkpoint_dir: Path, tag: str, path: Path, rank: int, meta: dict) -> None:
-    """The encoder as fp32, consolidated in process from the ZeRO checkpoint, in our format."""
+    """The encoder as fp32, consolidated in process from the ZeRO checkpoint, in our format
+    (rank 0 writes it; the ranks agree on the outcome, so a full disk stops all of them alike)."""
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
+    failure = None
     if rank == 0:
-        if engine.zero_optimization_stage() > 0:
-            with contextlib.redirect_stdout(io.StringIO()):  # its "Processing zero checkpoint …" lines
-                state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
-        else:
-            state = {k: v.float() for k, v in engine.module.state_dict().items()}
-        encoder_state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
-        encoder = type(objective.encoder)(objective.encoder.arch)
-        load_state_dict_strict(encoder, encoder_state, str(path))
-        save_encoder(path, encoder, kind=objective.kind, meta=meta)
-    dist.barrier()
+        try:
+            if engine.zero_optimization_stage() > 0:
+                # Its "Processing zero checkpoint …" lines and its "Loading checkpoint shards" bar.
+                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                    state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
+            else:
+                state = {k: v.float() for k, v in engine.module.state_dict().items()}
+            encoder_state = {k[len("encoder.") :]: v for k, v in state.items() if k.startswith("encoder.")}
+            encoder = type(objective.encoder)(objective.encoder.arch)
+            load_state_dict_strict(encoder, encoder_state, str(path))
+            save_encoder(path, encoder, kind=objective.kind, meta=meta)
+        except OSError as err:
+            failure = err
+    if agree([1.0 if failure is not None else 0.0], engine.device)[0]:
+        if failure is not None:
+            raise failure
+        raise TrainingError(f"rank 0 could not write {path} (its line says why)", every_rank=True)
 
 
 def write_atomic(path: Path, text: str) -> None:

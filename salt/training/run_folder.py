@@ -55,6 +55,7 @@ class RunFolder:
         self.lock = HolderLock(self.out_dir / LOCK, holder)
         self.status_fields: dict = {}
         self.held = False  # rank 0 holds the lock: only then does it write into the folder
+        self.started = False  # the run passed every check and wrote its config: it has a status
 
     # -- opening -----------------------------------------------------------------------------
     def open(self, resume: bool, defaults: dict) -> ResumePoint | None:
@@ -75,6 +76,7 @@ class RunFolder:
                 print(f"warning: {line}", file=sys.stderr, flush=True)
             save_config(self.config, self.out_dir / "config.yaml")
             self.status("running", step=int(point.saved["step"]) if point else 0)
+        self.started = True
         return point
 
     def _resume_folder(self, resume: bool) -> tuple[Path | None, str | None]:
@@ -153,8 +155,8 @@ class RunFolder:
         universal = changed and checkpointing.needs_universal(folder)
         if universal and self.config.engine.zero_stage == 3:
             raise TrainingError(
-                f"--resume: {folder} was made on {saved['world_size']} ranks with ZeRO-3, which resumes only on "
-                f"that number of ranks here — run it on {saved['world_size']} ranks",
+                f"--resume: {folder} was made on {_ranks(saved['world_size'])} with ZeRO-3, which resumes only on "
+                f"that number of ranks here — run it on {_ranks(saved['world_size'])}",
                 every_rank=True,
             )
         return ResumePoint(folder, saved, universal)
@@ -171,7 +173,7 @@ class RunFolder:
         fix = " or ".join(ways) if ways else f"choose data.batch_size × optim.grad_accum × ranks = {before}"
         raise TrainingError(
             f"--resume: {folder} trained with a global batch of {before} samples "
-            f"({_split(saved)}); now {now} = {micro} × {accum} × {ranks} ranks (data.batch_size × optim.grad_accum "
+            f"({_split(saved)}); now {now} = {micro} × {accum} × {_ranks(ranks)} (data.batch_size × optim.grad_accum "
             f"× ranks) — keep the global batch: {fix}",
             every_rank=True,
         )
@@ -179,9 +181,10 @@ class RunFolder:
     def _resume_notes(self, folder: Path, saved: dict) -> list[str]:
         notes = []
         if saved.get("world_size", self.dist.world_size) != self.dist.world_size:
+            before, now = _ranks(saved["world_size"]), _ranks(self.dist.world_size)
             notes.append(
-                f"{folder.name} was made on {saved['world_size']} ranks, this run has {self.dist.world_size}: the "
-                f"global batch of {self.client['global_batch']} samples is kept, the optimiser state re-split"
+                f"{folder.name} was made on {before}, this run has {now}: the global batch of "
+                f"{self.client['global_batch']} samples is kept, the optimiser state re-split"
             )
         if "data_order" not in saved:
             notes.append(
@@ -229,8 +232,8 @@ class RunFolder:
 
     def status(self, state: str, **fields) -> None:
         """Rank 0: status.json, replaced atomically (a full disk leaves the previous one)."""
-        if not self.held:
-            return
+        if not (self.held and (self.started or state == "running")):
+            return  # a refused run leaves the folder's status as it was
         self.status_fields = {"state": state, **fields, "host": socket.gethostname(), "updated": time.time()}
         try:
             checkpointing.write_atomic(self.out_dir / STATUS, json.dumps(self.status_fields, indent=1))
@@ -255,7 +258,11 @@ def _legacy_global_batch(saved: dict) -> int | None:
 
 def _split(saved: dict) -> str:
     ranks = saved.get("world_size")
-    return f"{ranks} ranks" if ranks else "another split"
+    return _ranks(ranks) if ranks else "another split"
+
+
+def _ranks(count: int) -> str:
+    return f"{count} rank" if count == 1 else f"{count} ranks"
 
 
 def _lr(schedule: dict, step: int) -> float:

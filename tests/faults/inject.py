@@ -5,6 +5,8 @@
 kill-before-first-shard   SIGKILL when the first shard is about to be written (teacher ran)
 kill-mid-shard            SIGKILL after a few members of a shard's tar (a partial .tar.tmp stays)
 kill-in-manifest-write    SIGKILL while manifest.json is written (its half-written temp file stays)
+signal-after-shard:SIG    SIG (SIGTERM, SIGINT, …) to this process as the first shard is complete and
+                          handed to the writer, as a scheduler preempting the job
 ray:SPEC                  faults inside the Ray engine's actors (tests/faults/ray_faults.py)
 """
 
@@ -51,6 +53,16 @@ def install(fault: str) -> None:
             return real_write(path, obj)
 
         shards.write_json_atomic = write
+    elif fault.startswith("signal-after-shard:"):
+        real_commit, signum = shards.ShardAssembler._maybe_commit, signal.Signals[fault.partition(":")[2]]
+
+        def commit(self, index):
+            writes = len(self._writes)
+            real_commit(self, index)
+            if writes == 0 and len(self._writes) == 1:  # in the main thread: handled before the next video
+                os.kill(os.getpid(), signum)
+
+        shards.ShardAssembler._maybe_commit = commit
     elif fault.startswith("ray:"):
         from tests.faults import ray_faults
 
@@ -61,7 +73,7 @@ def install(fault: str) -> None:
 
 if __name__ == "__main__":
     install(sys.argv[1])
-    from salt.cli import main
+    from salt.cli import run_cli
 
     sys.argv = ["salt", *sys.argv[2:]]
-    main()
+    run_cli()
