@@ -27,6 +27,7 @@ from typing import Any, Mapping
 
 import torch
 
+from salt.errors import NoSpaceLeft, no_space
 from salt.latents.storage import make_readable
 from salt.models import hf_folder, load_encoder, read_checkpoint, token_grid
 from salt.models.errors import ExportError
@@ -403,7 +404,9 @@ def export_encoder(
     try:
         _write_folder(tmp, config, tensors, record)
         os.rename(tmp, out)  # replaces an empty folder; a non-empty one makes it fail, never merge
-    except BaseException:
+    except BaseException as err:
         shutil.rmtree(tmp, ignore_errors=True)
+        if no_space(err) or "No space left on device" in str(err):  # safetensors raises its own error type
+            raise NoSpaceLeft(out) from err
         raise
     return record

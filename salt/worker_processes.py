@@ -5,8 +5,13 @@ checks the worker's parent, which is then the fork server, not the loader's proc
 fork server outlives a SIGKILLed owner, because every worker holds its keep-alive pipe. Killed
 runs (preemption, a full node's OOM killer) therefore left workers and fork servers behind
 forever, holding memory and the owner's stdout. Each worker here waits on a pidfd of the
-owner and exits the moment the owner does; a scheduler's stop signals (which launchers send to
-whole process trees) are left to the owner, which saves and then ends them.
+owner and exits the moment the owner does.
+
+A scheduler's stop signals reach workers too (launchers signal whole process trees, a terminal
+its whole process group): a worker that died of one would make its owner's DataLoader fail
+in the middle of saving. Workers therefore block those signals and take them from a thread
+(`sigwaitinfo`, which names the sender): from the owner (its DataLoader, or multiprocessing at
+exit, ending the worker) they end the worker; from anyone else they are left to the owner.
 """
 
 from __future__ import annotations
@@ -14,12 +19,13 @@ from __future__ import annotations
 import functools
 import os
 import select
+import signal
 import threading
 import time
 
 from torch.utils.data import DataLoader
 
-from salt.runtime.preemption import ignore_stop_signals
+from salt.runtime.preemption import STOP_SIGNAL_CANDIDATES
 
 FALLBACK_POLL_S = 1.0  # only without pidfd (Linux < 5.3, other systems)
 
@@ -47,8 +53,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _obey_owner_only(owner: int) -> None:
+    """A stop signal ends this worker when its owner sent it; the rest are the owner's business."""
+    signals = {signal.Signals[name] for name in STOP_SIGNAL_CANDIDATES}
+    while signal.sigwaitinfo(signals).si_pid != owner:  # until the owner itself asks; the thread dies with the process
+        pass
+    os._exit(0)
+
+
 def _watch_owner(owner: int, user_init, worker_id: int) -> None:
-    ignore_stop_signals()
+    # Blocked in this (the worker's main) thread before any other starts, so every thread inherits it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.Signals[name] for name in STOP_SIGNAL_CANDIDATES})
+    threading.Thread(target=_obey_owner_only, args=(owner,), name="owner-signals", daemon=True).start()
     threading.Thread(target=_exit_with, args=(owner,), name="owner-watch", daemon=True).start()
     if user_init is not None:
         user_init(worker_id)

@@ -20,6 +20,7 @@ from salt.training.data import CacheBatches, ReaderShare
 from salt.training.loop import TrainingError
 from salt.training.objectives import StudentObjective
 from salt.training.student import run_student
+from tests.helpers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -318,7 +319,7 @@ def test_two_process_deepspeed_run(tmp_path, demo_cache, stage):
             "--num_gpus",
             "2",
             "--master_port",
-            str(29630 + stage),
+            str(free_port()),
             str(REPO / "salt" / "train_student.py"),
             "--config",
             str(config),

@@ -19,6 +19,7 @@ from salt.models import load_encoder
 from salt.training.loop import TrainingError
 from salt.training.objectives import PixelObjective, pixel_targets
 from salt.training.teacher import run_teacher
+from tests.helpers import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -236,6 +237,22 @@ def test_resume_refuses_other_settings_and_missing_checkpoint(tmp_path, syntheti
         run_teacher(str(config), [], resume=True)
 
 
+def test_resume_that_changes_the_schedule_says_how(tmp_path, synthetic_set, capsys):
+    config = tiny_config(tmp_path, synthetic_set / "train.csv")
+    run_teacher(str(config), ["run.stop_at=3"])
+    run_teacher(str(config), ["optim.steps=8"], resume=True)
+    out = capsys.readouterr().out
+    assert "--resume: the schedule changes (optim.steps 6 → 8): the learning rate at step 3 goes from" in out
+    assert sorted(losses(tmp_path / "run")) == list(range(1, 9))
+
+
+def test_run_folder_that_is_a_file_is_refused_and_kept(tmp_path, synthetic_set):
+    (tmp_path / "run").write_text("keep me")
+    with pytest.raises(TrainingError, match="run.out_dir .*run is a file, not a folder"):
+        run_teacher(str(tiny_config(tmp_path, synthetic_set / "train.csv")), [])
+    assert (tmp_path / "run").read_text() == "keep me"
+
+
 def test_geometry_refused_before_training(tmp_path, synthetic_set):
     config = tiny_config(tmp_path, synthetic_set / "train.csv")
     with pytest.raises(ConfigError, match="does not divide"):
@@ -306,7 +323,7 @@ def test_two_process_deepspeed_run(tmp_path, synthetic_set):
             "--num_gpus",
             "2",
             "--master_port",
-            "29617",
+            str(free_port()),
             str(REPO / "salt" / "train_teacher.py"),
             "--config",
             str(config),

@@ -82,7 +82,10 @@ class HolderLock:
         """Place a complete lock file at `path`; False when one is there already."""
         temporary = self.path.with_name(f".{self.path.name}.{me['host']}.{me['pid']}.tmp")
         try:
-            temporary.write_text(json.dumps(me), encoding="utf-8")
+            try:
+                temporary.write_text(json.dumps(me), encoding="utf-8")
+            except OSError as err:  # named by the lock it was for (a full disk: nothing is left behind)
+                raise OSError(err.errno, err.strerror, str(self.path)) from err
             try:
                 os.link(temporary, self.path)
             except FileExistsError:

@@ -10,9 +10,9 @@ and failure (1), so a requeue script can test for it. A second signal while savi
 nothing (the flag is set once); only SIGKILL can cut the save short, and the checkpoint commit
 is built to survive that.
 
-Helper processes (loader workers, decoder children) ignore these signals
-(`ignore_stop_signals`): launchers signal whole process trees, and a worker that died on
-SIGTERM would take its owner down before the owner could save. They exit with their owner.
+Helper processes (decoder children `ignore_stop_signals`; loader workers obey only their owner,
+salt/worker_processes.py) leave these signals to their owner: launchers signal whole process
+trees, and a helper that died on SIGTERM would take its owner down before it could save.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import threading
 
 EXIT_RESUMABLE = 75  # sysexits.h EX_TEMPFAIL: interrupted after saving; rerun to continue
 DEFAULT_STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
+STOP_SIGNAL_CANDIDATES = (*DEFAULT_STOP_SIGNALS, "SIGUSR2")  # what helper processes leave to their owner
 
 
 def parse_signals(names) -> list[signal.Signals]:
@@ -80,5 +81,5 @@ def signal_name(code: int) -> str:
 
 def ignore_stop_signals() -> None:
     """In a helper process: let its owner decide when it stops (see the module docstring)."""
-    for name in (*DEFAULT_STOP_SIGNALS, "SIGUSR2"):
+    for name in STOP_SIGNAL_CANDIDATES:
         signal.signal(signal.Signals[name], signal.SIG_IGN)

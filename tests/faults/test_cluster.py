@@ -51,8 +51,11 @@ def test_sigterm_to_the_job_then_resume_on_one_rank(tmp_path, student_cache, ref
     launcher signals its ranks' trees too): both ranks finish step 8, commit it, say so in one
     line and exit 75; the global batch kept, one rank continues exactly where two left off."""
     config = student_config(tmp_path, student_cache, STEPS)
-    run_to_end(student_command(config, 2, TRAIN_WITH), tmp_path, {"SIGNAL_AT": "SIGTERM@7:group"})
+    extensions = tmp_path / "torch_extensions"  # where DeepSpeed would build ops just in time: nothing may be
+    env = {"SIGNAL_AT": "SIGTERM@7:group", "TORCH_EXTENSIONS_DIR": str(extensions)}
+    run_to_end(student_command(config, 2, TRAIN_WITH), tmp_path, env)
     log, run = (tmp_path / "log.txt").read_text(), tmp_path / "run"
+    assert not extensions.exists() or not any(extensions.iterdir()), list(extensions.rglob("*"))
     assert preempted_line(8, "SIGTERM", run) in log and "Traceback" not in log, log[-3000:]
     assert status(run)["state"] == "preempted" and status(run)["step"] == 8 and status(run)["exit_status"] == 75
     assert max(losses(run)) == 8 and (run / "checkpoints" / "step8" / "salt_run_state.json").is_file()
