@@ -17,6 +17,7 @@ exit, ending the worker) they end the worker; from anyone else they are left to 
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import os
 import select
 import signal
@@ -62,8 +63,13 @@ def _obey_owner_only(owner: int) -> None:
 
 
 def _watch_owner(owner: int, user_init, worker_id: int) -> None:
-    # Blocked in this (the worker's main) thread before any other starts, so every thread inherits it.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.Signals[name] for name in STOP_SIGNAL_CANDIDATES})
+    # Blocked in this (the worker's main) thread before any other starts, so every thread
+    # inherits it; then back from the fork server's "ignore" to the default, which a blocked
+    # signal needs to stay pending for `sigwaitinfo`.
+    stop_signals = [signal.Signals[name] for name in STOP_SIGNAL_CANDIDATES]
+    signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    for sig in stop_signals:
+        signal.signal(sig, signal.SIG_DFL)
     threading.Thread(target=_obey_owner_only, args=(owner,), name="owner-signals", daemon=True).start()
     threading.Thread(target=_exit_with, args=(owner,), name="owner-watch", daemon=True).start()
     if user_init is not None:
@@ -73,6 +79,8 @@ def _watch_owner(owner: int, user_init, worker_id: int) -> None:
 def owned_loader(dataset, workers: int, **kwargs) -> DataLoader:
     """`DataLoader(dataset, num_workers=workers, ...)`, forkserver workers that exit with this process."""
     if workers:
-        kwargs["multiprocessing_context"] = "forkserver"
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload(["__main__", "salt.runtime.fork_server"])  # before it starts: salt/runtime
+        kwargs["multiprocessing_context"] = context
         kwargs["worker_init_fn"] = functools.partial(_watch_owner, os.getpid(), kwargs.get("worker_init_fn"))
     return DataLoader(dataset, num_workers=workers, **kwargs)

@@ -7,8 +7,10 @@ import os
 import signal
 import socket
 import time
+from pathlib import Path
 
 import pytest
+import torch
 
 from salt.runtime.locks import STALE_AFTER_S, HolderLock, LockHeld
 from salt.runtime.preemption import StopSignals, parse_signals
@@ -73,3 +75,43 @@ def test_stop_signals_set_a_flag_instead_of_ending_the_process():
 def test_uncatchable_or_unknown_signals_are_refused(name):
     with pytest.raises(ValueError, match="not a signal a run can catch"):
         parse_signals([name])
+
+
+class Numbers(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        return iter(range(10**9))
+
+
+def signal_masks(pid: int, thread: int | None = None) -> tuple[int, int]:
+    """(ignored, blocked) signal bits of a process (its main thread) or one of its threads."""
+    path = f"/proc/{pid}/task/{thread}/status" if thread else f"/proc/{pid}/status"
+    fields = dict(line.split(":\t", 1) for line in open(path).read().splitlines() if ":\t" in line)
+    return int(fields["SigIgn"], 16), int(fields["SigBlk"], 16)
+
+
+def test_loader_workers_leave_stop_signals_to_their_owner():
+    """Launchers SIGTERM whole process trees: the fork server ignores it, a worker takes it only
+    from its owner (which ends it that way at exit), so the owner can save before they go."""
+    import subprocess
+
+    import psutil
+
+    from salt.worker_processes import owned_loader
+
+    term = 1 << (signal.SIGTERM - 1)
+    batches = iter(owned_loader(Numbers(), 1, batch_size=None))
+    assert next(batches) == 0
+    server = next(p for p in psutil.Process().children() if "forkserver import main" in " ".join(p.cmdline()))
+    (worker,) = server.children()
+    assert signal_masks(server.pid)[0] & term  # ignored by the fork server
+    assert not signal_masks(worker.pid)[0] & term  # not ignored by the worker: the owner's ends it
+    # Blocked in every thread but the one waiting for them (the kernel shows its mask without them).
+    tasks = Path(f"/proc/{worker.pid}/task")
+    waiting = [t.name for t in tasks.iterdir() if "sigtimedwait" in (t / "wchan").read_text()]
+    unblocked = [t.name for t in tasks.iterdir() if not signal_masks(worker.pid, int(t.name))[1] & term]
+    assert len(waiting) == 1 and unblocked == waiting, (waiting, unblocked)
+    subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)  # from another process: left to the owner
+    assert next(batches) == 1 and worker.is_running()
+    os.kill(worker.pid, signal.SIGTERM)  # from the owner: the worker ends
+    worker.wait(timeout=60)
+    assert not worker.is_running()

@@ -5,10 +5,11 @@ tests/faults/test_preemption.py, test_full_disk.py and test_kill.py):
     SIGNAL_AT=SIGTERM@7:group deepspeed --num_gpus 2 tests/faults/train_with.py --config …
     TRAIN_STAGE=teacher SIGNAL_AT=SIGINT@3 python tests/faults/train_with.py --config …   (default: student)
 
-SIGNAL_AT=SIG@K[:group]  rank 0 sends SIG as step K (0-based) starts: to itself, or to its whole
-                         process group (the launcher, every rank and their workers, as `scancel`
-                         or a Kubernetes eviction would). The step in progress completes; the run
-                         must stop after it (step K+1).
+SIGNAL_AT=SIG@K[:group|:parent]  rank 0 sends SIG as step K (0-based) starts: to itself, to its
+                         whole process group (the launcher, every rank and their workers, as
+                         `scancel` or Ctrl-C would), or to its parent (the launcher alone, as a
+                         container's init or a batch script passes the signal on). The step in
+                         progress completes; the run must stop after it (step K+1).
 PAUSE_AT=K:FILE          rank 0 writes FILE.paused as step K starts and waits until FILE exists
                          (a live run for a second trainer to meet).
 NO_SPACE_AT=K@RANK       rank RANK's DeepSpeed files of checkpoint stepK fail with ENOSPC, as a full
@@ -51,7 +52,10 @@ def signal_at(spec: str) -> None:
     def hook(step: int) -> None:
         if step == at and not sent and RANK == "0":
             sent.append(step)
-            os.killpg(os.getpgid(0), signum) if target == "group" else os.kill(os.getpid(), signum)
+            if target == "group":
+                os.killpg(os.getpgid(0), signum)
+            else:
+                os.kill(os.getppid() if target == "parent" else os.getpid(), signum)
 
     _at_step(hook)
 
