@@ -183,9 +183,9 @@ def run_logged(argv: list[str], log: Path, timeout: float, env: dict | None = No
     with open(log, "ab") as handle:
         handle.write(f"$ {' '.join(map(str, argv))}\n".encode())
         handle.flush()
-        child = subprocess.Popen(
-            list(map(str, argv)), stdout=handle, stderr=subprocess.STDOUT, env=env, process_group=0
-        )
+        # process_group (Python >= 3.11, as on both machines), not preexec_fn: unsafe beside the sampler's thread
+        argv = list(map(str, argv))
+        child = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, env=env, process_group=0)
         try:
             return child.wait(timeout=max(1.0, timeout))
         except subprocess.TimeoutExpired:

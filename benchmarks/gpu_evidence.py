@@ -10,7 +10,8 @@ sections run in order of value, each its own process (session) with its own time
     process2         students under DeepSpeed ZeRO-2 in bf16 streaming process1's cache
     teacher_forward  benchmarks/gpu_bench.py's teacher rows, kept short
 
-A section whose packages are missing is skipped with their names; one that runs past its cap is
+A section's cap is its own share of the budget plus whatever earlier sections left unused; a
+section whose packages are missing is skipped with their names; one that runs past its cap is
 stopped (its whole session) and keeps the rows it finished. `$OUT/gpu-evidence.json` is
 rewritten after every section and, while one runs, every few seconds from the section's own
 JSON (which it rewrites after every row), so a call stopped at its limit keeps what finished.
@@ -41,7 +42,6 @@ from evidence_common import REPO, tail, write_json
 
 POLL_S = 3.0
 MARK = ".salt-gpu-evidence"  # in --work: the folder is this script's to empty
-SMOKE_CAP_S = 900  # a smoke run is never stopped for time in CI; pytest's timeout bounds it
 GOALS = {"process1_ratio_to_slowest": 0.9, "student_mfu_vit_large": 0.35, "cache_vs_in_memory": 1.05}
 TEACHER_ROWS = "vit_base:64,vit_large:32,vit_large_rope:32"
 
@@ -62,7 +62,8 @@ class Section:
         return head + paths + smoke
 
     def cap(self, args) -> float:
-        return SMOKE_CAP_S if args.smoke else self.cap_s
+        """This section's own share of the budget (a smoke run shares its budget evenly)."""
+        return args.budget / len(SECTIONS) if args.smoke else self.cap_s
 
 
 SECTIONS = (
@@ -189,10 +190,12 @@ def install(evidence: Evidence, env: dict) -> None:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(target), env.get("PYTHONPATH")]))
 
 
-def run_section(evidence: Evidence, section: Section, env: dict) -> None:
+def run_section(evidence: Evidence, section: Section, env: dict, later: list[Section]) -> None:
+    """Run one section, capped at what the budget leaves once the later sections' own caps are set
+    aside: its own cap, plus whatever earlier sections did not use."""
     args, entry = evidence.args, evidence.section(section.name)
     left = args.budget - (time.time() - args.started) - 5
-    cap = min(section.cap(args), left)
+    cap = left - sum(s.cap(args) for s in later)
     entry.update(cap_s=cap, needs=list(section.needs), log=f"gpu-evidence-logs/{section.name}.log")
     missing = missing_modules(section.needs, env)
     if missing or cap < 20:
@@ -268,11 +271,10 @@ def main(argv: list[str] | None = None) -> None:
         env["DS_ACCELERATOR"] = "cuda"
     install(evidence, env)
     evidence.write()
-    for section in SECTIONS:
-        if args.only and section.name not in args.only:
-            continue
+    chosen = [s for s in SECTIONS if not args.only or s.name in args.only]
+    for index, section in enumerate(chosen):
         print(f"== {section.name}", flush=True)
-        run_section(evidence, section, env)
+        run_section(evidence, section, env, chosen[index + 1 :])
         entry = evidence.section(section.name)
         print(f"== {section.name}: {entry['status']} {entry.get('reason') or entry.get('error') or ''}", flush=True)
         evidence.write()
