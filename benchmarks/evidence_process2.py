@@ -35,6 +35,7 @@ class Sizes:
     window: int  # steps per streamed / replayed window
     pairs: int  # measured window pairs, after one warm-up pair
     decode_frames: str  # where the stored JPEG frames are decoded: nvJPEG on the GPU, or the workers
+    precision: str  # bf16 on the GPU; a smoke run takes what the CPU has (auto)
 
 
 FULL = Sizes(
@@ -44,8 +45,9 @@ FULL = Sizes(
     6,
     2,
     "device",
+    "bf16",
 )
-SMOKE = Sizes((("vit_tiny", 2, False), ("vit_tiny", 2, True)), (64, 2, 2), 1, 2, 1, "device")
+SMOKE = Sizes((("vit_tiny", 2, False), ("vit_tiny", 2, True)), (64, 2, 2), 1, 2, 1, "device", "auto")
 ESTIMATE_S = {("vit_large", False): 60, ("vit_base", False): 45, ("vit_large", True): 150, ("vit_base", True): 120}
 
 
@@ -60,7 +62,7 @@ def student_config(sizes: Sizes, manifest: dict, cache: Path, arch: str, batch: 
         "encoder": {"arch": arch, "checkpoint_activations": False},
         "predictor": {"width": width, "depth": depth, "num_heads": heads},
         "optim": {"steps": 2 * sizes.window * (sizes.pairs + 1), "warmup_steps": sizes.window},
-        "engine": {"zero_stage": 2, "precision": "bf16"},
+        "engine": {"zero_stage": 2, "precision": sizes.precision},
         "health_every": 0,  # no feature-health numbers inside the timed windows
         "run": {
             "out_dir": str(out),
@@ -143,7 +145,6 @@ def main() -> None:
     settings = {
         **asdict(sizes),
         "zero_stage": 2,
-        "precision": "bf16",
         "steps": 2 * sizes.window * (sizes.pairs + 1),
         "device": device(),
     }

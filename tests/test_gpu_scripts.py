@@ -118,7 +118,7 @@ def smoke(tmp_path_factory):
     argv = ["bash", "benchmarks/gpu_evidence.sh", "--smoke", "--work", str(tmp / "work"), "--out", str(tmp / "out")]
     argv += ["--clips", str(clips), "--carry", str(tmp / "no-carry")]
     env = hidden_env(tmp, NOT_CARRIED)
-    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=540)  # < pytest's 600
     return done, tmp / "out"
 
 
