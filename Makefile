@@ -88,12 +88,8 @@ test-faults: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache
 
-# Wheels for a bare GPU machine without network (Python 3.12, its own torch and timm):
-# benchmarks/reproduce_gpu.sh installs them from wheels/.
-GPU_PLATFORMS := --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
-	--platform manylinux2010_x86_64 --platform manylinux_2_5_x86_64 --platform manylinux1_x86_64 --platform any
+# What benchmarks/gpu_evidence.sh carries to a bare GPU machine without network (Python 3.12,
+# its own torch and timm): the wheels it lacks (decord, numcodecs, simplejpeg, zarr, deepspeed
+# and theirs) and real H.264 clips made here, into gpu-carry/ (~37 MiB; benchmarks/gpu_carry.py).
 gpu-wheels: $(STAMP)
-	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w wheels \
-		deepspeed==$$($(BIN)/python -c 'import importlib.metadata as m; print(m.version("deepspeed"))')
-	$(BIN)/python -m pip download -q --only-binary=:all: --python-version 3.12 $(GPU_PLATFORMS) -d wheels \
-		decord==0.6.0 zarr numcodecs simplejpeg einops hjson msgpack ninja py-cpuinfo pydantic psutil packaging typing-extensions
+	$(BIN)/python benchmarks/gpu_carry.py build

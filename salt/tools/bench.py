@@ -69,18 +69,20 @@ def bench_cache(
     seconds: int,
     results_dir: str,
     engine: str = "local",
+    clips: str | None = None,
 ) -> dict:
     """Views/s of `salt cache-latents` vs. its stages alone, on the same videos; bytes per view.
     With engine "ray", the Ray engine runs too (on a local cluster started first, its start-up
-    timed apart), after the local engine on the same videos."""
+    timed apart), after the local engine on the same videos. With `clips` (a CSV of videos made
+    earlier), the first `videos` of those are used and none is made (making them needs PyAV)."""
     from salt.cache_latents import CacheJob, run_cache
+    from salt.cache_latents.teacher import local_device
     from salt.models import build_encoder, save_encoder
     from salt.precision import resolve_precision
-    from salt.video.synthetic import make_benchmark_videos
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        csv = make_benchmark_videos(tmp / "videos", videos, seconds)
+        csv = _benchmark_videos(tmp / "videos", videos, seconds, clips)
         encoder = build_encoder(arch, img_size=size, num_frames=frames).eval().requires_grad_(False)
         save_encoder(tmp / "teacher.pt", encoder, kind="teacher")
         precision = resolve_precision("auto")
@@ -92,10 +94,12 @@ def bench_cache(
             workers=workers,
             batch_size=batch_size,
             shard_videos=max(1, videos // 4),
+            max_videos=videos,
             progress=False,
         )
-        decoded, decode_s = _decode_alone(job, encoder, frames, size)
-        latents, forward_s = _forward_alone(encoder, decoded, batch_size, precision)
+        decoding = decode_alone(job, encoder, frames, size)
+        decoded, decode_s = decoding.items, decoding.seconds
+        latents, forward_s = forward_alone(encoder, decoded, batch_size, precision)
         start = time.perf_counter()  # the whole command, by each engine
         run_cache(job)
         whole_s = {"local": time.perf_counter() - start}
@@ -105,7 +109,7 @@ def bench_cache(
         storage = _storage_by_codec(latents[:8])
         frame_bytes = float(np.mean([sum(len(b) for b in v["encoded"]) for item in decoded for v in item["views"]]))
 
-    total_views = videos * views
+    total_views = decoding.views  # the same videos and views in every stage
     rates = {
         "whole command": total_views / whole_s["local"],
         "decode + augment + JPEG": total_views / decode_s,
@@ -132,41 +136,82 @@ def bench_cache(
         "frames": frames,
         "workers": workers,
         "batch_size": batch_size,
-        "video": f"640x360 H.264, {seconds} s",
+        "video": f"640x360 H.264, {seconds} s" if clips is None else f"from {clips}",
         "engine": engine,
+        "teacher_device": str(local_device()),
     }
     save_record("cache" if engine == "local" else f"cache-{engine}", settings, results, results_dir)
     return {"settings": settings, "results": results}
 
 
-def _decode_alone(job, encoder, frames: int, size: int) -> tuple[list[dict], float]:
-    """Stage 1 of the command alone: decode + augment + JPEG round trip, in the same workers."""
+@dataclasses.dataclass
+class Decoding:
+    """What `decode_alone` decoded and how fast: `items` kept (all, or the first `keep` videos),
+    the whole time, and the steady part: from the first video's views to the last."""
+
+    items: list[dict]
+    seconds: float
+    views: int
+    steady_seconds: float
+    steady_views: int
+
+    @property
+    def steady_views_per_s(self) -> float | None:
+        return self.steady_views / self.steady_seconds if self.steady_seconds > 0 else None
+
+
+def decode_alone(job, encoder, frames: int, size: int, keep: int | None = None) -> Decoding:
+    """Stage 1 of the command alone: decode + augment + JPEG round trip, in the same workers.
+    The steady rate leaves out the workers' start (until the first video arrives)."""
     from salt.cache_latents import CachePlan, VideoViews
     from salt.latents import ShardId
     from salt.video.sources import load_records
     from salt.video.views import ViewConfig
     from salt.worker_processes import owned_loader
 
-    records = load_records(job.data)
-    view = ViewConfig(frames=frames, frame_step=4, size=size)
+    records = load_records(job.data)[: job.max_videos or None]
+    view = ViewConfig(frames=frames, frame_step=job.frame_step, size=size, seed=job.seed)
     plan = CachePlan(job, Path(job.out), records, view, encoder, {}, [ShardId(0, len(records), 0, job.views)])
     loader = owned_loader(VideoViews(plan), job.workers, batch_size=None)
+    kept, views, first = [], 0, None
     start = time.perf_counter()
-    decoded = [item for item in loader]
-    return decoded, time.perf_counter() - start
+    for item in loader:
+        if isinstance(item["views"], str):
+            raise RuntimeError(f"{records[item['video']].name} did not decode: {item['views']}")
+        if first is None:
+            first = (time.perf_counter(), len(item["views"]))
+        views += len(item["views"])
+        if keep is None or len(kept) < keep:
+            kept.append(item)
+    end = time.perf_counter()
+    return Decoding(kept, end - start, views, end - first[0], views - first[1])
 
 
-def _forward_alone(encoder, decoded: list[dict], batch_size: int, precision: str) -> tuple[torch.Tensor, float]:
-    """Stage 2 of the command alone: the teacher forward on those clips, batched."""
-    from salt.video.views import to_model_input
+def forward_alone(
+    encoder, decoded: list[dict], batch_size: int, precision: str, compile: bool = False, repeats: int = 1
+) -> tuple[torch.Tensor, float]:
+    """Stage 2 of the command alone: the teacher forward as the command runs it (`TeacherForward`:
+    on this machine's GPU when it has one, the copies to and from it included), on those clips
+    (`repeats` times over), batched; after two warm-up batches (the first compiles, with `compile`;
+    the first compiled model of a process paid once more on its second call: 30 s, 5.3 s, then
+    0.03 s per call here for vit_tiny on the CPU)."""
+    from salt.cache_latents.teacher import TeacherForward
 
-    clips = torch.from_numpy(np.stack([v["frames"] for item in decoded for v in item["views"]]))
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-        encoder(to_model_input(clips[:batch_size]))  # warm-up
-        start = time.perf_counter()
-        outputs = [encoder(to_model_input(clips[i : i + batch_size])).float() for i in range(0, len(clips), batch_size)]
-        seconds = time.perf_counter() - start
-    return torch.cat(outputs), seconds
+    frames = np.stack([v["frames"] for item in decoded for v in item["views"]])
+    teacher = TeacherForward(encoder, precision, batch_size, compile=compile)
+    for _ in range(2):  # warm-up; its outputs come back to the CPU, so each call has finished
+        teacher(frames[:batch_size])
+    start = time.perf_counter()
+    outputs = [teacher(frames) for _ in range(repeats)]  # each call ends with its latents on the CPU
+    return torch.cat(outputs), time.perf_counter() - start
+
+
+def _benchmark_videos(folder: Path, videos: int, seconds: int, clips: str | None) -> Path:
+    if clips is not None:
+        return Path(clips)
+    from salt.video.synthetic import make_benchmark_videos
+
+    return make_benchmark_videos(folder, videos, seconds)
 
 
 def _ray_engine_run(job) -> tuple[float, float]:

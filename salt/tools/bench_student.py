@@ -4,10 +4,12 @@ count, peak RSS by teacher width."""
 
 from __future__ import annotations
 
+import math
 import os
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -75,8 +77,36 @@ def _loader_costs(cache_path: Path, batch_size: int, grid: tuple[int, int, int],
     }
 
 
+@dataclass(frozen=True)
+class StudentSizes:
+    """What `salt bench student` trains on what: the student and its predictor, the geometry, the
+    small and the larger teacher whose caches it reads, and the videos (`clips`: a CSV of videos
+    made earlier; else a synthetic set is made, which needs PyAV)."""
+
+    arch: str = "vit_tiny"
+    predictor: tuple[int, int, int] = (128, 4, 4)  # width, depth, heads
+    frames: int = 16
+    size: int = 64
+    teachers: tuple[str, str] = ("vit_tiny", "vit_small")
+    videos: int = 24
+    clips: str | None = None
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        from salt.models import resolve_arch, token_grid
+
+        arch = resolve_arch(self.arch, img_size=self.size, num_frames=self.frames)
+        return tuple(token_grid(arch, self.frames, self.size, self.size))
+
+
 def bench_student(
-    steps: int, batch_size: int, results_dir: str, repeats: int = 3, window: int = 8, pairs: int = 8
+    steps: int,
+    batch_size: int,
+    results_dir: str,
+    repeats: int = 3,
+    window: int = 8,
+    pairs: int = 8,
+    sizes: StudentSizes = StudentSizes(),
 ) -> dict:
     """Step time with targets from the cache, from the online teacher and from memory; the
     loader's CPU cost by part; data-wait share with 0/1/2 workers; peak RSS with a small and a
@@ -89,8 +119,8 @@ def bench_student(
     paired_steps = 2 * window * (pairs + 1)  # the first pair is the warm-up
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        caches = _teacher_caches(tmp)
-        runs = _StudentRuns(tmp, steps, batch_size, caches["small"])
+        caches = _teacher_caches(tmp, sizes)
+        runs = _StudentRuns(tmp, steps, batch_size, caches["small"], sizes)
         decoded_in_training = ["targets=cache", "data.workers=2", "data.decode_frames=device"]
         paired_runs = {
             "cache": runs.paired(["targets=cache", "data.workers=2"], repeats, window, paired_steps),
@@ -108,8 +138,9 @@ def bench_student(
             }
             for name, cache in caches.items()
         }
-        costs = _loader_costs(caches["small"]["path"], batch_size, (8, 4, 4))
-    results = _results(paired_runs, step_time, workers, rss, costs, batch_size)
+        costs = _loader_costs(caches["small"]["path"], batch_size, sizes.grid)
+    caches_dims = {name: cache["dim"] for name, cache in caches.items()}
+    results = _results(paired_runs, step_time, workers, rss, costs, batch_size, sizes)
     settings = {
         "steps": steps,
         "paired_steps": paired_steps,
@@ -117,27 +148,36 @@ def bench_student(
         "pairs": pairs,
         "batch_size": batch_size,
         "repeats": repeats,
-        "student": "vit_tiny (predictor 128x4)",
-        "geometry": "16x64²",
-        "teachers": {"small": "vit_tiny (dim 128)", "large": "vit_small (dim 384)"},
+        "student": f"{sizes.arch} (predictor {sizes.predictor[0]}x{sizes.predictor[1]})",
+        "geometry": f"{sizes.frames}x{sizes.size}²",
+        "teachers": {
+            name: f"{arch} (dim {caches_dims[name]})" for name, arch in zip(("small", "large"), sizes.teachers)
+        },
+        "videos": sizes.clips or f"{sizes.videos} synthetic",
     }
     save_record("student", settings, results, results_dir)
     return {"settings": settings, "results": results}
 
 
-def _teacher_caches(tmp: Path) -> dict[str, dict]:
-    """A synthetic set cached by a small (vit_tiny) and a larger (vit_small) random teacher."""
+def _teacher_caches(tmp: Path, sizes: StudentSizes) -> dict[str, dict]:
+    """The videos cached by a small and a larger random teacher."""
     from salt.cache_latents import CacheJob, run_cache
     from salt.models import build_encoder, save_encoder
-    from salt.video.synthetic import SyntheticSpec, make_synthetic
 
-    make_synthetic(tmp / "data", SyntheticSpec(videos=32, size=80))
-    caches = {}
-    for name, arch in (("small", "vit_tiny"), ("large", "vit_small")):
-        torch.manual_seed(0)
-        teacher = build_encoder(arch, img_size=64, num_frames=16)
-        save_encoder(tmp / f"{name}.pt", teacher, kind="teacher")
+    if sizes.clips:
+        data = sizes.clips
+    else:
+        from salt.video.synthetic import SyntheticSpec, make_synthetic
+
+        # Synthetic videos of 80² (or of the clip size): the training split holds 3 of every 4.
+        spec = SyntheticSpec(videos=math.ceil(sizes.videos * 4 / 3), size=max(80, sizes.size))
+        make_synthetic(tmp / "data", spec)
         data = str(tmp / "data" / "train.csv")
+    caches = {}
+    for name, arch in zip(("small", "large"), sizes.teachers):
+        torch.manual_seed(0)
+        teacher = build_encoder(arch, img_size=sizes.size, num_frames=sizes.frames)
+        save_encoder(tmp / f"{name}.pt", teacher, kind="teacher")
         job = CacheJob(
             teacher=str(tmp / f"{name}.pt"),
             data=data,
@@ -145,6 +185,7 @@ def _teacher_caches(tmp: Path) -> dict[str, dict]:
             views=2,
             shard_videos=4,
             workers=2,
+            max_videos=sizes.videos,
             progress=False,
         )
         run_cache(job)
@@ -160,17 +201,18 @@ def _teacher_caches(tmp: Path) -> dict[str, dict]:
 class _StudentRuns:
     """Student runs on the small teacher's cache, each in a fresh process and folder."""
 
-    def __init__(self, tmp: Path, steps: int, batch_size: int, cache: dict):
+    def __init__(self, tmp: Path, steps: int, batch_size: int, cache: dict, sizes: StudentSizes):
         import yaml
 
         self.tmp, self.count = tmp, 0
         self.config = tmp / "student.yaml"
+        width, depth, heads = sizes.predictor
         self.config.write_text(
             yaml.safe_dump(
                 {
-                    "geometry": {"frames": 16, "frame_step": 4, "size": 64},
-                    "encoder": {"arch": "vit_tiny"},
-                    "predictor": {"width": 128, "depth": 4, "num_heads": 4},
+                    "geometry": {"frames": sizes.frames, "frame_step": 4, "size": sizes.size},
+                    "encoder": {"arch": sizes.arch},
+                    "predictor": {"width": width, "depth": depth, "num_heads": heads},
                     "optim": {"steps": steps, "warmup_steps": 5},
                     "engine": {"zero_stage": 1},
                     "run": {"log_every": max(1, steps // 4), "checkpoint_every": 10**6, "progress": False},
@@ -213,11 +255,14 @@ class _StudentRuns:
         }
 
 
-def _results(paired_runs: dict, step_time: dict, workers: dict, rss: dict, costs: dict, batch_size: int) -> dict:
-    # What the larger teacher's dim should add: the predictor's output layer (weights, grads,
-    # two Adam moments, fp32) and the target tensors of a batch.
+def _results(
+    paired_runs: dict, step_time: dict, workers: dict, rss: dict, costs: dict, batch_size: int, sizes: StudentSizes
+) -> dict:
+    # What the larger teacher's dim should add: the predictor's output layer (weights and bias,
+    # grads, two Adam moments, fp32) and the target tensors of a batch.
     extra_dim = rss["large"]["teacher_dim"] - rss["small"]["teacher_dim"]
-    expected_mb = (129 * extra_dim * 4 * 4 + batch_size * 128 * extra_dim * 4 * 3) / 2**20
+    tokens = int(np.prod(sizes.grid))
+    expected_mb = ((sizes.predictor[0] + 1) * extra_dim * 4 * 4 + batch_size * tokens * extra_dim * 4 * 3) / 2**20
     memory_s = paired_runs["cache"]["replayed_s"]
     return {
         "pairs": paired_runs,
@@ -254,7 +299,7 @@ def format_student(report: dict) -> str:
         f"(s.e. over {len(r['pairs']['cache']['ratios'])} window pairs; goal <= 1.05)"
     )
     lines.append(f"{'separate runs, ' + str(s['steps']) + ' steps':<48}{'ms/step':>9}{'data wait':>11}")
-    for name, row in [("online teacher (vit_tiny), 2 workers", r["step_time"]["teacher"])] + [
+    for name, row in [(f"online teacher ({s['teachers']['small']}), 2 workers", r["step_time"]["teacher"])] + [
         (f"cache, {w} workers", row) for w, row in r["workers"].items()
     ]:
         lines.append(f"{name:<48}{row['step_s'] * 1000:>9.1f}{row['data_wait_share']:>11.1%}")

@@ -277,7 +277,10 @@ def bench_group() -> None:
     default="local",
     help="ray: also run the Ray engine on the same videos, beside the local one.",
 )
-def bench_cache_command(videos, views, arch, size, frames, workers, batch_size, seconds, results, engine) -> None:
+@click.option("--clips", default=None, help="CSV of videos made earlier (its first --videos): none is made.")
+def bench_cache_command(
+    videos, views, arch, size, frames, workers, batch_size, seconds, results, engine, clips
+) -> None:
     """cache-latents views/s vs. decode alone and teacher alone; bytes per view by dtype and codec.
 
     Example: salt bench cache --videos 8 --views 4
@@ -297,6 +300,7 @@ def bench_cache_command(videos, views, arch, size, frames, workers, batch_size, 
                 seconds=seconds,
                 results_dir=results,
                 engine=engine,
+                clips=clips,
             )
         )
     )
@@ -308,18 +312,35 @@ def bench_cache_command(videos, views, arch, size, frames, workers, batch_size, 
 @click.option("--repeats", default=3, help="Runs of paired cache / in-memory windows, each its own process.")
 @click.option("--window", default=8, help="Steps per window; streamed and replayed windows alternate.")
 @click.option("--pairs", default=8, help="Measured window pairs per run (after one warm-up pair).")
+@click.option("--arch", default="vit_tiny", help="Student size (salt models lists them).")
+@click.option("--predictor", default="128x4x4", help="Predictor WIDTHxDEPTHxHEADS.")
+@click.option("--frames", default=16, help="Frames per clip.")
+@click.option("--size", default=64, help="Clip height and width.")
+@click.option(
+    "--teachers", default="vit_tiny,vit_small", help="SMALL,LARGE: the two random teachers whose caches are read."
+)
+@click.option("--videos", default=24, help="Videos cached.")
+@click.option("--clips", default=None, help="CSV of videos made earlier (its first --videos): none is made.")
 @click.option(
     "--results", default="benchmarks/results", type=click.Path(file_okay=False), help="Folder of the JSON records."
 )
-def bench_student_command(steps, batch_size, repeats, window, pairs, results) -> None:
+def bench_student_command(
+    steps, batch_size, repeats, window, pairs, arch, predictor, frames, size, teachers, videos, clips, results
+) -> None:
     """Student step time with cache / online-teacher / in-memory targets; the loader's CPU cost by
     part; data wait by workers; peak RSS.
 
     Example: salt bench student --steps 40
     """
-    from salt.tools.bench_student import bench_student, format_student
+    from salt.tools.bench_student import StudentSizes, bench_student, format_student
 
-    click.echo(format_student(bench_student(steps, batch_size, results, repeats, window, pairs)))
+    try:
+        width, depth, heads = (int(v) for v in predictor.split("x"))
+        small, large = teachers.split(",")
+    except ValueError:
+        raise click.BadParameter("--predictor is WIDTHxDEPTHxHEADS (e.g. 384x12x12), --teachers SMALL,LARGE") from None
+    sizes = StudentSizes(arch, (width, depth, heads), frames, size, (small, large), videos, clips)
+    click.echo(format_student(bench_student(steps, batch_size, results, repeats, window, pairs, sizes)))
 
 
 @click.command("reconstruct")
