@@ -139,6 +139,8 @@ class ZarrShard(_Shard):
 
 
 class _Source(ABC):
+    """One stored format of a cache: its shards, opened by name."""
+
     format: str
     read_ahead = False  # whether a stream should fetch whole shards ahead (`shard_url`, `open(data=)`)
     decoder: SampleDecoder
