@@ -34,7 +34,7 @@ from salt.latents.basis import BASIS_NAME, BasisFit, TargetBasis, manifest_recor
 from salt.latents.codecs import CODECS
 from salt.latents.errors import CacheWriteError
 from salt.latents.manifest import write_bytes_atomic
-from salt.latents.reader import normalise_targets
+from salt.latents.targets import normalise_targets
 
 
 @dataclass

@@ -2,7 +2,12 @@
 
 Writers: LatentCodec + encode_frames -> write_wds_shard / ZarrCacheWriter.write_shard, then a
 Manifest written with write_json_atomic. Readers: open_cache -> LatentCache (get, stream),
-verify, apply_target_norm. The format is docs/cache_format.md.
+EpochOrder + SampleReader (training), verify, student_targets. The format is docs/cache_format.md.
+
+Reading, by job: `reader` (open_cache, LatentCache), `index` (the sample numbering), `sources`
+(one per stored format: WebDataset tars, the Zarr store), `streaming` (split across readers,
+resume, read-ahead), `order` (the global training order), `targets` (normalisation, basis,
+student_targets), `verification` (verify).
 
 Names are imported lazily (on first use), so a module that needs one small part, such as
 `salt.latents.storage` for the checkpoint loader, does not load the codecs' numcodecs and
@@ -39,15 +44,20 @@ _EXPORTS = {
     "ShardRecord": "manifest",
     "load_manifest": "manifest",
     "write_json_atomic": "manifest",
+    "SampleIndex": "index",
     "EpochOrder": "order",
     "SampleReader": "order",
     "LatentCache": "reader",
-    "apply_target_norm": "reader",
     "first_views": "reader",
-    "load_basis": "reader",
-    "normalise_targets": "reader",
     "open_cache": "reader",
-    "verify": "reader",
+    "SampleDecoder": "sources",
+    "WdsSource": "sources",
+    "ZarrSource": "sources",
+    "apply_target_norm": "targets",
+    "load_basis": "targets",
+    "normalise_targets": "targets",
+    "student_targets": "targets",
+    "verify": "verification",
     "CacheSample": "samples",
     "EncodedSample": "samples",
     "Problem": "samples",

@@ -219,6 +219,19 @@ class Manifest:
         def fail(message: str) -> None:
             raise CacheError(f"{source}: {message}")
 
+        self._check_fields(fail)
+        self._check_targets(fail)
+        if not self.formats or any(f not in FORMATS for f in self.formats):
+            fail(f"formats must be a non-empty subset of {FORMATS}, got {self.formats}")
+        if self.views <= 0 or self.num_videos <= 0:
+            fail(f"views ({self.views}) and num_videos ({self.num_videos}) must be positive")
+        self._check_shards(fail)
+        total = sum(record.samples for record in self.shards)
+        if self.sample_count != total:
+            fail(f"sample_count {self.sample_count} != {total}, the sum over shards")
+        self._check_no_overlap(fail)
+
+    def _check_fields(self, fail) -> None:
         for name in (
             "dim",
             "views",
@@ -245,6 +258,8 @@ class Manifest:
             fail(str(error))
         if self.frames_codec not in FRAME_EXT:
             fail(f"frames_codec {self.frames_codec!r} is not one of {sorted(FRAME_EXT)}")
+
+    def _check_targets(self, fail) -> None:
         if self.target_norm not in TARGET_NORMS:
             fail(f"target_norm {self.target_norm!r} is not one of {TARGET_NORMS}")
         if self.target_rank:
@@ -260,10 +275,9 @@ class Manifest:
                 fail("a low-rank cache stores coefficients of normalised targets: target_norm must be 'none'")
         elif self.basis is not None:
             fail("basis is set but target_rank is 0")
-        if not self.formats or any(f not in FORMATS for f in self.formats):
-            fail(f"formats must be a non-empty subset of {FORMATS}, got {self.formats}")
-        if self.views <= 0 or self.num_videos <= 0:
-            fail(f"views ({self.views}) and num_videos ({self.num_videos}) must be positive")
+
+    def _check_shards(self, fail) -> None:
+        """Each shard's name, range and sample count (skipped videos left out), and its checksum."""
         skipped = self.skipped_videos
         names: set[str] = set()
         for record in self.shards:
@@ -284,10 +298,6 @@ class Manifest:
                 )
             if "wds" in self.formats and not record.sha256:
                 fail(f"shard {record.name} has no sha256 although the cache has WebDataset shards")
-        total = sum(record.samples for record in self.shards)
-        if self.sample_count != total:
-            fail(f"sample_count {self.sample_count} != {total}, the sum over shards")
-        self._check_no_overlap(fail)
 
     def _check_no_overlap(self, fail) -> None:
         # Two shards overlap when both their video and their view ranges intersect; either

@@ -16,15 +16,12 @@ instead of raising, when asked to.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Callable
 
 import numpy as np
 
-from salt.latents import storage
 from salt.latents.errors import CacheError
-from salt.latents.manifest import WDS_DIR
 from salt.latents.samples import CacheSample, Problem, sample_key
-from salt.latents.wds import WdsShardReader
+from salt.latents.sources import OnSkip, WdsShard, ZarrShard, checked_reads, error_policy
 
 
 class EpochOrder:
@@ -57,7 +54,7 @@ class EpochOrder:
 
 
 class SampleReader:
-    """Samples by index from the cache's streaming format, at most `keep_open` shards open.
+    """Samples by index from the cache's streaming source, at most `keep_open` shards open.
 
     `on_error="skip"`: a sample that cannot be read returns None after `on_skip(Problem)`."""
 
@@ -68,40 +65,36 @@ class SampleReader:
         frames: str = "decoded",
         latents: str = "float32",
         on_error: str = "raise",
-        on_skip: Callable[[Problem], None] | None = None,
+        on_skip: OnSkip | None = None,
         keep_open: int = 4,
     ):
-        if on_error not in ("raise", "skip"):
-            raise CacheError(f"on_error must be 'raise' or 'skip', got {on_error!r}")
-        self.cache, self.reads, self.on_error = cache, (frames, latents), on_error
-        self.on_skip = on_skip or (lambda problem: None)
+        self.cache, self.reads = cache, checked_reads(frames, latents)
+        self.on_skip = error_policy(on_error, on_skip)  # None: raise
         self.keep_open = keep_open
-        self._open: OrderedDict[int, WdsShardReader] = OrderedDict()
+        self._open: OrderedDict[int, WdsShard | ZarrShard] = OrderedDict()
 
     def __call__(self, index: int) -> CacheSample | None:
         shard_index, video, view = self.cache.locate(index)
-        record = self.cache.manifest.shards[shard_index]
+        name = self.cache.manifest.shards[shard_index].name
         try:
-            if self.cache.stream_format == "wds":
-                return self.cache.read_wds_sample(self._shard(shard_index), video, view, self.reads)
-            return self.cache.read_zarr_sample(record, video, view, self.reads)
+            return self._shard(shard_index).read(video, view, self.reads)
         except (CacheError, OSError) as error:
-            if self.on_error == "raise":
+            if self.on_skip is None:
                 if isinstance(error, CacheError):
                     raise
-                raise CacheError(f"shard {record.name}: sample {sample_key(video, view)}: {error}") from error
-            self.on_skip(Problem(record.name, sample_key(video, view), str(error)))
+                raise CacheError(f"shard {name}: sample {sample_key(video, view)}: {error}") from error
+            self.on_skip(Problem(name, sample_key(video, view), str(error)))
             return None
 
-    def _shard(self, shard_index: int) -> WdsShardReader:
+    def _shard(self, shard_index: int) -> WdsShard | ZarrShard:
         if shard_index in self._open:
             self._open.move_to_end(shard_index)
             return self._open[shard_index]
-        reader = WdsShardReader(storage.join(self.cache.path, WDS_DIR), self.cache.manifest.shards[shard_index].name)
-        self._open[shard_index] = reader
+        shard = self.cache.stream_source.open(self.cache.manifest.shards[shard_index].name)
+        self._open[shard_index] = shard
         while len(self._open) > self.keep_open:
             self._open.popitem(last=False)[1].close()
-        return reader
+        return shard
 
     def close(self) -> None:
         while self._open:

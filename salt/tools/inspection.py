@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from salt.latents import CacheError, CacheSample, LatentCache, apply_target_norm, open_cache, verify
+from salt.latents import CacheError, CacheSample, LatentCache, open_cache, student_targets, verify
 from salt.latents.codecs import STORED_NUMPY_DTYPE
 
 RANK_TOKENS = 8192  # tokens pooled for an effective rank: enough for D <= 2048, one quick eigensolve
@@ -24,10 +24,9 @@ STATS_SAMPLES = 64
 PERCENTILES = (1, 5, 50, 95, 99)
 
 
-def student_targets(cache: LatentCache, sample: CacheSample) -> torch.Tensor:
+def targets_of(cache: LatentCache, samples: list[CacheSample]) -> list[torch.Tensor]:
     """What a student trains on: normalised targets [N, D] (reconstructed from a low-rank cache)."""
-    targets = apply_target_norm(sample.latents, cache.manifest)
-    return targets if cache.basis is None else cache.basis.reconstruct(targets)
+    return [student_targets(s.latents, cache.manifest.target_norm, cache.basis) for s in samples]
 
 
 def spectrum(cache: LatentCache, samples: list[CacheSample]) -> dict[str, Any]:
@@ -36,7 +35,7 @@ def spectrum(cache: LatentCache, samples: list[CacheSample]) -> dict[str, Any]:
     if cache.basis is not None:
         variance, source = cache.basis.variance, f"basis fit on {cache.basis.fit_tokens} tokens"
     else:
-        tokens = torch.cat([student_targets(cache, s) for s in samples]).double().numpy()
+        tokens = torch.cat(targets_of(cache, samples)).double().numpy()
         variance = np.clip(np.linalg.eigvalsh(np.cov(tokens, rowvar=False)), 0, None)[::-1]
         source = f"{tokens.shape[0]} sampled tokens"
     ratio = variance / max(float(variance.sum()), 1e-30)
@@ -209,7 +208,7 @@ def sample_statistics(cache: LatentCache, count: int) -> dict[str, Any]:
     result: dict[str, Any] = {"requested": count, "read": len(samples), "unreadable": unreadable}
     if samples:
         grid = cache.manifest.grid
-        result["targets"] = token_statistics([student_targets(cache, s) for s in samples], grid)
+        result["targets"] = token_statistics(targets_of(cache, samples), grid)
         result["raw"] = token_statistics([s.latents for s in samples], grid)
         result["spectrum"] = spectrum(cache, samples)
     return result
@@ -235,7 +234,8 @@ def compare_caches(a: LatentCache, b: LatentCache, samples: int | None = None) -
     squared_error, target_sum, target_square, tokens = 0.0, 0.0, 0.0, 0
     for key in chosen:
         sa, sb = a.get(key), b.get(key)
-        ta, tb = student_targets(a, sa).double(), student_targets(b, sb).double()
+        ta = student_targets(sa.latents, ma.target_norm, a.basis).double()
+        tb = student_targets(sb.latents, mb.target_norm, b.basis).double()
         squared_error += float((ta - tb).square().sum())
         target_sum, target_square, tokens = (
             target_sum + ta.sum(0),

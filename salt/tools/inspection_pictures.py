@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from salt.latents import LatentCache
-from salt.tools.inspection import STATS_SAMPLES, evenly_spaced_keys, load_samples, sample_statistics, student_targets
+from salt.tools.inspection import STATS_SAMPLES, evenly_spaced_keys, load_samples, sample_statistics, targets_of
 
 PICTURE_SAMPLES = 4
 DPI = 100
@@ -64,7 +64,7 @@ def write_pictures(
     shown, _ = load_samples(cache, evenly_spaced_keys(cache.keys(), samples))
     written = []
     if shown:
-        colours = _pca_rgb([student_targets(cache, s) for s in shown])
+        colours = _pca_rgb(targets_of(cache, shown))
         norms = [s.latents.norm(dim=-1).reshape(steps, height, width).numpy() for s in shown]
         norm_range, norm_label = _norm_range(norms)
         for sample, colour, norm in zip(shown, colours, norms):

@@ -266,10 +266,9 @@ class StudentObjective(Objective):
             return normalise_targets(self.frozen(clip).float(), "layer_norm")
 
     def _cache_targets(self, stored: torch.Tensor) -> torch.Tensor:
-        from salt.latents import normalise_targets
+        from salt.latents import student_targets
 
-        targets = normalise_targets(stored, self.target_norm)
-        return targets if self.basis is None else self.basis.reconstruct(targets)
+        return student_targets(stored, self.target_norm, self.basis)
 
     def after_step(self, step: int) -> None:
         if self.source != "ema":
