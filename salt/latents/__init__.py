@@ -3,91 +3,67 @@
 Writers: LatentCodec + encode_frames -> write_wds_shard / ZarrCacheWriter.write_shard, then a
 Manifest written with write_json_atomic. Readers: open_cache -> LatentCache (get, stream),
 verify, apply_target_norm. The format is docs/cache_format.md.
+
+Names are imported lazily: a storage path or an error class needs no torch (`salt --help`,
+`salt check-data` and one-line refusals stay quick).
 """
 
-from salt.latents.basis import BASIS_NAME, BasisFit, TargetBasis
-from salt.latents.codecs import (
-    DEFAULT_COMPRESSOR,
-    FRAME_EXT,
-    LatentCodec,
-    StoredLatents,
-    crc32,
-    decode_frames,
-    decode_meta,
-    encode_frames,
-    encode_meta,
-    frames_decoder_id,
-    roundtrip_frames,
-    sample_checksum,
-)
-from salt.latents.errors import CacheError, CacheWriteError
-from salt.latents.manifest import (
-    FORMAT_VERSION,
-    MANIFEST_NAME,
-    WDS_DIR,
-    ZARR_DIR,
-    Manifest,
-    ShardRecord,
-    load_manifest,
-    write_json_atomic,
-)
-from salt.latents.reader import (
-    LatentCache,
-    apply_target_norm,
-    first_views,
-    load_basis,
-    normalise_targets,
-    open_cache,
-    verify,
-)
-from salt.latents.samples import CacheSample, EncodedSample, Problem, ShardId, parse_key, sample_key
-from salt.latents.wds import ShardFiles, WdsShardReader, complete_shard_files, split_members, write_wds_shard
-from salt.latents.zarr_store import ZarrCacheReader, ZarrCacheWriter
+from __future__ import annotations
 
-__all__ = [
-    "BASIS_NAME",
-    "BasisFit",
-    "CacheError",
-    "CacheSample",
-    "CacheWriteError",
-    "DEFAULT_COMPRESSOR",
-    "EncodedSample",
-    "FORMAT_VERSION",
-    "FRAME_EXT",
-    "LatentCache",
-    "LatentCodec",
-    "MANIFEST_NAME",
-    "Manifest",
-    "Problem",
-    "ShardFiles",
-    "ShardId",
-    "ShardRecord",
-    "StoredLatents",
-    "TargetBasis",
-    "WDS_DIR",
-    "WdsShardReader",
-    "ZARR_DIR",
-    "ZarrCacheReader",
-    "ZarrCacheWriter",
-    "apply_target_norm",
-    "complete_shard_files",
-    "crc32",
-    "decode_frames",
-    "decode_meta",
-    "encode_frames",
-    "encode_meta",
-    "first_views",
-    "frames_decoder_id",
-    "load_basis",
-    "load_manifest",
-    "normalise_targets",
-    "open_cache",
-    "parse_key",
-    "roundtrip_frames",
-    "sample_checksum",
-    "sample_key",
-    "split_members",
-    "verify",
-    "write_json_atomic",
-    "write_wds_shard",
-]
+import importlib
+
+_EXPORTS = {
+    "BASIS_NAME": "basis",
+    "BasisFit": "basis",
+    "TargetBasis": "basis",
+    "DEFAULT_COMPRESSOR": "codecs",
+    "FRAME_EXT": "codecs",
+    "LatentCodec": "codecs",
+    "StoredLatents": "codecs",
+    "crc32": "codecs",
+    "decode_frames": "codecs",
+    "decode_meta": "codecs",
+    "encode_frames": "codecs",
+    "encode_meta": "codecs",
+    "frames_decoder_id": "codecs",
+    "roundtrip_frames": "codecs",
+    "sample_checksum": "codecs",
+    "CacheError": "errors",
+    "CacheWriteError": "errors",
+    "FORMAT_VERSION": "manifest",
+    "MANIFEST_NAME": "manifest",
+    "WDS_DIR": "manifest",
+    "ZARR_DIR": "manifest",
+    "Manifest": "manifest",
+    "ShardRecord": "manifest",
+    "load_manifest": "manifest",
+    "write_json_atomic": "manifest",
+    "LatentCache": "reader",
+    "apply_target_norm": "reader",
+    "first_views": "reader",
+    "load_basis": "reader",
+    "normalise_targets": "reader",
+    "open_cache": "reader",
+    "verify": "reader",
+    "CacheSample": "samples",
+    "EncodedSample": "samples",
+    "Problem": "samples",
+    "ShardId": "samples",
+    "parse_key": "samples",
+    "sample_key": "samples",
+    "ShardFiles": "wds",
+    "WdsShardReader": "wds",
+    "complete_shard_files": "wds",
+    "split_members": "wds",
+    "write_wds_shard": "wds",
+    "ZarrCacheReader": "zarr_store",
+    "ZarrCacheWriter": "zarr_store",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'salt.latents' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"salt.latents.{_EXPORTS[name]}"), name)

@@ -8,6 +8,8 @@ import json
 
 import click
 
+from salt.config import override_option
+
 
 @click.command("probe")
 @click.option(
@@ -28,7 +30,12 @@ import click
 @click.option("--val", "val_data", required=True, help="Labelled validation videos.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML (configs/probe/default.yaml).")
 @click.option(
-    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a probe config value, e.g. epochs=5."
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a probe config value, e.g. epochs=5.",
+    callback=override_option,
 )
 @click.option("--arch", "arch_pairs", multiple=True, metavar="KEY=VALUE", help="Architecture facts (e.g. img_size=64).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the results as JSON here.")
@@ -159,8 +166,12 @@ def export_command(encoder, out, arch_pairs, checkpoint_key) -> None:
 )
 @click.option("--views", default=8, help="Cached views per video (targets: cache).")
 @click.option("--videos", default=660_000, help="Videos in the cache (default: about Kinetics-710).")
-@click.option("--teacher-set", multiple=True, metavar="KEY=VALUE", help="Override the teacher config.")
-@click.option("--student-set", multiple=True, metavar="KEY=VALUE", help="Override the student config.")
+@click.option(
+    "--teacher-set", multiple=True, metavar="KEY=VALUE", help="Override the teacher config.", callback=override_option
+)
+@click.option(
+    "--student-set", multiple=True, metavar="KEY=VALUE", help="Override the student config.", callback=override_option
+)
 def flops_command(
     teacher_config,
     student_config,
@@ -236,7 +247,12 @@ def report_command(teacher_run, cache, student_run, probes, curves) -> None:
 @click.command("reproduce")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML (configs/reproduce/small.yaml).")
 @click.option(
-    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value, e.g. out=runs/claims."
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config value, e.g. out=runs/claims.",
+    callback=override_option,
 )
 def reproduce_command(config_path, overrides) -> None:
     """The paper's claims at small scale: a resumable chain of runs and a claims table.

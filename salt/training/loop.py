@@ -22,7 +22,7 @@ from typing import Any, Callable, Iterable
 import torch
 import torch.distributed as dist
 
-from salt.config import save_config, to_dict
+from salt.config import override_argument, save_config, to_dict
 from salt.precision import resolve_precision
 from salt.training import checkpointing
 from salt.training.config import EngineConfig, OptimConfig, schedule_warnings
@@ -66,7 +66,9 @@ def launcher_main(
 
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", required=True)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", type=override_argument
+    )
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
