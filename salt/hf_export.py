@@ -238,8 +238,9 @@ def refuse_unexportable(arch: Mapping[str, Any], source: Path) -> None:
     if kind == "sincos3d":
         raise ExportError(
             f"{source}: pos_embed 'sincos3d' (SALT's / V-JEPA 1's 3-D sin-cos table): no transformers "
-            f"class adds that table, so no export would be exact; nothing was written. Encoders trained "
-            f"with pos_embed: rope export as VJEPA2Model, sincos1d ones as VideoMAEModel"
+            f"class adds that table, so no export would be exact; nothing was written — train a RoPE size "
+            f"(e.g. --set encoder.arch=vit_tiny_rope; salt models '*rope' lists them), which exports as "
+            f"VJEPA2Model (VideoMAE's sincos1d encoders export as VideoMAEModel)"
         )
     if kind == "rope_interleaved":
         raise ExportError(

@@ -7,9 +7,11 @@ sin/cos tiled over the axis' D dims, rotation of adjacent pairs (x[2i], x[2i+1])
 """
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from salt.models import CheckpointError, Predictor, build_encoder, count_params, load_encoder, resolve_arch
 from tests.test_checkpoint import layer_norm, random_encoder_weights
@@ -216,8 +218,9 @@ def test_vjepa2_giant_gets_22_heads_from_the_registry(tmp_path, caplog):
 
 
 def test_vjepa2_teacher_end_to_end_cache_then_student(tmp_path, synthetic_set):
-    """`salt cache-latents --teacher <V-JEPA 2 checkpoint>`, then a RoPE student from the cache, then
-    the same teacher online (loaded with the arch and key the cache recorded)."""
+    """`salt cache-latents --teacher <V-JEPA 2 checkpoint>` (patch 16), then the demo's student config
+    from that cache with no geometry given (clip, patch and tubelet are the manifest's), then the
+    same teacher online (loaded with the arch and key the cache recorded)."""
     from click.testing import CliRunner
 
     from salt.cli import main
@@ -265,16 +268,22 @@ def test_vjepa2_teacher_end_to_end_cache_then_student(tmp_path, synthetic_set):
     assert manifest.teacher["arch"]["pos_embed"] == "rope" and manifest.teacher["checkpoint_key"] == "target_encoder"
     assert manifest.dim == 64
 
+    demo = Path(__file__).resolve().parents[1] / "configs/student/vit_tiny.yaml"
+    sets = [f"cache.path={tmp_path / 'cache'}", f"run.out_dir={tmp_path / 'run'}", "encoder.overrides.depth=1"]
+    sets += ["predictor.depth=1", "data.batch_size=4", "data.workers=0", "optim.steps=2", "optim.warmup_steps=1"]
+    run_student(str(demo), [*sets, "run.checkpoint_every=2", "run.log_every=1", "run.progress=false"])
+    from_cache = records(tmp_path / "run")
+    resolved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert resolved["geometry"] == {"frames": 8, "frame_step": 4, "size": 32}
+    assert resolved["encoder"]["overrides"] == {"depth": 1}  # vit_tiny_rope's own patch 16 and tubelet 2 fit
+
     sections = dict(
         cache={"path": str(tmp_path / "cache")},
         teacher=str(tmp_path / "vjepa2.pt"),
         encoder={"arch": "vit_tiny_rope", "overrides": {"depth": 1}},
         predictor={"width": 48, "depth": 1, "num_heads": 4, "pos_embed": "rope"},
         optim={"steps": 2, "warmup_steps": 1},
-        run={"out_dir": str(tmp_path / "run"), "checkpoint_every": 2},
     )
-    run_student(str(student_config(tmp_path / "a", tmp_path, **sections)), [])
-    from_cache = records(tmp_path / "run")
     sections["run"] = {"out_dir": str(tmp_path / "online"), "checkpoint_every": 2}
     run_student(str(student_config(tmp_path / "b", tmp_path, targets="teacher", **sections)), [])
     online = records(tmp_path / "online")
