@@ -126,11 +126,20 @@ def probe_command(
     show_default=False,
     help="State dict to read from a trainer checkpoint (default: target_encoder, else encoder).",
 )
-def export_command(encoder, out, arch_pairs, checkpoint_key) -> None:
-    """Write ENCODER (anything `salt probe --encoder` reads) as a transformers folder that
-    `AutoModel.from_pretrained(OUT)` loads without SALT: RoPE -> VJEPA2Model, sincos1d -> VideoMAEModel.
+@click.option(
+    "--frame-step",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Frame step of the clips the encoder was trained on, written into salt_export.json and README.md "
+    "(default: what the source records; SALT checkpoints and runs do).",
+)
+def export_command(encoder, out, arch_pairs, checkpoint_key, frame_step) -> None:
+    """Write ENCODER as a transformers folder that `AutoModel.from_pretrained(OUT)` (and
+    `AutoVideoProcessor.from_pretrained(OUT)`) load without SALT: RoPE -> VJEPA2Model, sincos1d ->
+    VideoMAEModel. ENCODER: anything `salt probe --encoder` reads, or a training run folder (its
+    newest committed checkpoint's encoder), one of its checkpoints/stepN folders, or a file in one.
 
-    Example: salt export runs/student/student.pt --out exports/student_hf
+    Example: salt export runs/student_tiny --out exports/student_hf
     """
     from salt.cache_latents.job import parse_arch_pairs
     from salt.hf_export import export_encoder
@@ -139,11 +148,12 @@ def export_command(encoder, out, arch_pairs, checkpoint_key) -> None:
         arch = parse_arch_pairs(arch_pairs)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--arch") from None
-    record = export_encoder(encoder, out, arch, checkpoint_key or None)
+    record = export_encoder(encoder, out, arch, checkpoint_key or None, frame_step)
     arch = record["arch"]
     click.echo(
         f"wrote {out}: {record['transformers_class']}, {record['tokens']} tokens x {record['embed_dim']} per clip "
-        f"of {arch['num_frames']}x{arch['img_size']}x{arch['img_size']}; how to feed it: {out}/README.md"
+        f"of {arch['num_frames']}x{arch['img_size']}x{arch['img_size']} from {record['source']}; "
+        f"from a video file to its tokens: {out}/README.md"
     )
 
 
