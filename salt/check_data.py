@@ -76,7 +76,7 @@ def check_data(data: str, workers: int = 0, timeout: float = 60.0, progress: boo
     finally:
         for decoder in decoders:
             decoder.close()
-    return summarise(data, records, [results[i] for i in range(len(records))], bad_lines)
+    return {**summarise(data, records, [results[i] for i in range(len(records))], bad_lines), "workers": workers}
 
 
 def summarise(data: str, records: list[VideoRecord], results: list[dict], bad_lines: list[dict]) -> dict:

@@ -122,7 +122,8 @@ def from_dict(cls: type[T], data: Any, source: str, prefix: str = "") -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         names = ", ".join(_join(prefix, k) for k in unknown)
-        raise ConfigError(f"{source}: unknown key(s) {names} — use one of the keys known here: {', '.join(sorted(fields))}")
+        known = ", ".join(sorted(fields))
+        raise ConfigError(f"{source}: unknown key(s) {names} — use one of the keys known here: {known}")
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(hints[name], value, source, _join(prefix, name))

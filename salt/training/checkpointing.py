@@ -182,7 +182,8 @@ def export(engine, objective, checkpoint_dir: Path, tag: str, path: Path, rank: 
 
     if rank == 0:
         if engine.zero_optimization_stage() > 0:
-            with contextlib.redirect_stdout(io.StringIO()):  # its "Processing zero checkpoint …" lines
+            # its "Processing zero checkpoint …" lines and "Loading checkpoint shards" bar
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
                 state = get_fp32_state_dict_from_zero_checkpoint(str(checkpoint_dir), tag=tag)
         else:
             state = {k: v.float() for k, v in engine.module.state_dict().items()}

@@ -76,7 +76,9 @@ def launcher_main(
 
     quiet_third_party()
     with one_line_errors():
-        print(describe(run_stage(args.config, args.overrides, args.resume)))
+        result = run_stage(args.config, args.overrides, args.resume)
+        if int(os.environ.get("RANK", "0")) == 0:  # one line for the run, not one per rank
+            print(describe(result))
 
 
 def init_distributed(timeout_s: int) -> Distributed:

@@ -21,7 +21,6 @@ from salt.training.loop import TrainResult, init_distributed, launcher_main, tra
 from salt.training.objectives import StudentObjective
 from salt.training.schedules import Linear
 
-
 # The config key of each manifest geometry value (the token grid follows from them).
 MANIFEST_KEYS = {
     "frames": "geometry.frames",
