@@ -1,7 +1,10 @@
 """Benchmark: how long the `salt` commands that do no heavy work take to answer, and which imports
 the time goes to (`python -X importtime`).
 
-Run: python benchmarks/bench_startup.py [--repeats 3] [--json benchmarks/results/startup.jsonl]
+Run: python benchmarks/bench_startup.py [--repeats 3] [--compare OTHER_CHECKOUT] [--json FILE]
+
+With --compare, every command also runs against another checkout of the project (e.g. the commit
+before a change, from `git archive`), interleaved with this one's runs: a before/after in one run.
 
 Each command runs as a user runs it (a fresh process of the console script's entry point), on
 data made here: a one-line CSV naming a missing file, 4 tiny synthetic videos, a CSV line that is
@@ -83,11 +86,11 @@ def make_data(work: Path) -> None:
     (work / "teacher.pt").write_bytes(b"")  # never read: the CSV is refused first
 
 
-def run_once(args: list[str], importtime: bool) -> tuple[float, int, dict[str, float]]:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+def run_once(args: list[str], importtime: bool, checkout: Path = REPO) -> tuple[float, int, dict[str, float]]:
+    env = {**os.environ, "PYTHONPATH": str(checkout), "PYTHONUNBUFFERED": "1"}
     head = [sys.executable, *(["-X", "importtime"] if importtime else []), "-c", ENTRY]
     start = time.perf_counter()
-    result = subprocess.run([*head, *args], env=env, capture_output=True, text=True, cwd=REPO, timeout=600)
+    result = subprocess.run([*head, *args], env=env, capture_output=True, text=True, cwd=checkout, timeout=600)
     seconds = time.perf_counter() - start
     return seconds, result.returncode, imported(result.stderr) if importtime else {}
 
@@ -112,40 +115,45 @@ def imported(stderr: str) -> dict[str, float]:
     return imports
 
 
+def measure(args: list[str], checkout: Path, repeats: int) -> dict:
+    _, code, imports = run_once(args, importtime=True, checkout=checkout)
+    times = [run_once(args, importtime=False, checkout=checkout)[0] for _ in range(repeats)]
+    total = imports.pop("all", 0.0)
+    heavy = sorted(imports.items(), key=lambda kv: -kv[1])[:4]
+    return {
+        "exit": code,
+        "median_s": statistics.median(times),
+        "min_s": min(times),
+        "imports_s": round(total, 3),
+        "heaviest_imports": {k: round(v, 3) for k, v in heavy},
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compare", type=Path, help="Another checkout of the project, measured beside this one.")
     parser.add_argument("--json", help="Append the record (one JSON line) to this file.")
-    parser.add_argument("--label", default="", help="A name for this record (e.g. before / after).")
     options = parser.parse_args()
+    checkouts = {"this": REPO, **({"compare": options.compare.resolve()} if options.compare else {})}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         make_data(work)
         for name, args in commands(work).items():
-            _, code, imports = run_once(args, importtime=True)
-            times = [run_once(args, importtime=False)[0] for _ in range(options.repeats)]
-            total = imports.pop("all", 0.0)
-            heavy = sorted(imports.items(), key=lambda kv: -kv[1])[:4]
-            rows.append(
-                {
-                    "command": name,
-                    "exit": code,
-                    "median_s": statistics.median(times),
-                    "min_s": min(times),
-                    "imports_s": round(total, 3),
-                    "heaviest_imports": {k: round(v, 3) for k, v in heavy},
-                }
+            row = {"command": name}
+            for label, checkout in reversed(checkouts.items()):  # the other checkout first, then this one
+                row[label] = measure(args, checkout, options.repeats)
+            rows.append(row)
+            shown = "  ".join(
+                f"{label}: exit {r['exit']} {r['median_s']:5.2f} s (imports {r['imports_s']:.2f} s)"
+                for label, r in ((label, row[label]) for label in checkouts)
             )
-            shown = ", ".join(f"{k} {v:.2f}" for k, v in heavy)
-            print(
-                f"{name:38} exit {code} {statistics.median(times):6.2f} s (min {min(times):.2f}); "
-                f"imports {total:.2f} s: {shown}"
-            )
+            print(f"{name:38} {shown}")
     if options.json:
         record = {
             "benchmark": "startup",
-            "label": options.label,
+            "checkouts": {label: str(path) for label, path in checkouts.items()},
             "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus",
             "python": platform.python_version(),
             "repeats": options.repeats,

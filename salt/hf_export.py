@@ -329,10 +329,10 @@ def load_source(source: Path, arch: Mapping[str, Any] | None, checkpoint_key: st
 
     checkpoint = find_run_checkpoint(source)
     if checkpoint is not None:
-        if arch or checkpoint_key:
+        if arch or checkpoint_key not in (None, "encoder"):
             raise ExportError(
-                f"{source} is a training run: its config.yaml gives the architecture and the checkpoint holds one "
-                "encoder — drop --arch and --checkpoint-key"
+                f"{source} is a training run: its config.yaml gives the architecture and its checkpoint's encoder is "
+                "the trained one — drop --arch, and --checkpoint-key (or give `encoder`)"
             )
         encoder, full_arch, frame_step = load_run_encoder(checkpoint)
         digests = sha256_of(checkpoint.step_dir) | sha256_of(checkpoint.run_dir / "config.yaml")
