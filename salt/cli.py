@@ -265,14 +265,18 @@ def cache_latents_command(**options) -> None:
 
     Example: salt cache-latents --teacher runs/teacher/teacher.pt --data data/syn/train.csv --out cache/syn --views 2
     """
-    from salt.cache_latents import CacheJob, command_line, run_cache
+    from salt.cache_latents import CacheJob, command_line
+    from salt.video.sources import load_records
 
     job = record_from_options(CacheJob, options, command=command_line())
     try:
         job.validate()
     except ValueError as err:
         raise click.UsageError(str(err)) from None
-    manifest = run_cache(job)
+    records = load_records(job.data)  # a bad list is refused here, before torch is imported
+    from salt.cache_latents import run_cache
+
+    manifest = run_cache(job, records)
     if manifest is None:
         click.echo(f"rank {job.rank}/{job.world_size}: shards done; manifest.json follows when every rank has finished")
     else:

@@ -77,14 +77,16 @@ def imports_torch(*args) -> tuple[bool, subprocess.CompletedProcess]:
     return done.stderr.strip().endswith("torch imported"), done
 
 
-def test_commands_that_do_no_heavy_work_answer_without_importing_torch(tmp_path, synthetic_set):
+def test_commands_that_do_no_heavy_work_answer_without_importing_torch(tmp_path, synthetic_set, teacher):
     """What makes them quick (docs/results.md, "Start-up"), checked without timing: torch (and
     timm, DeepSpeed) are never imported to print help, list sizes, check a data list, or refuse a
-    misused command line. The decoders check-data starts import no torch either (they describe)."""
+    misused command line or a bad data list. The decoders check-data starts import no torch either
+    (they describe)."""
     missing = tmp_path / "missing.csv"
     missing.write_text(f"{tmp_path / 'gone.mp4'} 0\n")
     two = tmp_path / "two.csv"
     two.write_text("".join(f"{line}\n" for line in good_lines(synthetic_set, 2)))
+    (tmp_path / "hi.csv").write_text("hi\n")
     for args in (
         ["--help"],
         ["models", "*rope"],
@@ -92,6 +94,7 @@ def test_commands_that_do_no_heavy_work_answer_without_importing_torch(tmp_path,
         ["check-data", two, "--no-progress"],
         ["train-student", "--config", STUDENT, "--set", "optim.steps"],
         ["export", tmp_path / "nothing.pt", "--out", tmp_path / "out"],
+        cache_args(teacher, tmp_path / "hi.csv", tmp_path / "cache"),
     ):
         torch_imported, done = imports_torch(*args)
         assert not torch_imported, (args, done.stdout[-500:], done.stderr[-2000:])
