@@ -61,7 +61,7 @@ $(STUDENT)/student.pt: $(CACHE)/manifest.json
 
 # Frozen probes, linear and attentive: a random-init encoder (the floor), the teacher, the student.
 $(PROBES)/random.%.json: $(DEMO)/train.csv | $(STAMP)
-	$(PROBE) --protocol $* --work-dir $(PROBES)/features/random --random-init vit_tiny \
+	$(PROBE) --protocol $* --work-dir $(PROBES)/features/random --random-init vit_tiny_rope \
 		--arch img_size=32 --arch num_frames=8 --arch patch_size=8 --out $@
 $(PROBES)/teacher.%.json: $(TEACHER)/teacher.pt
 	$(PROBE) --protocol $* --work-dir $(PROBES)/features/teacher --encoder $< --out $@

@@ -23,7 +23,7 @@ for seed in 0 1 2; do
       --set seed=$seed --out $OUT/random_seed$seed.json
 done
 [ -f $OUT/supervised/supervised.pt ] || $BIN/salt train-teacher --config configs/teacher/vit_tiny.yaml \
-    --set objective=supervised --set supervised.head_depth=$HEAD_DEPTH --set data.train=$DATA/train.csv \
+    --set objective=supervised --set encoder.arch=vit_tiny --set supervised.head_depth=$HEAD_DEPTH --set data.train=$DATA/train.csv \
     --set data.view.frames=$FRAMES --set data.view.size=$SIZE --set data.batch_size=$BATCH \
     --set optim.steps=$STEPS --set optim.warmup_steps=$((STEPS / 15)) --set optim.lr_peak=$LR \
     --set optim.wd_start=0.01 --set optim.wd_final=0.01 --set run.out_dir=$OUT/supervised --set run.checkpoint_every=500 \

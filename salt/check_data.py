@@ -10,16 +10,23 @@ durations, labels per class, and every failure by file (or CSV line) and reason.
 from __future__ import annotations
 
 import concurrent.futures
+import os
 import statistics
 import threading
 from collections import Counter
 from pathlib import Path
 
-from salt.video.decode import VideoDecodeError
+from salt.latents.storage import is_url
+from salt.video.decode import VideoDecodeError, check_file
 from salt.video.isolated import IsolatedDecoder
 from salt.video.sources import VideoRecord, load_records, read_csv
 
 DESCRIBE = "salt.video.decode:describe_record"
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its affinity, e.g. a scheduler's allocation), not the machine's."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def list_videos(data: str) -> tuple[list[VideoRecord], list[dict]]:
@@ -31,17 +38,21 @@ def list_videos(data: str) -> tuple[list[VideoRecord], list[dict]]:
     return load_records(data), problems
 
 
-def check_data(data: str, workers: int = 4, timeout: float = 60.0, progress: bool = True) -> dict:
-    """Describe every video of `data` (a CSV, a folder, or make-shards output) by decoding it."""
+def check_data(data: str, workers: int = 0, timeout: float = 60.0, progress: bool = True) -> dict:
+    """Describe every video of `data` (a CSV, a folder, or make-shards output) by decoding it,
+    `workers` at a time (0: one per usable core)."""
     records, bad_lines = list_videos(data)
+    workers = workers or usable_cores()
     local = threading.local()  # one decoder child per thread: the threads only wait on them
     decoders: list[IsolatedDecoder] = []
 
     def describe(record: VideoRecord) -> dict:
-        if not hasattr(local, "decoder"):
-            local.decoder = IsolatedDecoder(DESCRIBE, timeout)
-            decoders.append(local.decoder)
         try:
+            if record.offset is None and not is_url(record.path):  # missing or empty: said without a decoder
+                check_file(record.path, record.name)
+            if not hasattr(local, "decoder"):
+                local.decoder = IsolatedDecoder(DESCRIBE, timeout, preload=())  # describing renders no views
+                decoders.append(local.decoder)
             return {"ok": True, **local.decoder(record.name, record)}
         except VideoDecodeError as err:
             return {"ok": False, "reason": err.reason}
@@ -50,7 +61,7 @@ def check_data(data: str, workers: int = 4, timeout: float = 60.0, progress: boo
 
     results: dict[int, dict] = {}
     try:
-        with concurrent.futures.ThreadPoolExecutor(max(1, workers)) as pool:
+        with concurrent.futures.ThreadPoolExecutor(min(workers, max(1, len(records)))) as pool:
             futures = {pool.submit(describe, record): i for i, record in enumerate(records)}
             for future in tqdm(
                 concurrent.futures.as_completed(futures),
@@ -65,7 +76,7 @@ def check_data(data: str, workers: int = 4, timeout: float = 60.0, progress: boo
     finally:
         for decoder in decoders:
             decoder.close()
-    return summarise(data, records, [results[i] for i in range(len(records))], bad_lines)
+    return {**summarise(data, records, [results[i] for i in range(len(records))], bad_lines), "workers": workers}
 
 
 def summarise(data: str, records: list[VideoRecord], results: list[dict], bad_lines: list[dict]) -> dict:

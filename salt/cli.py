@@ -6,6 +6,7 @@ import json
 
 import click
 
+from salt.config import override_option
 from salt.tools.commands import tool_commands
 
 
@@ -106,7 +107,11 @@ def models_command(pattern) -> None:
 @main.command("check-data")
 @click.argument("data", metavar="DATA")
 @click.option(
-    "--workers", default=4, type=click.IntRange(min=1), help="Videos decoded at a time (each in its own process)."
+    "--workers",
+    default=0,
+    type=click.IntRange(min=0),
+    show_default="0: one per core this process may use",
+    help="Videos decoded at a time (each in its own process).",
 )
 @click.option(
     "--decode-timeout",
@@ -167,10 +172,20 @@ def _training_command(name: str, stage: str, config_dir: str):
         "--config", "config_path", required=True, type=click.Path(dir_okay=False), help=f"YAML config ({config_dir}…)."
     )
     @click.option(
-        "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value, e.g. optim.steps=50."
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="Override a config value, e.g. optim.steps=50.",
+        callback=override_option,
     )
     @click.option("--resume", is_flag=True, help="Continue from the latest checkpoint in run.out_dir.")
     def command(config_path, overrides, resume) -> None:
+        from salt.config import load_config
+        from salt.training.config import StudentConfig, TeacherConfig
+
+        # A config that cannot load is refused in one line before timm and DeepSpeed are imported.
+        load_config(TeacherConfig if name == "train-teacher" else StudentConfig, config_path, list(overrides))
         from salt.training.loop import describe
         from salt.training.student import run_student
         from salt.training.teacher import run_teacher
@@ -250,14 +265,18 @@ def cache_latents_command(**options) -> None:
 
     Example: salt cache-latents --teacher runs/teacher/teacher.pt --data data/syn/train.csv --out cache/syn --views 2
     """
-    from salt.cache_latents import CacheJob, command_line, run_cache
+    from salt.cache_latents import CacheJob, command_line
+    from salt.video.sources import load_records
 
     job = record_from_options(CacheJob, options, command=command_line())
     try:
         job.validate()
     except ValueError as err:
         raise click.UsageError(str(err)) from None
-    manifest = run_cache(job)
+    records = load_records(job.data)  # a bad list is refused here, before torch is imported
+    from salt.cache_latents import run_cache
+
+    manifest = run_cache(job, records)
     if manifest is None:
         click.echo(f"rank {job.rank}/{job.world_size}: shards done; manifest.json follows when every rank has finished")
     else:

@@ -31,7 +31,7 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: typing.
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
+            raise ConfigError(f"config file not found: {path} — check the path (configs/ holds one per stage and size)")
         try:
             loaded = yaml.load(path.read_text(), Loader=_StrictLoader)
         except yaml.YAMLError as err:
@@ -60,11 +60,45 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+class OverrideSyntaxError(ConfigError):
+    """A `--set` that is not KEY=VALUE: a misused command line (exit status 2, not 1)."""
+
+
+def check_override(override: str) -> str:
+    """`override` if it looks like `a.b=value`; OverrideSyntaxError naming it otherwise."""
+    key, sep, _ = override.partition("=")
+    if not sep or not key.strip():
+        raise OverrideSyntaxError(
+            f"--set {override!r} is not KEY=VALUE — write the value after '=', as in --set section.key=value"
+        )
+    return override
+
+
+def override_option(ctx, param, overrides: tuple[str, ...]) -> tuple[str, ...]:
+    """click callback of every `--set`: a misused one is a usage error (exit status 2)."""
+    import click
+
+    for override in overrides:
+        try:
+            check_override(override)
+        except OverrideSyntaxError:
+            raise click.BadParameter(f"{override!r} is not KEY=VALUE: write the value after '='") from None
+    return overrides
+
+
+def override_argument(override: str) -> str:
+    """argparse `type` of `--set` (deepspeed's entry points): a misused one exits 2, like click's."""
+    import argparse
+
+    try:
+        return check_override(override)
+    except OverrideSyntaxError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
 def apply_override(data: dict[str, Any], override: str) -> None:
     """Set `a.b.c=value` in a nested dict; the value is parsed as a YAML scalar or list."""
-    key, sep, raw = override.partition("=")
-    if not sep or not key.strip():
-        raise ConfigError(f"override {override!r} must look like key.path=value")
+    key, _, raw = check_override(override).partition("=")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError as err:
@@ -88,7 +122,8 @@ def from_dict(cls: type[T], data: Any, source: str, prefix: str = "") -> T:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         names = ", ".join(_join(prefix, k) for k in unknown)
-        raise ConfigError(f"{source}: unknown key(s) {names}; known keys here: {', '.join(sorted(fields))}")
+        known = ", ".join(sorted(fields))
+        raise ConfigError(f"{source}: unknown key(s) {names} — use one of the keys known here: {known}")
     kwargs = {}
     for name, value in data.items():
         kwargs[name] = _coerce(hints[name], value, source, _join(prefix, name))

@@ -11,6 +11,12 @@
 - Anything no transformers class computes exactly (SALT's 3-D sin-cos table, V-JEPA 2.1's
   interleaved RoPE, which transformers up to at least 5.24 does not read) is refused.
 
+The source may also be a training run (`RUN_DIR`, its `checkpoints/stepN/`, or a file in one):
+its newest committed checkpoint's encoder, with the run's arch and frame step. A RoPE checkpoint
+that does not record its clip geometry (V-JEPA 2's `.pt`) is refused unless `--arch img_size=…
+--arch num_frames=…` give it: transformers takes the RoPE grid from crop_size. Beside the model
+go the video processor's config, salt_export.json and README.md (salt/hf_feeding.py).
+
 The folder is built in a temporary sibling and renamed into place: a failure leaves nothing.
 Never imports transformers.
 """
@@ -28,12 +34,11 @@ from typing import Any, Mapping
 import torch
 
 from salt.errors import NoSpaceLeft, no_space
+from salt.hf_feeding import export_record, write_feeding_files
 from salt.latents.storage import make_readable
-from salt.models import hf_folder, load_encoder, read_checkpoint, token_grid
+from salt.models import hf_folder, load_encoder, read_checkpoint
 from salt.models.errors import ExportError
-from salt.video.views import IMAGENET_MEAN, IMAGENET_STD
 
-EXPORT_RECORD = "salt_export.json"
 # The smallest predictor VJEPA2Model accepts with RoPE on every axis: one layer, one head of 6
 # dims (2 per axis), MLP ratio 1, one mask token. Seeded: the same bytes on every export.
 FRESH_PREDICTOR = {
@@ -170,7 +175,9 @@ def fresh_predictor(hidden_size: int, qkv_bias: bool) -> dict[str, torch.Tensor]
 def source_predictor(source: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
     """A V-JEPA 2 folder's own predictor (tensors, pred_* config fields), or None for any other source."""
     config_file = source / hf_folder.CONFIG_NAME if source.is_dir() else hf_folder.config_beside(source)
-    if config_file is None or hf_folder.read_config(config_file)["model_type"] != "vjepa2":
+    if config_file is None or not config_file.is_file():  # a training run, or not a Hugging Face source
+        return None
+    if hf_folder.read_config(config_file)["model_type"] != "vjepa2":
         return None
     config = hf_folder.read_config(config_file)
     weights = hf_folder.read_folder(source, read_checkpoint)[1] if source.is_dir() else read_checkpoint(source)
@@ -239,8 +246,9 @@ def refuse_unexportable(arch: Mapping[str, Any], source: Path) -> None:
     if kind == "sincos3d":
         raise ExportError(
             f"{source}: pos_embed 'sincos3d' (SALT's / V-JEPA 1's 3-D sin-cos table): no transformers "
-            f"class adds that table, so no export would be exact; nothing was written. Encoders trained "
-            f"with pos_embed: rope export as VJEPA2Model, sincos1d ones as VideoMAEModel"
+            f"class adds that table, so no export would be exact; nothing was written — train a RoPE size "
+            f"(e.g. --set encoder.arch=vit_tiny_rope; salt models '*rope' lists them), which exports as "
+            f"VJEPA2Model (VideoMAE's sincos1d encoders export as VideoMAEModel)"
         )
     if kind == "rope_interleaved":
         raise ExportError(
@@ -272,79 +280,12 @@ def sha256_of(path: Path) -> dict[str, str]:
     return digests
 
 
-def export_record(source: Path, arch: Mapping[str, Any], model_class: str, predictor: str) -> dict:
-    """salt_export.json: where the weights came from and how to feed the model."""
-    grid = token_grid(arch, arch["num_frames"], arch["img_size"], arch["img_size"])
-    argument = "pixel_values_videos" if model_class == "VJEPA2Model" else "pixel_values"
-    if model_class == "VJEPA2Model":
-        geometry = (
-            f"height = width = {arch['img_size']} (crop_size: transformers takes the RoPE grid from it); "
-            f"any number of frames that is a multiple of {arch['tubelet_size']}"
-        )
-    else:
-        geometry = (
-            f"exactly {arch['num_frames']} frames of {arch['img_size']}x{arch['img_size']} "
-            f"(VideoMAE's position table has that many tokens)"
-        )
-    return {
-        "format": "salt-hf-export",
-        "version": 1,
-        "source": str(source.resolve()),
-        "sha256": sha256_of(source),
-        "transformers_class": model_class,
-        "arch": dict(arch),
-        "token_grid": list(grid),
-        "tokens": grid[0] * grid[1] * grid[2],
-        "embed_dim": arch["embed_dim"],
-        "input": {
-            "argument": argument,
-            "layout": "[B, T, C, H, W]",
-            "dtype": "float32",
-            "channels": "RGB",
-            "clip": geometry,
-            "normalisation": {
-                "mean": list(IMAGENET_MEAN),
-                "std": list(IMAGENET_STD),
-                "how": "x = (pixels / 255 - mean) / std, per channel",
-            },
-        },
-        "output": "last_hidden_state [B, tokens, embed_dim], tokens in (t, h, w) order with t slowest"
-        + ("" if arch["final_norm"] else "; no final norm (use_mean_pooling, as SALT's final_norm false)"),
-        "predictor": predictor,
-    }
-
-
-def readme(record: Mapping[str, Any]) -> str:
-    model_class, argument = record["transformers_class"], record["input"]["argument"]
-    return f"""# {model_class} exported by `salt export`
-
-Encoder weights from `{record["source"]}` (sha256 in `{EXPORT_RECORD}`), exact: transformers computes
-the same tokens as SALT (checked in SALT's tests to 1e-4 in fp32).
-
-```python
-import torch
-from transformers import AutoModel
-model = AutoModel.from_pretrained("THIS_FOLDER").eval()
-frames, size = {record["arch"]["num_frames"]}, {record["arch"]["img_size"]}
-clip = torch.rand(1, frames, 3, size, size)  # [B, T, C, H, W], RGB in [0, 1]
-mean = torch.tensor({record["input"]["normalisation"]["mean"]})
-std = torch.tensor({record["input"]["normalisation"]["std"]})
-tokens = model({argument}=(clip - mean.view(3, 1, 1)) / std.view(3, 1, 1)).last_hidden_state
-```
-
-Input: {record["input"]["clip"]}. Output: {record["output"]}.
-
-Predictor: {record["predictor"]}
-"""
-
-
 def _write_folder(tmp: Path, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor], record: Mapping) -> None:
     from safetensors.torch import save_file
 
     save_file(dict(tensors), str(tmp / "model.safetensors"), metadata={"format": "pt"})  # transformers needs "pt"
     (tmp / hf_folder.CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
-    (tmp / EXPORT_RECORD).write_text(json.dumps(record, indent=2) + "\n")
-    (tmp / "README.md").write_text(readme(record))
+    write_feeding_files(tmp, record)  # salt_export.json, the video processor's config, README.md
     # mkdtemp (0700) and safetensors (0600) would hide the export from everyone else: as plain files.
     make_readable(tmp, folder=True)
     for file in tmp.iterdir():
@@ -361,16 +302,59 @@ def _refuse_existing(out: Path) -> None:
         )
 
 
+def recorded_frame_step(source: Path) -> int | None:
+    """The frame step a salt-encoder checkpoint's training config records (None: not recorded)."""
+    if source.is_dir() or source.suffix not in (".pt", ".pth", ".safetensors"):
+        return None
+    try:
+        if source.suffix == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(source), "pt") as handle:
+                meta = json.loads((handle.metadata() or {}).get("meta", "{}"))
+        else:  # mmap: the weights are not read again
+            obj = torch.load(source, map_location="cpu", weights_only=True, mmap=True)
+            meta = obj.get("meta", {}) if isinstance(obj, dict) else {}
+    except Exception:  # anything load_encoder read but this cannot: the step is simply not known
+        return None
+    config = meta.get("config") or {}
+    step = (config.get("geometry") or config.get("data", {}).get("view") or {}).get("frame_step")
+    return step if isinstance(step, int) and step > 0 else None
+
+
+def load_source(source: Path, arch: Mapping[str, Any] | None, checkpoint_key: str | None):
+    """(encoder, arch, frame step or None, source label, sha256 of the files read) of what
+    `salt export` was given: a training run or one of its checkpoints, or anything load_encoder
+    reads, whose clip geometry must be recorded or given (never assumed)."""
+    from salt.training.run_encoder import find_run_checkpoint, load_run_encoder
+
+    checkpoint = find_run_checkpoint(source)
+    if checkpoint is not None:
+        if arch or checkpoint_key not in (None, "encoder"):
+            raise ExportError(
+                f"{source} is a training run: its config.yaml gives the architecture and its checkpoint's encoder is "
+                "the trained one — drop --arch, and --checkpoint-key (or give `encoder`)"
+            )
+        encoder, full_arch, frame_step = load_run_encoder(checkpoint)
+        digests = sha256_of(checkpoint.step_dir) | sha256_of(checkpoint.run_dir / "config.yaml")
+        return encoder, full_arch, frame_step, checkpoint.label, digests
+    encoder, full_arch = load_encoder(source, arch, checkpoint_key, assume_geometry=False)
+    return encoder, full_arch, recorded_frame_step(source), str(source.resolve()), sha256_of(source)
+
+
 def export_encoder(
     source: str | os.PathLike,
     out: str | os.PathLike,
     arch: Mapping[str, Any] | None = None,
     checkpoint_key: str | None = None,
+    frame_step: int | None = None,
 ) -> dict:
-    """Write ``out`` as a transformers folder of the encoder at ``source``; returns its salt_export record."""
+    """Write ``out`` as a transformers folder of the encoder at ``source`` (anything load_encoder
+    reads, or a training run / checkpoint folder: its newest encoder); returns its salt_export record."""
     source, out = Path(source), Path(out)
     _refuse_existing(out)
-    encoder, full_arch = load_encoder(source, arch, checkpoint_key)
+    encoder, full_arch, recorded_step, label, digests = load_source(source, arch, checkpoint_key)
+    frame_step = frame_step or recorded_step
     refuse_unexportable(full_arch, source)
     state = {k: v.float() for k, v in encoder.state_dict().items()}  # fp32: what the folder's config says
     if full_arch["pos_embed"] == "rope":
@@ -391,11 +375,11 @@ def export_encoder(
                 "smallest valid size. Use the encoder (last_hidden_state) only",
             }
             predictor_tensors, fields = fresh_predictor(full_arch["embed_dim"], full_arch["qkv_bias"]), FRESH_PREDICTOR
-        record = export_record(source, full_arch, "VJEPA2Model", predictor["about"])
+        record = export_record(label, digests, full_arch, "VJEPA2Model", predictor["about"], frame_step)
         config = vjepa2_config(full_arch, fields, {"exported_by": "salt export", "predictor": predictor})
         tensors = {**vjepa2_tensors(state, full_arch), **{k: v.float() for k, v in predictor_tensors.items()}}
     else:
-        record = export_record(source, full_arch, "VideoMAEModel", "none (VideoMAEModel has none)")
+        record = export_record(label, digests, full_arch, "VideoMAEModel", "none (VideoMAEModel has none)", frame_step)
         config = videomae_config(full_arch, {"exported_by": "salt export"})
         tensors = videomae_tensors(state, full_arch)
     _refuse_existing(out)  # again: it may have appeared while the encoder loaded

@@ -9,6 +9,8 @@ made from the run folder: its `config.yaml` and its newest committed DeepSpeed c
 
 from __future__ import annotations
 
+import contextlib
+import io
 from dataclasses import replace
 from pathlib import Path
 
@@ -39,7 +41,9 @@ def load_pixel_objective(run_dir: str | Path):
     committed = complete_checkpoints(run_dir / "checkpoints")
     if not committed:
         raise ConfigError(f"{run_dir}/checkpoints holds no committed checkpoint yet; train longer (or --resume) first")
-    state = get_fp32_state_dict_from_zero_checkpoint(str(run_dir / "checkpoints"), tag=committed[-1].name)
+    # DeepSpeed prints "Processing zero checkpoint …" and draws a "Loading checkpoint shards" bar.
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        state = get_fp32_state_dict_from_zero_checkpoint(str(run_dir / "checkpoints"), tag=committed[-1].name)
     objective = build_objective(cfg).float().eval()
     load_state_dict_strict(objective, state, str(committed[-1]))
     return cfg, objective, committed[-1].name

@@ -1,4 +1,9 @@
+import ast
+import dataclasses
+import re
+import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -79,7 +84,7 @@ def test_set_overrides(tmp_path):
     assert cfg.steps == 7 and cfg.optim.lr == 0.5 and cfg.optim.betas == (0.8, 0.9) and cfg.note == "hello world"
     with pytest.raises(ConfigError, match="optim.nope"):
         load_config(Run, path, ["optim.nope=1"])
-    with pytest.raises(ConfigError, match="key.path=value"):
+    with pytest.raises(ConfigError, match="is not KEY=VALUE"):
         load_config(Run, path, ["steps"])
     with pytest.raises(ConfigError, match="not a section"):
         load_config(Run, path, ["steps.x=1"])
@@ -124,7 +129,7 @@ def test_every_training_section_validates():
             load_config(TeacherConfig, None, [override])
     for override, message in [
         ("cache.views=-1", "cache.views must be >= 0"),
-        ("geometry.size=0", "geometry:"),
+        ("geometry.size=-1", "geometry:"),
         ("ema.momentum_start=1.5", "ema: momentum"),
         ("health_every=-1", "health_every"),
     ]:
@@ -186,3 +191,113 @@ def test_schedules_that_cannot_be_meant_are_warned_with_the_key_to_set():
     found = schedule_warnings(OptimConfig(steps=20, warmup_steps=40), RunConfig(log_every=50, checkpoint_every=200))
     assert [line.split()[0] for line in found] == ["optim.warmup_steps", "run.log_every", "run.checkpoint_every"]
     assert all(" — set " in line for line in found)
+
+
+# ----------------------------------------------------------------------------- keys that messages and docs suggest
+
+REPO = Path(__file__).resolve().parents[1]
+PLACEHOLDERS = {"a.b", "section.key", "KEY"}  # how the docs write "a key" in general
+
+
+def config_classes() -> tuple:
+    from salt.probe import ProbeConfig
+    from salt.tools.reproduce_chain import ReproduceConfig
+    from salt.training.config import StudentConfig, TeacherConfig
+
+    return StudentConfig, TeacherConfig, ProbeConfig, ReproduceConfig
+
+
+def accepted(key: str) -> bool:
+    """Whether some config's loader takes `key` (`encoder.overrides.X` only for architecture keys)."""
+    from salt.models import ARCH_KEYS
+
+    for cls in config_classes():
+        node, parts = cls, key.split(".")
+        for i, part in enumerate(parts):
+            hints = typing.get_type_hints(node) if dataclasses.is_dataclass(node) else {}
+            if part not in hints:
+                break
+            node = hints[part]
+            if typing.get_origin(node) is dict:  # encoder.overrides, engine.extra
+                rest = parts[i + 1 :]
+                if part != "overrides" or (len(rest) == 1 and rest[0] in ARCH_KEYS):
+                    return True
+                break
+        else:
+            return True
+    return False
+
+
+def suggested_keys() -> dict[str, set[str]]:
+    """Config keys the project tells a user to set, and where: `--set KEY=…` anywhere (code, docs,
+    configs, Makefile); `section.key` in salt's error and warning messages; `section.key: value` or
+    `section.key=value` in backticks in README.md and docs/ (docs/results.md, a record of past runs,
+    only for its --set lines); the keys check_against_manifest builds its hints from."""
+    from salt.training.student import MANIFEST_KEYS
+
+    sections = sorted(
+        {
+            f.name
+            for cls in config_classes()
+            for f in dataclasses.fields(cls)
+            if dataclasses.is_dataclass(typing.get_type_hints(cls)[f.name])
+            or typing.get_origin(typing.get_type_hints(cls)[f.name]) is dict
+        }
+    )
+    key = r"((?:%s)(?:\.[a-z_]+)+)" % "|".join(sections)
+    in_message = re.compile(r"(?<![\w./-])" + key + r"(?=[=:]| \d| to | must| is|$|[ ,;)`'])")
+    in_backticks = re.compile(key + r"(?:: |=)\S.*")
+    set_flag = re.compile(r"--(?:set|student-set|teacher-set)[ =]+([A-Za-z_][\w.]*)=")
+    found: dict[str, set[str]] = {value: {"salt/training/student.py"} for value in MANIFEST_KEYS.values()}
+
+    def add(name: str, where: Path) -> None:
+        if name not in PLACEHOLDERS:
+            found.setdefault(name, set()).add(str(where.relative_to(REPO)))
+
+    for path in sorted((REPO / "salt").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                for match in set_flag.finditer(node.value):
+                    add(match.group(1), path)
+            called = getattr(getattr(node, "func", None), "attr", getattr(getattr(node, "func", None), "id", ""))
+            if isinstance(node, ast.Raise) or called in ("warn", "warning", "echo", "append"):
+                for sub in ast.walk(node):
+                    if isinstance(sub, ast.Constant) and isinstance(sub.value, str):
+                        for match in in_message.finditer(sub.value):
+                            add(match.group(1), path)
+    texts = [*sorted((REPO / "docs").glob("*.md")), REPO / "README.md", REPO / "Makefile"]
+    for path in texts + sorted(p for p in (REPO / "configs").rglob("*") if p.is_file()):
+        text = path.read_text()
+        for match in set_flag.finditer(text):
+            add(match.group(1), path)
+        if path.suffix == ".md" and path.name != "results.md":
+            for span in re.findall(r"`([^`\n]+)`", text):
+                match = in_backticks.fullmatch(span)
+                if match:
+                    add(match.group(1), path)
+    return found
+
+
+def test_every_key_a_message_or_a_doc_suggests_is_one_the_loader_accepts():
+    found = suggested_keys()
+    assert {"cache.path", "geometry.size", "encoder.arch", "optim.steps", "run.out_dir"} <= set(found)
+    refused = {name: sorted(where) for name, where in found.items() if not accepted(name)}
+    assert not refused, f"suggested but refused by the config loader: {refused}"
+    assert not accepted("encoder.pos_embed") and accepted("encoder.overrides.pos_embed")  # the issue's example
+
+
+def test_a_students_geometry_patch_and_tubelet_default_to_the_caches():
+    from salt.training.config import StudentConfig, with_cache_geometry
+
+    cached = {"frames": 8, "frame_step": 4, "size": 32, "patch": 8, "tubelet": 2}
+    cfg = load_config(StudentConfig, REPO / "configs/student/vit_tiny.yaml")
+    assert (cfg.geometry.frames, cfg.geometry.size, cfg.encoder.overrides) == (0, 0, {})  # left to the cache
+    filled = with_cache_geometry(cfg, cached)
+    assert (filled.geometry.frames, filled.geometry.frame_step, filled.geometry.size) == (8, 4, 32)
+    assert filled.encoder.overrides == {"patch_size": 8}  # vit_tiny_rope's own tubelet (2) is the cache's
+    given = load_config(
+        StudentConfig, REPO / "configs/student/vit_tiny.yaml", ["geometry.size=64", "encoder.overrides.patch_size=16"]
+    )
+    kept = with_cache_geometry(given, cached)  # what was given stays, for check_against_manifest to refuse
+    assert kept.geometry.size == 64 and kept.encoder.overrides == {"patch_size": 16} and kept.geometry.frames == 8

@@ -1,9 +1,10 @@
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from salt.cli import main
-from salt.config import load_config
+from salt.config import ConfigError, load_config
 from salt.masks import DEFAULT_MASKS, MultiBlockMasker
 from salt.tools.flops import plan, token_shares
 from salt.training.config import StudentConfig, TeacherConfig
@@ -33,10 +34,19 @@ def test_paper_budget_is_reproduced():
         assert part.flops <= part.counted < 1.6 * part.flops, part
 
 
+# The demo cache's geometry: a plan without a teacher or a cache is given it.
+DEMO_GEOMETRY = ["geometry.frames=8", "geometry.frame_step=4", "geometry.size=32", "encoder.overrides.patch_size=8"]
+
+
 def test_cached_targets_replace_the_online_teacher_with_a_one_off_cost():
-    student = load_config(StudentConfig, CONFIGS / "student/vit_tiny.yaml", [])
+    student = load_config(StudentConfig, CONFIGS / "student/vit_tiny.yaml", DEMO_GEOMETRY)
     online = plan(
-        None, load_config(StudentConfig, CONFIGS / "student/vit_tiny.yaml", ["targets=teacher"]), 0, 100, 32, 32
+        None,
+        load_config(StudentConfig, CONFIGS / "student/vit_tiny.yaml", [*DEMO_GEOMETRY, "targets=teacher"]),
+        0,
+        100,
+        32,
+        32,
     )
     cached = plan(None, student, 0, 100, 32, 32, cache_views=4, cache_videos=10)
     teacher_online = [p for p in online["parts"] if "online" in p.name][0]
@@ -57,10 +67,25 @@ def test_flops_command():
             "10",
             "--targets",
             "ema",
+            *(arg for pair in DEMO_GEOMETRY for arg in ("--student-set", pair)),
         ],
     )
     assert result.exit_code == 0, result.output
     assert "EMA target encoder forward" in result.output and "total:" in result.output
+
+
+def test_a_plan_takes_the_students_geometry_from_its_teacher_or_cache_or_says_what_to_give(tmp_path):
+    """Student configs leave clip geometry, patch and tubelet to the cache: a plan reads them from
+    the cache its teacher writes, else the manifest at cache.path; with neither it names the keys."""
+    teacher = load_config(TeacherConfig, CONFIGS / "teacher/vit_tiny.yaml", [])
+    student = load_config(StudentConfig, CONFIGS / "student/vit_tiny.yaml", [f"cache.path={tmp_path / 'none'}"])
+    planned = plan(teacher, student, 10, 10, 32, 32)
+    explicit = plan(
+        teacher, load_config(StudentConfig, CONFIGS / "student/vit_tiny.yaml", DEMO_GEOMETRY), 10, 10, 32, 32
+    )
+    assert [p.counted for p in planned["parts"]] == [p.counted for p in explicit["parts"]]
+    with pytest.raises(ConfigError, match=r"cannot tell it.*--teacher-config.*geometry\.frames"):
+        plan(None, student, 0, 10, 32, 32)
 
 
 def test_rope_configs_are_planned_like_their_sincos_twins():
@@ -77,7 +102,9 @@ def test_rope_configs_are_planned_like_their_sincos_twins():
 
 def test_cache_size_and_read_bandwidth_per_dtype_and_rank():
     student = load_config(
-        StudentConfig, CONFIGS / "student/vit_large.yaml", ["geometry.size=224", "geometry.frames=16"]
+        StudentConfig,
+        CONFIGS / "student/vit_large.yaml",
+        ["geometry.size=224", "geometry.frames=16", "geometry.frame_step=4"],
     )
     cache = plan(None, student, 0, 10, 3072, 3072, cache_views=8, cache_videos=660_000)["cache"]
     rows = {(r["dtype"], r["rank"]): r for r in cache["by_format"]}

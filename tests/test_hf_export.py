@@ -216,6 +216,7 @@ def test_the_fresh_predictor_is_small_seeded_and_said_to_be_untrained(tmp_path):
         "config.json",
         "model.safetensors",
         "salt_export.json",
+        "video_preprocessor_config.json",
     ]
 
 
@@ -224,7 +225,7 @@ def test_what_cannot_be_exported_exactly_is_refused_and_nothing_is_written(tmp_p
     with pytest.raises(SystemExit) as refused, one_line_errors():
         export_encoder(tmp_path / "sincos3d.pt", tmp_path / "out")
     message = str(refused.value)
-    assert "\n" not in message and "'sincos3d'" in message and "pos_embed: rope" in message, message
+    assert "\n" not in message and "'sincos3d'" in message and "--set encoder.arch=vit_tiny_rope" in message, message
     save_encoder(tmp_path / "interleaved.pt", tiny(pos_embed="rope_interleaved"), kind="student")
     with pytest.raises(ExportError, match="rope_interleaved"):
         export_encoder(tmp_path / "interleaved.pt", tmp_path / "out")
@@ -252,3 +253,97 @@ def test_an_existing_out_is_refused_and_a_failed_write_leaves_nothing(tmp_path, 
     with pytest.raises(OSError, match="disk full"):
         export_encoder(tmp_path / "student.pt", tmp_path / "new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "student.pt", "taken"]
+
+
+# The README's snippet, run as a user runs it: in a process that cannot import salt.
+README_RUNNER = LOADER.split("import torch\n", 1)[0] + "import re, sys\nfrom safetensors.torch import save_file\n"
+README_RUNNER += r"""
+folder, video, out = sys.argv[1], sys.argv[2], sys.argv[3]
+readme = open(folder + "/README.md").read()
+snippet = re.search(r"```python\n(.*?)```", readme, re.S).group(1)
+scope = {}
+exec(snippet.replace("THIS_FOLDER", folder).replace("VIDEO.mp4", video), scope)
+save_file({"tokens": scope["tokens"].contiguous()}, out)
+assert not any(m == "salt" or m.startswith("salt.") for m in sys.modules)
+"""
+
+
+def readme_tokens(tmp_path, folder, video) -> torch.Tensor:
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    out = tmp_path / f"{folder.name}-{video.stem}.safetensors"
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", README_RUNNER, str(folder), str(video), str(out)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return load_file(out)["tokens"]
+
+
+def salt_tokens(encoder, video, frames: int, frame_step: int, size: int) -> torch.Tensor:
+    """SALT's tokens of a video file: its evaluation clip (frame 0 on, central square) as the probe cuts it."""
+    from salt.video.decode import decode_views
+    from salt.video.views import ViewConfig, to_model_input
+
+    cfg = ViewConfig(frames=frames, frame_step=frame_step, size=size, eval_clips=1, eval_spatial=1)
+    ((clip, _),) = decode_views(str(video), 0, [0], cfg)
+    with torch.no_grad():
+        return encoder.eval()(to_model_input(torch.from_numpy(clip)[None]))
+
+
+def test_a_run_exports_its_newest_encoder_and_the_readme_feeds_it_a_video_file(
+    tmp_path, rope_student_run, synthetic_set, make_video
+):
+    """The demo's student config (RoPE), trained: `salt export RUN` writes its newest checkpoint's
+    encoder (the weights student.pt got), a step folder or a file in it that step's; the README's
+    snippet, run without SALT on a decoded video file (square, and wide and short), gives SALT's
+    tokens through the exported video processor."""
+    run = rope_student_run["run"]
+    sources = {
+        "run": run,
+        "step1": run / "checkpoints" / "step1",
+        "file": run / "checkpoints" / "step2" / "mp_rank_00_model_states.pt",
+    }
+    for name, source in sources.items():
+        key = ["--checkpoint-key", "encoder"] if name == "file" else []  # as a newcomer tried it: the same
+        result = CliRunner().invoke(main, ["export", str(source), "--out", str(tmp_path / name), *key])
+        assert result.exit_code == 0, (name, result.output, result.exception)
+        assert result.output.count("\n") == 1 and "README.md" in result.output, result.output
+    weights = {name: (tmp_path / name / "model.safetensors").read_bytes() for name in sources}
+    assert weights["run"] == weights["file"] != weights["step1"]
+    exported, arch = load_encoder(tmp_path / "run")
+    student, _ = load_encoder(run / "student.pt")
+    assert all(torch.equal(v, student.state_dict()[k]) for k, v in exported.state_dict().items())
+    record = json.loads((tmp_path / "run" / "salt_export.json").read_text())
+    assert record["source"].endswith("at step2") and record["input"]["frame_step"] == 4
+    assert (record["input"]["frames"], arch["img_size"], arch["patch_size"]) == (8, 32, 16)
+    assert set(record["sha256"]) == {"config.yaml", *(p.name for p in (run / "checkpoints" / "step2").iterdir())}
+    readme = (tmp_path / "run" / "README.md").read_text()
+    assert "skip_predictor=True" in readme and "frame step 4" in readme and "central square" in readme
+    processor = json.loads((tmp_path / "run" / "video_preprocessor_config.json").read_text())
+    assert processor["video_processor_type"] == "BaseVideoProcessor" and processor["size"] == {"shortest_edge": 32}
+
+    videos = [sorted((synthetic_set / "videos").glob("*.mp4"))[0], make_video("wide.mp4", frames=20, height=48)]
+    for video in videos:  # 80x80 and 61 frames; 48x64 and 20 frames (shorter than the clip's 29)
+        theirs = readme_tokens(tmp_path, tmp_path / "run", video)
+        ours = salt_tokens(student, video, frames=8, frame_step=4, size=32)
+        diff = (theirs - ours).abs().max().item()
+        print(f"{video.name}: max abs diff {diff:.2e}")
+        assert theirs.shape == ours.shape and diff <= 1e-4, (video.name, diff)
+
+    result = CliRunner().invoke(main, ["export", str(run), "--out", str(tmp_path / "x"), "--arch", "depth=1"])
+    assert isinstance(result.exception, ExportError) and "drop --arch" in str(result.exception)
+
+
+def test_a_vjepa2_checkpoint_without_its_clip_geometry_is_refused_not_assumed(tmp_path):
+    torch.save(vjepa2_checkpoint(random_encoder_weights(seed=4)), tmp_path / "vjepa2.pt")
+    with pytest.raises(SystemExit) as refused, one_line_errors():
+        export_encoder(tmp_path / "vjepa2.pt", tmp_path / "out", {"num_heads": 4})
+    message = str(refused.value)
+    assert "--arch img_size=N --arch num_frames=N" in message and "\n" not in message, message
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["vjepa2.pt"]
+    record = export_encoder(tmp_path / "vjepa2.pt", tmp_path / "out", {"num_heads": 4, "img_size": 8, "num_frames": 4})
+    assert record["input"]["frame_step"] is None and "NOT RECORDED" in (tmp_path / "out" / "README.md").read_text()

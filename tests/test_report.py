@@ -4,7 +4,7 @@ import torch
 
 from salt.cache_latents import CacheJob, run_cache
 from salt.models import build_encoder, save_encoder
-from salt.tools.report import pipeline_report
+from salt.tools.report import panel_title, pipeline_report
 
 
 def test_pipeline_report_lists_every_stage(tmp_path, synthetic_set):
@@ -65,3 +65,13 @@ def test_probe_table_lists_both_protocols_with_errors_and_margins():
     floor_row, teacher_row = lines[1], lines[2]
     assert "(floor)" in floor_row and "14.0% ± 2.5" in floor_row
     assert "30.0% ± 3.2 (+16.0)" in teacher_row and "45.0% ± 3.5 (+5.0)" in teacher_row
+
+
+def test_loss_curve_panels_are_titled_by_name_and_short_folder():
+    """Full paths as titles ran into each other in a row of panels: each line now fits its panel."""
+    title = panel_title(
+        "SALT student (supervised teacher)", "/work/benchmarks/results/reproduce-cpu-long/student_seed0"
+    )
+    assert title.splitlines() == ["SALT student (supervised teacher)", "reproduce-cpu-long/student_seed0"]
+    long = panel_title("stage 2", "/x/" + "a" * 80 + "/run")
+    assert all(len(line) <= 44 for line in long.splitlines()) and long.endswith("a/run")

@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+import yaml
 
 from salt.models import CheckpointError, Predictor, build_encoder, count_params, load_encoder, resolve_arch
 from tests.test_checkpoint import layer_norm, random_encoder_weights
@@ -215,67 +216,30 @@ def test_vjepa2_giant_gets_22_heads_from_the_registry(tmp_path, caplog):
     assert (arch["num_heads"], arch["pos_embed"]) == (22, "rope") and "vit_giant_rope" in caplog.text
 
 
-def test_vjepa2_teacher_end_to_end_cache_then_student(tmp_path, synthetic_set):
-    """`salt cache-latents --teacher <V-JEPA 2 checkpoint>`, then a RoPE student from the cache, then
-    the same teacher online (loaded with the arch and key the cache recorded)."""
-    from click.testing import CliRunner
-
-    from salt.cli import main
+def test_vjepa2_teacher_end_to_end_cache_then_student(tmp_path, rope_student_run):
+    """A V-JEPA 2 checkpoint's cache (patch 16), the demo's student config from it with no geometry
+    given (clip, patch and tubelet are the manifest's: the fixture), then the same teacher online
+    (loaded with the arch and key the cache recorded)."""
     from salt.latents import open_cache
     from salt.training.student import run_student
     from tests.test_student import records, student_config
 
-    torch.manual_seed(0)
-    teacher = build_encoder("vit_tiny_rope", embed_dim=64, depth=2, num_heads=4, img_size=32, num_frames=8)
-    sd = {k: v.detach() for k, v in teacher.state_dict().items()}
-    torch.save(vjepa2_checkpoint(sd), tmp_path / "vjepa2.pt")
-    result = CliRunner().invoke(
-        main,
-        [
-            "cache-latents",
-            "--teacher",
-            str(tmp_path / "vjepa2.pt"),
-            "--checkpoint-key",
-            "target_encoder",
-            "--arch",
-            "num_heads=4",
-            "--data",
-            str(synthetic_set / "train.csv"),
-            "--out",
-            str(tmp_path / "cache"),
-            "--views",
-            "1",
-            "--max-videos",
-            "4",
-            "--shard-videos",
-            "2",
-            "--workers",
-            "0",
-            "--precision",
-            "fp32",
-            "--frames",
-            "8",
-            "--size",
-            "32",
-            "--no-progress",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    manifest = open_cache(tmp_path / "cache").manifest
+    manifest = open_cache(rope_student_run["cache"]).manifest
     assert manifest.teacher["arch"]["pos_embed"] == "rope" and manifest.teacher["checkpoint_key"] == "target_encoder"
-    assert manifest.dim == 64
+    assert manifest.dim == 64 and manifest.geometry["patch"] == 16
+    from_cache = records(rope_student_run["run"])
+    resolved = yaml.safe_load((rope_student_run["run"] / "config.yaml").read_text())
+    assert resolved["geometry"] == {"frames": 8, "frame_step": 4, "size": 32}
+    assert resolved["encoder"] == {"arch": "vit_tiny_rope", "overrides": {"depth": 1}, "checkpoint_activations": False}
 
     sections = dict(
-        cache={"path": str(tmp_path / "cache")},
-        teacher=str(tmp_path / "vjepa2.pt"),
+        cache={"path": str(rope_student_run["cache"])},
+        teacher=str(rope_student_run["teacher"]),
         encoder={"arch": "vit_tiny_rope", "overrides": {"depth": 1}},
         predictor={"width": 48, "depth": 1, "num_heads": 4, "pos_embed": "rope"},
         optim={"steps": 2, "warmup_steps": 1},
-        run={"out_dir": str(tmp_path / "run"), "checkpoint_every": 2},
+        run={"out_dir": str(tmp_path / "online"), "checkpoint_every": 2},
     )
-    run_student(str(student_config(tmp_path / "a", tmp_path, **sections)), [])
-    from_cache = records(tmp_path / "run")
-    sections["run"] = {"out_dir": str(tmp_path / "online"), "checkpoint_every": 2}
     run_student(str(student_config(tmp_path / "b", tmp_path, targets="teacher", **sections)), [])
     online = records(tmp_path / "online")
     assert len(from_cache) == len(online) == 2 and all(math.isfinite(r["loss"]) for r in from_cache + online)

@@ -333,6 +333,9 @@ def test_two_process_deepspeed_run(tmp_path, demo_cache, stage):
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     encoder, _ = load_encoder(tmp_path / "run" / "student.pt")
     assert encoder.arch["depth"] == 2
+    # One line for the run, not one per rank; no third-party progress bar when student.pt is written.
+    assert result.stdout.count("exported ") == 1, result.stdout[-3000:]
+    assert "Loading checkpoint shards" not in result.stdout + result.stderr
 
 
 def test_non_finite_targets_stop_the_run_naming_the_samples(tmp_path, demo_cache, monkeypatch):

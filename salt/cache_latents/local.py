@@ -87,32 +87,38 @@ def run_local(plan: CachePlan, assembler: ShardAssembler) -> None:
             batch.clear()
 
     progress = _progress(job, len(loader), plan.planned_views)
-    views_done, skipped, started = 0, [], time.perf_counter()
+    views_done, decodable, skipped, started = 0, 0, [], time.perf_counter()
     allowed = job.max_skipped * len(plan.records)  # of the whole data: more here and the run cannot pass
-    for item in loader:
-        if plan.stop.received:  # a scheduler's signal: what is decoded is kept, the rest is redone
-            break
-        record = plan.records[item["video"]]
-        if isinstance(item["views"], str):
-            assembler.skip_video(item["shard"], record, item["views"])
-            skipped.append({"path": record.name, "reason": item["views"]})
-            if len(skipped) > allowed:
-                raise TooManySkipped(skipped, len(plan.records), job.max_skipped, views_done)
-        else:
-            for view_item in item["views"]:
-                batch.append((item["shard"], record, view_item))
-                if len(batch) >= job.batch_size:
-                    flush()
-            views_done += len(item["views"])
+    try:
+        for item in loader:
+            if plan.stop.received:  # a scheduler's signal: what is decoded is kept, the rest is redone
+                break
+            record = plan.records[item["video"]]
+            # Once the run cannot pass, the teacher stops and the rest is only decoded, to name every
+            # unusable video in one go (not one per rerun).
+            failing = len(skipped) > allowed
+            if isinstance(item["views"], str):
+                if not failing:
+                    assembler.skip_video(item["shard"], record, item["views"])
+                skipped.append({"path": record.name, "reason": item["views"]})
+            elif not failing:
+                for view_item in item["views"]:
+                    batch.append((item["shard"], record, view_item))
+                    if len(batch) >= job.batch_size:
+                        flush()
+                views_done += len(item["views"])
+            else:
+                decodable += len(item["views"])
+            if progress is not None:
+                progress.update(1)
+                done_per_s = views_done / max(time.perf_counter() - started, 1e-9)
+                progress.set_postfix({"views/s": f"{done_per_s:.1f}", "skipped": len(skipped)}, refresh=False)
+        if len(skipped) > allowed:  # (views that decode count: the stop, not the data, left them uncached)
+            raise TooManySkipped(skipped, len(plan.records), job.max_skipped, views_done + decodable)
+        flush()
+    finally:
         if progress is not None:
-            progress.update(1)
-            progress.set_postfix(
-                {"views/s": f"{views_done / max(time.perf_counter() - started, 1e-9):.1f}", "skipped": len(skipped)},
-                refresh=False,
-            )
-    flush()
-    if progress is not None:
-        progress.close()
+            progress.close()  # before any error line: the line must not land inside the bar
 
 
 def _progress(job, videos: int, views: int):

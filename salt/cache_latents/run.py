@@ -32,8 +32,10 @@ from salt.video.sources import load_records
 from salt.video.views import ViewConfig
 
 
-def run_cache(job: CacheJob) -> Path | str | None:
-    """Fill the cache for this writer; returns the manifest path once every writer is done."""
+def run_cache(job: CacheJob, records: list | None = None) -> Path | str | None:
+    """Fill the cache for this writer; returns the manifest path once every writer is done.
+    `records`: the videos of job.data when the caller has read them already (the CLI does, to
+    refuse a bad list before torch is imported)."""
     out = _checked_output(job)
     encoder, arch = load_encoder(job.teacher, job.arch, job.checkpoint_key or None)
     view = ViewConfig(
@@ -45,7 +47,7 @@ def run_cache(job: CacheJob) -> Path | str | None:
         eval_spatial=job.eval_spatial,
     )
     view.validate()
-    records = load_records(job.data)
+    records = load_records(job.data) if records is None else records
     if job.max_videos:
         records = records[: job.max_videos]
     if job.target_rank >= encoder.embed_dim:

@@ -14,6 +14,7 @@ import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -83,17 +84,30 @@ def check_settings(out: Path | str, settings: dict, overwrite: bool) -> None:
     path = storage.join(out, SETTINGS)
     if storage.is_file(path):
         saved = json.loads(storage.read_bytes(path))
-        changed = sorted(k for k in set(saved) | set(settings) if saved.get(k) != settings.get(k))
+        changed = setting_differences(saved, settings)
         if changed and not overwrite:
-            details = "; ".join(f"{k}: cache {saved.get(k)!r}, now {settings.get(k)!r}" for k in changed)
             raise CacheWriteError(
-                f"{out} holds a cache made with other settings ({details}). "
-                "Use another --out, or --overwrite to replace it."
+                f"{out} holds a cache made with other settings ({'; '.join(changed)}) — "
+                "use another --out, or --overwrite to replace it"
             )
         if changed:
             for child in ("manifest.json", "done", "wds", "cache.zarr"):  # the commit marks first
                 storage.remove_tree(storage.join(out, child))
     write_json_atomic(path, settings)
+
+
+def setting_differences(saved: Any, now: Any, key: str = "") -> list[str]:
+    """`key: cache X, now Y` for every setting that differs; dicts key by key, so a teacher's arch
+    names only what changed; long values (fingerprints) cut short."""
+    if isinstance(saved, dict) and isinstance(now, dict):
+        keys = sorted(set(saved) | set(now))
+        return [
+            line for k in keys for line in setting_differences(saved.get(k), now.get(k), f"{key}.{k}" if key else k)
+        ]
+    if saved == now:
+        return []
+    short = lambda value: f"{value[:12]}…" if isinstance(value, str) and len(value) > 40 else repr(value)  # noqa: E731
+    return [f"{key}: cache {short(saved)}, now {short(now)}"]
 
 
 @dataclass

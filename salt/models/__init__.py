@@ -1,49 +1,40 @@
-"""Encoder, predictor and checkpoints (save, safe load, V-JEPA / VideoMAE import)."""
+"""Encoder, predictor and checkpoints (save, safe load, V-JEPA / VideoMAE import).
 
-from salt.models.checkpoint import (
-    FORMAT,
-    FORMAT_VERSION,
-    CheckpointError,
-    fingerprint,
-    load_encoder,
-    read_checkpoint,
-    save_encoder,
-)
-from salt.models.predictor import Predictor
-from salt.models.vit import (
-    ARCH_KEYS,
-    ARCHS,
-    DEFAULT_ARCH,
-    VideoViT,
-    build_encoder,
-    complete_arch,
-    count_params,
-    position_table,
-    resolve_arch,
-    sincos_3d_table,
-    sinusoid_1d_table,
-    token_grid,
-)
+Names are imported lazily: the size registry (archs.py) needs no torch, so `salt models` and
+config checks answer without importing torch and timm.
+"""
 
-__all__ = [
-    "ARCH_KEYS",
-    "ARCHS",
-    "DEFAULT_ARCH",
-    "FORMAT",
-    "FORMAT_VERSION",
-    "CheckpointError",
-    "Predictor",
-    "VideoViT",
-    "build_encoder",
-    "complete_arch",
-    "count_params",
-    "fingerprint",
-    "load_encoder",
-    "position_table",
-    "read_checkpoint",
-    "resolve_arch",
-    "save_encoder",
-    "sincos_3d_table",
-    "sinusoid_1d_table",
-    "token_grid",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "ARCH_KEYS": "archs",
+    "ARCHS": "archs",
+    "DEFAULT_ARCH": "archs",
+    "complete_arch": "archs",
+    "count_params": "archs",
+    "resolve_arch": "archs",
+    "token_grid": "archs",
+    "FORMAT": "checkpoint",
+    "FORMAT_VERSION": "checkpoint",
+    "fingerprint": "checkpoint",
+    "load_encoder": "checkpoint",
+    "read_checkpoint": "checkpoint",
+    "save_encoder": "checkpoint",
+    "CheckpointError": "errors",
+    "Predictor": "predictor",
+    "VideoViT": "vit",
+    "build_encoder": "vit",
+    "position_table": "vit",
+    "sincos_3d_table": "vit",
+    "sinusoid_1d_table": "vit",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'salt.models' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"salt.models.{_EXPORTS[name]}"), name)

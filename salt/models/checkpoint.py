@@ -296,7 +296,10 @@ def _load_salt_format(obj: dict, path: Path, arch: Mapping[str, Any] | None) -> 
 
 
 def load_encoder(
-    path: str | os.PathLike, arch: Mapping[str, Any] | None = None, checkpoint_key: str | None = None
+    path: str | os.PathLike,
+    arch: Mapping[str, Any] | None = None,
+    checkpoint_key: str | None = None,
+    assume_geometry: bool = True,
 ) -> tuple[VideoViT, dict]:
     """Load an encoder from a salt-encoder checkpoint (.pt or .safetensors), a V-JEPA 1/2 or
     VideoMAE checkpoint, a Hugging Face VideoMAE or V-JEPA 2 folder (or its weight file beside
@@ -305,6 +308,8 @@ def load_encoder(
     ``arch`` supplies what the weights cannot tell (e.g. num_heads, img_size/num_frames) and
     must agree with whatever they do tell. ``checkpoint_key`` picks the state dict of a
     trainer checkpoint holding several (default: ``target_encoder``, else ``encoder``, ...).
+    Without ``assume_geometry``, a RoPE checkpoint whose clip geometry is neither stored nor
+    given is refused (exports need it) instead of assumed with a warning.
     The encoder comes back in the floating dtype its weights were stored in. Raises
     CheckpointError for any unreadable, unsafe, corrupt or mismatching file.
     """
@@ -327,7 +332,7 @@ def load_encoder(
                 f"pass the folder save_pretrained wrote (config.json + weights)"
             )
         else:
-            state_dict, imported_arch = import_state_dict(obj, path, arch, checkpoint_key)
+            state_dict, imported_arch = import_state_dict(obj, path, arch, checkpoint_key, assume_geometry)
     encoder = build_encoder(imported_arch)
     load_state_dict_strict(encoder, state_dict, path)
     return encoder, imported_arch

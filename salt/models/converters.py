@@ -272,9 +272,14 @@ def agrees(key: str, given: Any, derived: Any, embed_dim: int) -> bool:
 
 
 def import_state_dict(
-    obj: Any, path: Path, arch: Mapping[str, Any] | None, checkpoint_key: str | None = None
+    obj: Any,
+    path: Path,
+    arch: Mapping[str, Any] | None,
+    checkpoint_key: str | None = None,
+    assume_geometry: bool = True,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Encoder state dict (our key names) and complete arch dict from a foreign checkpoint."""
+    """Encoder state dict (our key names) and complete arch dict from a foreign checkpoint. A
+    RoPE encoder stores no clip geometry: without ``assume_geometry`` one not given is refused."""
     given = check_arch_keys(arch)
     source, raw = _extract(obj, path, checkpoint_key)
     state_dict = _encoder_keys(raw, path)
@@ -303,6 +308,12 @@ def import_state_dict(
         log.info("%s: V-JEPA checkpoint without pos_embed: V-JEPA 2 layout, 3-D RoPE", path)
     if resolved["pos_embed"] in ROPE_KINDS:
         missing = [key for key in ("img_size", "num_frames") if key not in given]
+        if missing and not assume_geometry:
+            raise CheckpointError(
+                f"{path}: a RoPE encoder stores no clip geometry (no position table) and this checkpoint records "
+                f"none — pass the clips it was trained on: {' '.join(f'--arch {key}=N' for key in missing)} "
+                "(V-JEPA 2's released ViTs: img_size=256 num_frames=64); nothing is assumed"
+            )
         if missing:
             log.warning(
                 "%s: a RoPE encoder does not store its clip geometry; assuming %s. Pass "

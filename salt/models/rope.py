@@ -24,10 +24,7 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import Attention, Block
 
-
-def axis_dims(head_dim: int) -> int:
-    """Dimensions each of the three axes rotates."""
-    return 2 * ((head_dim // 3) // 2)
+from salt.models.archs import axis_dims
 
 
 def token_coordinates(token_idx: torch.Tensor, grid: tuple[int, int, int]) -> tuple[torch.Tensor, ...]:

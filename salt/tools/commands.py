@@ -8,6 +8,8 @@ import json
 
 import click
 
+from salt.config import override_option
+
 
 @click.command("probe")
 @click.option(
@@ -28,7 +30,12 @@ import click
 @click.option("--val", "val_data", required=True, help="Labelled validation videos.")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML (configs/probe/default.yaml).")
 @click.option(
-    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a probe config value, e.g. epochs=5."
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a probe config value, e.g. epochs=5.",
+    callback=override_option,
 )
 @click.option("--arch", "arch_pairs", multiple=True, metavar="KEY=VALUE", help="Architecture facts (e.g. img_size=64).")
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the results as JSON here.")
@@ -119,11 +126,20 @@ def probe_command(
     show_default=False,
     help="State dict to read from a trainer checkpoint (default: target_encoder, else encoder).",
 )
-def export_command(encoder, out, arch_pairs, checkpoint_key) -> None:
-    """Write ENCODER (anything `salt probe --encoder` reads) as a transformers folder that
-    `AutoModel.from_pretrained(OUT)` loads without SALT: RoPE -> VJEPA2Model, sincos1d -> VideoMAEModel.
+@click.option(
+    "--frame-step",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Frame step of the clips the encoder was trained on, written into salt_export.json and README.md "
+    "(default: what the source records; SALT checkpoints and runs do).",
+)
+def export_command(encoder, out, arch_pairs, checkpoint_key, frame_step) -> None:
+    """Write ENCODER as a transformers folder that `AutoModel.from_pretrained(OUT)` (and
+    `AutoVideoProcessor.from_pretrained(OUT)`) load without SALT: RoPE -> VJEPA2Model, sincos1d ->
+    VideoMAEModel. ENCODER: anything `salt probe --encoder` reads, or a training run folder (its
+    newest committed checkpoint's encoder), one of its checkpoints/stepN folders, or a file in one.
 
-    Example: salt export runs/student/student.pt --out exports/student_hf
+    Example: salt export runs/student_tiny --out exports/student_hf
     """
     from salt.cache_latents.job import parse_arch_pairs
     from salt.hf_export import export_encoder
@@ -132,11 +148,12 @@ def export_command(encoder, out, arch_pairs, checkpoint_key) -> None:
         arch = parse_arch_pairs(arch_pairs)
     except ValueError as err:
         raise click.BadParameter(str(err), param_hint="--arch") from None
-    record = export_encoder(encoder, out, arch, checkpoint_key or None)
+    record = export_encoder(encoder, out, arch, checkpoint_key or None, frame_step)
     arch = record["arch"]
     click.echo(
         f"wrote {out}: {record['transformers_class']}, {record['tokens']} tokens x {record['embed_dim']} per clip "
-        f"of {arch['num_frames']}x{arch['img_size']}x{arch['img_size']}; how to feed it: {out}/README.md"
+        f"of {arch['num_frames']}x{arch['img_size']}x{arch['img_size']} from {record['source']}; "
+        f"from a video file to its tokens: {out}/README.md"
     )
 
 
@@ -159,8 +176,12 @@ def export_command(encoder, out, arch_pairs, checkpoint_key) -> None:
 )
 @click.option("--views", default=8, help="Cached views per video (targets: cache).")
 @click.option("--videos", default=660_000, help="Videos in the cache (default: about Kinetics-710).")
-@click.option("--teacher-set", multiple=True, metavar="KEY=VALUE", help="Override the teacher config.")
-@click.option("--student-set", multiple=True, metavar="KEY=VALUE", help="Override the student config.")
+@click.option(
+    "--teacher-set", multiple=True, metavar="KEY=VALUE", help="Override the teacher config.", callback=override_option
+)
+@click.option(
+    "--student-set", multiple=True, metavar="KEY=VALUE", help="Override the student config.", callback=override_option
+)
 def flops_command(
     teacher_config,
     student_config,
@@ -236,7 +257,12 @@ def report_command(teacher_run, cache, student_run, probes, curves) -> None:
 @click.command("reproduce")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="YAML (configs/reproduce/small.yaml).")
 @click.option(
-    "--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config value, e.g. out=runs/claims."
+    "--set",
+    "overrides",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Override a config value, e.g. out=runs/claims.",
+    callback=override_option,
 )
 def reproduce_command(config_path, overrides) -> None:
     """The paper's claims at small scale: a resumable chain of runs and a claims table.

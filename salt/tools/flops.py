@@ -143,6 +143,7 @@ def plan(
 
     parts: list[Part] = []
     teacher_arch = None
+    student_cfg = planned_geometry(student_cfg, teacher_cfg)
     if teacher_cfg is not None and teacher_steps > 0:
         teacher_arch, teacher_parts = _teacher_parts(teacher_cfg, teacher_steps * teacher_batch)
         parts += teacher_parts
@@ -196,6 +197,36 @@ def plan(
         "cache": cache,
         "counted_total": sum(p.counted for p in parts),
     }
+
+
+def planned_geometry(student_cfg, teacher_cfg):
+    """The student config with the clip geometry, patch and tubelet a run takes from its cache
+    (salt.training.config.with_cache_geometry): the cache the plan's teacher writes (its view and
+    patch), else the manifest at cache.path when the config leaves geometry to it; a complete
+    geometry without a teacher is planned as configured."""
+    from salt.config import ConfigError
+    from salt.models import resolve_arch
+    from salt.training.config import with_cache_geometry
+
+    if teacher_cfg is not None:
+        view = teacher_cfg.data.view
+        arch = resolve_arch(teacher_cfg.encoder.arch, **teacher_cfg.encoder.overrides)
+        geometry = {"frames": view.frames, "frame_step": view.frame_step, "size": view.size}
+        geometry |= {"patch": arch["patch_size"], "tubelet": arch["tubelet_size"]}
+        return with_cache_geometry(student_cfg, geometry)
+    given = student_cfg.geometry
+    if given.frames and given.frame_step and given.size:
+        return student_cfg
+    from salt.latents import CacheError, load_manifest
+
+    try:
+        return with_cache_geometry(student_cfg, load_manifest(student_cfg.cache.path).geometry)
+    except CacheError as err:
+        raise ConfigError(
+            f"the student's clip geometry is its cache's, and {student_cfg.cache.path} cannot tell it ({err}) — "
+            "plan with --teacher-config (the cache it writes), or --student-set geometry.frames=… geometry.size=… "
+            "geometry.frame_step=… (and encoder.overrides.patch_size=…)"
+        ) from None
 
 
 def _teacher_parts(teacher_cfg, clips: int) -> tuple[dict, list[Part]]:

@@ -88,7 +88,7 @@ def loss_curves(runs: dict[str, str], out: str) -> None:
         ax.plot(steps, [r["loss"] for r in records], label="loss")
         if records and "baseline_loss" in records[-1]:
             ax.plot(steps, [r.get("baseline_loss", float("nan")) for r in records], "--", label="trivial baseline")
-        ax.set_title(f"{name}: {run_dir}", fontsize=8)
+        ax.set_title(panel_title(name, run_dir), fontsize=8)
         ax.set_xlabel("optimiser step")
         ax.set_ylim(bottom=0)
         ax.legend(fontsize=7)
@@ -96,6 +96,17 @@ def loss_curves(runs: dict[str, str], out: str) -> None:
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=110)
     plt.close(figure)
+
+
+def panel_title(name: str, run_dir: str, width: int = 44) -> str:
+    """The run's name over its folder's last two parts, each line short enough for its panel
+    (full paths side by side ran into each other)."""
+    import textwrap
+
+    folder = "/".join(Path(run_dir).parts[-2:])
+    if len(folder) > width:
+        folder = "…" + folder[-(width - 1) :]
+    return "\n".join([*textwrap.wrap(name, width), folder])
 
 
 def probe_table(reports: list[dict]) -> list[str]:

@@ -81,7 +81,7 @@ class ChainPlan:
             f"data.view.size={cfg.size}",
             f"data.batch_size={cfg.batch_size}",
             f"data.workers={cfg.workers}",
-            *self._model_and_schedule(steps),
+            *self._model_and_schedule(steps, "decoder"),
             f"run.out_dir={run_dir}",
             f"run.checkpoint_every={max(1, steps // 4)}",
         ]
@@ -109,17 +109,23 @@ class ChainPlan:
             f"geometry.size={cfg.size}",
             f"data.batch_size={cfg.batch_size}",
             f"data.workers={cfg.workers}",
-            *self._model_and_schedule(steps),
+            *self._model_and_schedule(steps, "predictor"),
             f"run.seed={seed}",
             f"run.out_dir={self.out / name}",
             f"run.checkpoint_every={max(1, steps // 4)}",
         ]
 
-    def _model_and_schedule(self, steps: int) -> list[str]:
+    def _model_and_schedule(self, steps: int, head: str) -> list[str]:
+        """The encoder, the positions of its decoder / predictor (the encoder's kind: the stage
+        configs' own may differ from `arch`), and the schedule."""
+        from salt.models import ARCHS
+
         cfg = self.cfg
+        positions = "sincos3d" if cfg.arch not in ARCHS or ARCHS[cfg.arch]["pos_embed"] != "rope" else "rope"
         return [
             f"encoder.arch={cfg.arch}",
             f"encoder.overrides.patch_size={cfg.patch_size}",
+            f"{head}.pos_embed={positions}",
             f"optim.steps={steps}",
             f"optim.warmup_steps={max(1, steps // 15)}",
             f"optim.lr_peak={cfg.lr_peak}",

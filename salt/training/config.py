@@ -6,8 +6,9 @@ them through `salt.config.load_config`, which rejects unknown keys and wrong typ
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Mapping
 
 from salt.masks import DEFAULT_MASKS, MaskConfig
 from salt.runtime.preemption import DEFAULT_STOP_SIGNALS, parse_signals
@@ -31,7 +32,7 @@ class DataConfig:
 @dataclass
 class EncoderConfig:
     arch: str = "vit_tiny"  # a name from salt.models.ARCHS
-    overrides: dict[str, Any] = field(default_factory=dict)  # e.g. {pos_embed: rope, patch_size: 8}
+    overrides: dict[str, Any] = field(default_factory=dict)  # arch keys, e.g. {depth: 6, patch_size: 8}
     checkpoint_activations: bool = False  # recompute each block in backward (large sizes)
 
     def validate(self) -> None:
@@ -190,15 +191,16 @@ class CacheSourceConfig:
 
 @dataclass
 class GeometryConfig:
-    """The clip geometry the student expects; checked against the cache's manifest before step 1."""
+    """The clip geometry the student expects. 0 (the default): the cache's, read from its manifest;
+    a value given is checked against the manifest before step 1."""
 
-    frames: int = 16
-    frame_step: int = 4
-    size: int = 64
+    frames: int = 0
+    frame_step: int = 0
+    size: int = 0
 
     def validate(self) -> None:
-        if min(self.frames, self.frame_step, self.size) < 1:
-            raise ValueError("geometry: frames, frame_step and size must be >= 1")
+        if min(self.frames, self.frame_step, self.size) < 0:
+            raise ValueError("geometry: frames, frame_step and size must be >= 1 (or 0: the cache's)")
 
 
 @dataclass
@@ -262,6 +264,23 @@ class StudentConfig:
                 )
         if not self.masks:
             raise ValueError("masks: at least one mask configuration is needed")
+
+
+def with_cache_geometry(cfg: StudentConfig, geometry: Mapping[str, int]) -> StudentConfig:
+    """`cfg` with what it leaves to the cache taken from the cache's geometry (a manifest's
+    `geometry`: frames, frame_step, size, patch, tubelet): each geometry value at 0, and the
+    encoder's patch and tubelet unless `encoder.overrides` names them (an override is added only
+    where the size's own value differs). What was given stays, to be checked against the cache."""
+    from salt.models.archs import resolve_arch
+
+    clip = {key: getattr(cfg.geometry, key) or geometry[key] for key in ("frames", "frame_step", "size")}
+    own = resolve_arch(cfg.encoder.arch)
+    overrides = dict(cfg.encoder.overrides)
+    for key, cached in (("patch_size", geometry["patch"]), ("tubelet_size", geometry["tubelet"])):
+        if key not in overrides and own[key] != cached:
+            overrides[key] = cached
+    encoder = dataclasses.replace(cfg.encoder, overrides=overrides)
+    return dataclasses.replace(cfg, geometry=GeometryConfig(**clip), encoder=encoder)
 
 
 def schedule_warnings(optim: OptimConfig, run: RunConfig) -> list[str]:

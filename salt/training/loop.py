@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterable
 import torch
 import torch.distributed as dist
 
-from salt.config import to_dict
+from salt.config import override_argument, to_dict
 from salt.runtime.preemption import Interrupted, StopSignals, signal_name
 from salt.training import checkpointing
 from salt.training.engine import Distributed, agree, build_engine, free_port, init_distributed, set_schedules
@@ -99,7 +99,9 @@ def launcher_main(
 
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--config", required=True)
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", type=override_argument
+    )
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -14,12 +14,21 @@ from salt.config import ConfigError, load_config
 from salt.latents import CacheError, first_views, load_manifest
 from salt.models import Predictor, build_encoder, load_encoder, resolve_arch, token_grid
 from salt.precision import resolve_precision
-from salt.training.config import StudentConfig
+from salt.training.config import StudentConfig, with_cache_geometry
 from salt.training.data import CacheBatches, ReaderShare, clip_loader
 from salt.training.errors import TrainingError
 from salt.training.loop import Stage, TrainResult, init_distributed, launcher_main, train
 from salt.training.objectives import StudentObjective
 from salt.training.schedules import Linear
+
+# The config key of each manifest geometry value (the token grid follows from them).
+MANIFEST_KEYS = {
+    "frames": "geometry.frames",
+    "frame_step": "geometry.frame_step",
+    "size": "geometry.size",
+    "patch": "encoder.overrides.patch_size",
+    "tubelet": "encoder.overrides.tubelet_size",
+}
 
 
 def check_against_manifest(cfg: StudentConfig, manifest, source: str) -> tuple[int, int, int]:
@@ -50,15 +59,9 @@ def check_against_manifest(cfg: StudentConfig, manifest, source: str) -> tuple[i
         **{k: manifest.geometry.get(k) for k in ("frames", "frame_step", "size", "patch", "tubelet")},
         "grid": list(manifest.grid),
     }
-    keys = {
-        "frames": "geometry.frames",
-        "frame_step": "geometry.frame_step",
-        "size": "geometry.size",
-        "patch": "encoder.overrides.patch_size",
-        "tubelet": "encoder.overrides.tubelet_size",
-    }  # the grid follows
     mismatched = [
-        f"{k}: config {ours[k]}, cache {theirs[k]}" + (f" (--set {keys[k]}={theirs[k]})" if k in keys else "")
+        f"{k}: config {ours[k]}, cache {theirs[k]}"
+        + (f" (--set {MANIFEST_KEYS[k]}={theirs[k]})" if k in MANIFEST_KEYS else "")
         for k in ours
         if ours[k] != theirs[k]
     ]
@@ -66,7 +69,8 @@ def check_against_manifest(cfg: StudentConfig, manifest, source: str) -> tuple[i
         raise ConfigError(
             f"{source}: the student does not fit the cache {cfg.cache.path}: "
             + "; ".join(mismatched)
-            + " — set those keys to the cache's values, or cache the data again for this geometry"
+            + " — leave those keys out (the cache's values are the default) or set them to the cache's, "
+            "or cache the data again for this geometry"
         )
     return grid
 
@@ -180,6 +184,7 @@ def load_student_config(config_path: str | None, overrides: list[str]):
         manifest = first_views(manifest, cfg.cache.views, cfg.cache.path)
     except CacheError as err:
         raise ConfigError(f"{source}: cache.views: {err}") from None
+    cfg = with_cache_geometry(cfg, manifest.geometry)
     grid = check_against_manifest(cfg, manifest, source)
     basis = check_target_rank(cfg, manifest, source)
     if cfg.targets == "ema" and cfg.engine.zero_stage == 3:

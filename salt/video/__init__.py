@@ -1,25 +1,35 @@
-"""Video input: sources, decoding (isolated), replayable views, the synthetic data set."""
+"""Video input: sources, decoding (isolated), replayable views, the synthetic data set.
 
-from salt.video.decode import VideoDecodeError, decode_views, open_reader, read_frames, replay_view
-from salt.video.isolated import IsolatedDecoder
-from salt.video.sources import VideoRecord, VideoSourceError, list_folder, load_records, read_csv
-from salt.video.views import ViewConfig, ViewParams, render_view, sample_view, to_model_input
+Names are imported lazily: listing or checking videos (`salt check-data`) needs no torch.
+"""
 
-__all__ = [
-    "IsolatedDecoder",
-    "VideoDecodeError",
-    "VideoRecord",
-    "VideoSourceError",
-    "ViewConfig",
-    "ViewParams",
-    "decode_views",
-    "list_folder",
-    "load_records",
-    "open_reader",
-    "read_csv",
-    "read_frames",
-    "render_view",
-    "replay_view",
-    "sample_view",
-    "to_model_input",
-]
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "VideoDecodeError": "decode",
+    "decode_views": "decode",
+    "open_reader": "decode",
+    "read_frames": "decode",
+    "replay_view": "decode",
+    "IsolatedDecoder": "isolated",
+    "VideoRecord": "sources",
+    "VideoSourceError": "sources",
+    "list_folder": "sources",
+    "load_records": "sources",
+    "read_csv": "sources",
+    "ViewConfig": "views",
+    "ViewParams": "views",
+    "render_view": "views",
+    "sample_view": "views",
+    "to_model_input": "views",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'salt.video' has no attribute {name!r}")
+    return getattr(importlib.import_module(f"salt.video.{_EXPORTS[name]}"), name)

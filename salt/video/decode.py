@@ -36,6 +36,15 @@ def source_name(source: VideoSource, name: str | None = None) -> str:
     return f"<{len(source)} bytes>" if isinstance(source, (bytes, bytearray)) else str(source)
 
 
+def check_file(path: str | os.PathLike, name: str) -> None:
+    """Raise `VideoDecodeError` for a local file that is missing or empty: no decoder needed to say so."""
+    path = Path(path)
+    if not path.is_file():
+        raise VideoDecodeError(name, "file not found; check the path in the data list")
+    if path.stat().st_size == 0:
+        raise VideoDecodeError(name, "empty file (0 bytes); remove it from the data list or replace it")
+
+
 def open_reader(source: VideoSource, name: str | None = None, num_threads: int = 1):
     """A decord VideoReader; one decode thread by default because loaders run many workers."""
     import decord
@@ -46,12 +55,8 @@ def open_reader(source: VideoSource, name: str | None = None, num_threads: int =
             raise VideoDecodeError(name, "empty (0 bytes); remove it from the data list or replace it")
         handle = io.BytesIO(source)
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise VideoDecodeError(name, "file not found; check the path in the data list")
-        if path.stat().st_size == 0:
-            raise VideoDecodeError(name, "empty file (0 bytes); remove it from the data list or replace it")
-        handle = str(path)
+        check_file(source, name)
+        handle = str(source)
     try:
         reader = decord.VideoReader(handle, ctx=decord.cpu(0), num_threads=num_threads)
     except Exception as err:  # decord raises its own DECORDError and plain RuntimeErrors

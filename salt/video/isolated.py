@@ -24,6 +24,7 @@ from typing import Any
 
 from salt.errors import debugging
 from salt.video.decode import VideoDecodeError
+from salt.video.views import RENDER_IMPORTS
 
 _HEADER = struct.Struct("<Q")
 DEFAULT_DECODE = "salt.video.decode:decode_record_views"
@@ -33,9 +34,12 @@ STARTUP_TIMEOUT_S = 300.0
 class IsolatedDecoder:
     """Call `function(*args)` in a child process with a timeout; one call at a time."""
 
-    def __init__(self, function: str = DEFAULT_DECODE, timeout: float = 60.0):
+    def __init__(
+        self, function: str = DEFAULT_DECODE, timeout: float = 60.0, preload: tuple[str, ...] = RENDER_IMPORTS
+    ):
         self.function = function
         self.timeout = timeout
+        self.preload = preload  # modules the child imports before its first video (start-up, not decoding)
         self._child: subprocess.Popen | None = None
 
     def __call__(self, name: str, *args: Any) -> Any:
@@ -85,7 +89,13 @@ class IsolatedDecoder:
             env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
             env.setdefault("OMP_NUM_THREADS", "1")
             self._child = subprocess.Popen(
-                [sys.executable, "-c", "from salt.video.isolated import _serve; _serve()", self.function],
+                [
+                    sys.executable,
+                    "-c",
+                    "from salt.video.isolated import _serve; _serve()",
+                    self.function,
+                    *self.preload,
+                ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 # decord's and ffmpeg's own lines ("moov atom not found", "ERROR opening: …" with
@@ -93,7 +103,7 @@ class IsolatedDecoder:
                 stderr=None if debugging() else subprocess.DEVNULL,
                 env=env,
             )
-            # Start-up (Python, numpy, decord imports) can take seconds on a loaded machine; it
+            # Start-up (Python, numpy, decord, torch imports) can take seconds on a loaded machine; it
             # must not count against the first video's timeout, or a good video is skipped.
             try:
                 status, payload = _read_message(self._child.stdout, time.monotonic() + STARTUP_TIMEOUT_S)
@@ -166,6 +176,8 @@ def _serve() -> None:
     try:  # load the function before saying ready: its imports are start-up, not decoding
         module_name, _, attr = sys.argv[1].partition(":")
         functions[sys.argv[1]] = getattr(importlib.import_module(module_name), attr)
+        for preload in sys.argv[2:]:
+            importlib.import_module(preload)
         _write_message(replies, ("ready", None))
     except Exception as err:
         _write_message(replies, ("error", (type(err).__name__, str(err))))

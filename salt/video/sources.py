@@ -54,9 +54,9 @@ class VideoRecord:
 
 
 def read_csv(csv_path: str | Path, problems: list[dict] | None = None) -> list[VideoRecord]:
-    """Read V-JEPA-style lines `path [label]`.
+    """Read V-JEPA-style lines `path [label]`, separated by a space or a tab.
 
-    The label is the last space-separated field when it is an integer, so paths may contain
+    The label is the last whitespace-separated field when it is an integer, so paths may contain
     spaces. Relative paths are resolved against the CSV's folder, which keeps a data set
     movable. Blank lines and lines starting with '#' are skipped. A line that cannot be a
     video (no video extension and no such file: `hi`, `a.mp4,3`, `a.mp4 cat`) is refused with
@@ -73,7 +73,7 @@ def read_csv(csv_path: str | Path, problems: list[dict] | None = None) -> list[V
         if not line or line.startswith("#"):
             continue
         path_text, label = line, None
-        head, _, tail = line.rpartition(" ")
+        head, tail = _last_field(line)
         if head and _is_int(tail):
             path_text, label = head.strip(), int(tail)
         path = Path(path_text)
@@ -89,7 +89,7 @@ def read_csv(csv_path: str | Path, problems: list[dict] | None = None) -> list[V
     if bad and problems is None:
         more = f" (and {len(bad) - 1} more bad lines)" if len(bad) > 1 else ""
         raise VideoSourceError(
-            f"{bad[0]}{more} — write one 'path label' per line, separated by a space, e.g. "
+            f"{bad[0]}{more} — write one 'path label' per line, separated by a space or a tab, e.g. "
             "'videos/000000.mp4 3' (label: an integer class index)"
         )
     if not records and not bad:
@@ -101,9 +101,9 @@ def _line_problem(line: str, path_text: str, path: Path) -> str | None:
     """What is wrong with a CSV line that cannot name a video, or None."""
     if Path(path_text).suffix.lower() in VIDEO_EXTENSIONS or storage.is_url(path_text) or path.is_file():
         return None
-    head, _, tail = line.rpartition(" ")
-    if "," in line or "\t" in line:
-        return f"{line!r} looks comma- or tab-separated"
+    head, tail = _last_field(line)
+    if "," in line:
+        return f"{line!r} looks comma-separated"
     if head and Path(head.strip()).suffix.lower() in VIDEO_EXTENSIONS:
         return f"label {tail!r} is not an integer"
     return f"{line!r} is not a video path (no {'/'.join(VIDEO_EXTENSIONS)} extension and no such file)"
@@ -173,6 +173,12 @@ def read_shard_index(folder: str | Path) -> list[VideoRecord]:
                 )
             )
     return records
+
+
+def _last_field(line: str) -> tuple[str, str]:
+    """(everything before the last run of spaces or tabs, the field after it); ("", line) without one."""
+    parts = line.rsplit(None, 1)
+    return (parts[0], parts[1]) if len(parts) == 2 else ("", line)
 
 
 def _is_int(text: str) -> bool:

@@ -11,10 +11,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
-from torchvision.transforms.v2 import functional as TF
+
+if TYPE_CHECKING:
+    import torch
+
+# torch and torchvision are imported where frames are rendered, not here: configs and data
+# lists that only name views (`salt check-data`, a config refused in one line) stay quick.
+# RENDER_IMPORTS are what a decoder process imports before its first video (salt/video/isolated.py).
+RENDER_IMPORTS = ("torch", "torchvision.transforms.v2.functional")
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -176,6 +183,9 @@ def sample_view(
 
 def render_view(frames: np.ndarray, params: ViewParams) -> np.ndarray:
     """Crop, resize (uint8, antialiased) and flip frames `[T,H,W,3]` as `params` says."""
+    import torch
+    from torchvision.transforms.v2 import functional as TF
+
     top, left, h, w = params.crop
     clip = torch.from_numpy(np.ascontiguousarray(frames[:, top : top + h, left : left + w]))
     clip = clip.permute(0, 3, 1, 2)  # T,3,h,w: resize works on the last two dims
@@ -193,6 +203,8 @@ def to_model_input(
 
     Loaders hand over uint8 (4× fewer bytes to move); normalising happens where the model runs.
     """
+    import torch
+
     x = frames.permute(0, 4, 1, 2, 3).float().div_(255.0)
     mean_t = torch.tensor(mean, device=x.device).view(1, 3, 1, 1, 1)
     std_t = torch.tensor(std, device=x.device).view(1, 3, 1, 1, 1)

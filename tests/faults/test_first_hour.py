@@ -10,36 +10,14 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from salt.cli import run_cli
 from tests.helpers import cache_args, free_port, salt
 
 pytestmark = pytest.mark.timeout(600)
-
-
-@pytest.fixture
-def cli(capsys, monkeypatch):
-    """`salt ARGS` in this process: (exit status, stderr) as a shell would see them; stdout in `.out`."""
-
-    def run(*args) -> tuple[int, str]:
-        monkeypatch.setattr(sys, "argv", ["salt", *map(str, args)])
-        try:
-            run_cli()
-            code = 0
-        except SystemExit as stop:
-            code = stop.code
-        captured = capsys.readouterr()
-        err, run.out = captured.err, captured.out
-        if isinstance(code, str):  # SystemExit("error: …"): Python prints it and exits 1
-            err, code = err + code + "\n", 1
-        return code, err
-
-    return run
 
 
 def one_error_line(code: int, err: str, expected: int, *named: str) -> str:
