@@ -1,7 +1,15 @@
 """One error policy for every entry point (`salt …` and `deepspeed salt/train_*.py`): errors
 that describe bad input become one line, `error: <what> — <what to do>`, exit status 1 (2 for
-a misused command line); anything else is a bug and keeps its traceback. `SALT_DEBUG=1` (or
-`salt --debug`) keeps every traceback."""
+a misused command line); a run stopped by a signal after saving, its line and exit status 75;
+anything else is a bug and keeps its traceback. `SALT_DEBUG=1` (or `salt --debug`) keeps every
+traceback.
+
+The family: every error that describes bad input subclasses `UserError` (config, checkpoints,
+exports, videos, training runs, locks, the claims chain). The cache contract (`salt/latents/`)
+imports nothing else from `salt`, so its errors carry the family's mark instead
+(`user_error = True`, what `is_user_error` reads). This module imports nothing from `salt`: any
+module may raise these without importing what sits above it.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +19,25 @@ import sys
 from contextlib import contextmanager
 from typing import Iterator
 
-from salt.runtime.preemption import Interrupted
+
+class UserError(Exception):
+    """Bad input a user can fix: its message says what and what to do. `every_rank`: raised
+    alike on every rank of a run, so rank 0 alone prints it."""
+
+    user_error = True
+    every_rank = False
+
+
+class Interrupted(UserError):
+    """The work stopped on a signal after saving what it had done: one line, exit status 75."""
+
+    exit_status = 75  # sysexits.h EX_TEMPFAIL: rerun to continue
+    every_rank = True
+
+
+def is_user_error(err: BaseException) -> bool:
+    return getattr(err, "user_error", False) is True
+
 
 # botocore's errors by name: a missing or wrong account and an unreachable endpoint are the
 # user's to fix, and naming them here keeps botocore an optional import.
@@ -50,36 +76,13 @@ def no_space(err: BaseException) -> OSError | None:
     return None
 
 
-def user_errors() -> tuple[type[Exception], ...]:
-    """Errors that describe bad input (a missing file, a corrupt cache, a wrong checkpoint, …)."""
-    from salt.latents import CacheError
-    from salt.latents.errors import CacheWriteError
-    from salt.models.errors import CheckpointError, ExportError
-    from salt.tools.reproduce_chain import ReproduceError
-    from salt.training.errors import TrainingError
-    from salt.video import VideoDecodeError, VideoSourceError
-
-    return (
-        CacheError,
-        CacheWriteError,
-        CheckpointError,
-        ExportError,
-        ReproduceError,
-        TrainingError,
-        VideoDecodeError,
-        VideoSourceError,
-    )
-
-
 def debugging() -> bool:
     return os.environ.get("SALT_DEBUG", "") not in ("", "0")
 
 
 def one_line(err: BaseException) -> str | None:
     """The one line for a user error; None for a bug (which keeps its traceback)."""
-    from salt.config import ConfigError
-
-    if isinstance(err, ConfigError) or isinstance(err, user_errors()):
+    if is_user_error(err):
         return f"error: {err}"
     full = no_space(err)
     if full is not None:

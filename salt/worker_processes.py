@@ -76,6 +76,16 @@ def _watch_owner(owner: int, user_init, worker_id: int) -> None:
         user_init(worker_id)
 
 
+def close_workers(batches) -> None:
+    """End a DataLoader iterator's workers now, the normal way (each gets its end-of-work
+    message). Without it, an error that keeps the iterator alive leaves them to multiprocessing's
+    exit handler, which ends them with SIGTERM: a signal a scheduler's own SIGTERM could swallow
+    (standard signals do not queue), leaving the exit waiting on a worker."""
+    shutdown = getattr(batches, "_shutdown_workers", None)  # PyTorch's multi-process iterator
+    if shutdown is not None:
+        shutdown()
+
+
 def owned_loader(dataset, workers: int, **kwargs) -> DataLoader:
     """`DataLoader(dataset, num_workers=workers, ...)`, forkserver workers that exit with this process."""
     if workers:

@@ -89,6 +89,12 @@ def signal_masks(pid: int, thread: int | None = None) -> tuple[int, int]:
     return int(fields["SigIgn"], 16), int(fields["SigBlk"], 16)
 
 
+def pending(pid: int) -> int:
+    """The signals pending for a whole process (not yet taken by any of its threads)."""
+    fields = dict(line.split(":\t", 1) for line in open(f"/proc/{pid}/status").read().splitlines() if ":\t" in line)
+    return int(fields["ShdPnd"], 16)
+
+
 def test_loader_workers_leave_stop_signals_to_their_owner():
     """Launchers SIGTERM whole process trees: the fork server ignores it, a worker takes it only
     from its owner (which ends it that way at exit), so the owner can save before they go."""
@@ -111,6 +117,9 @@ def test_loader_workers_leave_stop_signals_to_their_owner():
     unblocked = [t.name for t in tasks.iterdir() if not signal_masks(worker.pid, int(t.name))[1] & term]
     assert len(waiting) == 1 and unblocked == waiting, (waiting, unblocked)
     subprocess.run(["kill", "-TERM", str(worker.pid)], check=True)  # from another process: left to the owner
+    deadline = time.monotonic() + 60  # until the worker has taken it (standard signals do not queue)
+    while pending(worker.pid) & term and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert next(batches) == 1 and worker.is_running()
     os.kill(worker.pid, signal.SIGTERM)  # from the owner: the worker ends
     worker.wait(timeout=60)

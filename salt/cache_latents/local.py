@@ -20,7 +20,7 @@ from salt.video.decode import VideoDecodeError
 from salt.video.isolated import IsolatedDecoder
 from salt.video.sources import VideoRecord
 from salt.video.views import ViewConfig
-from salt.worker_processes import owned_loader
+from salt.worker_processes import close_workers, owned_loader
 
 
 def decode_views(
@@ -89,8 +89,9 @@ def run_local(plan: CachePlan, assembler: ShardAssembler) -> None:
     progress = _progress(job, len(loader), plan.planned_views)
     views_done, decodable, skipped, started = 0, 0, [], time.perf_counter()
     allowed = job.max_skipped * len(plan.records)  # of the whole data: more here and the run cannot pass
+    batches = iter(loader)
     try:
-        for item in loader:
+        for item in batches:
             if plan.stop.received:  # a scheduler's signal: what is decoded is kept, the rest is redone
                 break
             record = plan.records[item["video"]]
@@ -117,6 +118,7 @@ def run_local(plan: CachePlan, assembler: ShardAssembler) -> None:
             raise TooManySkipped(skipped, len(plan.records), job.max_skipped, views_done + decodable)
         flush()
     finally:
+        close_workers(batches)
         if progress is not None:
             progress.close()  # before any error line: the line must not land inside the bar
 

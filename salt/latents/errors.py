@@ -10,6 +10,10 @@ class CacheError(ValueError):
     repair (usually: run `salt cache-latents` again, which rewrites incomplete shards).
     """
 
+    user_error = True  # salt.errors' mark of bad input (the contract imports nothing else from salt)
+
 
 class CacheWriteError(RuntimeError):
     """The output cannot be written as asked (locked, made with other settings, a full disk, …)."""
+
+    user_error = True

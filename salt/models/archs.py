@@ -147,9 +147,9 @@ def resolve_arch(name_or_arch: str | Mapping[str, Any], **overrides: Any) -> dic
     """Registry name or arch dict (+ overrides of arch keys) -> complete arch dict."""
     if isinstance(name_or_arch, str):
         if name_or_arch not in ARCHS:
-            from salt.models.errors import CheckpointError  # a ValueError: a size no one registered is bad input
+            from salt.config import ConfigError  # a size no one registered: the config names a wrong one
 
-            raise CheckpointError(
+            raise ConfigError(
                 f"unknown encoder size {name_or_arch!r} — use one of "
                 f"{', '.join(sorted(ARCHS))} (salt models lists them)"
             )

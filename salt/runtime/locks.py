@@ -21,11 +21,13 @@ import threading
 import time
 from pathlib import Path
 
+from salt.errors import UserError
+
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 180.0  # six missed heartbeats
 
 
-class LockHeld(Exception):
+class LockHeld(UserError):
     """Another live process holds the lock (the message names it and says what to do)."""
 
 

@@ -20,7 +20,9 @@ from __future__ import annotations
 import signal
 import threading
 
-EXIT_RESUMABLE = 75  # sysexits.h EX_TEMPFAIL: interrupted after saving; rerun to continue
+from salt.errors import Interrupted
+
+EXIT_RESUMABLE = Interrupted.exit_status  # sysexits.h EX_TEMPFAIL: interrupted after saving; rerun to continue
 DEFAULT_STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1")
 STOP_SIGNAL_CANDIDATES = (*DEFAULT_STOP_SIGNALS, "SIGUSR2")  # what helper processes leave to their owner
 
@@ -36,13 +38,6 @@ def parse_signals(names) -> list[signal.Signals]:
             )
         found.append(signal.Signals[full])
     return found
-
-
-class Interrupted(Exception):
-    """The work stopped on a signal after saving what it had done: one line, exit status 75."""
-
-    exit_status = EXIT_RESUMABLE
-    every_rank = True  # raised on every rank alike: one rank prints it
 
 
 class StopSignals:

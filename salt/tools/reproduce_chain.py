@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from salt.errors import UserError
+
 CLAIMS = (
     "calibration",
     "student_vs_teacher",
@@ -96,7 +98,7 @@ class Step:
     run_dir: str = ""  # a training run: resumed from its checkpoint after an interruption
 
 
-class ReproduceError(RuntimeError):
+class ReproduceError(UserError, RuntimeError):
     pass
 
 

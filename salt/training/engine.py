@@ -39,17 +39,31 @@ def init_distributed(timeout_s: int) -> Distributed:
     import deepspeed
     import deepspeed.ops
 
-    if "RANK" not in os.environ:  # a plain `python …` / `salt …` run: a group of one
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(free_port()))
     cuda = torch.cuda.is_available()
     if not cuda:
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    if not dist.is_initialized():
-        rendezvous = datetime.timedelta(seconds=max(timeout_s, RENDEZVOUS_TIMEOUT_S))
-        deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", timeout=rendezvous)
-        dist.set_timeout(datetime.timedelta(seconds=timeout_s))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if not dist.is_initialized():
+        # A plain `python …` / `salt …` run: a group of one, its variables set only while it forms
+        # (processes this one starts later must not join it, nor reuse its port). LOCAL_RANK
+        # stays: DeepSpeed's engine reads it.
+        if "RANK" not in os.environ:
+            os.environ.setdefault("LOCAL_RANK", "0")
+        alone = {} if "RANK" in os.environ else {"RANK": "0", "WORLD_SIZE": "1"}
+        if alone:
+            alone.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT") or str(free_port()))
+        saved = {key: os.environ.get(key) for key in alone}
+        os.environ.update(alone)
+        try:
+            rendezvous = datetime.timedelta(seconds=max(timeout_s, RENDEZVOUS_TIMEOUT_S))
+            deepspeed.init_distributed(dist_backend="nccl" if cuda else "gloo", timeout=rendezvous)
+        finally:
+            for key, value in saved.items():
+                if value is None:
+                    os.environ.pop(key, None)
+                else:
+                    os.environ[key] = value
+        dist.set_timeout(datetime.timedelta(seconds=timeout_s))
     device = torch.device("cuda", local_rank) if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)

@@ -1,7 +1,9 @@
 """The training stages' error: a run that must stop, with a message that says what to do."""
 
+from salt.errors import UserError
 
-class TrainingError(RuntimeError):
+
+class TrainingError(UserError, RuntimeError):
     """A run that must stop: non-finite loss, too many bad videos, an unusable checkpoint.
 
     `every_rank`: every rank raises it alike, so rank 0 alone prints it."""

@@ -32,6 +32,7 @@ from salt.training.metrics import BadVideos, FlopCount, Report, Window
 from salt.training.objectives import Objective
 from salt.training.run_folder import DATA_ORDER, RunFolder
 from salt.training.schedules import Cosine, WarmupCosine
+from salt.worker_processes import close_workers
 
 __all__ = [
     "Distributed",
@@ -187,6 +188,7 @@ def _loop(stage: Stage, engine, optimizer, folder: RunFolder, stop, dist_info, s
                 folder.save(engine, done, bad_videos.videos)
             _stop_if_agreed(folder, stop, report, dist_info, done, bad_videos, engine, saved)
     finally:
+        close_workers(micro_batches)
         report.close()
 
 

@@ -15,13 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
+from salt.errors import UserError
 from salt.latents.storage import is_url
 from salt.video.views import ViewConfig, ViewParams, render_view, sample_view, view_frame_indices
 
 VideoSource = str | os.PathLike | bytes
 
 
-class VideoDecodeError(RuntimeError):
+class VideoDecodeError(UserError, RuntimeError):
     """A video that cannot be decoded: missing, empty, broken, not a video, or hung."""
 
     def __init__(self, name: str, reason: str):

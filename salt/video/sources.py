@@ -10,6 +10,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from salt.errors import UserError
 from salt.latents import storage
 from salt.latents.errors import CacheError
 
@@ -19,7 +20,7 @@ SHARD_FORMAT_VERSION = 1
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v")
 
 
-class VideoSourceError(ValueError):
+class VideoSourceError(UserError, ValueError):
     """A data source (CSV file or folder) that cannot be read."""
 
 
