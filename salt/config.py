@@ -233,3 +233,14 @@ def _describe(value: Any) -> str:
 
 def _type_name(hint: Any) -> str:
     return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def parse_arch_pairs(pairs: tuple[str, ...]) -> dict | None:
+    """`--arch key=value` pairs (values read as YAML) as an arch dict; None for none."""
+    arch = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--arch {pair!r} must look like key=value")
+        arch[key.strip()] = yaml.safe_load(value)
+    return arch or None

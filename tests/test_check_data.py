@@ -7,8 +7,8 @@ import json
 
 from click.testing import CliRunner
 
-from salt.check_data import check_data
 from salt.cli import main
+from salt.video.check_data import check_data
 
 
 def test_a_clean_list_is_described(tmp_path, synthetic_set):

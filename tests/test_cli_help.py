@@ -49,7 +49,7 @@ def test_models_lists_the_registered_sizes_and_filters_them():
 def test_third_party_startup_noise_is_dropped_and_real_warnings_kept(caplog, monkeypatch):
     import logging
 
-    from salt.noise import quiet_third_party
+    from salt.runtime.quiet_logs import quiet_third_party
 
     monkeypatch.delenv("SALT_DEBUG", raising=False)
     quiet_third_party()

@@ -200,7 +200,7 @@ PLACEHOLDERS = {"a.b", "section.key", "KEY"}  # how the docs write "a key" in ge
 
 
 def config_classes() -> tuple:
-    from salt.probe import ProbeConfig
+    from salt.evaluation.probe import ProbeConfig
     from salt.tools.reproduce_chain import ReproduceConfig
     from salt.training.config import StudentConfig, TeacherConfig
 

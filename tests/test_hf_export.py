@@ -15,7 +15,7 @@ from safetensors.torch import load_file, save_file
 
 from salt.cli import main
 from salt.errors import one_line_errors
-from salt.hf_export import FRESH_PREDICTOR, export_encoder
+from salt.export.hf_export import FRESH_PREDICTOR, export_encoder
 from salt.models import build_encoder, load_encoder, save_encoder
 from salt.models.errors import ExportError
 from tests.test_checkpoint import random_encoder_weights
@@ -243,13 +243,13 @@ def test_an_existing_out_is_refused_and_a_failed_write_leaves_nothing(tmp_path, 
     export_encoder(tmp_path / "student.pt", tmp_path / "empty")  # an empty folder is filled
     assert (tmp_path / "empty" / "config.json").is_file()
 
-    import salt.hf_export
+    import salt.export.hf_export
 
     def fail_midway(tmp, config, tensors, record):
         (tmp / "config.json").write_text("{}")
         raise OSError("disk full")
 
-    monkeypatch.setattr(salt.hf_export, "_write_folder", fail_midway)
+    monkeypatch.setattr(salt.export.hf_export, "_write_folder", fail_midway)
     with pytest.raises(OSError, match="disk full"):
         export_encoder(tmp_path / "student.pt", tmp_path / "new")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "student.pt", "taken"]

@@ -14,7 +14,8 @@ from salt.cache_latents import CacheJob, run_cache
 from salt.cli import main, run_cli
 from salt.latents import CacheError, normalise_targets, open_cache
 from salt.models import build_encoder, save_encoder
-from salt.tools.inspection import compare_caches, effective_rank, mean_token_cosine, summarise, token_statistics
+from salt.tools.cache_statistics import effective_rank, mean_token_cosine, token_statistics
+from salt.tools.inspection import compare_caches, summarise
 from salt.tools.inspection_pictures import DPI, SUMMARY_FIGSIZE, sample_figsize, write_pictures
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from salt.compact_cache import CompactJob, compact_cache
+from salt.cache_latents.compact import CompactJob, compact_cache
 from salt.config import ConfigError
 from salt.latents import BasisFit, CacheError, TargetBasis, load_manifest, normalise_targets, open_cache, verify
 from salt.training.student import run_student

@@ -5,7 +5,7 @@ import torch
 from click.testing import CliRunner
 
 from salt.cli import main
-from salt.probe import ProbeConfig, train_heads, view_averaged_accuracy
+from salt.evaluation.probe import ProbeConfig, train_heads, view_averaged_accuracy
 
 
 def features(labels: torch.Tensor, views: int, separable: bool, seed: int) -> dict:

@@ -102,7 +102,7 @@ def test_loader_workers_leave_stop_signals_to_their_owner():
 
     import psutil
 
-    from salt.worker_processes import owned_loader
+    from salt.runtime.loader_workers import owned_loader
 
     term = 1 << (signal.SIGTERM - 1)
     batches = iter(owned_loader(Numbers(), 1, batch_size=None))

@@ -164,7 +164,7 @@ def test_loss_goes_down(tmp_path, synthetic_set):
 @pytest.mark.parametrize("norm", ["patch", "channel", "none"])
 def test_unnormalised_targets_are_the_pixels(norm):
     """What `salt reconstruct` draws: targets mapped back with each patch's own statistics."""
-    from salt.reconstruction import tokens_to_frames, unnormalise
+    from salt.evaluation.reconstruction import tokens_to_frames, unnormalise
 
     frames = torch.randint(0, 256, (2, 4, 16, 24, 3), dtype=torch.uint8)
     targets, raw = pixel_targets(frames, 2, 8, norm), pixel_targets(frames, 2, 8, "none")

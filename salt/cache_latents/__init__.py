@@ -2,7 +2,9 @@
 
     job.py         CacheJob: every setting, each default once (the CLI options are made from it)
     run.py         run_cache: teacher, settings check, lock, plan, engine, merge
-    shards.py      the shard plan, ShardAssembler (shared by the engines) and the commit protocol
+    shards.py      the shard plan, ShardAssembler (shared by the engines) and the shard commit
+    merge.py       the manifest once every shard is done; the skipped-video limit
+    compact.py     `salt compact-cache`: a smaller cache from a cache, without the teacher
     local.py       the local engine: DataLoader decode workers, the teacher in this process
     ray_engine.py  the Ray engine: Ray Data decode workers and teacher actors over a cluster
     teacher.py     the teacher forward both engines run
@@ -17,7 +19,6 @@ import importlib
 
 _EXPORTS = {
     "CacheJob": "job",
-    "command_line": "job",
     "OutputLock": "locks",
     "file_lock": "locks",
     "CachePlan": "shards",

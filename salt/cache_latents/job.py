@@ -8,11 +8,10 @@ where the command line spells a value differently, how to read it), so the CLI, 
 from __future__ import annotations
 
 import os
-import shlex
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
+
+from salt.config import parse_arch_pairs
 
 FORMATS = {"wds": ("wds",), "zarr": ("zarr",), "both": ("wds", "zarr")}
 ENGINES = ("local", "ray")
@@ -30,18 +29,6 @@ def _env_int(*names: str) -> int | None:
         if os.environ.get(name):
             return int(os.environ[name])
     return None
-
-
-def parse_arch_pairs(pairs: tuple[str, ...]) -> dict | None:
-    import yaml
-
-    arch = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise ValueError(f"--arch {pair!r} must look like key=value")
-        arch[key.strip()] = yaml.safe_load(value)
-    return arch or None
 
 
 def _formats_flag(formats: tuple[str, ...]) -> str:
@@ -254,7 +241,3 @@ class CacheJob:
         ):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more, not {getattr(self, name)}")
-
-
-def command_line() -> str:
-    return " ".join(shlex.quote(a) for a in [Path(sys.argv[0]).name, *sys.argv[1:]])

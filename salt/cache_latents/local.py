@@ -13,14 +13,15 @@ import time
 import numpy as np
 from torch.utils.data import Dataset
 
-from salt.cache_latents.shards import CachePlan, ShardAssembler, TooManySkipped
+from salt.cache_latents.merge import TooManySkipped
+from salt.cache_latents.shards import CachePlan, ShardAssembler
 from salt.cache_latents.teacher import TeacherForward
 from salt.latents import roundtrip_frames
+from salt.runtime.loader_workers import close_workers, owned_loader
 from salt.video.decode import VideoDecodeError
 from salt.video.isolated import IsolatedDecoder
 from salt.video.sources import VideoRecord
 from salt.video.views import ViewConfig
-from salt.worker_processes import close_workers, owned_loader
 
 
 def decode_views(

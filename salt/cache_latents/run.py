@@ -12,17 +12,8 @@ import numpy as np
 
 from salt.cache_latents.job import CacheJob
 from salt.cache_latents.locks import OutputLock, file_lock
-from salt.cache_latents.shards import (
-    CachePlan,
-    ShardAssembler,
-    TooManySkipped,
-    check_settings,
-    done_shards,
-    forget_shards_with_skips,
-    merge,
-    plan_missing,
-    rank_of,
-)
+from salt.cache_latents.merge import TooManySkipped, forget_shards_with_skips, merge
+from salt.cache_latents.shards import CachePlan, ShardAssembler, check_settings, done_shards, plan_missing, rank_of
 from salt.latents import LatentCodec, ZarrCacheWriter, storage
 from salt.latents.codecs import CODECS
 from salt.latents.errors import CacheWriteError

@@ -4,7 +4,7 @@ Work is planned in shards: fixed blocks of `shard_videos` videos x a range of vi
 written atomically and then marked done (`done/<shard>.json`, the commit point); a killed run,
 started again with the same command, redoes only shards without a mark. A larger `--views` or
 more videos adds shards for what is missing and never touches the old ones. When every planned
-shard is done, `manifest.json` is written (the merge).
+shard is done, `manifest.json` is written (the merge: merge.py).
 """
 
 from __future__ import annotations
@@ -21,27 +21,23 @@ import torch
 
 from salt.cache_latents.job import CacheJob
 from salt.latents import (
-    BASIS_NAME,
     FRAME_EXT,
     EncodedSample,
     LatentCodec,
-    Manifest,
     ShardId,
     ShardRecord,
     TargetBasis,
     ZarrCacheWriter,
-    frames_decoder_id,
     normalise_targets,
     sample_key,
     storage,
     write_json_atomic,
     write_wds_shard,
 )
-from salt.latents.basis import manifest_record
 from salt.latents.errors import CacheWriteError
 from salt.runtime.preemption import StopSignals
 from salt.video.sources import VideoRecord
-from salt.video.views import IMAGENET_MEAN, IMAGENET_STD, ViewConfig, ViewParams
+from salt.video.views import ViewConfig, ViewParams
 
 SETTINGS = "cache_settings.json"  # what a cache was made with; a rerun must match it
 
@@ -287,14 +283,24 @@ def store_shard(
             )
         )
         zarr_samples.append((record.video_id, params.view_index, stored, frames, meta))
+    # A shard that starts inside a Zarr shard (videos added later) shares it with a done one.
+    partial = shard.video_start % job.shard_videos != 0
+    skipped = [state.skipped[v] for v in sorted(state.skipped)]
+    decoded_on = dict(sorted(state.decoded_on.items()))  # Ray node id -> views decoded there
+    commit_shard(out, shard, encoded, zarr_samples, zarr_writer, job.formats, partial, skipped, decoded_on)
+
+
+def commit_shard(
+    out, shard: ShardId, encoded, zarr_samples, zarr_writer, formats, partial_zarr: bool, skipped, decoded_on=None
+) -> None:
+    """Write a shard's samples in each format, then mark it done (its record, skipped videos and
+    sizes in `done/NAME.json`): the shard counts once that file exists. Shared by the writers of
+    `cache-latents` and `compact-cache`."""
     try:
-        wds_files = write_wds_shard(storage.join(out, "wds"), shard, encoded) if "wds" in job.formats else None
-        zarr_bytes = None
-        if zarr_writer is not None:
-            # A shard that starts inside a Zarr shard (videos added later) shares it with a done one.
-            zarr_bytes = zarr_writer.write_shard(
-                shard, zarr_samples, allow_partial_zarr_shard=shard.video_start % job.shard_videos != 0
-            )
+        wds_files = write_wds_shard(storage.join(out, "wds"), shard, encoded) if "wds" in formats else None
+        zarr_bytes = (
+            zarr_writer.write_shard(shard, zarr_samples, allow_partial_zarr_shard=partial_zarr) if zarr_writer else None
+        )
     except OSError as err:  # a full disk, a lost mount: the shard is not marked done, so a rerun redoes it
         raise CacheWriteError(
             f"{out}: writing shard {shard.name} failed: {err.strerror or err}. Its partial tar was removed and it is "
@@ -309,103 +315,10 @@ def store_shard(
     )
     done = {
         "record": asdict(record),
-        "skipped": [state.skipped[v] for v in sorted(state.skipped)],
+        "skipped": skipped,
         "latent_bytes": sum(len(b) for e in encoded for b in e.latents.values()),
         "frame_bytes": sum(len(f) for e in encoded for f in e.frames),
     }
-    if state.decoded_on:
-        done["decoded_on"] = dict(sorted(state.decoded_on.items()))  # Ray node id -> views decoded there
+    if decoded_on:
+        done["decoded_on"] = decoded_on
     write_json_atomic(storage.join(out, "done", f"{shard.name}.json"), done)
-
-
-# ----------------------------------------------------------------------------- the merge
-
-
-class TooManySkipped(CacheWriteError):
-    """No view was cached, or more videos were skipped than --max-skipped allows."""
-
-    def __init__(self, skipped: list[dict], num_videos: int, max_skipped: float, samples: int):
-        self.skipped, self.num_videos = skipped, num_videos
-        why = "no view was cached" if not samples else f"more than --max-skipped {max_skipped:g} of them"
-        super().__init__(
-            f"{len(skipped)} of {num_videos} videos could not be used, {why} ({name_skipped(skipped)}) — fix the data "
-            "(`salt check-data DATA` lists every failure) or raise --max-skipped, then run the same command again"
-        )
-
-
-def check_skipped(skipped: list[dict], samples: int, num_videos: int, max_skipped: float) -> None:
-    """Refuse a cache that holds nothing, or that lost more videos than the user allows."""
-    if samples and len(skipped) <= max_skipped * num_videos:
-        return
-    raise TooManySkipped(skipped, num_videos, max_skipped, samples)
-
-
-def name_skipped(skipped: list[dict], shown: int = 3) -> str:
-    """The first skipped videos with their reasons (all of them are in the manifest)."""
-    first = "; ".join(f"{entry['path']}: {entry['reason']}" for entry in skipped[:shown])
-    return first + (f"; and {len(skipped) - shown} more" if len(skipped) > shown else "")
-
-
-def forget_shards_with_skips(out: Path | str) -> None:
-    """Unmark the shards that hold skipped videos, so the rerun after a fix redoes them."""
-    for name in storage.list_names(storage.join(out, "done"), suffix=".json"):
-        path = storage.join(out, "done", name)
-        if json.loads(storage.read_bytes(path))["skipped"]:
-            storage.remove(path)
-
-
-def merge(
-    job: CacheJob, out: Path | str, settings: dict, num_videos: int, grid, dim: int, view: ViewConfig, arch: dict
-) -> Path | None:
-    """Write manifest.json when every planned shard is done (by whichever writer gets here last)."""
-    done = done_shards(out)
-    if plan_missing(num_videos, job.views, job.shard_videos, [shard for shard, _ in done]):
-        return None
-    done.sort(key=lambda d: (d[0].view_start, d[0].video_start))
-    skipped = {entry["video"]: entry for _, d in done for entry in d["skipped"]}
-    check_skipped(
-        [skipped[v] for v in sorted(skipped)], sum(d["record"]["samples"] for _, d in done), num_videos, job.max_skipped
-    )
-    manifest = Manifest(
-        teacher={
-            "fingerprint": settings["teacher_fingerprint"],
-            "arch": arch,
-            "source": str(job.teacher),
-            "checkpoint_key": job.checkpoint_key,
-        },
-        grid=tuple(grid),
-        dim=dim,
-        geometry={
-            "frames": view.frames,
-            "frame_step": view.frame_step,
-            "size": view.size,
-            "patch": arch["patch_size"],
-            "tubelet": arch["tubelet_size"],
-        },
-        input_mean=IMAGENET_MEAN,
-        input_std=IMAGENET_STD,
-        frames_codec=job.frames_codec,
-        jpeg_quality=job.jpeg_quality,
-        frames_decoder=frames_decoder_id(),
-        views=job.views,
-        latent_dtype=job.dtype,
-        compressor=settings["compressor"],
-        formats=settings["formats"],
-        num_videos=num_videos,
-        shards=[ShardRecord(**d["record"]) for _, d in done],
-        skipped=[skipped[v] for v in sorted(skipped)],
-        sample_count=sum(d["record"]["samples"] for _, d in done),
-        latent_bytes=sum(d["latent_bytes"] for _, d in done),
-        frame_bytes=sum(d["frame_bytes"] for _, d in done),
-        command=job.command,
-        seed=job.seed,
-        view_config=asdict(view),
-    )
-    if job.target_rank:
-        data = storage.read_bytes(storage.join(out, BASIS_NAME))
-        manifest.target_rank, manifest.target_norm = job.target_rank, "none"
-        manifest.basis = manifest_record(data, min(job.basis_videos, num_videos) * job.views, "teacher")
-    path = storage.join(out, "manifest.json")
-    manifest.validate(str(path))
-    write_json_atomic(path, manifest.to_json())
-    return path

@@ -1,4 +1,4 @@
-"""Imported by multiprocessing's fork server only (its preload, `salt.worker_processes`): the fork
+"""Imported by multiprocessing's fork server only (its preload, `salt.runtime.loader_workers`): the fork
 server that starts a rank's DataLoader workers leaves a scheduler's stop signals alone.
 
 Launchers signal whole process trees. A fork server that died of SIGTERM would orphan the
@@ -6,7 +6,7 @@ workers it forked, and PyTorch's worker watchdog, which checks a worker's parent
 them within seconds, in the middle of the rank's checkpoint. So the fork server ignores them,
 and blocks them too: a forked worker starts with the signals blocked in every thread it will
 have (a worker starts threads of its own before its init function runs), and takes them from
-one thread of its own (`salt.worker_processes`). The fork server still exits with the process
+one thread of its own (`salt.runtime.loader_workers`). The fork server still exits with the process
 that started it (its "alive" pipe closes)."""
 
 import signal

@@ -11,7 +11,7 @@ nothing (the flag is set once); only SIGKILL can cut the save short, and the che
 is built to survive that.
 
 Helper processes (decoder children `ignore_stop_signals`; loader workers obey only their owner,
-salt/worker_processes.py) leave these signals to their owner: launchers signal whole process
+salt/runtime/loader_workers.py) leave these signals to their owner: launchers signal whole process
 trees, and a helper that died on SIGTERM would take its owner down before it could save.
 """
 

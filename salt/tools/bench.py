@@ -165,9 +165,9 @@ def decode_alone(job, encoder, frames: int, size: int, keep: int | None = None) 
     The steady rate leaves out the workers' start (until the first video arrives)."""
     from salt.cache_latents import CachePlan, VideoViews
     from salt.latents import ShardId
+    from salt.runtime.loader_workers import owned_loader
     from salt.video.sources import load_records
     from salt.video.views import ViewConfig
-    from salt.worker_processes import owned_loader
 
     records = load_records(job.data)[: job.max_videos or None]
     view = ViewConfig(frames=frames, frame_step=job.frame_step, size=size, seed=job.seed)

@@ -21,7 +21,7 @@ from salt.tools.bench import save_record
 def _run_student(config: Path, overrides: list[str], replay_window: int = 0) -> list[dict]:
     """One student run in a fresh process (clean RSS); returns its metric records. With
     `replay_window`, windows of that many steps alternate streamed / replayed (salt/tools/replayed_student.py)."""
-    from salt.tools.common import metric_records, salt_command
+    from salt.tools.run_records import metric_records, salt_command
 
     sets = [a for o in overrides for a in ("--set", o)]
     if replay_window:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import math
 from statistics import mean, stdev
 
-from salt.probe import binomial_se
+from salt.evaluation.probe import binomial_se
 
 PROTOCOLS = ("linear", "attentive")
 CALIBRATION = {"floor_above_chance": 0.05, "ceiling_above_floor": 0.30}  # the bar, linear protocol

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from salt.latents import LatentCache
-from salt.tools.inspection import STATS_SAMPLES, evenly_spaced_keys, load_samples, sample_statistics, targets_of
+from salt.tools.cache_statistics import STATS_SAMPLES, evenly_spaced_keys, load_samples, sample_statistics, targets_of
 
 PICTURE_SAMPLES = 4
 DPI = 100

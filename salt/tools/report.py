@@ -6,7 +6,7 @@ import json
 import math
 from pathlib import Path
 
-from salt.tools.common import metric_records
+from salt.tools.run_records import metric_records
 
 
 def _records(run_dir: Path) -> list[dict]:

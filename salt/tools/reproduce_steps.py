@@ -7,8 +7,8 @@ import functools
 from pathlib import Path
 
 from salt.config import load_config
-from salt.tools.common import salt_command
 from salt.tools.reproduce_chain import ReproduceConfig, Step
+from salt.tools.run_records import salt_command
 
 
 def _options(**values) -> list[str]:

@@ -9,8 +9,8 @@ from dataclasses import asdict
 from pathlib import Path
 from statistics import mean
 
-from salt.tools.common import last_record
 from salt.tools.reproduce_steps import ChainPlan
+from salt.tools.run_records import last_record
 
 
 def teacher_label(teacher: str) -> str:

@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 
 from salt.config import override_argument, to_dict
+from salt.runtime.loader_workers import close_workers
 from salt.runtime.preemption import Interrupted, StopSignals, signal_name
 from salt.training import checkpointing
 from salt.training.engine import Distributed, agree, build_engine, free_port, init_distributed, set_schedules
@@ -32,7 +33,6 @@ from salt.training.metrics import BadVideos, FlopCount, Report, Window
 from salt.training.objectives import Objective
 from salt.training.run_folder import DATA_ORDER, RunFolder
 from salt.training.schedules import Cosine, WarmupCosine
-from salt.worker_processes import close_workers
 
 __all__ = [
     "Distributed",
@@ -106,7 +106,7 @@ def launcher_main(
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    from salt.noise import quiet_third_party
+    from salt.runtime.quiet_logs import quiet_third_party
 
     quiet_third_party()
     with one_line_errors():

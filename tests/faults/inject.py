@@ -41,7 +41,9 @@ def install(fault: str) -> None:
 
         tarfile.TarFile.addfile = addfile
     elif fault == "kill-in-manifest-write":
-        real_write = shards.write_json_atomic
+        import salt.cache_latents.merge as merge
+
+        real_write = merge.write_json_atomic
 
         def write(path, obj):
             path = Path(path)
@@ -52,7 +54,7 @@ def install(fault: str) -> None:
                 _die()
             return real_write(path, obj)
 
-        shards.write_json_atomic = write
+        merge.write_json_atomic = write
     elif fault.startswith("signal-after-shard:"):
         real_commit, signum = shards.ShardAssembler._maybe_commit, signal.Signals[fault.partition(":")[2]]
 

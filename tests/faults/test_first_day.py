@@ -50,7 +50,7 @@ def test_a_set_without_a_value_exits_2_under_deepspeed_too(capsys):
 
 
 def test_tab_separated_lists_are_read(tmp_path, synthetic_set):
-    from salt.check_data import check_data
+    from salt.video.check_data import check_data
     from salt.video.sources import read_csv
 
     lines = [line.rsplit(" ", 1) for line in good_lines(synthetic_set, 3)]
@@ -102,7 +102,7 @@ def test_commands_that_do_no_heavy_work_answer_without_importing_torch(tmp_path,
 
 
 def test_check_data_decodes_as_many_videos_at_a_time_as_it_has_cores(synthetic_set):
-    from salt.check_data import check_data
+    from salt.video.check_data import check_data
 
     report = check_data(str(synthetic_set / "val.csv"), progress=False)
     assert report["workers"] == len(os.sched_getaffinity(0)) and report["decoded"] == report["listed"]

@@ -15,7 +15,7 @@ The source may also be a training run (`RUN_DIR`, its `checkpoints/stepN/`, or a
 its newest committed checkpoint's encoder, with the run's arch and frame step. A RoPE checkpoint
 that does not record its clip geometry (V-JEPA 2's `.pt`) is refused unless `--arch img_size=…
 --arch num_frames=…` give it: transformers takes the RoPE grid from crop_size. Beside the model
-go the video processor's config, salt_export.json and README.md (salt/hf_feeding.py).
+go the video processor's config, salt_export.json and README.md (salt/export/hf_feeding.py).
 
 The folder is built in a temporary sibling and renamed into place: a failure leaves nothing.
 Never imports transformers.
@@ -34,7 +34,7 @@ from typing import Any, Mapping
 import torch
 
 from salt.errors import NoSpaceLeft, no_space
-from salt.hf_feeding import export_record, write_feeding_files
+from salt.export.hf_feeding import export_record, write_feeding_files
 from salt.latents.storage import make_readable
 from salt.models import hf_folder, load_encoder, read_checkpoint
 from salt.models.errors import ExportError

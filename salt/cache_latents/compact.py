@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from salt.cache_latents.locks import OutputLock
-from salt.cache_latents.shards import check_settings, done_shards
+from salt.cache_latents.shards import check_settings, commit_shard, done_shards
 from salt.latents import (
     FRAME_EXT,
     EncodedSample,
@@ -28,7 +28,6 @@ from salt.latents import (
     sample_key,
     storage,
     write_json_atomic,
-    write_wds_shard,
 )
 from salt.latents.basis import BASIS_NAME, BasisFit, TargetBasis, manifest_record
 from salt.latents.codecs import CODECS
@@ -178,33 +177,8 @@ def _compact_shard(source, index: int, out, codec: LatentCodec, basis, zarr_writ
         )
         zarr_samples.append((video, view, stored, frames, meta))
     shard = record.shard_id
-    try:
-        files = write_wds_shard(storage.join(out, "wds"), shard, encoded) if "wds" in job.formats else None
-        zarr_bytes = (
-            zarr_writer.write_shard(shard, zarr_samples, allow_partial_zarr_shard=True) if zarr_writer else None
-        )
-    except OSError as err:
-        raise CacheWriteError(
-            f"{out}: writing shard {shard.name} failed: {err.strerror or err}. It is not marked done; "
-            "fix the disk and run the same command again: finished shards are kept."
-        ) from err
-    new = ShardRecord.for_shard(
-        shard,
-        len(encoded),
-        wds_bytes=files.bytes if files else None,
-        wds_sha256=files.sha256 if files else None,
-        zarr_bytes=zarr_bytes,
-    )
     skipped = [s for s in manifest.skipped if shard.video_start <= int(s["video"]) < shard.video_end]
-    write_json_atomic(
-        storage.join(out, "done", f"{shard.name}.json"),
-        {
-            "record": dataclasses.asdict(new),
-            "skipped": skipped,
-            "latent_bytes": sum(len(b) for e in encoded for b in e.latents.values()),
-            "frame_bytes": sum(len(f) for e in encoded for f in e.frames),
-        },
-    )
+    commit_shard(out, shard, encoded, zarr_samples, zarr_writer, job.formats, True, skipped)
 
 
 def _merge(source, out, codec: LatentCodec, rank: int, basis: TargetBasis | None, job: CompactJob):

@@ -124,7 +124,7 @@ def extract_features(
 ) -> tuple[dict, float]:
     """Token maps of every (video, view) through the cache writer; returns arrays and seconds."""
     from salt.cache_latents import CacheJob, run_cache
-    from salt.cache_latents.shards import TooManySkipped, forget_shards_with_skips, name_skipped
+    from salt.cache_latents.merge import TooManySkipped, forget_shards_with_skips, name_skipped
     from salt.latents import load_manifest, open_cache, storage
     from salt.video import VideoSourceError
 
