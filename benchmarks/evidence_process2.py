@@ -101,7 +101,7 @@ class Process2:
     def student(self, arch: str, batch: int, compiled: bool) -> dict:
         import yaml
 
-        from salt.tools.common import metric_records
+        from salt.tools.run_records import metric_records
 
         mode = "compiled" if compiled else "eager"
         out = self.work / f"student_{arch}_{mode}"
