@@ -80,3 +80,35 @@ def test_no_top_level_module_shadows_another():
     }
     names = {p.stem if p.suffix == ".py" else p.name for p in SALT.iterdir() if p.suffix == ".py" or p.is_dir()}
     assert not names & taken, sorted(names & taken)
+
+
+def test_no_module_imports_back_into_a_circle():
+    """The house has no import circles (lazy imports included; typing-only imports too)."""
+    graph = {m: {i for i in imports if i in SOURCES and i != m} for m, imports in SOURCES.items()}
+    # An import of a package's name is an import of its __init__; `from a.b import c` names a.b.c too.
+    state: dict[str, int] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for other in sorted(graph[module]):
+            if state.get(other) == 1:
+                cycle = path[path.index(other) :] + [other] if other in path else [module, other]
+                raise AssertionError(f"import circle: {' -> '.join(cycle)}")
+            if other not in state:
+                visit(other, path + [other])
+        state[module] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+
+
+def test_errors_import_nothing_from_salt():
+    assert not [i for i in SOURCES["salt.errors"] if within(i, ("salt",))]
+
+
+def test_every_click_command_lives_under_salt_cli():
+    for path in sorted(SALT.rglob("*.py")):
+        text = path.read_text()
+        if "@click.command" in text or "@click.group" in text or ".command(" in text and "import click" in text:
+            assert within(module_name(path), ("salt.cli",)), f"{path}: click commands belong in salt/cli/"

@@ -10,18 +10,25 @@ fetched ahead of the one being read (bounded memory).
 from __future__ import annotations
 
 import concurrent.futures
-from typing import TYPE_CHECKING, Iterator
+from typing import Iterator, Protocol
 
 import numpy as np
 
 from salt.latents import storage
 from salt.latents.errors import CacheError
+from salt.latents.manifest import Manifest
 from salt.latents.samples import CacheSample, Problem, sample_key
-from salt.latents.sources import OnSkip, Reads
+from salt.latents.sources import OnSkip, Reads, _Source
 
-if TYPE_CHECKING:
-    from salt.latents.reader import LatentCache
-    from salt.latents.sources import _Source
+
+class LatentCache(Protocol):
+    """What streaming reads of a cache (salt.latents.reader.LatentCache has it)."""
+
+    manifest: Manifest
+    stream_source: _Source
+
+    def shard_samples(self, shard_index: int) -> list[tuple[int, int]]: ...
+
 
 READ_AHEAD_SHARDS = 2  # object stores: whole shards fetched ahead of the one being read, per reader
 
