@@ -24,6 +24,7 @@ import errno
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -52,8 +53,9 @@ def signal_at(spec: str) -> None:
     def hook(step: int) -> None:
         if step == at and not sent and RANK == "0":
             sent.append(step)
-            if target == "group":
-                os.killpg(os.getpgid(0), signum)
+            if target == "group":  # sent by another process, as a scheduler would (kill(1), not this rank)
+                kill = ["kill", f"-{signum.name}", "--", f"-{os.getpgid(0)}"]
+                subprocess.run(kill, check=True, start_new_session=True)  # itself outside the group
             else:
                 os.kill(os.getppid() if target == "parent" else os.getpid(), signum)
 
