@@ -253,6 +253,19 @@ def test_run_folder_that_is_a_file_is_refused_and_kept(tmp_path, synthetic_set):
     assert (tmp_path / "run").read_text() == "keep me"
 
 
+def test_second_run_in_one_process_trains_after_its_group_variables_are_cleared(tmp_path, synthetic_set, monkeypatch):
+    """A notebook or test process runs twice: the second run finds the group of one already formed
+    and LOCAL_RANK gone (cleared so that children do not inherit it); DeepSpeed still needs it."""
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+    short = {"steps": 2, "warmup_steps": 1}
+    run_teacher(str(tiny_config(tmp_path / "first", synthetic_set / "train.csv", optim=short)), [])
+    for key in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    run_teacher(str(tiny_config(tmp_path / "second", synthetic_set / "train.csv", optim=short)), [])
+    assert losses(tmp_path / "second" / "run").keys() == {1, 2}
+
+
 def test_geometry_refused_before_training(tmp_path, synthetic_set):
     config = tiny_config(tmp_path, synthetic_set / "train.csv")
     with pytest.raises(ConfigError, match="does not divide"):

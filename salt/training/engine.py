@@ -42,13 +42,14 @@ def init_distributed(timeout_s: int) -> Distributed:
     cuda = torch.cuda.is_available()
     if not cuda:
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if "RANK" not in os.environ:
+        # DeepSpeed's engine reads LOCAL_RANK on every build, also for a group formed earlier
+        # in this process (a second run in one Python process finds the group already there).
+        os.environ.setdefault("LOCAL_RANK", "0")
+    local_rank = int(os.environ["LOCAL_RANK"]) if "LOCAL_RANK" in os.environ else 0
     if not dist.is_initialized():
         # A plain `python …` / `salt …` run: a group of one, its variables set only while it forms
-        # (processes this one starts later must not join it, nor reuse its port). LOCAL_RANK
-        # stays: DeepSpeed's engine reads it.
-        if "RANK" not in os.environ:
-            os.environ.setdefault("LOCAL_RANK", "0")
+        # (processes this one starts later must not join it, nor reuse its port).
         alone = {} if "RANK" in os.environ else {"RANK": "0", "WORLD_SIZE": "1"}
         if alone:
             alone.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ.get("MASTER_PORT") or str(free_port()))
