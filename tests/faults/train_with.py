@@ -55,7 +55,11 @@ def signal_at(spec: str) -> None:
             sent.append(step)
             if target == "group":  # sent by another process, as a scheduler would (kill(1), not this rank)
                 kill = ["kill", f"-{signum.name}", "--", f"-{os.getpgid(0)}"]
-                subprocess.run(kill, check=True, start_new_session=True)  # itself outside the group
+                sender = subprocess.run(kill, start_new_session=True)  # itself outside the group
+                # Still this rank's child, the sender may be in the tree the launcher signals once
+                # it has the signal: dying of it means the signal went out.
+                if sender.returncode not in (0, -signum):
+                    raise RuntimeError(f"{kill} exited with status {sender.returncode}")
             else:
                 os.kill(os.getppid() if target == "parent" else os.getpid(), signum)
 
