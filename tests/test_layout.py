@@ -112,3 +112,17 @@ def test_every_click_command_lives_under_salt_cli():
         text = path.read_text()
         if "@click.command" in text or "@click.group" in text or ".command(" in text and "import click" in text:
             assert within(module_name(path), ("salt.cli",)), f"{path}: click commands belong in salt/cli/"
+
+
+def test_modules_and_functions_fit_in_a_readers_head():
+    """Modules at most 400 lines; functions at most 60, from `def` to their last line (a click
+    command's option decorators are not counted: they are its documentation)."""
+    too_long = []
+    for path in sorted(SALT.rglob("*.py")):
+        text = path.read_text()
+        if len(text.splitlines()) > 400:
+            too_long.append(f"{path}: {len(text.splitlines())} lines")
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60:
+                too_long.append(f"{path}:{node.lineno} {node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert not too_long, "split these:\n" + "\n".join(too_long)

@@ -54,23 +54,7 @@ def compact_cache(job: CompactJob) -> Path | str:
     """Write DST (resuming a killed run); returns its manifest path."""
     source = open_cache(job.source)
     manifest = source.manifest
-    out = storage.resolve(job.out)
-    if str(out) == str(source.path):
-        raise CacheWriteError(f"--out {out} is the source cache: write the compacted copy to another folder")
-    if not storage.is_url(out) and out.exists() and not out.is_dir():
-        raise CacheWriteError(
-            f"{out} is a file, not a cache folder: give --out a folder (new or a compaction to resume)"
-        )
-    if storage.is_url(out) and "zarr" in job.formats:
-        raise CacheWriteError(
-            f"{job.out}: the Zarr store is written to local or shared file systems only; use --format wds"
-        )
-    have = manifest.target_rank or manifest.dim
-    if not 0 <= job.rank <= have:
-        raise CacheWriteError(
-            f"--rank {job.rank}: {job.source} holds {have} channels per token "
-            f"({'rank' if manifest.target_rank else 'dim'} {have}); choose 1..{have} (or 0 to keep them)"
-        )
+    out = _checked_output(job, source)
     rank = job.rank or manifest.target_rank  # 0: keep the source's channels
     rank = 0 if rank == manifest.dim else rank  # every channel of a full-rank cache is full rank
     codec = LatentCodec(job.dtype, CODECS[job.codec])
@@ -90,32 +74,12 @@ def compact_cache(job: CompactJob) -> Path | str:
     try:
         check_settings(out, settings, job.overwrite)
         basis = _basis(source, out, rank, job.fit_samples) if rank else None
-        zarr_writer = None
-        if "zarr" in job.formats:
-            zarr_writer = ZarrCacheWriter.open(
-                out / "cache.zarr",
-                num_videos=manifest.num_videos,
-                views=manifest.views,
-                grid_tokens=manifest.tokens,
-                dim=rank or manifest.dim,
-                stored_dtype=job.dtype,
-                compressor=codec.compressor,
-                frames_per_clip=manifest.geometry["frames"],
-                videos_per_shard=_zarr_block(manifest),
-            )
+        zarr_writer = (
+            _zarr_writer(out, manifest, rank or manifest.dim, job.dtype, codec) if "zarr" in job.formats else None
+        )
         finished = {shard.name for shard, _ in done_shards(out)}
         todo = [i for i, record in enumerate(manifest.shards) if record.name not in finished]
-        progress = None
-        if job.progress:
-            from tqdm import tqdm
-
-            progress = tqdm(
-                total=sum(manifest.shards[i].samples for i in todo),
-                desc=f"compact to {out}",
-                unit="view",
-                dynamic_ncols=True,
-                mininterval=1.0,
-            )
+        progress = _progress(job.progress, sum(manifest.shards[i].samples for i in todo), out)
         for index in todo:
             _compact_shard(source, index, out, codec, basis, zarr_writer, job)
             if progress is not None:
@@ -125,6 +89,52 @@ def compact_cache(job: CompactJob) -> Path | str:
         return _merge(source, out, codec, rank, basis, job)
     finally:
         lock.release()
+
+
+def _checked_output(job: CompactJob, source) -> Path | str:
+    """`--out` resolved, refused (one line each) where it cannot hold this compaction."""
+    manifest = source.manifest
+    out = storage.resolve(job.out)
+    if str(out) == str(source.path):
+        raise CacheWriteError(f"--out {out} is the source cache: write the compacted copy to another folder")
+    if not storage.is_url(out) and out.exists() and not out.is_dir():
+        raise CacheWriteError(
+            f"{out} is a file, not a cache folder: give --out a folder (new or a compaction to resume)"
+        )
+    if storage.is_url(out) and "zarr" in job.formats:
+        raise CacheWriteError(
+            f"{job.out}: the Zarr store is written to local or shared file systems only; use --format wds"
+        )
+    have = manifest.target_rank or manifest.dim
+    if not 0 <= job.rank <= have:
+        raise CacheWriteError(
+            f"--rank {job.rank}: {job.source} holds {have} channels per token "
+            f"({'rank' if manifest.target_rank else 'dim'} {have}); choose 1..{have} (or 0 to keep them)"
+        )
+    return out
+
+
+def _zarr_writer(out: Path, manifest, dim: int, dtype: str, codec: LatentCodec) -> ZarrCacheWriter:
+    return ZarrCacheWriter.open(
+        out / "cache.zarr",
+        num_videos=manifest.num_videos,
+        views=manifest.views,
+        grid_tokens=manifest.tokens,
+        dim=dim,
+        stored_dtype=dtype,
+        compressor=codec.compressor,
+        frames_per_clip=manifest.geometry["frames"],
+        videos_per_shard=_zarr_block(manifest),
+    )
+
+
+def _progress(shown: bool, views: int, out: Path | str):
+    """A tqdm bar over the views still to compact, or None."""
+    if not shown:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=views, desc=f"compact to {out}", unit="view", dynamic_ncols=True, mininterval=1.0)
 
 
 def _zarr_block(manifest) -> int:

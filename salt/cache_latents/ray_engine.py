@@ -192,70 +192,69 @@ def run_ray(plan: CachePlan, assembler: ShardAssembler) -> None:
         context.enable_progress_bars = False  # ours is the one bar
         context.print_on_execution_start = False
         teachers, teacher_resources, decoders = _resources(ray, plan)
-        work = plan.work()
-        items = [
-            {"shard": s, "video": v, "view_start": a, "view_end": b, "record": pickle.dumps(plan.records[v])}
-            for s, v, a, b in work
-        ]
-        frame_shape = (plan.view.frames, plan.view.size, plan.view.size, 3)
-        weights = ray.put({k: v.detach().cpu() for k, v in plan.encoder.state_dict().items()})
-        dataset = (
-            ray.data.from_items(items, override_num_blocks=min(len(items), MAX_BLOCKS))
-            .map_batches(
-                DecodeVideo,
-                batch_size=1,
-                batch_format="numpy",
-                num_cpus=1,
-                compute=ray.data.ActorPoolStrategy(size=decoders),  # placed SPREAD (Ray Data's default): all nodes
-                fn_constructor_kwargs=dict(
-                    view=asdict(plan.view),
-                    frames_codec=job.frames_codec,
-                    quality=job.jpeg_quality,
-                    timeout=job.decode_timeout,
-                ),
-            )
-            .map_batches(
-                TeacherActor,
-                batch_size=job.batch_size,
-                batch_format="numpy",
-                compute=ray.data.ActorPoolStrategy(size=teachers),
-                **teacher_resources,
-                fn_constructor_kwargs=dict(
-                    arch=plan.arch,
-                    weights=weights,
-                    precision=job.precision,
-                    batch_size=job.batch_size,
-                    frame_shape=frame_shape,
-                    compile=job.compile,
-                ),
-            )
-        )
-        tokens_shape = (-1, plan.encoder.embed_dim)
+        dataset = _pipeline(ray, plan, decoders, teachers, teacher_resources)
         progress = _Progress(job, plan.planned_views, decoders, teachers)
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             if plan.stop.received:  # a scheduler's signal: the shards written are kept, the rest is redone
                 break
-            for i in range(len(batch["shard"])):
-                shard, record = int(batch["shard"][i]), plan.records[int(batch["video"][i])]
-                if batch["skipped"][i]:
-                    assembler.skip_video(shard, record, str(batch["skipped"][i]))
-                else:
-                    latents = torch.from_numpy(
-                        np.frombuffer(batch["latents"][i], dtype=np.float32).reshape(tokens_shape).copy()
-                    )
-                    assembler.add_view(
-                        shard,
-                        record,
-                        ViewParams.from_dict(json.loads(batch["params"][i])),
-                        pickle.loads(batch["frames"][i]),
-                        latents,
-                        where=str(batch["node"][i]),
-                    )
+            _assemble(batch, plan, assembler)
             progress.update(batch, assembler)
         progress.close()
     finally:
         if started_ray:
             ray.shutdown()
+
+
+def _pipeline(ray, plan: CachePlan, decoders: int, teachers: int, teacher_resources: dict):
+    """The plan's work as a Ray dataset: decode actors, then teacher actors, one row per video's views."""
+    job = plan.job
+    items = [
+        {"shard": s, "video": v, "view_start": a, "view_end": b, "record": pickle.dumps(plan.records[v])}
+        for s, v, a, b in plan.work()
+    ]
+    weights = ray.put({k: v.detach().cpu() for k, v in plan.encoder.state_dict().items()})
+    decode = dict(view=asdict(plan.view), frames_codec=job.frames_codec, quality=job.jpeg_quality)
+    decode["timeout"] = job.decode_timeout
+    teacher = dict(arch=plan.arch, weights=weights, precision=job.precision, batch_size=job.batch_size)
+    teacher.update(frame_shape=(plan.view.frames, plan.view.size, plan.view.size, 3), compile=job.compile)
+    return (
+        ray.data.from_items(items, override_num_blocks=min(len(items), MAX_BLOCKS))
+        .map_batches(
+            DecodeVideo,
+            batch_size=1,
+            batch_format="numpy",
+            num_cpus=1,
+            compute=ray.data.ActorPoolStrategy(size=decoders),  # placed SPREAD (Ray Data's default): all nodes
+            fn_constructor_kwargs=decode,
+        )
+        .map_batches(
+            TeacherActor,
+            batch_size=job.batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=teachers),
+            **teacher_resources,
+            fn_constructor_kwargs=teacher,
+        )
+    )
+
+
+def _assemble(batch: dict, plan: CachePlan, assembler: ShardAssembler) -> None:
+    """Hand one batch of the teacher actors' rows to the shard assembler."""
+    tokens_shape = (-1, plan.encoder.embed_dim)
+    for i in range(len(batch["shard"])):
+        shard, record = int(batch["shard"][i]), plan.records[int(batch["video"][i])]
+        if batch["skipped"][i]:
+            assembler.skip_video(shard, record, str(batch["skipped"][i]))
+            continue
+        latents = torch.from_numpy(np.frombuffer(batch["latents"][i], dtype=np.float32).reshape(tokens_shape).copy())
+        assembler.add_view(
+            shard,
+            record,
+            ViewParams.from_dict(json.loads(batch["params"][i])),
+            pickle.loads(batch["frames"][i]),
+            latents,
+            where=str(batch["node"][i]),
+        )
 
 
 class _Progress:

@@ -4,6 +4,7 @@ teacher's reconstructions, a cache's inspection, the pipeline report."""
 from __future__ import annotations
 
 import json
+import sys
 
 import click
 
@@ -95,7 +96,7 @@ def probe_command(
         work_dir=work_dir,
         arch=parse_arch_pairs(arch_pairs),
         checkpoint_key=checkpoint_key,
-        which=ProbeData(allow_missing, max_videos, not no_progress and click.get_text_stream("stderr").isatty()),
+        which=ProbeData(allow_missing, max_videos, not no_progress and sys.stderr.isatty()),
     )
     click.echo(format_probe(report))
     if out:

@@ -131,28 +131,27 @@ def extract_features(
     start = time.perf_counter()
     views = cfg.eval_clips * cfg.eval_spatial if evaluation else cfg.train_views
     split = "val" if evaluation else "train"
+    job = CacheJob(
+        teacher=str(encoder_path),
+        data=data,
+        out=str(out),
+        views=views,
+        dtype=cfg.feature_dtype,
+        workers=cfg.workers,
+        frames=cfg.frames,
+        size=cfg.size,
+        frame_step=cfg.frame_step,
+        seed=cfg.seed,
+        progress=which.progress,
+        eval_clips=cfg.eval_clips if evaluation else 0,
+        eval_spatial=cfg.eval_spatial if evaluation else 0,
+        arch=arch,
+        checkpoint_key=checkpoint_key,
+        max_videos=which.max_videos,
+        max_skipped=1.0,
+    )
     try:
-        run_cache(
-            CacheJob(
-                teacher=str(encoder_path),
-                data=data,
-                out=str(out),
-                views=views,
-                dtype=cfg.feature_dtype,
-                workers=cfg.workers,
-                frames=cfg.frames,
-                size=cfg.size,
-                frame_step=cfg.frame_step,
-                seed=cfg.seed,
-                progress=which.progress,
-                eval_clips=cfg.eval_clips if evaluation else 0,
-                eval_spatial=cfg.eval_spatial if evaluation else 0,
-                arch=arch,
-                checkpoint_key=checkpoint_key,
-                max_videos=which.max_videos,
-                max_skipped=1.0,
-            )
-        )
+        run_cache(job)
     except TooManySkipped as err:  # not one video decoded
         raise VideoSourceError(
             f"probe {split} data {data}: none of its {err.num_videos} videos decode "
@@ -168,65 +167,51 @@ def extract_features(
             f"check-data {data}` names every failure) or pass --allow-missing to probe the rest and record them"
         )
     seconds = time.perf_counter() - start
-    cache = open_cache(out)
+    return _read_features(open_cache(out), data), seconds
+
+
+def _read_features(cache, data: str) -> dict:
+    """Tokens, labels and video numbers of every sample of a features cache, in key order."""
+    from salt.video import VideoSourceError
+
     # One sequential pass (no shard seek per key); key order keeps the head training identical.
     # Only the tokens are wanted: the JPEG frames are checked (CRC) but not decoded.
     samples = sorted(cache.stream(seed=0, epoch=0, frames="none"), key=lambda sample: sample.key)
     labels = [s.meta["label"] for s in samples]
     if any(label is None for label in labels):
         raise VideoSourceError(f"{data}: every video needs a label for probing — write 'path label' lines")
-    features = {
+    return {
         "tokens": torch.stack([s.latents for s in samples]),  # [S, N, D], the encoder's output
         "labels": torch.tensor(labels),
         "videos": torch.tensor([s.video for s in samples]),
         "skipped": cache.manifest.skipped,
     }
-    return features, seconds
 
 
 def train_heads(train: dict, val: dict, num_classes: int, cfg: ProbeConfig, progress: bool = False) -> dict:
     """Train one head of `cfg.protocol` per (lr, wd) on frozen tokens; evaluate with view averaging."""
+    from tqdm import tqdm
+
     torch.manual_seed(cfg.seed)
-    if cfg.protocol == "linear":
-        train, val = pool_tokens(train), pool_tokens(val)
-        mean, std = train["tokens"].mean(0), train["tokens"].std(0) + 1e-6
-        schedule = cfg.linear
-        make_head = lambda: LinearClassifier(mean, std, num_classes)  # noqa: E731
-    else:
-        dim = train["tokens"].shape[-1]
-        schedule = cfg
-        make_head = lambda: AttentiveClassifier(dim, num_classes, num_heads=cfg.head_heads, depth=cfg.head_depth)  # noqa: E731
+    train, val, schedule, make_head = _protocol(train, val, num_classes, cfg)
     grid = [(lr, wd) for lr in schedule.lrs for wd in schedule.weight_decays]
     heads = torch.nn.ModuleList(make_head() for _ in grid)
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": head.parameters(), "lr": lr, "weight_decay": wd, "peak": lr}
-            for head, (lr, wd) in zip(heads, grid)
-        ],
-        betas=(0.9, 0.999),
-    )
+    groups = [
+        {"params": head.parameters(), "lr": lr, "weight_decay": wd, "peak": lr} for head, (lr, wd) in zip(heads, grid)
+    ]
+    optimizer = torch.optim.AdamW(groups, betas=(0.9, 0.999))
     samples = train["tokens"].shape[0]
     steps_per_epoch = max(1, math.ceil(samples / schedule.batch_size))
     total, warmup = schedule.epochs * steps_per_epoch, int(schedule.warmup_epochs * steps_per_epoch)
     generator = torch.Generator().manual_seed(cfg.seed)
     step = 0
     start = time.perf_counter()
-    from tqdm import tqdm
-
-    for _ in tqdm(
-        range(schedule.epochs),
-        desc=f"probe heads ({len(grid)})",
-        unit="epoch",
-        disable=not progress,
-        dynamic_ncols=True,
-        mininterval=1.0,
-    ):
+    bar = dict(
+        desc=f"probe heads ({len(grid)})", unit="epoch", disable=not progress, dynamic_ncols=True, mininterval=1.0
+    )
+    for _ in tqdm(range(schedule.epochs), **bar):
         for batch in torch.randperm(samples, generator=generator).split(schedule.batch_size):
-            scale = (
-                (step + 1) / max(1, warmup)
-                if step < warmup
-                else 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-            )
+            scale = _warmup_cosine(step, warmup, total)
             for group in optimizer.param_groups:
                 group["lr"] = group["peak"] * scale
             tokens, labels = train["tokens"][batch], train["labels"][batch]
@@ -236,15 +221,7 @@ def train_heads(train: dict, val: dict, num_classes: int, cfg: ProbeConfig, prog
             optimizer.step()
             step += 1
     train_seconds = time.perf_counter() - start
-    results = []
-    with torch.no_grad():
-        for head, (lr, wd) in zip(heads, grid):
-            head.eval()
-            probabilities = torch.cat([head(chunk).softmax(-1) for chunk in val["tokens"].split(256)])
-            scores = view_averaged_accuracy(probabilities, val["labels"], val["videos"])
-            results.append(
-                {"lr": lr, "weight_decay": wd, **scores, "top1_se": binomial_se(scores["top1"], scores["videos"])}
-            )
+    results = _evaluate_heads(heads, grid, val)
     best = max(range(len(results)), key=lambda i: results[i]["top1"])
     return {
         "heads": results,
@@ -253,6 +230,41 @@ def train_heads(train: dict, val: dict, num_classes: int, cfg: ProbeConfig, prog
         "steps": total,
         "epochs": schedule.epochs,
     }
+
+
+def _protocol(train: dict, val: dict, num_classes: int, cfg: ProbeConfig):
+    """The features each protocol reads (linear: pooled), its schedule, and how to make one head."""
+    if cfg.protocol == "linear":
+        train, val = pool_tokens(train), pool_tokens(val)
+        mean, std = train["tokens"].mean(0), train["tokens"].std(0) + 1e-6
+        return train, val, cfg.linear, lambda: LinearClassifier(mean, std, num_classes)
+    dim = train["tokens"].shape[-1]
+    return (
+        train,
+        val,
+        cfg,
+        lambda: AttentiveClassifier(dim, num_classes, num_heads=cfg.head_heads, depth=cfg.head_depth),
+    )
+
+
+def _warmup_cosine(step: int, warmup: int, total: int) -> float:
+    """The learning-rate factor: linear warm-up, then cosine decay to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+@torch.no_grad()
+def _evaluate_heads(heads: torch.nn.ModuleList, grid: list[tuple[float, float]], val: dict) -> list[dict]:
+    results = []
+    for head, (lr, wd) in zip(heads, grid):
+        head.eval()
+        probabilities = torch.cat([head(chunk).softmax(-1) for chunk in val["tokens"].split(256)])
+        scores = view_averaged_accuracy(probabilities, val["labels"], val["videos"])
+        results.append(
+            {"lr": lr, "weight_decay": wd, **scores, "top1_se": binomial_se(scores["top1"], scores["videos"])}
+        )
+    return results
 
 
 def binomial_se(accuracy: float, count: int) -> float:

@@ -295,32 +295,9 @@ def import_state_dict(
         if key in given and not agrees(key, given[key], derived, shapes["embed_dim"]):
             raise _contradiction(path, key, given[key], derived)
     resolved = {**DEFAULT_ARCH, **given, **shapes}
-    if source == "bare" and table is None and shapes.get("qkv_bias") == "qv" and "pos_embed" not in given:
-        source = "VideoMAE"  # q/v-only biases and no stored table: VideoMAE's layout
-        log.info("%s: q/v-only attention biases and no position table: assuming VideoMAE's 1-D sin-cos positions", path)
-    if source == "VideoMAE" and table is None:
-        if given.get("pos_embed", "sincos1d") != "sincos1d":
-            raise _contradiction(path, "pos_embed", given["pos_embed"], "sincos1d (VideoMAE)")
-        resolved["pos_embed"] = "sincos1d"
-    if source == "V-JEPA" and table is None and "pos_embed" not in given:
-        # V-JEPA 1 stores its sin-cos table; V-JEPA 2 uses RoPE and stores no positions.
-        resolved["pos_embed"] = "rope"
-        log.info("%s: V-JEPA checkpoint without pos_embed: V-JEPA 2 layout, 3-D RoPE", path)
+    source = _position_kind(source, table, shapes, given, resolved, path)
     if resolved["pos_embed"] in ROPE_KINDS:
-        missing = [key for key in ("img_size", "num_frames") if key not in given]
-        if missing and not assume_geometry:
-            raise CheckpointError(
-                f"{path}: a RoPE encoder stores no clip geometry (no position table) and this checkpoint records "
-                f"none — pass the clips it was trained on: {' '.join(f'--arch {key}=N' for key in missing)} "
-                "(V-JEPA 2's released ViTs: img_size=256 num_frames=64); nothing is assumed"
-            )
-        if missing:
-            log.warning(
-                "%s: a RoPE encoder does not store its clip geometry; assuming %s. Pass "
-                "arch img_size/num_frames (the clips it was trained on) if that is wrong",
-                path,
-                ", ".join(f"{key}={resolved[key]}" for key in missing),
-            )
+        _check_rope_geometry(resolved, given, path, assume_geometry)
     if table is not None:
         if table.shape[-1] != shapes["embed_dim"]:
             raise CheckpointError(
@@ -335,3 +312,38 @@ def import_state_dict(
         raise CheckpointError(f"{path}: {err}") from None
     log.info("%s: imported %s encoder %s", path, source, resolved)
     return state_dict, resolved
+
+
+def _position_kind(source: str, table, shapes: dict, given: Mapping[str, Any], resolved: dict, path: Path) -> str:
+    """The checkpoint's source, and `resolved["pos_embed"]` set where its layout tells the positions
+    and the arch does not: VideoMAE's 1-D sin-cos, or V-JEPA 2's RoPE (no stored table)."""
+    if source == "bare" and table is None and shapes.get("qkv_bias") == "qv" and "pos_embed" not in given:
+        source = "VideoMAE"  # q/v-only biases and no stored table: VideoMAE's layout
+        log.info("%s: q/v-only attention biases and no position table: assuming VideoMAE's 1-D sin-cos positions", path)
+    if source == "VideoMAE" and table is None:
+        if given.get("pos_embed", "sincos1d") != "sincos1d":
+            raise _contradiction(path, "pos_embed", given["pos_embed"], "sincos1d (VideoMAE)")
+        resolved["pos_embed"] = "sincos1d"
+    if source == "V-JEPA" and table is None and "pos_embed" not in given:
+        # V-JEPA 1 stores its sin-cos table; V-JEPA 2 uses RoPE and stores no positions.
+        resolved["pos_embed"] = "rope"
+        log.info("%s: V-JEPA checkpoint without pos_embed: V-JEPA 2 layout, 3-D RoPE", path)
+    return source
+
+
+def _check_rope_geometry(resolved: dict, given: Mapping[str, Any], path: Path, assume_geometry: bool) -> None:
+    """A RoPE encoder stores no clip geometry: one not given is refused, or assumed with a warning."""
+    missing = [key for key in ("img_size", "num_frames") if key not in given]
+    if missing and not assume_geometry:
+        raise CheckpointError(
+            f"{path}: a RoPE encoder stores no clip geometry (no position table) and this checkpoint records "
+            f"none — pass the clips it was trained on: {' '.join(f'--arch {key}=N' for key in missing)} "
+            "(V-JEPA 2's released ViTs: img_size=256 num_frames=64); nothing is assumed"
+        )
+    if missing:
+        log.warning(
+            "%s: a RoPE encoder does not store its clip geometry; assuming %s. Pass "
+            "arch img_size/num_frames (the clips it was trained on) if that is wrong",
+            path,
+            ", ".join(f"{key}={resolved[key]}" for key in missing),
+        )

@@ -75,17 +75,15 @@ def bench_cache(
     With engine "ray", the Ray engine runs too (on a local cluster started first, its start-up
     timed apart), after the local engine on the same videos. With `clips` (a CSV of videos made
     earlier), the first `videos` of those are used and none is made (making them needs PyAV)."""
-    from salt.cache_latents import CacheJob, run_cache
+    from salt.cache_latents import CacheJob
     from salt.cache_latents.teacher import local_device
     from salt.models import build_encoder, save_encoder
-    from salt.precision import resolve_precision
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         csv = _benchmark_videos(tmp / "videos", videos, seconds, clips)
         encoder = build_encoder(arch, img_size=size, num_frames=frames).eval().requires_grad_(False)
         save_encoder(tmp / "teacher.pt", encoder, kind="teacher")
-        precision = resolve_precision("auto")
         job = CacheJob(
             teacher=str(tmp / "teacher.pt"),
             data=str(csv),
@@ -97,51 +95,53 @@ def bench_cache(
             max_videos=videos,
             progress=False,
         )
-        decoding = decode_alone(job, encoder, frames, size)
-        decoded, decode_s = decoding.items, decoding.seconds
-        latents, forward_s = forward_alone(encoder, decoded, batch_size, precision)
-        start = time.perf_counter()  # the whole command, by each engine
-        run_cache(job)
-        whole_s = {"local": time.perf_counter() - start}
-        ray_startup_s = None
-        if engine == "ray":
-            ray_startup_s, whole_s["ray"] = _ray_engine_run(dataclasses.replace(job, out=str(tmp / "cache_ray")))
-        storage = _storage_by_codec(latents[:8])
-        frame_bytes = float(np.mean([sum(len(b) for b in v["encoded"]) for item in decoded for v in item["views"]]))
+        results = _measure_cache(job, encoder, frames, size, engine)
+    settings = {"videos": videos, "views": views, "arch": arch, "size": size, "frames": frames, "workers": workers}
+    settings["batch_size"] = batch_size
+    settings["video"] = f"640x360 H.264, {seconds} s" if clips is None else f"from {clips}"
+    settings.update(engine=engine, teacher_device=str(local_device()))
+    save_record("cache" if engine == "local" else f"cache-{engine}", settings, results, results_dir)
+    return {"settings": settings, "results": results}
 
-    total_views = decoding.views  # the same videos and views in every stage
-    rates = {
-        "whole command": total_views / whole_s["local"],
-        "decode + augment + JPEG": total_views / decode_s,
-        "teacher forward": total_views / forward_s,
+
+def _measure_cache(job, encoder, frames: int, size: int, engine: str) -> dict:
+    """Each stage of the command alone, then the whole command by each engine, on `job`'s videos."""
+    from salt.cache_latents import run_cache
+    from salt.precision import resolve_precision
+
+    precision = resolve_precision("auto")
+    decoding = decode_alone(job, encoder, frames, size)
+    latents, forward_s = forward_alone(encoder, decoding.items, job.batch_size, precision)
+    start = time.perf_counter()
+    run_cache(job)
+    stage_s = {"whole command": time.perf_counter() - start, "decode + augment + JPEG": decoding.seconds}
+    stage_s["teacher forward"] = forward_s
+    ray_startup_s = None
+    if engine == "ray":
+        ray_job = dataclasses.replace(job, out=str(Path(job.out).with_name("cache_ray")))
+        ray_startup_s, stage_s["whole command, ray engine"] = _ray_engine_run(ray_job)
+    views = [view for item in decoding.items for view in item["views"]]
+    return {
+        **_cache_rates(decoding.views, stage_s),  # the same videos and views in every stage
+        "ray_startup_s": ray_startup_s,
+        "jpeg_frame_bytes_per_view": float(np.mean([sum(len(b) for b in v["encoded"]) for v in views])),
+        "storage": _storage_by_codec(latents[:8]),
+        "precision": precision,
     }
-    if "ray" in whole_s:
-        rates["whole command, ray engine"] = total_views / whole_s["ray"]
+
+
+def _cache_rates(total_views: int, seconds: dict[str, float]) -> dict:
+    """Views/s of each stage and of the whole command, and how far the whole command falls
+    short of its slowest stage (the share of time that stage sits idle)."""
+    rates = {name: total_views / s for name, s in seconds.items()}
     slowest = min(rates["decode + augment + JPEG"], rates["teacher forward"])
-    results = {
+    ray_s = seconds.get("whole command, ray engine")
+    return {
         "views_per_s": rates,
         "slowest_stage_idle_share": max(0.0, 1 - rates["whole command"] / slowest),
         "whole_vs_slowest": rates["whole command"] / slowest,
-        "ray_vs_local": whole_s["local"] / whole_s["ray"] if "ray" in whole_s else None,
-        "ray_startup_s": ray_startup_s,
-        "jpeg_frame_bytes_per_view": frame_bytes,
-        "storage": storage,
-        "precision": precision,
+        "ray_vs_local": seconds["whole command"] / ray_s if ray_s else None,
     }
-    settings = {
-        "videos": videos,
-        "views": views,
-        "arch": arch,
-        "size": size,
-        "frames": frames,
-        "workers": workers,
-        "batch_size": batch_size,
-        "video": f"640x360 H.264, {seconds} s" if clips is None else f"from {clips}",
-        "engine": engine,
-        "teacher_device": str(local_device()),
-    }
-    save_record("cache" if engine == "local" else f"cache-{engine}", settings, results, results_dir)
-    return {"settings": settings, "results": results}
 
 
 @dataclasses.dataclass

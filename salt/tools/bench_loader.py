@@ -86,29 +86,12 @@ def bench_loader(
     """Samples/s of one worker: the student's cache reader vs. a V-JEPA-style online pipeline,
     on the same 640x360 H.264 videos, side by side in one process. With `s3_url`, the same
     cache is also uploaded there and read back from the object store (whole shards, read ahead)."""
-    from salt.cache_latents import CacheJob, run_cache
-    from salt.latents import open_cache
-    from salt.models import build_encoder, save_encoder
     from salt.video.sources import load_records
-    from salt.video.synthetic import make_benchmark_videos
     from salt.video.views import ViewConfig
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        csv = make_benchmark_videos(tmp / "videos", videos, seconds)
-        teacher = build_encoder("vit_tiny", img_size=size, num_frames=16)
-        save_encoder(tmp / "teacher.pt", teacher, kind="teacher")
-        job = CacheJob(
-            teacher=str(tmp / "teacher.pt"),
-            data=str(csv),
-            out=str(tmp / "cache"),
-            views=2,
-            shard_videos=max(1, videos // 2),
-            workers=2,
-            progress=False,
-        )
-        run_cache(job)
-        cache = open_cache(tmp / "cache", "wds")
+        csv, cache = _benchmark_cache(tmp, videos, seconds, size)
         view = ViewConfig(frames=16, frame_step=4, size=size)
         pipelines = _pipelines(cache, load_records(csv), view, samples)
         stored_frames = [frames for _, _, _, frames, _ in itertools.islice(cache.raw_shard(0), 16)]
@@ -121,13 +104,7 @@ def bench_loader(
                     1, ("cache reader, object store", lambda: _hand_over(_endless(remote, latents="stored"), samples))
                 )
                 bytes_read["cache reader, object store"] = remote_bytes
-            rates = {}
-            for name, pipeline in pipelines:
-                torch.set_num_threads(1)  # one worker = one core
-                start = time.perf_counter()
-                pipeline()
-                rates[name] = samples / (time.perf_counter() - start)
-            torch.set_num_threads(os.cpu_count() or 1)
+            rates = _rates_per_worker(pipelines, samples)
     results = {
         "samples_per_s_per_worker": rates,
         "speedup": rates["cache reader"] / rates["online decode + augment"],
@@ -148,6 +125,42 @@ def bench_loader(
     }
     save_record("loader-s3" if s3_url else "loader", settings, results, results_dir)
     return {"settings": settings, "results": results}
+
+
+def _benchmark_cache(tmp: Path, videos: int, seconds: int, size: int):
+    """Benchmark videos made in `tmp` and a 2-view cache of them by a vit_tiny teacher: (CSV, cache)."""
+    from salt.cache_latents import CacheJob, run_cache
+    from salt.latents import open_cache
+    from salt.models import build_encoder, save_encoder
+    from salt.video.synthetic import make_benchmark_videos
+
+    csv = make_benchmark_videos(tmp / "videos", videos, seconds)
+    save_encoder(tmp / "teacher.pt", build_encoder("vit_tiny", img_size=size, num_frames=16), kind="teacher")
+    job = CacheJob(
+        teacher=str(tmp / "teacher.pt"),
+        data=str(csv),
+        out=str(tmp / "cache"),
+        views=2,
+        shard_videos=max(1, videos // 2),
+        workers=2,
+        progress=False,
+    )
+    run_cache(job)
+    return csv, open_cache(tmp / "cache", "wds")
+
+
+def _rates_per_worker(pipelines: list[tuple[str, object]], samples: int) -> dict[str, float]:
+    """Samples/s of each pipeline on one core (one worker = one core), one after another."""
+    rates = {}
+    try:
+        for name, pipeline in pipelines:
+            torch.set_num_threads(1)
+            start = time.perf_counter()
+            pipeline()
+            rates[name] = samples / (time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(os.cpu_count() or 1)
+    return rates
 
 
 def _endless(cache, **reads):

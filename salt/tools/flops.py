@@ -139,52 +139,21 @@ def plan(
     bytes_per_view: float = 0.0,
 ) -> dict:
     """Every part of a SALT (or V-JEPA, with student targets 'ema') run, with FLOPs."""
-    from salt.models import resolve_arch
-
     parts: list[Part] = []
     teacher_arch = None
     student_cfg = planned_geometry(student_cfg, teacher_cfg)
     if teacher_cfg is not None and teacher_steps > 0:
         teacher_arch, teacher_parts = _teacher_parts(teacher_cfg, teacher_steps * teacher_batch)
         parts += teacher_parts
-    geometry = student_cfg.geometry
-    overrides = student_cfg.encoder.overrides
-    student_arch = resolve_arch(
-        student_cfg.encoder.arch, img_size=geometry.size, num_frames=geometry.frames, **overrides
-    )
-    target_arch = teacher_arch or student_arch
-    predictor = {
-        "out_dim": target_arch["embed_dim"],
-        "width": student_cfg.predictor.width,
-        "depth": student_cfg.predictor.depth,
-        "num_heads": student_cfg.predictor.num_heads,
-        "num_mask_tokens": len(student_cfg.masks),
-        "pos_embed": student_cfg.predictor.pos_embed,
-    }
     clips = student_steps * student_batch
-    parts += masked_training_parts(
-        "2 student",
-        student_arch,
-        predictor,
-        student_cfg.masks,
-        student_cfg.data.batch_size,
-        geometry.frames,
-        geometry.size,
-        clips,
+    student_arch, target_arch, student_parts = _student_parts(
+        student_cfg, teacher_arch, clips, cache_views, cache_videos
     )
-    frames, size = geometry.frames, geometry.size
-    if student_cfg.targets == "teacher":
-        parts.append(
-            frozen_forward_part("2 student", "teacher forward, online (frozen)", target_arch, frames, size, clips)
-        )
-    elif student_cfg.targets == "ema":
-        parts.append(frozen_forward_part("2 student", "EMA target encoder forward", student_arch, frames, size, clips))
-    else:
-        name = f"teacher forward, once ({cache_views} views x {cache_videos} videos)"
-        parts.append(frozen_forward_part("1b cache", name, target_arch, frames, size, cache_views * cache_videos))
+    parts += student_parts
     total = sum(p.flops for p in parts)
     cache = None
     if student_cfg.targets == "cache":
+        frames, size = student_cfg.geometry.frames, student_cfg.geometry.size
         grid = token_grid(student_arch, frames, size, size)
         tokens = grid[0] * grid[1] * grid[2]
         cache = _cache_plan(
@@ -197,6 +166,39 @@ def plan(
         "cache": cache,
         "counted_total": sum(p.counted for p in parts),
     }
+
+
+def _student_parts(student_cfg, teacher_arch: dict | None, clips: int, cache_views: int, cache_videos: int):
+    """Stage 2's arch, its targets' arch (the teacher's, else its own) and parts: the encoder and
+    predictor, and the forward that makes the targets (online, EMA, or once into the cache)."""
+    from salt.models import resolve_arch
+
+    geometry = student_cfg.geometry
+    frames, size = geometry.frames, geometry.size
+    student_arch = resolve_arch(
+        student_cfg.encoder.arch, img_size=size, num_frames=frames, **student_cfg.encoder.overrides
+    )
+    target_arch = teacher_arch or student_arch
+    predictor = {
+        "out_dim": target_arch["embed_dim"],
+        "width": student_cfg.predictor.width,
+        "depth": student_cfg.predictor.depth,
+        "num_heads": student_cfg.predictor.num_heads,
+        "num_mask_tokens": len(student_cfg.masks),
+        "pos_embed": student_cfg.predictor.pos_embed,
+    }
+    batch = student_cfg.data.batch_size
+    parts = masked_training_parts("2 student", student_arch, predictor, student_cfg.masks, batch, frames, size, clips)
+    if student_cfg.targets == "teacher":
+        parts.append(
+            frozen_forward_part("2 student", "teacher forward, online (frozen)", target_arch, frames, size, clips)
+        )
+    elif student_cfg.targets == "ema":
+        parts.append(frozen_forward_part("2 student", "EMA target encoder forward", student_arch, frames, size, clips))
+    else:
+        name = f"teacher forward, once ({cache_views} views x {cache_videos} videos)"
+        parts.append(frozen_forward_part("1b cache", name, target_arch, frames, size, cache_views * cache_videos))
+    return student_arch, target_arch, parts
 
 
 def planned_geometry(student_cfg, teacher_cfg):
