@@ -213,10 +213,17 @@ def _pipeline(ray, plan: CachePlan, decoders: int, teachers: int, teacher_resour
         for s, v, a, b in plan.work()
     ]
     weights = ray.put({k: v.detach().cpu() for k, v in plan.encoder.state_dict().items()})
-    decode = dict(view=asdict(plan.view), frames_codec=job.frames_codec, quality=job.jpeg_quality)
-    decode["timeout"] = job.decode_timeout
-    teacher = dict(arch=plan.arch, weights=weights, precision=job.precision, batch_size=job.batch_size)
-    teacher.update(frame_shape=(plan.view.frames, plan.view.size, plan.view.size, 3), compile=job.compile)
+    decode = dict(
+        view=asdict(plan.view), frames_codec=job.frames_codec, quality=job.jpeg_quality, timeout=job.decode_timeout
+    )
+    teacher = dict(
+        arch=plan.arch,
+        weights=weights,
+        precision=job.precision,
+        batch_size=job.batch_size,
+        frame_shape=(plan.view.frames, plan.view.size, plan.view.size, 3),
+        compile=job.compile,
+    )
     return (
         ray.data.from_items(items, override_num_blocks=min(len(items), MAX_BLOCKS))
         .map_batches(

@@ -96,10 +96,18 @@ def bench_cache(
             progress=False,
         )
         results = _measure_cache(job, encoder, frames, size, engine)
-    settings = {"videos": videos, "views": views, "arch": arch, "size": size, "frames": frames, "workers": workers}
-    settings["batch_size"] = batch_size
-    settings["video"] = f"640x360 H.264, {seconds} s" if clips is None else f"from {clips}"
-    settings.update(engine=engine, teacher_device=str(local_device()))
+    settings = {
+        "videos": videos,
+        "views": views,
+        "arch": arch,
+        "size": size,
+        "frames": frames,
+        "workers": workers,
+        "batch_size": batch_size,
+        "video": f"640x360 H.264, {seconds} s" if clips is None else f"from {clips}",
+        "engine": engine,
+        "teacher_device": str(local_device()),
+    }
     save_record("cache" if engine == "local" else f"cache-{engine}", settings, results, results_dir)
     return {"settings": settings, "results": results}
 
@@ -114,8 +122,11 @@ def _measure_cache(job, encoder, frames: int, size: int, engine: str) -> dict:
     latents, forward_s = forward_alone(encoder, decoding.items, job.batch_size, precision)
     start = time.perf_counter()
     run_cache(job)
-    stage_s = {"whole command": time.perf_counter() - start, "decode + augment + JPEG": decoding.seconds}
-    stage_s["teacher forward"] = forward_s
+    stage_s = {
+        "whole command": time.perf_counter() - start,
+        "decode + augment + JPEG": decoding.seconds,
+        "teacher forward": forward_s,
+    }
     ray_startup_s = None
     if engine == "ray":
         ray_job = dataclasses.replace(job, out=str(Path(job.out).with_name("cache_ray")))
