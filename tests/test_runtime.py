@@ -6,6 +6,8 @@ import json
 import os
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -124,3 +126,42 @@ def test_loader_workers_leave_stop_signals_to_their_owner():
     os.kill(worker.pid, signal.SIGTERM)  # from the owner: the worker ends
     worker.wait(timeout=60)
     assert not worker.is_running()
+
+
+BROKEN_TRANSFER = """
+import socket
+from multiprocessing import resource_sharer
+from multiprocessing.reduction import ForkingPickler
+
+import torch
+
+from salt.runtime.loader_workers import owned_loader
+
+
+class Transfers(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        ForkingPickler.dumps(torch.zeros(4))  # a tensor's fd registered: the worker's sharer listens
+        yield resource_sharer._resource_sharer._address
+        while True:
+            yield torch.ones(4)  # handed over by file descriptor, through that listener
+
+
+if __name__ == "__main__":
+    batches = iter(owned_loader(Transfers(), 1, batch_size=None))
+    address = next(batches)
+    with socket.socket(socket.AF_UNIX) as peer:
+        peer.connect(address)  # and gone before the handshake: a transfer broken by its reader
+    assert next(batches).sum() == 4  # the same thread serves this after it has handled the break
+    print("transferred")
+"""
+
+
+def test_a_broken_batch_transfer_prints_nothing_in_the_worker(tmp_path):
+    """A rank killed while reading a batch broke the transfer in its worker's resource-sharer
+    thread, which printed half a traceback; the rank's own read reports such a break."""
+    script = tmp_path / "broken_transfer.py"
+    script.write_text(BROKEN_TRANSFER)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0 and done.stdout == "transferred\n", done.stderr
+    assert "Traceback" not in done.stderr, done.stderr

@@ -12,6 +12,12 @@ its whole process group): a worker that died of one would make its owner's DataL
 in the middle of saving. Workers therefore block those signals and take them from a thread
 (`sigwaitinfo`, which names the sender): from the owner (its DataLoader, or multiprocessing at
 exit, ending the worker) they end the worker; from anyone else they are left to the owner.
+
+A worker hands each batch's tensors to its owner by file descriptor, from multiprocessing's
+resource-sharer thread, whose only peer is the owner. A transfer that breaks (the owner killed
+while it reads a batch) made that thread print half a traceback as the worker went down with
+its owner. Its errors are not the worker's to report: a broken transfer fails the owner's own
+read, which reports it, or the owner is dead, which its launcher reports.
 """
 
 from __future__ import annotations
@@ -21,8 +27,10 @@ import multiprocessing
 import os
 import select
 import signal
+import sys
 import threading
 import time
+from multiprocessing import resource_sharer
 
 from torch.utils.data import DataLoader
 
@@ -62,6 +70,13 @@ def _obey_owner_only(owner: int) -> None:
     os._exit(0)
 
 
+def _leave_transfer_errors_to_the_owner(report, kind, error, trace) -> None:
+    """`sys.excepthook` of a worker: drops what the resource-sharer thread reports (see above)."""
+    if trace is not None and trace.tb_frame.f_code is resource_sharer._ResourceSharer._serve.__code__:
+        return
+    report(kind, error, trace)
+
+
 def _watch_owner(owner: int, user_init, worker_id: int) -> None:
     # Blocked in this (the worker's main) thread before any other starts, so every thread
     # inherits it; then back from the fork server's "ignore" to the default, which a blocked
@@ -72,6 +87,7 @@ def _watch_owner(owner: int, user_init, worker_id: int) -> None:
         signal.signal(sig, signal.SIG_DFL)
     threading.Thread(target=_obey_owner_only, args=(owner,), name="owner-signals", daemon=True).start()
     threading.Thread(target=_exit_with, args=(owner,), name="owner-watch", daemon=True).start()
+    sys.excepthook = functools.partial(_leave_transfer_errors_to_the_owner, sys.excepthook)
     if user_init is not None:
         user_init(worker_id)
 
