@@ -16,6 +16,7 @@ import torch
 
 from salt.runtime.locks import STALE_AFTER_S, HolderLock, LockHeld
 from salt.runtime.preemption import StopSignals, parse_signals
+from tests.helpers import REPO
 
 
 def write_lock(path, **fields) -> None:
@@ -161,7 +162,7 @@ def test_a_broken_batch_transfer_prints_nothing_in_the_worker(tmp_path):
     thread, which printed half a traceback; the rank's own read reports such a break."""
     script = tmp_path / "broken_transfer.py"
     script.write_text(BROKEN_TRANSFER)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
     done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=300)
     assert done.returncode == 0 and done.stdout == "transferred\n", done.stderr
     assert "Traceback" not in done.stderr, done.stderr
