@@ -31,7 +31,7 @@ from salt.models import Predictor, build_encoder  # noqa: E402
 from salt.models.heads import AttentiveClassifier, MeanPoolClassifier  # noqa: E402
 from salt.training.data import ClipBatch  # noqa: E402
 from salt.training.objectives import PixelObjective, StudentObjective  # noqa: E402
-from salt.video.decode import open_reader, read_frames  # noqa: E402
+from salt.video.decoders import decode_frames  # noqa: E402
 from salt.video.sources import load_records  # noqa: E402
 from salt.video.views import ViewConfig, render_view, sample_view, to_model_input  # noqa: E402
 
@@ -45,7 +45,7 @@ MASKS = {
 
 def load_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     records = load_records(folder / f"{split}.csv")
-    frames = [read_frames(open_reader(r.path), list(range(len(open_reader(r.path))))) for r in records]
+    frames = [decode_frames(r.path) for r in records]
     return np.stack(frames), np.array([r.label for r in records])
 
 

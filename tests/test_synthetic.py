@@ -4,7 +4,7 @@ import numpy as np
 from click.testing import CliRunner
 
 from salt.cli import main
-from salt.video import load_records, open_reader, read_frames
+from salt.video import decode_frames, load_records, open_video
 from salt.video.synthetic import CLASSES, SyntheticSpec, make_synthetic, render_video, single_frame_baseline
 from tests.conftest import SYNTHETIC_SPEC
 
@@ -29,9 +29,7 @@ def test_deterministic_for_a_seed(tmp_path, synthetic_set):
         k: v for k, v in summaries[1].items() if k != "bytes"
     }
     for index in range(spec.videos):
-        first, second = (
-            read_frames(open_reader(str(tmp_path / f / f"videos/{index:06d}.mp4")), list(range(8))) for f in "ab"
-        )
+        first, second = (decode_frames(str(tmp_path / f / f"videos/{index:06d}.mp4"), range(8)) for f in "ab")
         assert np.abs(first.astype(int) - second.astype(int)).mean() < 1.0
 
 
@@ -41,8 +39,8 @@ def test_layout_and_balance(synthetic_set):
     for records in (train, val):
         counts = np.bincount([r.label for r in records], minlength=len(CLASSES))
         assert counts.min() == counts.max() > 0
-    reader = open_reader(train[0].path)
-    assert len(reader) == SYNTHETIC_SPEC.video_frames
+    with open_video(train[0].path) as video:
+        assert video.num_frames == SYNTHETIC_SPEC.video_frames
 
 
 def test_scene_holds_for_a_tubelet_and_moves_between(synthetic_set):
@@ -53,7 +51,7 @@ def test_scene_holds_for_a_tubelet_and_moves_between(synthetic_set):
     for record in load_records(synthetic_set / "train.csv"):
         if CLASSES[record.label] == "static":
             continue
-        frames = read_frames(open_reader(record.path), clip).astype(np.float32)
+        frames = decode_frames(record.path, clip).astype(np.float32)
         within += [np.abs(frames[2 * j] - frames[2 * j + 1]).mean() for j in range(spec.frames // 2)]
         across += [np.abs(frames[2 * j + 1] - frames[2 * j + 2]).mean() for j in range(spec.frames // 2 - 1)]
     assert np.mean(within) < 2.0, "codec noise only inside a tubelet"

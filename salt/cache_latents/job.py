@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from salt.config import parse_arch_pairs
+from salt.video.decoders import DECODERS
 
 FORMATS = {"wds": ("wds",), "zarr": ("zarr",), "both": ("wds", "zarr")}
 ENGINES = ("local", "ray")
@@ -101,6 +102,14 @@ class CacheJob:
         default=False,
         metadata=cli(
             "Run the teacher through torch.compile (static shapes; pays off on GPUs for long runs).", is_flag=True
+        ),
+    )
+    decoder: str = field(
+        default="pyav",
+        metadata=cli(
+            "Video decoder: pyav (bundled FFmpeg 8: every codec, AV1 included), or decord "
+            "(pip install decord2; PyAV reads what it cannot). Recorded in the manifest.",
+            choices=DECODERS,
         ),
     )
     decode_timeout: float = field(

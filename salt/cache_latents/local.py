@@ -18,7 +18,7 @@ from salt.cache_latents.shards import CachePlan, ShardAssembler
 from salt.cache_latents.teacher import TeacherForward
 from salt.latents import roundtrip_frames
 from salt.runtime.loader_workers import close_workers, owned_loader
-from salt.video.decode import VideoDecodeError
+from salt.video.errors import VideoDecodeError
 from salt.video.isolated import IsolatedDecoder
 from salt.video.sources import VideoRecord
 from salt.video.views import ViewConfig

@@ -100,7 +100,7 @@ def merge(
         frame_bytes=sum(d["frame_bytes"] for _, d in done),
         command=job.command,
         seed=job.seed,
-        view_config=asdict(view),
+        view_config={**asdict(view), "video_decoder": settings["video_decoder"]},
     )
     if job.target_rank:
         data = storage.read_bytes(storage.join(out, BASIS_NAME))

@@ -19,6 +19,7 @@ from salt.latents.codecs import CODECS
 from salt.latents.errors import CacheWriteError
 from salt.models import fingerprint, load_encoder
 from salt.runtime.preemption import Interrupted, StopSignals
+from salt.video.decoders import decoder_version
 from salt.video.sources import load_records
 from salt.video.views import ViewConfig
 
@@ -36,6 +37,7 @@ def run_cache(job: CacheJob, records: list | None = None) -> Path | str | None:
         seed=job.seed,
         eval_clips=job.eval_clips,
         eval_spatial=job.eval_spatial,
+        decoder=job.decoder,
     )
     view.validate()
     records = load_records(job.data) if records is None else records
@@ -109,6 +111,9 @@ def _settings(job: CacheJob, encoder, arch: dict, view: ViewConfig, codec: Laten
         "teacher_fingerprint": fingerprint(encoder.state_dict()),
         "teacher_arch": arch,
         "view": asdict(view),
+        # The library that turns video into frames (its version too: another one may give
+        # other pixels, as another teacher gives other latents).
+        "video_decoder": decoder_version(view.decoder),
         "dtype": job.dtype,
         "compressor": codec.compressor,
         "frames_codec": job.frames_codec,

@@ -79,17 +79,28 @@ def done_shards(out: Path | str) -> list[tuple[ShardId, dict]]:
 def check_settings(out: Path | str, settings: dict, overwrite: bool) -> None:
     path = storage.join(out, SETTINGS)
     if storage.is_file(path):
-        saved = json.loads(storage.read_bytes(path))
+        saved = _with_decoder_recorded(json.loads(storage.read_bytes(path)), settings)
         changed = setting_differences(saved, settings)
         if changed and not overwrite:
+            decoder = saved.get("view", {}).get("decoder")
+            other = f"rerun with --decoder {decoder} to continue it, " if decoder != settings["view"]["decoder"] else ""
             raise CacheWriteError(
                 f"{out} holds a cache made with other settings ({'; '.join(changed)}) — "
-                "use another --out, or --overwrite to replace it"
+                f"{other}use another --out, or --overwrite to replace it"
             )
         if changed:
             for child in ("manifest.json", "done", "wds", "cache.zarr"):  # the commit marks first
                 storage.remove_tree(storage.join(out, child))
     write_json_atomic(path, settings)
+
+
+def _with_decoder_recorded(saved: dict, now: dict) -> dict:
+    """Settings saved before decoders were recorded: those caches were decoded by decord, whose
+    version went unrecorded (any decord continues them)."""
+    if "video_decoder" in saved or "view" not in saved:
+        return saved
+    version = now["video_decoder"] if now["view"]["decoder"] == "decord" else "decord (version not recorded)"
+    return {**saved, "view": {**saved["view"], "decoder": "decord"}, "video_decoder": version}
 
 
 def setting_differences(saved: Any, now: Any, key: str = "") -> list[str]:

@@ -6,6 +6,8 @@ import json
 
 import click
 
+from salt.video.decoders import DECODERS, DEFAULT_DECODER
+
 
 @click.command("make-synthetic")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output folder.")
@@ -95,9 +97,16 @@ def models_command(pattern) -> None:
     type=click.FloatRange(min=0, min_open=True),
     help="Seconds per video before its decoder is killed and the video counted as failed.",
 )
+@click.option(
+    "--decoder",
+    default=DEFAULT_DECODER,
+    type=click.Choice(DECODERS),
+    show_default=True,
+    help="Video decoder (salt/video/decoders.py); decord needs pip install decord2.",
+)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
-def check_data_command(data, workers, decode_timeout, json_out, no_progress) -> None:
+def check_data_command(data, workers, decode_timeout, decoder, json_out, no_progress) -> None:
     """Decode every video of DATA (a CSV of 'path label' lines, a folder, or make-shards output)
     once: counts, frames, sizes, durations, labels per class, and every failure by file or line.
     Exit status 1 when any line is unusable.
@@ -108,7 +117,7 @@ def check_data_command(data, workers, decode_timeout, json_out, no_progress) -> 
 
     from salt.video.check_data import check_data, format_check
 
-    report = check_data(data, workers, decode_timeout, not no_progress)
+    report = check_data(data, workers, decode_timeout, not no_progress, decoder)
     click.echo(format_check(report))
     if json_out:
         Path(json_out).write_text(json.dumps(report, indent=1) + "\n")

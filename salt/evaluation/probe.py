@@ -63,6 +63,7 @@ class ProbeConfig:
     warmup_epochs: float = 1.0
     seed: int = 0
     workers: int = 2  # decoding workers for feature extraction
+    decoder: str = "pyav"  # which decoder reads the videos (salt/video/decoders.py)
     feature_dtype: str = "fp16"
     linear: LinearProbeConfig = field(default_factory=LinearProbeConfig)
 
@@ -138,6 +139,7 @@ def extract_features(
         views=views,
         dtype=cfg.feature_dtype,
         workers=cfg.workers,
+        decoder=cfg.decoder,
         frames=cfg.frames,
         size=cfg.size,
         frame_step=cfg.frame_step,

@@ -62,6 +62,8 @@ def summarise(cache: LatentCache) -> dict[str, Any]:
         "frames_codec": m.frames_codec,
         "jpeg_quality": m.jpeg_quality,
         "frames_decoder": m.frames_decoder,
+        # Caches made before the decoder was recorded were decoded by decord (version unknown).
+        "video_decoder": m.view_config.get("video_decoder", "decord (not recorded)"),
         "formats": list(m.formats),
         "samples": len(cache),
         "videos": m.num_videos - len(m.skipped_videos),
@@ -177,6 +179,7 @@ def _format_summary(s: dict[str, Any]) -> list[str]:
         f"tokens      grid {'x'.join(map(str, s['grid']))} = {s['tokens']} tokens x dim {s['dim']}"
         + (f", stored as {s['target_rank']} PCA coefficients (salt/latents/basis.py)" if s["target_rank"] else ""),
         f"latents     {s['latent_dtype']}, codec {codec}; targets = {s['target_norm']}",
+        f"videos      decoded by {s['video_decoder']}",
         f"frames      {s['frames_codec']} (quality {s['jpeg_quality']}), decoder {s['frames_decoder']}",
         f"samples     {s['samples']} = {s['videos']} videos x {s['views_per_video']} views, {s['shards']} shards, "
         f"{len(s['skipped'])} of {s['planned_videos']} videos skipped",

@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from salt.masks import MaskConfig, MaskPair, MultiBlockMasker
 from salt.runtime.loader_workers import owned_loader
-from salt.video.decode import VideoDecodeError
+from salt.video.errors import VideoDecodeError
 from salt.video.isolated import IsolatedDecoder
 from salt.video.sources import VideoRecord
 from salt.video.views import ViewConfig

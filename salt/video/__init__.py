@@ -8,11 +8,13 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "VideoDecodeError": "decode",
+    "VideoDecodeError": "errors",
     "decode_views": "decode",
-    "open_reader": "decode",
-    "read_frames": "decode",
     "replay_view": "decode",
+    "DECODERS": "decoders",
+    "decode_frames": "decoders",
+    "decoder_version": "decoders",
+    "open_video": "decoders",
     "IsolatedDecoder": "isolated",
     "VideoRecord": "sources",
     "VideoSourceError": "sources",

@@ -17,11 +17,13 @@ from collections import Counter
 from pathlib import Path
 
 from salt.latents.storage import is_url
-from salt.video.decode import VideoDecodeError, check_file
+from salt.video.decoders import DEFAULT_DECODER
+from salt.video.errors import VideoDecodeError, check_file
 from salt.video.isolated import IsolatedDecoder
 from salt.video.sources import VideoRecord, load_records, read_csv
 
 DESCRIBE = "salt.video.decode:describe_record"
+CHUNK = 64  # frames decoded at a time: a long video is checked whole without being held whole
 
 
 def usable_cores() -> int:
@@ -38,9 +40,11 @@ def list_videos(data: str) -> tuple[list[VideoRecord], list[dict]]:
     return load_records(data), problems
 
 
-def check_data(data: str, workers: int = 0, timeout: float = 60.0, progress: bool = True) -> dict:
-    """Describe every video of `data` (a CSV, a folder, or make-shards output) by decoding it,
-    `workers` at a time (0: one per usable core)."""
+def check_data(
+    data: str, workers: int = 0, timeout: float = 60.0, progress: bool = True, decoder: str = DEFAULT_DECODER
+) -> dict:
+    """Describe every video of `data` (a CSV, a folder, or make-shards output) by decoding it
+    with `decoder`, `workers` at a time (0: one per usable core)."""
     records, bad_lines = list_videos(data)
     workers = workers or usable_cores()
     local = threading.local()  # one decoder child per thread: the threads only wait on them
@@ -53,7 +57,7 @@ def check_data(data: str, workers: int = 0, timeout: float = 60.0, progress: boo
             if not hasattr(local, "decoder"):
                 local.decoder = IsolatedDecoder(DESCRIBE, timeout, preload=())  # describing renders no views
                 decoders.append(local.decoder)
-            return {"ok": True, **local.decoder(record.name, record)}
+            return {"ok": True, **local.decoder(record.name, record, CHUNK, decoder)}
         except VideoDecodeError as err:
             return {"ok": False, "reason": err.reason}
 
@@ -96,6 +100,7 @@ def summarise(data: str, records: list[VideoRecord], results: list[dict], bad_li
         "seconds": _spread([r["seconds"] for r in good if r["seconds"] is not None]),
         "fps": _spread([r["fps"] for r in good if r["fps"]]),
         "sizes": Counter(f"{r['width']}x{r['height']}" for r in good).most_common(),
+        "codecs": Counter(r.get("codec") or "unknown" for r in good).most_common(),
         "bytes": sum(r["bytes"] for r in good),
         "labels": {
             str(label): count for label, count in sorted(labels.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))
@@ -121,6 +126,8 @@ def format_check(report: dict) -> str:
         more = f", and {len(report['sizes']) - 5} more sizes" if len(report["sizes"]) > 5 else ""
         lines.append(f"  {'size':9} {shown}{more}   (width x height: videos)")
         lines.append(f"  {'bytes':9} {report['bytes'] / 1e6:.3g} MB in all")
+    if report.get("codecs"):
+        lines.append(f"  {'codecs':9} " + ", ".join(f"{codec} ({count})" for codec, count in report["codecs"]))
     if report["labels"]:
         per_class = ", ".join(f"{label}: {count}" for label, count in report["labels"].items())
         lines.append(f"  {'labels':9} {len(report['labels'])} classes (label: videos) {per_class}")

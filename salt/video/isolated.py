@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from salt.errors import debugging
-from salt.video.decode import VideoDecodeError
+from salt.video.errors import VideoDecodeError
 from salt.video.views import RENDER_IMPORTS
 
 _HEADER = struct.Struct("<Q")

@@ -198,12 +198,12 @@ def single_frame_baseline(train, val, frame_indices=(0, 28, 60), pool: int = 8) 
     """
     import torch
 
-    from salt.video.decode import open_reader, read_frames
+    from salt.video.decoders import decode_frames
 
     def features(records, frame_index):
         rows = []
         for record in records:
-            frame = read_frames(open_reader(record.path), [frame_index])[0]
+            frame = decode_frames(record.path, [frame_index])[0]
             image = torch.from_numpy(frame).permute(2, 0, 1).float() / 255
             rows.append(torch.nn.functional.adaptive_avg_pool2d(image, pool).flatten())
         return torch.stack(rows), torch.tensor([record.label for record in records])

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from salt.video.decoders import DECODERS
+
 if TYPE_CHECKING:
     import torch
 
@@ -43,6 +45,8 @@ class ViewConfig:
     # crops spread along the long side. 0 = random training views.
     eval_clips: int = 0
     eval_spatial: int = 0
+    # Which decoder reads the videos (salt/video/decoders.py): pyav, or decord where installed.
+    decoder: str = "pyav"
 
     def validate(self) -> None:
         if self.frames < 1 or self.frame_step < 1 or self.size < 1:
@@ -58,6 +62,8 @@ class ViewConfig:
             raise ValueError(f"view.flip_prob must be in [0, 1], got {self.flip_prob}")
         if (self.eval_clips > 0) != (self.eval_spatial > 0):
             raise ValueError("view.eval_clips and view.eval_spatial must both be set (> 0) or both be 0")
+        if self.decoder not in DECODERS:
+            raise ValueError(f"view.decoder {self.decoder!r} is not one of {', '.join(DECODERS)}")
 
     @property
     def evaluation(self) -> bool:
@@ -181,13 +187,14 @@ def sample_view(
     )
 
 
-def render_view(frames: np.ndarray, params: ViewParams) -> np.ndarray:
-    """Crop, resize (uint8, antialiased) and flip frames `[T,H,W,3]` as `params` says."""
+def render_view(frames, params: ViewParams) -> np.ndarray:
+    """Crop, resize (uint8, antialiased) and flip frames (`[T,H,W,3]`, or T arrays `[H,W,3]`)
+    as `params` says. Each frame is cropped before anything is copied."""
     import torch
     from torchvision.transforms.v2 import functional as TF
 
     top, left, h, w = params.crop
-    clip = torch.from_numpy(np.ascontiguousarray(frames[:, top : top + h, left : left + w]))
+    clip = torch.from_numpy(np.stack([frame[top : top + h, left : left + w] for frame in frames]))
     clip = clip.permute(0, 3, 1, 2)  # T,3,h,w: resize works on the last two dims
     if (h, w) != tuple(params.out_size):
         clip = TF.resize(clip, list(params.out_size), antialias=True)
