@@ -89,7 +89,7 @@ clean:
 	rm -rf $(VENV) .pytest_cache
 
 # What benchmarks/gpu_evidence.sh carries to a bare GPU machine without network (Python 3.12,
-# its own torch and timm): the wheels it lacks (decord, numcodecs, simplejpeg, zarr, deepspeed
-# and theirs) and real H.264 clips made here, into gpu-carry/ (~37 MiB; benchmarks/gpu_carry.py).
+# its own torch and timm): the wheels it lacks (av, numcodecs, simplejpeg, zarr, deepspeed
+# and theirs) and real H.264 clips made here, into gpu-carry/ (~59 MiB; benchmarks/gpu_carry.py).
 gpu-wheels: $(STAMP)
 	$(BIN)/python benchmarks/gpu_carry.py build

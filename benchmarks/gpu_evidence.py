@@ -52,6 +52,7 @@ class Section:
     script: str
     cap_s: float
     needs: tuple[str, ...]  # modules beyond the machine's own (carried as wheels)
+    needs_clips: bool = False  # reads --clips/videos.csv
 
     def argv(self, args, work: Path, cap: float) -> list[str]:
         head = [sys.executable, str(REPO / "benchmarks" / self.script), "--json", str(work / f"{self.name}.json")]
@@ -67,7 +68,7 @@ class Section:
 
 
 SECTIONS = (
-    Section("process1", "evidence_process1.py", 240, ("decord", "numcodecs", "simplejpeg", "zarr")),
+    Section("process1", "evidence_process1.py", 240, ("av", "numcodecs", "simplejpeg", "zarr"), needs_clips=True),
     Section("process2", "evidence_process2.py", 200, ("deepspeed", "numcodecs", "simplejpeg", "zarr")),
     Section("teacher_forward", "gpu_bench.py", 45, ()),
 )
@@ -198,8 +199,14 @@ def run_section(evidence: Evidence, section: Section, env: dict, later: list[Sec
     cap = left - sum(s.cap(args) for s in later)
     entry.update(cap_s=cap, needs=list(section.needs), log=f"gpu-evidence-logs/{section.name}.log")
     missing = missing_modules(section.needs, env)
-    if missing or cap < 20:
-        reason = f"missing {', '.join(missing)} (bring gpu-carry: make gpu-wheels)" if missing else "no time left"
+    no_clips = section.needs_clips and not (args.clips / "videos.csv").is_file()
+    if missing or no_clips or cap < 20:
+        if missing:
+            reason = f"missing {', '.join(missing)} (bring gpu-carry: make gpu-wheels)"
+        elif no_clips:
+            reason = f"no clips: {args.clips / 'videos.csv'} does not exist — run `make gpu-wheels` or pass --clips DIR"
+        else:
+            reason = "no time left"
         entry.update(status="skipped", reason=reason)
         return
     partial, log = evidence.work / f"{section.name}.json", evidence.logs / f"{section.name}.log"
@@ -223,6 +230,22 @@ def run_section(evidence: Evidence, section: Section, env: dict, later: list[Sec
     entry.update(status=status, seconds=time.time() - started)
     if status != "ok":
         entry["error"] = f"stopped at its cap of {cap:.0f} s" if status == "timeout" else tail(log, 25)
+    if status != "failed":
+        entry.update(judge_rows(entry.get("results", {}), status))
+
+
+def judge_rows(results: dict, status: str) -> dict:
+    """A section that ran (to its end or its cap) is ok only if no row failed and some row
+    finished: any failed row makes it failed (the finished rows are kept), rows all skipped a skip."""
+    rows = [row for part in results.values() for row in part]
+    statuses = [row.get("status") for row in rows]
+    if "failed" in statuses:
+        first = next(row["error"] for row in rows if row.get("status") == "failed")
+        return {"status": "failed", "error": f"{statuses.count('failed')} of {len(rows)} rows failed; first: {first}"}
+    if "ok" in statuses or (status == "timeout" and not rows):
+        return {}
+    reasons = sorted({row.get("reason", "") for row in rows}) or ["the section wrote no rows"]
+    return {"status": "skipped", "reason": "every row skipped: " + "; ".join(reasons)}
 
 
 def _merge(entry: dict, partial: Path) -> None:
@@ -285,6 +308,9 @@ def main(argv: list[str] | None = None) -> None:
     text = json.dumps(evidence.data["summary"], indent=1)
     (args.out / "gpu-evidence.txt").write_text(text + "\n")
     print(text)
+    failed = [name for name, entry in evidence.data["sections"].items() if entry["status"] == "failed"]
+    if failed:
+        sys.exit(f"error: section(s) {', '.join(failed)} failed — their logs: {args.out / 'gpu-evidence-logs.tar.gz'}")
 
 
 if __name__ == "__main__":

@@ -205,3 +205,37 @@ def test_only_the_wheels_the_machine_lacks_are_installed(tmp_path):
     assert "numpy" in report["already_present"] and report["pip_rc"] == 0
     assert (tmp_path / "site" / "salt_carried_probe.py").exists()
     assert not (tmp_path / "site" / "numpy").exists()
+
+
+def evidence_call(tmp_path: Path, clips: Path, *only: str) -> tuple[subprocess.CompletedProcess, dict]:
+    argv = ["bash", "benchmarks/gpu_evidence.sh", "--smoke", "--work", str(tmp_path / "work")]
+    argv += ["--out", str(tmp_path / "out"), "--clips", str(clips), "--carry", str(tmp_path / "no-carry")]
+    argv += [a for section in only for a in ("--only", section)]
+    env = hidden_env(tmp_path, NOT_CARRIED)
+    done = subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return done, json.loads((tmp_path / "out" / "gpu-evidence.json").read_text())["sections"]
+
+
+def test_without_clips_the_call_says_what_to_run_and_no_section_is_ok(tmp_path):
+    """A checkout without gpu-carry/: one line naming `make gpu-wheels` or --clips, no traceback,
+    and process 2, whose rows all skip without process 1's cache, is not reported ok."""
+    done, sections = evidence_call(tmp_path, tmp_path / "no-clips", "process1", "process2")
+    output = done.stdout + done.stderr
+    assert "Traceback" not in output and done.returncode == 0, output[-3000:]
+    assert sections["process1"]["status"] == "skipped"
+    assert "run `make gpu-wheels` or pass --clips DIR" in sections["process1"]["reason"]
+    assert output.count("make gpu-wheels` or pass --clips DIR") == 1
+    assert sections["process2"]["status"] == "skipped"
+    assert sections["process2"]["reason"] == "every row skipped: no cache: section process1 wrote none"
+
+
+@pytest.mark.slow
+def test_a_section_that_fails_fails_the_call(tmp_path):
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    (clips / "0.mp4").write_text("not a video\n")
+    (clips / "videos.csv").write_text("0.mp4 0\n")
+    done, sections = evidence_call(tmp_path, clips, "process1")
+    assert done.returncode == 1, (done.stdout + done.stderr)[-3000:]
+    assert sections["process1"]["status"] == "failed" and "rows failed" in sections["process1"]["error"]
+    assert "error: section(s) process1 failed" in done.stderr
