@@ -68,12 +68,17 @@ def rank_of(shard: ShardId, shard_videos: int, world_size: int) -> int:
     return (shard.video_start // shard_videos) % world_size
 
 
+def done_ids(out: Path | str) -> list[ShardId]:
+    """The shards marked done, from one listing of `done/` (their names spell their rectangles)."""
+    return [ShardId.from_name(name) for name in storage.list_names(storage.join(out, "done"), suffix=".json")]
+
+
 def done_shards(out: Path | str) -> list[tuple[ShardId, dict]]:
-    done = []
-    for name in storage.list_names(storage.join(out, "done"), suffix=".json"):
-        entry = json.loads(storage.read_bytes(storage.join(out, "done", name)))
-        done.append((ShardRecord(**entry["record"]).shard_id, entry))
-    return done
+    """The shards marked done with their commit records: one listing, then every record read
+    (concurrently on an object store)."""
+    names = storage.list_names(storage.join(out, "done"), suffix=".json")
+    entries = [json.loads(data) for data in storage.read_many([storage.join(out, "done", n) for n in names])]
+    return [(ShardRecord(**entry["record"]).shard_id, entry) for entry in entries]
 
 
 def check_settings(out: Path | str, settings: dict, overwrite: bool) -> None:

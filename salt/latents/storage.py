@@ -158,6 +158,17 @@ def read_range(path: str | Path, start: int, end: int) -> bytes:
     return fs.cat_file(inner, start=start, end=end)
 
 
+def read_many(paths: list[str | Path]) -> list[bytes]:
+    """Whole files, in order; on a store the requests go out concurrently (fsspec's batched cat),
+    so 83 000 small objects take minutes, not the hours one request at a time would."""
+    if not paths or not is_url(paths[0]):
+        return [read_bytes(path) for path in paths]
+    fs, _ = filesystem(str(paths[0]))
+    inner = [filesystem(str(path))[1] for path in paths]
+    found = fs.cat(inner, on_error="raise")
+    return [found[name] for name in inner]
+
+
 def open_read(path: str | Path) -> IO[bytes]:
     """A sequential reader (for hashing a whole file without holding it)."""
     if not is_url(path):

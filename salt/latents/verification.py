@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from salt.latents.errors import CacheError
+from salt.latents.manifest import load_manifest
 from salt.latents.samples import Problem, sample_key
 
 if TYPE_CHECKING:
@@ -28,7 +29,10 @@ def verify(cache: LatentCache) -> list[Problem]:
             )
         )
     # A low-rank cache's basis was checked against the manifest when the cache was opened.
-    for shard_index, record in enumerate(manifest.shards):
+    # The reader's manifest holds no sizes or checksums: the files are checked against the whole one.
+    records = {record.name: record for record in load_manifest(cache.path).shards}
+    for shard_index in range(len(manifest.shards)):
+        record = records[manifest.shards.name(shard_index)]
         ids = cache.shard_samples(shard_index)
         for source in cache.sources.values():
             problems += verify_shard(source, record, ids)
