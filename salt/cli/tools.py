@@ -201,4 +201,31 @@ def bench_loader_command(videos, seconds, size, samples, results, s3_url) -> Non
     click.echo(format_loader(bench_loader(videos, seconds, size, samples, results, s3_url)))
 
 
+@bench_group.command("scale")
+@click.option(
+    "--sizes",
+    default="10000,100000,1000000,5312000",
+    help="Samples of the fabricated caches (8 views a video, 64 samples a shard).",
+)
+@click.option("--real-up-to", default=1_000_000, help="Largest cache written with tars (beyond: commit marks only).")
+@click.option("--verify-up-to", default=100_000, help="Largest cache verified in full.")
+@click.option("--epoch-samples", default=100_000, help="Samples the loader-memory probe reads (an epoch, at most).")
+@click.option("--workers", default=8, help="Loader workers of the memory probe's rank.")
+@click.option("--s3", is_flag=True, help="Also on an S3-protocol server started on 127.0.0.1 (needs moto[server]).")
+@click.option("--s3-up-to", default=5_312_000, help="Largest cache made on the S3 server.")
+@click.option("--work", default="/tmp/salt-bench-scale", show_default=True, help="Scratch folder (caches are kept).")
+@click.option("--picture", default="docs/scale_costs.png", show_default=True, help="The log-log picture.")
+@results_option
+def bench_scale_command(**options) -> None:
+    """A cache's costs against its size, 10^4 to 5.3 M samples: open, order, resume, merge,
+    inspect, verify, basis fit, loader memory; growth exponents fitted on log-log.
+
+    Example: salt bench scale --sizes 10000,100000 --s3
+    """
+    from salt.tools.bench_scale import ScaleSettings, bench_scale
+
+    options["sizes"] = [int(float(n)) for n in options["sizes"].split(",")]
+    bench_scale(ScaleSettings(**options))
+
+
 COMMANDS = [flops_command, reproduce_command, bench_group]
