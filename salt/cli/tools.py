@@ -228,4 +228,21 @@ def bench_scale_command(**options) -> None:
     bench_scale(ScaleSettings(**options))
 
 
+@bench_group.command("feed")
+@click.option("--samples", default=64, help="Views in each paper-geometry cache (fp16: 3.2 MB of latents each).")
+@click.option("--work", default="/tmp/salt-bench-feed", show_default=True, help="Scratch folder (caches are kept).")
+@results_option
+def bench_feed_command(samples, work, results) -> None:
+    """One loader core at the paper's geometry (1568 tokens x 1024, 16 JPEG frames of 224²):
+    samples/s through the training loader and at the core's limit, beside a ViT-L student's rate.
+
+    Example: salt bench feed --samples 64
+    """
+    from pathlib import Path
+
+    from salt.tools.bench_feed import bench_feed
+
+    bench_feed(Path(work), samples, results)
+
+
 COMMANDS = [flops_command, reproduce_command, bench_group]

@@ -58,8 +58,10 @@ def fabricate(out, samples: int, real: bool, threads: int = 8) -> ScaleCache:
     return ScaleCache(str(out), sum(_held(s) for s in shards), len(shards), real)
 
 
-def merge_inputs(out, videos: int):
-    """What `merge` is handed by `salt cache-latents` for these caches (a made-up teacher)."""
+def merge_inputs(out, videos: int, views: int = VIEWS, shard_videos: int = SHARD_VIDEOS, **geometry):
+    """What `merge` is handed by `salt cache-latents` for these caches (a made-up teacher);
+    `geometry`: frames, frame_step, size, dim, patch, tubelet (tiny by default)."""
+    g = {"frames": 1, "frame_step": 1, "size": 8, "dim": DIM, "patch": 8, "tubelet": 1, **geometry}
     from salt.cache_latents.job import CacheJob
     from salt.video.decoders import decoder_version
     from salt.video.views import ViewConfig
@@ -68,22 +70,24 @@ def merge_inputs(out, videos: int):
         teacher="fabricated-teacher.pt",
         data="fabricated",
         out=str(out),
-        views=VIEWS,
-        shard_videos=SHARD_VIDEOS,
+        views=views,
+        shard_videos=shard_videos,
         max_videos=videos,
-        frames=1,
-        size=8,
+        frames=g["frames"],
+        frame_step=g["frame_step"],
+        size=g["size"],
         progress=False,
         command="salt bench scale (fabricated)",
     )
-    view = ViewConfig(frames=1, frame_step=1, size=8)
+    view = ViewConfig(frames=g["frames"], frame_step=g["frame_step"], size=g["size"])
     settings = {
         "teacher_fingerprint": "0" * 64,
         "compressor": DEFAULT_COMPRESSOR,
         "formats": ["wds"],
         "video_decoder": decoder_version(),
     }
-    arch = {"embed_dim": DIM, "depth": 1, "num_heads": 1, "patch_size": 8, "tubelet_size": 1, "num_frames": 1}
+    arch = {"embed_dim": g["dim"], "depth": 1, "num_heads": 1, "patch_size": g["patch"], "tubelet_size": g["tubelet"]}
+    arch["num_frames"] = g["frames"]
     return job, settings, view, arch
 
 
