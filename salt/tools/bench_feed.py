@@ -4,8 +4,8 @@ beside that core's own limit on the same bytes and beside what a ViT-L student c
 Two caches of 1568 tokens × 1024 channels with 16 JPEG frames of 224² a view: fp16 at full
 rank, and int8 at rank 256 (D/4, made from the first by `salt compact-cache`). For each, on one
 core: samples/s and GB/s through the training loader (`CacheBatches`, frames decoded on the CPU,
-and with `data.decode_frames: device`, JPEG bytes left for the GPU); the core's limit (the tars
-read, latents decompressed, frames decoded, nothing else); and the ViT-L student's appetite per
+and with `data.decode_frames: device`, JPEG bytes left for the GPU); the core's limit for each
+(the tars read, latents decompressed, frames decoded or not, nothing else); and the ViT-L student's appetite per
 GPU (the round-1 H200 rate, and the rate at 35 % MFU from `salt flops`' FLOPs per clip): loader
 cores a GPU needs. Record: benchmarks/results/feed.jsonl.
 """
@@ -99,17 +99,29 @@ def through_loader(cache: Path, decode_frames: str, batches: int, batch: int = 1
     return batches * batch / (time.perf_counter() - start)
 
 
-def core_limit(cache: Path) -> float:
-    """Samples/s of reading the tars and decoding every sample's latents and frames, nothing else."""
-    from salt.latents.codecs import decode_frames
+def core_limit(cache: Path, frames: bool) -> float:
+    """Samples/s of the bare work on the same bytes: each tar read whole, every member split out,
+    the latents decompressed (numcodecs) and, if `frames`, the JPEGs decoded (simplejpeg); no
+    checks, no meta, no tensors, no batches."""
+    import io
+    import tarfile
+
+    import numcodecs
+    import simplejpeg
 
     reader = open_cache(cache, "wds")
-    start, count = time.perf_counter(), 0
-    for index in range(len(reader.manifest.shards)):
-        for _, _, latents, frames, _ in reader.raw_shard(index):
-            decode_frames(frames)
-            count += 1
-    return count / (time.perf_counter() - start)
+    compressor = numcodecs.get_codec(dict(reader.manifest.compressor))
+    samples, start = 0, time.perf_counter()
+    for path in reader.shard_paths():
+        with tarfile.open(fileobj=io.BytesIO(Path(path).read_bytes())) as tar:
+            for member in tar:
+                data = tar.extractfile(member).read()
+                if member.name.endswith(".latents"):
+                    compressor.decode(data)
+                    samples += 1
+                elif frames and member.name.endswith(".jpg"):
+                    simplejpeg.decode_jpeg(data)
+    return samples / (time.perf_counter() - start)
 
 
 def student_appetite() -> dict:
@@ -141,9 +153,11 @@ def bench_feed(work: Path, samples: int, results: str) -> dict:
     for name, cache in caches.items():
         manifest = open_cache(cache).manifest
         bytes_per_view = sum(manifest.bytes_per_view())
-        row = {"bytes_per_view": bytes_per_view, "limit_samples_per_s": core_limit(cache)}
-        for mode in ("workers", "device"):
+        row = {"bytes_per_view": bytes_per_view}
+        for mode in ("workers", "device"):  # frames decoded on the loader's core / left to the GPU
+            row[f"limit_{mode}_samples_per_s"] = core_limit(cache, frames=mode == "workers")
             rate = through_loader(cache, mode, batches=max(4, samples // 16 - 2))
+            row[f"loader_{mode}_to_limit"] = rate / row[f"limit_{mode}_samples_per_s"]
             row[f"loader_{mode}_samples_per_s"] = rate
             row[f"loader_{mode}_gb_per_s"] = rate * bytes_per_view / 1e9
             row[f"cores_per_gpu_{mode}_h200_measured"] = appetite["h200_measured_clips_per_s"] / rate
