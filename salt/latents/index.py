@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from salt.latents.errors import CacheError
-from salt.latents.samples import MAX_VIEWS, ShardId, parse_key, sample_key
+from salt.latents.samples import MAX_VIEWS, ShardId, parse_key
 
 if TYPE_CHECKING:
     from salt.latents.manifest import Manifest
@@ -119,7 +119,9 @@ class SampleIndex:
         return first + int(np.searchsorted(self.table.video_start[first:last], video, side="right")) - 1
 
     def keys(self) -> list[str]:
-        return [sample_key(*self.locate(i)[1:]) for i in range(len(self))]
+        ranks = np.arange(self._kept, dtype=np.int64)
+        videos = ranks + np.searchsorted(self._skipped_shift, ranks, side="right")
+        return [f"v{video:08d}k{view:03d}" for video in videos.tolist() for view in range(self.views)]
 
     def shard_samples(self, shard_index: int) -> list[tuple[int, int]]:
         """(video, view) of one shard in key order, as the writer stored them."""

@@ -43,9 +43,8 @@ def first_views(manifest: Manifest, views: int, path: str | Path = "") -> Manife
     then 2, 4, 8): one cache then serves students trained on K = 1, 2, 4 or 8 views."""
     if views <= 0:
         return manifest
-    table = manifest.shards if isinstance(manifest.shards, ShardTable) else None
-    starts = table.view_start if table else np.array([r.view_start for r in manifest.shards], dtype=np.int64)
-    ends = table.view_end if table else np.array([r.view_end for r in manifest.shards], dtype=np.int64)
+    table = manifest.shards if isinstance(manifest.shards, ShardTable) else ShardTable.from_manifest(manifest)
+    starts, ends = table.view_start, table.view_end
     crossing = (starts < views) & (views < ends)
     if crossing.any():
         first = int(np.argmax(crossing))
@@ -59,11 +58,8 @@ def first_views(manifest: Manifest, views: int, path: str | Path = "") -> Manife
             f"{path}: the cache holds fewer than {views} views per "
             f"video; grow it with `salt cache-latents --views {views}`"
         )
-    if table is not None:  # rows in (view range, first video) order: the first views are a prefix
-        shards = table.first_rows(int(kept.sum()))
-    else:
-        shards = [record for record, keep in zip(manifest.shards, kept) if keep]
-    return dataclasses.replace(manifest, shards=shards, views=views)
+    # Rows in (view range, first video) order: the first views are a prefix.
+    return dataclasses.replace(manifest, shards=table.first_rows(int(kept.sum())), views=views)
 
 
 def choose_formats(path: Path | str, manifest: Manifest, format: Format) -> tuple[str, str]:
