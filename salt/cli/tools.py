@@ -215,6 +215,7 @@ def bench_loader_command(videos, seconds, size, samples, results, s3_url) -> Non
 @click.option("--s3-up-to", default=5_312_000, help="Largest cache made on the S3 server.")
 @click.option("--work", default="/tmp/salt-bench-scale", show_default=True, help="Scratch folder (caches are kept).")
 @click.option("--picture", default="docs/scale_costs.png", show_default=True, help="The log-log picture.")
+@click.option("--fresh", is_flag=True, help="Measure every row again (else rows kept in WORK/rows.jsonl are reused).")
 @results_option
 def bench_scale_command(**options) -> None:
     """A cache's costs against its size, 10^4 to 5.3 M samples: open, order, resume, merge,

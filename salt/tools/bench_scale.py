@@ -6,8 +6,10 @@ tars of tiny samples up to `--real-up-to`, commit marks only beyond), on a local
 with `--s3`, on an S3-protocol server this command starts on 127.0.0.1 (moto's, from the dev
 extras), whose request log counts LIST, GET, PUT and HEAD requests. Every measurement runs in
 a fresh process (salt/tools/scale_probes.py) with a fresh node-index folder, so a "first open"
-is a node's first. Results: one JSON record in benchmarks/results/scale.jsonl, a log-log
-picture, and the table printed (docs/scale.md holds the committed one).
+is a node's first. Each row is kept in WORK/rows.jsonl as it is measured, so a stopped run
+goes on where it stopped (`--fresh` measures all again). Results: one JSON record in
+benchmarks/results/scale.jsonl, a log-log picture, and the table printed (docs/scale.md holds
+the committed one).
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ class ScaleSettings:
     work: str = "/tmp/salt-bench-scale"
     picture: str = "docs/scale_costs.png"
     results: str = "benchmarks/results"
+    fresh: bool = False  # measure every row again (else rows in WORK/rows.jsonl are kept)
 
 
 class RequestLog:
@@ -190,6 +193,15 @@ def measure_row(
     return row
 
 
+def _read_rows(path: Path) -> list[dict]:
+    """Rows an earlier run of these settings measured (a torn last line is measured again)."""
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        with contextlib.suppress(json.JSONDecodeError):
+            rows.append(json.loads(line))
+    return rows
+
+
 def exponents(rows: list[dict]) -> dict[str, dict[str, float]]:
     """Per store and cost: the slope of log(cost) against log(samples) (least squares)."""
     fitted: dict[str, dict[str, float]] = {}
@@ -248,6 +260,10 @@ def bench_scale(args: ScaleSettings) -> dict:
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     sizes = [(n, n <= args.real_up_to) for n in args.sizes]
+    measured = work / "rows.jsonl"  # each row as it is measured: a stopped run goes on from here
+    if args.fresh:
+        measured.unlink(missing_ok=True)
+    earlier = {(r["store"], r["samples"]): r for r in _read_rows(measured)}
     rows = []
     with contextlib.ExitStack() as stack:
         stores = [("local", str(work / "local"), None)]
@@ -258,8 +274,14 @@ def bench_scale(args: ScaleSettings) -> dict:
             for samples, real in sizes:
                 if store == "s3" and samples > args.s3_up_to:
                     continue
+                if (store, samples) in earlier:
+                    rows.append(earlier[store, samples])
+                    print(f"{store} {samples:,}: measured earlier ({measured})", flush=True)
+                    continue
                 where = f"{base}/{'real' if real else 'marks'}-{samples}"
                 rows.append(measure_row(store, where, samples, real, work, log, args))
+                with measured.open("a") as f:
+                    f.write(json.dumps(rows[-1]) + "\n")
                 print(json.dumps({k: v for k, v in rows[-1].items() if k != "memory"}), flush=True)
     fitted = exponents(rows)
     settings = asdict(args)
