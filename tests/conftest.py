@@ -16,6 +16,15 @@ from salt.video.synthetic import SyntheticSpec, make_synthetic, write_mp4
 SYNTHETIC_SPEC = SyntheticSpec(videos=64, seed=7, size=80, frames=16, frame_step=4, tubelet=2)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def node_index_dir(tmp_path_factory) -> Path:
+    """The suite's own folder for the node-shared cache indexes (salt/latents/node_index.py),
+    inherited by every process a test starts."""
+    folder = tmp_path_factory.mktemp("node-index")
+    os.environ["SALT_INDEX_DIR"] = str(folder)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def synthetic_set(tmp_path_factory) -> Path:
     """A small synthetic data set (64 videos) shared by every test that needs real videos."""

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from salt.cache_latents.locks import OutputLock
-from salt.cache_latents.shards import check_settings, commit_shard, done_shards
+from salt.cache_latents.shards import check_settings, commit_shard, done_ids, done_shards
 from salt.latents import (
     FRAME_EXT,
     EncodedSample,
@@ -77,7 +77,7 @@ def compact_cache(job: CompactJob) -> Path | str:
         zarr_writer = (
             _zarr_writer(out, manifest, rank or manifest.dim, job.dtype, codec) if "zarr" in job.formats else None
         )
-        finished = {shard.name for shard, _ in done_shards(out)}
+        finished = {shard.name for shard in done_ids(out)}
         todo = [i for i, record in enumerate(manifest.shards) if record.name not in finished]
         progress = _progress(job.progress, sum(manifest.shards[i].samples for i in todo), out)
         for index in todo:
@@ -151,11 +151,10 @@ def _basis(source, out, rank: int, fit_samples: int) -> TargetBasis:
     if source.basis is not None:
         basis = source.basis.truncate(rank)
     else:
-        keys = source.keys()
-        count = min(len(keys), max(1, fit_samples))
+        count = min(len(source), max(1, fit_samples))
         fit = BasisFit(source.manifest.dim)
         for i in range(count):  # evenly spaced: every video block and view range is represented
-            sample = source.get(keys[(i * len(keys)) // count])
+            sample = source.get((i * len(source)) // count)
             fit.add(normalise_targets(sample.latents, source.manifest.target_norm))
         basis = fit.finish(rank)
     write_bytes_atomic(path, basis.to_bytes())

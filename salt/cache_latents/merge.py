@@ -8,7 +8,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from salt.cache_latents.job import CacheJob
-from salt.cache_latents.shards import done_shards, plan_missing
+from salt.cache_latents.shards import done_ids, done_names, done_shards, plan_missing
 from salt.latents import (
     BASIS_NAME,
     Manifest,
@@ -59,9 +59,10 @@ def merge(
     job: CacheJob, out: Path | str, settings: dict, num_videos: int, grid, dim: int, view: ViewConfig, arch: dict
 ) -> Path | None:
     """Write manifest.json when every planned shard is done (by whichever writer gets here last)."""
-    done = done_shards(out)
-    if plan_missing(num_videos, job.views, job.shard_videos, [shard for shard, _ in done]):
+    names = done_names(out)  # the one listing; the marks are read only once they are all there
+    if plan_missing(num_videos, job.views, job.shard_videos, done_ids(out, names)):
         return None
+    done = done_shards(out, names)
     done.sort(key=lambda d: (d[0].view_start, d[0].video_start))
     skipped = {entry["video"]: entry for _, d in done for entry in d["skipped"]}
     check_skipped(

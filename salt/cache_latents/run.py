@@ -13,7 +13,7 @@ import numpy as np
 from salt.cache_latents.job import CacheJob
 from salt.cache_latents.locks import OutputLock, file_lock
 from salt.cache_latents.merge import TooManySkipped, forget_shards_with_skips, merge
-from salt.cache_latents.shards import CachePlan, ShardAssembler, check_settings, done_shards, plan_missing, rank_of
+from salt.cache_latents.shards import CachePlan, ShardAssembler, check_settings, done_ids, plan_missing, rank_of
 from salt.latents import LatentCodec, ZarrCacheWriter, storage
 from salt.latents.codecs import CODECS
 from salt.latents.errors import CacheWriteError
@@ -65,7 +65,7 @@ def _fill_and_merge(job, out, stop, records, view, encoder, arch, settings, code
     grid = encoder.grid(view.frames, view.size, view.size)
     try:
         check_settings(out, settings, job.overwrite)
-        missing = plan_missing(len(records), job.views, job.shard_videos, [d for d, _ in done_shards(out)])
+        missing = plan_missing(len(records), job.views, job.shard_videos, done_ids(out))
         mine = [s for s in missing if rank_of(s, job.shard_videos, job.world_size) == job.rank]
         basis = None
         if job.target_rank and (mine and not job.merge_only or not missing):
@@ -77,7 +77,7 @@ def _fill_and_merge(job, out, stop, records, view, encoder, arch, settings, code
             plan = CachePlan(job, out, records, view, encoder, arch, mine, stop)
             _fill(plan, ShardAssembler(out, mine, codec, zarr_writer, job, basis))
         if stop.received:
-            done = {d for d, _ in done_shards(out)}
+            done = set(done_ids(out))
             raise Interrupted(
                 f"preempted by {stop.received}: {sum(s in done for s in mine)} of {len(mine)} shards saved in {out} "
                 "— rerun the same command to continue"

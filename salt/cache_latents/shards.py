@@ -68,12 +68,22 @@ def rank_of(shard: ShardId, shard_videos: int, world_size: int) -> int:
     return (shard.video_start // shard_videos) % world_size
 
 
-def done_shards(out: Path | str) -> list[tuple[ShardId, dict]]:
-    done = []
-    for name in storage.list_names(storage.join(out, "done"), suffix=".json"):
-        entry = json.loads(storage.read_bytes(storage.join(out, "done", name)))
-        done.append((ShardRecord(**entry["record"]).shard_id, entry))
-    return done
+def done_names(out: Path | str) -> list[str]:
+    """The commit marks in `done/` (one listing)."""
+    return storage.list_names(storage.join(out, "done"), suffix=".json")
+
+
+def done_ids(out: Path | str, names: list[str] | None = None) -> list[ShardId]:
+    """The shards marked done: their names spell their rectangles, so no mark is read."""
+    return [ShardId.from_name(name) for name in (done_names(out) if names is None else names)]
+
+
+def done_shards(out: Path | str, names: list[str] | None = None) -> list[tuple[ShardId, dict]]:
+    """The shards marked done with their commit records, every record read (concurrently on an
+    object store)."""
+    names = done_names(out) if names is None else names
+    entries = [json.loads(data) for data in storage.read_many([storage.join(out, "done", n) for n in names])]
+    return [(ShardRecord(**entry["record"]).shard_id, entry) for entry in entries]
 
 
 def check_settings(out: Path | str, settings: dict, overwrite: bool) -> None:

@@ -197,8 +197,14 @@ def reconstruct_command(run_dir, data, out, clips, mask_index, seed) -> None:
     default="auto",
     help="Which stored format to read.",
 )
+@click.option(
+    "--verify-shards",
+    default=0,
+    type=click.IntRange(min=0),
+    help="With --verify: check only this many shards, evenly spread (0: all; a quick look at a large cache).",
+)
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the report as JSON here.")
-def inspect_command(cache_path, run_verify, pictures, samples, compare, format_, json_out) -> None:
+def inspect_command(cache_path, run_verify, pictures, samples, compare, format_, verify_shards, json_out) -> None:
     """Describe a latent cache: manifest, integrity, target statistics, comparison, pictures.
 
     Example: salt inspect cache/syn --verify --pictures runs/inspect
@@ -207,7 +213,7 @@ def inspect_command(cache_path, run_verify, pictures, samples, compare, format_,
 
     from salt.tools.inspection import format_report, inspect_cache
 
-    report = inspect_cache(cache_path, format_, samples, run_verify, compare, pictures)
+    report = inspect_cache(cache_path, format_, samples, run_verify, compare, pictures, verify_shards)
     click.echo(format_report(report))
     if json_out:
         Path(json_out).write_text(json.dumps(report, indent=1) + "\n")

@@ -201,4 +201,49 @@ def bench_loader_command(videos, seconds, size, samples, results, s3_url) -> Non
     click.echo(format_loader(bench_loader(videos, seconds, size, samples, results, s3_url)))
 
 
+@bench_group.command("scale")
+@click.option(
+    "--sizes",
+    default="10000,100000,1000000,5312000",
+    help="Samples of the fabricated caches (8 views a video, 64 samples a shard).",
+)
+@click.option("--real-up-to", default=1_000_000, help="Largest cache written with tars (beyond: commit marks only).")
+@click.option("--verify-up-to", default=100_000, help="Largest cache verified in full.")
+@click.option("--epoch-samples", default=100_000, help="Samples the loader-memory probe reads (an epoch, at most).")
+@click.option("--workers", default=8, help="Loader workers of the memory probe's rank.")
+@click.option("--s3", is_flag=True, help="Also on an S3-protocol server started on 127.0.0.1 (needs moto[server]).")
+@click.option("--s3-up-to", default=5_312_000, help="Largest cache made on the S3 server.")
+@click.option("--work", default="/tmp/salt-bench-scale", show_default=True, help="Scratch folder (caches are kept).")
+@click.option("--picture", default="docs/scale_costs.png", show_default=True, help="The log-log picture.")
+@click.option("--fresh", is_flag=True, help="Measure every row again (else rows kept in WORK/rows.jsonl are reused).")
+@results_option
+def bench_scale_command(**options) -> None:
+    """A cache's costs against its size, 10^4 to 5.3 M samples: open, order, resume, merge,
+    inspect, verify, basis fit, loader memory; growth exponents fitted on log-log.
+
+    Example: salt bench scale --sizes 10000,100000 --s3
+    """
+    from salt.tools.bench_scale import ScaleSettings, bench_scale
+
+    options["sizes"] = [int(float(n)) for n in options["sizes"].split(",")]
+    bench_scale(ScaleSettings(**options))
+
+
+@bench_group.command("feed")
+@click.option("--samples", default=64, help="Views in each paper-geometry cache (fp16: 3.2 MB of latents each).")
+@click.option("--work", default="/tmp/salt-bench-feed", show_default=True, help="Scratch folder (caches are kept).")
+@results_option
+def bench_feed_command(samples, work, results) -> None:
+    """One loader core at the paper's geometry (1568 tokens x 1024, 16 JPEG frames of 224²):
+    samples/s through the training loader and at the core's limit, beside a ViT-L student's rate.
+
+    Example: salt bench feed --samples 64
+    """
+    from pathlib import Path
+
+    from salt.tools.bench_feed import bench_feed
+
+    bench_feed(Path(work), samples, results)
+
+
 COMMANDS = [flops_command, reproduce_command, bench_group]

@@ -4,7 +4,8 @@ Writers: LatentCodec + encode_frames -> write_wds_shard / ZarrCacheWriter.write_
 Manifest written with write_json_atomic. Readers: open_cache -> LatentCache (get, stream),
 EpochOrder + SampleReader (training), verify, student_targets. The format is docs/cache_format.md.
 
-Reading, by job: `reader` (open_cache, LatentCache), `index` (the sample numbering), `sources`
+Reading, by job: `reader` (open_cache, LatentCache), `index` (the sample numbering from the
+shards alone), `node_index` (what a reader needs of a manifest, one file per node), `sources`
 (one per stored format: WebDataset tars, the Zarr store), `streaming` (split across readers,
 resume, read-ahead), `order` (the global training order), `targets` (normalisation, basis,
 student_targets), `verification` (verify).
@@ -45,6 +46,8 @@ _EXPORTS = {
     "load_manifest": "manifest",
     "write_json_atomic": "manifest",
     "SampleIndex": "index",
+    "ShardTable": "index",
+    "reader_manifest": "node_index",
     "EpochOrder": "order",
     "SampleReader": "order",
     "LatentCache": "reader",

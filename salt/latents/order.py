@@ -25,32 +25,47 @@ from salt.latents.sources import OnSkip, WdsShard, ZarrShard, checked_reads, err
 
 
 class EpochOrder:
-    """Global position → sample index (for `cache.get` / `SampleReader`); one epoch held at a time."""
+    """Global position → sample index (for `cache.get` / `SampleReader`).
+
+    Held per epoch: the shard order and where each shard starts in it (12 bytes a shard, ~1 MB
+    at 83 000 shards), and the order within the shard being read; nothing per sample, so any
+    position (the start of an epoch or 99 % into it) costs the same to find."""
 
     def __init__(self, cache, seed: int):
         self.cache, self.seed = cache, seed
         self.length = len(cache)
         if self.length == 0:
             raise CacheError(f"{cache.path} holds no samples; nothing to train on")
-        self._shard_indices = [cache.shard_sample_indices(i) for i in range(len(cache.manifest.shards))]
-        self._epoch: tuple[int, np.ndarray] | None = None
+        self._held = cache.manifest.shards.held
+        self._epoch: tuple[int, np.ndarray, np.ndarray] | None = None  # epoch, shard order, their ends
+        self._shard: tuple[int, int, np.ndarray] | None = None  # epoch, shard, its samples in order
+
+    def _layout(self, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._epoch is None or self._epoch[0] != epoch:
+            shards = np.random.default_rng([self.seed, epoch]).permutation(len(self._held))
+            self._epoch = (epoch, shards.astype(np.int32), np.cumsum(self._held[shards]))
+        return self._epoch[1], self._epoch[2]
+
+    def shard_order(self, epoch: int, shard: int) -> np.ndarray:
+        """Shard `shard`'s sample indices in the order `epoch` reads them."""
+        if self._shard is None or self._shard[:2] != (epoch, shard):
+            indices = self.cache.shard_sample_indices(shard)
+            permutation = np.random.default_rng([self.seed, epoch, shard]).permutation(len(indices))
+            self._shard = (epoch, shard, indices[permutation])
+        return self._shard[2]
 
     def epoch(self, epoch: int) -> np.ndarray:
-        """The sample indices of `epoch` in order (each sample once)."""
-        if self._epoch is None or self._epoch[0] != epoch:
-            shards = np.random.default_rng([self.seed, epoch]).permutation(len(self._shard_indices))
-            parts = [
-                self._shard_indices[s][
-                    np.random.default_rng([self.seed, epoch, int(s)]).permutation(len(self._shard_indices[s]))
-                ]
-                for s in shards
-            ]
-            self._epoch = (epoch, np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64))
-        return self._epoch[1]
+        """The sample indices of `epoch` in order, each sample once (built whole: for checks)."""
+        shards, _ = self._layout(epoch)
+        parts = [self.shard_order(epoch, int(s)) for s in shards]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     def __call__(self, position: int) -> int:
         epoch, offset = divmod(int(position), self.length)
-        return int(self.epoch(epoch)[offset])
+        shards, ends = self._layout(epoch)
+        slot = int(np.searchsorted(ends, offset, side="right"))
+        start = int(ends[slot - 1]) if slot else 0
+        return int(self.shard_order(epoch, int(shards[slot]))[offset - start])
 
 
 class SampleReader:
@@ -75,7 +90,7 @@ class SampleReader:
 
     def __call__(self, index: int) -> CacheSample | None:
         shard_index, video, view = self.cache.locate(index)
-        name = self.cache.manifest.shards[shard_index].name
+        name = self.cache.manifest.shards.name(shard_index)
         try:
             return self._shard(shard_index).read(video, view, self.reads)
         except (CacheError, OSError) as error:
@@ -90,7 +105,7 @@ class SampleReader:
         if shard_index in self._open:
             self._open.move_to_end(shard_index)
             return self._open[shard_index]
-        shard = self.cache.stream_source.open(self.cache.manifest.shards[shard_index].name)
+        shard = self.cache.stream_source.open(self.cache.manifest.shards.name(shard_index))
         self._open[shard_index] = shard
         while len(self._open) > self.keep_open:
             self._open.popitem(last=False)[1].close()

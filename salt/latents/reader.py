@@ -17,9 +17,10 @@ import torch
 
 from salt.latents import storage
 from salt.latents.errors import CacheError
-from salt.latents.index import SampleIndex
-from salt.latents.manifest import WDS_DIR, ZARR_DIR, Manifest, load_manifest
-from salt.latents.samples import CacheSample
+from salt.latents.index import SampleIndex, ShardTable
+from salt.latents.manifest import WDS_DIR, ZARR_DIR, Manifest
+from salt.latents.node_index import reader_manifest
+from salt.latents.samples import CacheSample, sample_key
 from salt.latents.sources import OnSkip, SampleDecoder, WdsSource, ZarrSource, checked_reads, error_policy
 from salt.latents.streaming import split_shards, stream_split
 from salt.latents.targets import load_basis
@@ -42,19 +43,23 @@ def first_views(manifest: Manifest, views: int, path: str | Path = "") -> Manife
     then 2, 4, 8): one cache then serves students trained on K = 1, 2, 4 or 8 views."""
     if views <= 0:
         return manifest
-    crossing = sorted({(r.view_start, r.view_end) for r in manifest.shards if r.view_start < views < r.view_end})
-    if crossing:
+    table = manifest.shards if isinstance(manifest.shards, ShardTable) else ShardTable.from_manifest(manifest)
+    starts, ends = table.view_start, table.view_end
+    crossing = (starts < views) & (views < ends)
+    if crossing.any():
+        first = int(np.argmax(crossing))
         raise CacheError(
-            f"{path}: shards hold views {crossing[0][0]}..{crossing[0][1] - 1} together, so the first {views} "
+            f"{path}: shards hold views {starts[first]}..{ends[first] - 1} together, so the first {views} "
             f"cannot be taken alone; cache with `--views {views}` first and grow it later"
         )
-    kept = [r for r in manifest.shards if r.view_end <= views]
-    if not kept or max(r.view_end for r in kept) < views:
+    kept = ends <= views
+    if not kept.any() or ends[kept].max() < views:
         raise CacheError(
             f"{path}: the cache holds fewer than {views} views per "
             f"video; grow it with `salt cache-latents --views {views}`"
         )
-    return dataclasses.replace(manifest, shards=kept, views=views)
+    # Rows in (view range, first video) order: the first views are a prefix.
+    return dataclasses.replace(manifest, shards=table.first_rows(int(kept.sum())), views=views)
 
 
 def choose_formats(path: Path | str, manifest: Manifest, format: Format) -> tuple[str, str]:
@@ -84,13 +89,17 @@ class LatentCache:
     def __init__(self, path: str | Path, format: Format = "auto", views: int = 0) -> None:
         self.path = storage.resolve(path)  # a local Path, or an object-store URL
         self.remote = storage.is_url(self.path)
-        self.manifest = first_views(load_manifest(self.path), views, self.path)
+        # The reader's part of the manifest, shared by every process of this node (node_index).
+        manifest, skipped = reader_manifest(self.path)
+        self.manifest = first_views(manifest, views, self.path)
         self.stream_format, self.random_format = choose_formats(self.path, self.manifest, format)
         self.codec = self.manifest.codec
         self.shape = (self.manifest.tokens, self.manifest.stored_dim)
         # Low-rank caches: samples hold coefficients; `targets.student_targets` gives the D-dim targets.
         self.basis = load_basis(self.path, self.manifest) if self.manifest.target_rank else None
-        self.index = SampleIndex(self.manifest, str(self.path))
+        self.index = SampleIndex(
+            self.manifest.shards, skipped, self.manifest.num_videos, self.manifest.views, str(self.path)
+        )
         decoder = SampleDecoder(self.codec, self.shape, self.manifest.geometry.get("frames"))
         # Every format the manifest lists and this location can read, in the order verify checks them.
         self.sources: dict[str, WdsSource | ZarrSource] = {}
@@ -118,7 +127,11 @@ class LatentCache:
         return self.index.locate(index)
 
     def keys(self) -> list[str]:
+        """Every key, in order (a list as long as the cache: `key(i)` names one)."""
         return self.index.keys()
+
+    def key(self, index: int) -> str:
+        return sample_key(*self.index.locate(self.index.position(index))[1:])
 
     def shard_samples(self, shard_index: int) -> list[tuple[int, int]]:
         """(video, view) of one shard in key order, as the writer stored them."""
@@ -130,17 +143,18 @@ class LatentCache:
 
     def shard_paths(self) -> list[Path | str]:
         """WebDataset tar files (paths or URLs), in manifest order (for a plain webdataset pipeline)."""
-        return [storage.join(self.path, WDS_DIR, f"{r.name}.tar") for r in self.manifest.shards]
+        table = self.manifest.shards
+        return [storage.join(self.path, WDS_DIR, f"{table.name(i)}.tar") for i in range(len(table))]
 
     # -- random access ------------------------------------------------------------------------
     def get(self, index_or_key: int | str) -> CacheSample:
         shard_index, video, view = self.index.locate(self.index.position(index_or_key))
-        return self.random_source.read(self.manifest.shards[shard_index].name, video, view)
+        return self.random_source.read(self.manifest.shards.name(shard_index), video, view)
 
     def raw_shard(self, shard_index: int) -> Iterator[tuple[int, int, torch.Tensor, list[bytes], dict]]:
         """(video, view, latents, encoded frames, meta) of one shard in key order: the frames as
         stored (for copying without a decode), the latents decoded as `get` gives them."""
-        with self.stream_source.open(self.manifest.shards[shard_index].name) as shard:
+        with self.stream_source.open(self.manifest.shards.name(shard_index)) as shard:
             for video, view in self.shard_samples(shard_index):
                 sample = shard.read(video, view, ("encoded", "float32"))
                 yield video, view, sample.latents, sample.encoded_frames, sample.meta
@@ -151,7 +165,7 @@ class LatentCache:
     ) -> int:
         """How many samples `stream` yields for this split (before skipped errors)."""
         shards = split_shards(len(self.manifest.shards), seed, epoch, rank, world_size, worker, num_workers)
-        return sum(self.manifest.shards[i].samples for i in shards)
+        return int(self.manifest.shards.held[shards].sum())
 
     def stream(
         self,

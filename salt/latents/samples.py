@@ -14,6 +14,7 @@ from salt.latents.errors import CacheError
 # Keys sort in (video, view) order and contain no dot: WebDataset splits member names at
 # the first dot, so a dot in the key would tear a sample apart.
 _KEY_PATTERN = re.compile(r"^v(\d{8})k(\d{3})$")
+_NAME_PATTERN = re.compile(r"^s(\d{8})-(\d{8})-k(\d{3})-(\d{3})(?:\.\w+)?$")
 MAX_VIDEOS = 10**8
 MAX_VIEWS = 10**3
 
@@ -51,6 +52,14 @@ class ShardId:
     @property
     def name(self) -> str:
         return f"s{self.video_start:08d}-{self.video_end:08d}-k{self.view_start:03d}-{self.view_end:03d}"
+
+    @classmethod
+    def from_name(cls, name: str) -> ShardId:
+        """The rectangle a shard's name (`name`, or a file `name.json`/`name.tar`) spells."""
+        match = _NAME_PATTERN.match(name)
+        if match is None:
+            raise CacheError(f"{name!r} is not a shard name (expected s<8 digits>-<8 digits>-k<3 digits>-<3 digits>)")
+        return cls(*(int(group) for group in match.groups()))
 
     def contains(self, video: int, view: int) -> bool:
         return self.video_start <= video < self.video_end and self.view_start <= view < self.view_end

@@ -153,8 +153,8 @@ class _Source(ABC):
         with self.open(name) as shard:
             return shard.read(video, view, reads)
 
-    def check(self, record: ShardRecord, keys: list[str]) -> list[str]:
-        """File-level problems of one shard (reasons; none when healthy)."""
+    def check(self, record: ShardRecord, keys: list[str], data: bytes | None = None) -> list[str]:
+        """File-level problems of one shard (reasons; none when healthy); `data`: its bytes, read already."""
         return []
 
 
@@ -172,8 +172,8 @@ class WdsSource(_Source):
     def open(self, name: str, data: bytes | None = None) -> WdsShard:
         return WdsShard(self.directory, name, self.decoder, data)
 
-    def check(self, record: ShardRecord, keys: list[str]) -> list[str]:
-        return verify_wds_shard(self.directory, record.name, record.sha256, keys)
+    def check(self, record: ShardRecord, keys: list[str], data: bytes | None = None) -> list[str]:
+        return verify_wds_shard(self.directory, record.name, record.sha256, keys, data)
 
 
 class ZarrSource(_Source):

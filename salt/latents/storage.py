@@ -158,6 +158,22 @@ def read_range(path: str | Path, start: int, end: int) -> bytes:
     return fs.cat_file(inner, start=start, end=end)
 
 
+def read_many(paths: list[str | Path]) -> list[bytes]:
+    """Whole files, in order; on a store the requests go out concurrently (fsspec's batched cat),
+    so 83 000 small objects take minutes, not the hours one request at a time would.
+
+    Each is asked for from byte 0 on: a plain whole-object read first looks up the object's size,
+    which s3fs answers by scanning its cached listing of the folder (one scan per object:
+    quadratic in a listed folder's objects, 25 ms an object at 83 000 commit marks). A file that
+    refuses the range (an empty one) is read again plainly, which also raises its real error."""
+    if not paths or not is_url(paths[0]):
+        return [read_bytes(path) for path in paths]
+    fs, _ = filesystem(str(paths[0]))
+    inner = [filesystem(str(path))[1] for path in paths]
+    found = fs.cat(inner, on_error="return", start=0)
+    return [fs.cat_file(name) if isinstance(found[name], Exception) else found[name] for name in inner]
+
+
 def open_read(path: str | Path) -> IO[bytes]:
     """A sequential reader (for hashing a whole file without holding it)."""
     if not is_url(path):

@@ -52,7 +52,7 @@ def resume_plan(cache: LatentCache, shards: list[int], seed: int, epoch: int, st
     """(shard index, order of its samples) still to read after skipping `start` samples."""
     plan, skip = [], max(0, int(start))
     for shard_index in shards:
-        count = len(cache.shard_samples(shard_index))
+        count = int(cache.manifest.shards.held[shard_index])
         if skip >= count:
             skip -= count
             continue
@@ -68,7 +68,7 @@ def stream_split(
     """The samples of `shards` from the cache's streaming source; `on_skip` None raises."""
     plan = resume_plan(cache, shards, seed, epoch, start)
     source = cache.stream_source
-    names = [cache.manifest.shards[i].name for i, _ in plan]
+    names = [cache.manifest.shards.name(i) for i, _ in plan]
     fetched = ShardPrefetcher([source.shard_url(n) for n in names], READ_AHEAD_SHARDS) if source.read_ahead else None
     try:
         for (shard_index, order), name in zip(plan, names):

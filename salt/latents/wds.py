@@ -265,23 +265,27 @@ def split_members(members: dict[str, bytes]) -> tuple[bytes, dict[str, bytes], l
 
 
 def verify_wds_shard(
-    directory: str | Path, name: str, expected_sha256: str | None, expected_keys: list[str]
+    directory: str | Path, name: str, expected_sha256: str | None, expected_keys: list[str], data: bytes | None = None
 ) -> list[str]:
     """File-level checks of one shard (presence, size, sha256, keys); per-sample CRCs are
-    checked by reading. Returns reasons, empty when healthy."""
+    checked by reading. `data`: the tar's bytes when the caller has read them already (an
+    object store's shard is read once, not once per check). Returns reasons, empty when healthy."""
     tar_path = storage.join(directory, f"{name}.tar")
     try:
         reader = WdsShardReader(directory, name)
     except CacheError as error:
         return [str(error)]
     problems = []
-    size = storage.size(tar_path)
+    size = storage.size(tar_path) if data is None else len(data)
     if size != reader.index["bytes"]:
         problems.append(f"tar holds {size} bytes, its index says {reader.index['bytes']} (truncated or overwritten)")
     digest = hashlib.sha256()
-    with storage.open_read(tar_path) as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    if data is not None:
+        digest.update(data)
+    else:
+        with storage.open_read(tar_path) as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
     if expected_sha256 is not None and digest.hexdigest() != expected_sha256:
         problems.append("sha256 differs from the manifest")
     if reader.index["keys"] != expected_keys:

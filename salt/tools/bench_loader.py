@@ -208,12 +208,12 @@ def _pipelines(cache, records, view, samples: int) -> list[tuple[str, object]]:
 def _remote_copy(stack: contextlib.ExitStack, local: Path, url: str, manifest):
     """The cache uploaded to `url` (deleted when `stack` closes), opened from there, and the
     bytes read per sample: whole shards (the tar and its index), whatever the sample's own size."""
-    from salt.latents import open_cache
+    from salt.latents import load_manifest, open_cache
 
     fs, root = _empty_remote_folder(url)
     fs.put(str(local), root, recursive=True)
     stack.callback(fs.rm, root, recursive=True)
-    shard_bytes = sum(r.bytes["wds"] for r in manifest.shards)
+    shard_bytes = sum(r.bytes["wds"] for r in load_manifest(local).shards)  # a reader's manifest has no sizes
     index_bytes = sum(len(fs.cat_file(p)) for p in fs.find(f"{root}/wds") if p.endswith(".idx.json"))
     return open_cache(url, "wds"), (shard_bytes + index_bytes) / manifest.sample_count
 

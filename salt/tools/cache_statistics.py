@@ -46,12 +46,14 @@ def spectrum(cache: LatentCache, samples: list[CacheSample]) -> dict[str, Any]:
     }
 
 
-def evenly_spaced_keys(keys: list[str], count: int) -> list[str]:
-    """`count` keys spread over the whole key range (all videos, not just the first shard)."""
-    if count <= 0 or not keys:
+def evenly_spaced_keys(keys, count: int) -> list[str]:
+    """`count` keys spread over the whole key range (all videos, not just the first shard), of a
+    list of keys or of a cache (which names only those, never listing all of its keys)."""
+    total = len(keys)
+    if count <= 0 or not total:
         return []
-    positions = np.unique(np.linspace(0, len(keys) - 1, min(count, len(keys))).round().astype(int))
-    return [keys[i] for i in positions]
+    positions = np.unique(np.linspace(0, total - 1, min(count, total)).round().astype(int))
+    return [keys[int(i)] for i in positions] if isinstance(keys, list) else [keys.key(int(i)) for i in positions]
 
 
 def load_samples(cache: LatentCache, keys: list[str]) -> tuple[list[CacheSample], list[dict[str, str]]]:
@@ -144,7 +146,7 @@ def token_statistics(latent_list: list[torch.Tensor], grid: tuple[int, int, int]
 
 def sample_statistics(cache: LatentCache, count: int) -> dict[str, Any]:
     """Statistics over `count` evenly spaced samples: on the targets and on the raw latents."""
-    samples, unreadable = load_samples(cache, evenly_spaced_keys(cache.keys(), count))
+    samples, unreadable = load_samples(cache, evenly_spaced_keys(cache, count))
     result: dict[str, Any] = {"requested": count, "read": len(samples), "unreadable": unreadable}
     if samples:
         grid = cache.manifest.grid

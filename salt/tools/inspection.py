@@ -143,12 +143,13 @@ def inspect_cache(
     run_verify: bool = False,
     compare: str | Path | None = None,
     pictures: str | Path | None = None,
+    verify_shards: int = 0,
 ) -> dict[str, Any]:
     """Everything `salt inspect` reports, as one JSON-able dict."""
     cache = open_cache(path, format)
     report: dict[str, Any] = {"summary": summarise(cache)}
     if run_verify:
-        report["problems"] = [problem._asdict() for problem in verify(cache)]
+        report["problems"] = [problem._asdict() for problem in verify(cache, verify_shards)]
     if samples > 0:
         report["statistics"] = sample_statistics(cache, samples)
     if compare is not None:

@@ -61,7 +61,7 @@ def write_pictures(
     manifest = cache.manifest
     steps, height, width = manifest.grid
     tubelet = int(manifest.geometry.get("tubelet", 1))
-    shown, _ = load_samples(cache, evenly_spaced_keys(cache.keys(), samples))
+    shown, _ = load_samples(cache, evenly_spaced_keys(cache, samples))
     written = []
     if shown:
         colours = _pca_rgb(targets_of(cache, shown))

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from salt.config import ConfigError, load_config
-from salt.latents import CacheError, first_views, load_manifest
+from salt.latents import CacheError, first_views, reader_manifest
 from salt.models import Predictor, build_encoder, load_encoder, resolve_arch, token_grid
 from salt.precision import resolve_precision
 from salt.training.config import StudentConfig, with_cache_geometry
@@ -179,7 +179,7 @@ def load_student_config(config_path: str | None, overrides: list[str]):
     against each other before any process group or model exists."""
     cfg = load_config(StudentConfig, config_path, overrides)
     source = config_path or "<defaults>"
-    manifest = load_manifest(cfg.cache.path)
+    manifest, _ = reader_manifest(cfg.cache.path)  # the node's index: no 83 000 shard records held
     try:
         manifest = first_views(manifest, cfg.cache.views, cfg.cache.path)
     except CacheError as err:
