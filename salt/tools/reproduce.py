@@ -93,6 +93,9 @@ class Reproduction:
             teacher = plan.floor_encoder(cfg.floor_seeds[0])
             if not teacher.exists():
                 self._probe(f"floor_seed{cfg.floor_seeds[0]}", None, cfg.floor_seeds[0])
+        elif cfg.rank_teacher == "supervised":  # the calibration's ceiling, frozen
+            teacher = self.out / "supervised" / "supervised.pt"
+            self._train_and_probe(plan.teacher_step("supervised", cfg.supervised_steps, "supervised"), "supervised.pt")
         else:
             teacher = self.out / cfg.rank_teacher / "teacher.pt"
             step = plan.teacher_step(cfg.rank_teacher, plan.teacher_steps(cfg.rank_teacher))

@@ -66,6 +66,7 @@ class ChainPlan:
             tubelet=data.tubelet,
             waves=data.waves,
             blobs=data.blobs,
+            val_fraction=data.val_fraction,
             frames=cfg.frames,
             frame_step=cfg.frame_step,
         )
