@@ -82,8 +82,12 @@ def check_settings(out: Path | str, settings: dict, overwrite: bool) -> None:
         saved = _with_decoder_recorded(json.loads(storage.read_bytes(path)), settings)
         changed = setting_differences(saved, settings)
         if changed and not overwrite:
-            decoder = saved.get("view", {}).get("decoder")
-            other = f"rerun with --decoder {decoder} to continue it, " if decoder != settings["view"]["decoder"] else ""
+            decoder = saved.get("view", {}).get("decoder")  # compact-cache's settings have no view
+            other = (
+                f"rerun with --decoder {decoder} to continue it, "
+                if decoder != settings.get("view", {}).get("decoder")
+                else ""
+            )
             raise CacheWriteError(
                 f"{out} holds a cache made with other settings ({'; '.join(changed)}) — "
                 f"{other}use another --out, or --overwrite to replace it"
@@ -97,7 +101,7 @@ def check_settings(out: Path | str, settings: dict, overwrite: bool) -> None:
 def _with_decoder_recorded(saved: dict, now: dict) -> dict:
     """Settings saved before decoders were recorded: those caches were decoded by decord, whose
     version went unrecorded (any decord continues them)."""
-    if "video_decoder" in saved or "view" not in saved:
+    if "video_decoder" in saved or "view" not in saved or "view" not in now:
         return saved
     version = now["video_decoder"] if now["view"]["decoder"] == "decord" else "decord (version not recorded)"
     return {**saved, "view": {**saved["view"], "decoder": "decord"}, "video_decoder": version}
