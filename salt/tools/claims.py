@@ -179,6 +179,9 @@ def rank_verdicts(rows: list[dict], reference: str) -> list[str]:
                     f"{protocol}: {_pct(x)} vs {_pct(y)}, difference {diff * 100:+.1f} ± {se * 100:.2f} ({kind}) "
                     f"-> {rank_verdict(diff, se)}"
                 )
+        if r.get("explained_fp16") and ref.get("explained_fp16"):
+            mine, theirs = r["explained_fp16"]["mean"], ref["explained_fp16"]["mean"]
+            parts.append(f"explains {mine:.1%} of the fp16 targets' variance on held-out videos (fp16: {theirs:.1%})")
         lines.append(f"5. {r['row']} vs fp16 full rank: {size}; " + "; ".join(parts))
     return lines
 
