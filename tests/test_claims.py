@@ -52,5 +52,26 @@ def test_rank_verdicts_decide_the_one_point_goal_only_where_the_interval_allows(
     lines = rank_verdicts([reference, close, far], "SALT student of the teacher")
     assert len(lines) == 2 and "0.25x the fp16 cache's bytes (latents alone 0.10x)" in lines[0] and "97.0%" in lines[0]
     assert "undecided" in lines[0]  # 400 val videos: +-2 s.e. spans more than a point either way
-    assert "linear: 10.0%" in lines[1] and "lost > 1 point" in lines[1]
+    assert "linear: 10.0%" in lines[1] and "loses more than 1 point" in lines[1] and "(unpaired)" in lines[1]
     assert rank_verdicts([close], "SALT student of the teacher") == []
+
+
+def test_a_paired_comparison_over_the_same_videos_decides_what_an_unpaired_one_cannot():
+    """Two students that disagree on 5 of 2000 val videos: unpaired, each accuracy's own error
+    (±1.1 points) leaves the 1-point goal open; paired per video, the difference is -0.25 ± 0.11."""
+
+    def probe(correct: str, ids: list[int]) -> dict:
+        best = {"top1": correct.count("1") / len(correct), "correct": correct}
+        return {"b": {"linear": {"best": best, "val_videos": len(correct), "val_video_ids": ids}}}
+
+    ids = list(range(2000))
+    reference = row("teacher", "ref", ["b"], probe("1" * 800 + "0" * 1200, ids), 1.0)
+    reference["cache"] = {"latent_kb": 100.0, "frame_kb": 20.0, "explained": 1.0}
+    compact = row("rank", "rank 16", ["b"], probe("1" * 795 + "0" * 1205, ids), 1.0)
+    compact["cache"] = {"latent_kb": 10.0, "frame_kb": 20.0, "explained": 0.97}
+    (line,) = rank_verdicts([reference, compact], "ref")
+    assert "difference -0.2 ± 0.11 (paired over the same val videos) -> keeps the accuracy within 1 point" in line
+    other_videos = row("rank", "rank 16", ["b"], probe("1" * 795 + "0" * 1205, [i + 1 for i in ids]), 1.0)
+    other_videos["cache"] = compact["cache"]
+    (line,) = rank_verdicts([reference, other_videos], "ref")
+    assert "(unpaired) -> undecided" in line

@@ -34,12 +34,21 @@ TINY = {
 }
 
 
-def test_chain_runs_keeps_finished_steps_and_tables_the_claims(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> tuple[Path, Path]:
+    """(folder, config) of one chain shared by the tests below, in order: the rank claim's
+    test continues the chain the first test ran (alone, it runs it all itself)."""
+    tmp_path = tmp_path_factory.mktemp("reproduce")
     config = tmp_path / "reproduce.yaml"
     config.write_text(
         yaml.safe_dump({**TINY, "out_dir": str(tmp_path / "out"), "probe_config": str(tmp_path / "missing.yaml")})
     )
+    return tmp_path, config
+
+
+def test_chain_runs_keeps_finished_steps_and_tables_the_claims(workspace, monkeypatch):
+    tmp_path, config = workspace
+    monkeypatch.chdir(tmp_path)
     # A failing step names itself and its log; the steps before it stay done.
     with pytest.raises(
         ReproduceError,
@@ -87,33 +96,44 @@ def test_chain_runs_keeps_finished_steps_and_tables_the_claims(tmp_path, monkeyp
     again = reproduce(str(config), [f"probe_config={TINY['probe_config']}"], echo=lines.append)
     assert all(line.startswith("  kept") for line in lines) and again["rows"] == result["rows"]
 
-    # Claim "rank": the teacher's cache compacted (int8 full rank, and rank D/4), a student of each.
+
+def test_the_rank_claim_compacts_the_ceilings_cache_and_scores_every_student(workspace, monkeypatch):
+    """The frozen supervised ceiling's cache compacted (int8 full rank, and rank D/4), a student of
+    each, each probed (paired per val video) and scored against the fp16 targets of held-out videos."""
+    tmp_path, config = workspace
+    monkeypatch.chdir(tmp_path)
     ranked = reproduce(
         str(config),
         [
             f"probe_config={TINY['probe_config']}",
             "claims=[calibration,student_vs_teacher,rank]",
-            "rank_teacher=teacher",
+            "rank_teacher=supervised",
             "rank_divisors=[4]",
         ],
         echo=lambda line: None,
     )
+    prefix = "supervised_student"
+    students = [f"{prefix}_seed0", f"{prefix}_int8_full_seed0", f"{prefix}_int8_rank32_seed0"]
     assert {
-        "compact_cache_int8_full",
-        "compact_cache_int8_rank32",
-        "student_int8_full_seed0",
-        "student_int8_rank32_seed0",
+        "compact_cache_supervised_int8_full",
+        "compact_cache_supervised_int8_rank32",
+        "cache_supervised_heldout",
+        *students,
+        *(f"score_{name}" for name in students),
     } <= {p.name for p in (tmp_path / "out/done").iterdir()}
     rank_rows = [r for r in ranked["rows"] if r["group"] == "rank"]
     assert [r["row"] for r in rank_rows] == [
-        "SALT student of the teacher, int8 full rank",
-        "SALT student of the teacher, int8 rank 32",
+        "SALT student of the supervised teacher, int8 full rank",
+        "SALT student of the supervised teacher, int8 rank 32",
     ]
     assert (
         rank_rows[1]["cache"]["rank"] == 32 and rank_rows[1]["cache"]["latent_kb"] < rank_rows[0]["cache"]["latent_kb"]
     )
     fives = [v for v in ranked["verdicts"] if v.startswith("5. ")]
     assert len(fives) == 2 and all("the fp16 cache's bytes" in v and "linear:" in v for v in fives)
+    assert all("(paired over the same val videos)" in v and "of the fp16 targets' variance" in v for v in fives)
+    score = json.loads((tmp_path / "out/scores/supervised_student_int8_rank32_seed0.json").read_text())
+    assert score["samples"] > 0 and score["explained_variance"] <= 1.0
 
 
 def test_cli_rejects_unknown_claims(tmp_path):

@@ -260,4 +260,37 @@ def report_command(teacher_run, cache, student_run, probes, curves) -> None:
         click.echo(f"wrote {curves}")
 
 
-COMMANDS = [probe_command, export_command, reconstruct_command, inspect_command, report_command]
+@click.command("score-student")
+@click.argument("run", metavar="RUN", type=click.Path(exists=True, file_okay=False))
+@click.option(
+    "--cache",
+    "cache_path",
+    required=True,
+    type=click.Path(exists=True, file_okay=False),
+    help="A full-rank cache of the same teacher and geometry, of videos the student never saw.",
+)
+@click.option("--batches", default=16, type=click.IntRange(min=1), help="Micro-batches scored (a fixed set).")
+@click.option("--batch-size", default=32, type=click.IntRange(min=1), help="Samples per micro-batch.")
+@click.option("--out", type=click.Path(dir_okay=False), help="Also write the score as JSON here.")
+def score_student_command(run, cache_path, batches, batch_size, out) -> None:
+    """The share of CACHE's target variance a trained student's predictions explain at masked
+    tokens (its newest committed checkpoint; the run's masks from a fixed seed).
+
+    Example: salt score-student runs/student --cache cache/heldout_fp16
+    """
+    from pathlib import Path
+
+    from salt.evaluation.target_score import score_student
+
+    score = score_student(run, cache_path, batches, batch_size)
+    click.echo(
+        f"{score['run']} ({score['checkpoint']}) on {score['cache']}: explains {score['explained_variance']:.2%} "
+        f"of the target variance over {score['samples']} samples; loss {score['loss']:.4f} "
+        f"(predicting the mean target: {score['baseline_loss']:.4f})"
+    )
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(score, indent=1) + "\n")
+
+
+COMMANDS = [probe_command, export_command, reconstruct_command, inspect_command, report_command, score_student_command]

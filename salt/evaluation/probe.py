@@ -280,7 +280,11 @@ def view_averaged_accuracy(probabilities: torch.Tensor, labels: torch.Tensor, vi
     summed = torch.zeros(len(unique), probabilities.shape[1]).index_add_(0, inverse, probabilities)
     video_labels = torch.zeros(len(unique), dtype=torch.long).index_copy_(0, inverse, labels)
     ranked = summed.argsort(dim=1, descending=True)
-    result = {"top1": (ranked[:, 0] == video_labels).float().mean().item(), "videos": len(unique)}
+    correct = ranked[:, 0] == video_labels
+    result = {"top1": correct.float().mean().item(), "videos": len(unique)}
+    # Per val video (in `val_video_ids` order), 1 where the head is right: what a paired comparison
+    # of two encoders on the same videos reads (salt/tools/claims.py).
+    result["correct"] = "".join("1" if c else "0" for c in correct.tolist())
     # confusion[true][predicted], video counts: which classes a head tells apart.
     classes = probabilities.shape[1]
     result["confusion"] = (
@@ -341,6 +345,7 @@ def run_probe(
         "classes": num_classes,
         "train_samples": int(train["tokens"].shape[0]),
         "val_videos": heads["best"]["videos"],
+        "val_video_ids": torch.unique(val["videos"]).tolist(),  # the order of each head's `correct`
         "skipped": {"train": train["skipped"], "val": val["skipped"]},  # only with --allow-missing
         **heads,
         "seconds": {"train_features": train_seconds, "val_features": val_seconds, "heads": heads["head_train_seconds"]},

@@ -11,8 +11,12 @@ The seed spread is listed beside it: with 2 seeds it is a weak estimate and not 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 from statistics import mean, stdev
+
+import numpy as np
 
 from salt.evaluation.probe import binomial_se
 
@@ -44,6 +48,9 @@ def row(
             "mean": mean(top1),
             "se_mean": math.sqrt(sum(e * e for e in errors)) / len(errors),
             "spread": stdev(top1) if len(top1) > 1 else 0.0,
+            # Per run, per val video: right (1) or not, and which videos, for paired comparisons.
+            "correct": [rec["best"].get("correct") for rec in records],
+            "videos": [_digest(rec.get("val_video_ids")) for rec in records],
         }
     if not by_protocol:
         return None
@@ -55,6 +62,21 @@ def row(
         "flops": flops,
         "flops_with_cache": flops_with_cache,
     }
+
+
+def _digest(ids: list[int] | None) -> str | None:
+    return hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16] if ids is not None else None
+
+
+def paired(a: dict, b: dict) -> tuple[float, float] | None:
+    """(a − b, its standard error) over the same val videos, from each video's share of runs that
+    got it right in either row; None when a probe record lacks its per-video results."""
+    runs = a.get("correct", []) + b.get("correct", [])
+    if not runs or None in runs or len(set(a.get("videos", []) + b.get("videos", []))) != 1:
+        return None
+    share = [np.mean([[c == "1" for c in s] for s in row["correct"]], axis=0) for row in (a, b)]
+    differences = share[0] - share[1]
+    return float(differences.mean()), float(differences.std(ddof=1) / math.sqrt(len(differences)))
 
 
 def compare(a: dict, b: dict) -> tuple[float, float, str]:
@@ -130,7 +152,7 @@ RANK_GOAL = {"bytes": 0.25, "points_lost": 0.01}  # issue 18: <= 0.25x the fp16 
 
 def rank_verdicts(rows: list[dict], reference: str) -> list[str]:
     """Claim 5, smaller caches: each compacted cache's student against the fp16 full-rank one.
-    "lost <= 1 point" is decided only where the interval (difference ± 2 s.e.) allows it."""
+    Paired over the same val videos where the probe records say which videos each got right."""
     ref = next((r for r in rows if r["row"] == reference), None)
     if ref is None or not ref.get("cache"):
         return []
@@ -150,20 +172,28 @@ def rank_verdicts(rows: list[dict], reference: str) -> list[str]:
         for protocol in PROTOCOLS:
             if protocol in r["by_protocol"] and protocol in ref["by_protocol"]:
                 x, y = r["by_protocol"][protocol], ref["by_protocol"][protocol]
-                diff, se, _ = compare(x, y)
-                limit = -RANK_GOAL["points_lost"]
-                decided = (
-                    "lost <= 1 point"
-                    if diff - 2 * se >= limit
-                    else "lost > 1 point"
-                    if diff + 2 * se < limit
-                    else "undecided (the interval holds both)"
-                )
+                same_videos = paired(x, y)
+                diff, se = same_videos if same_videos else compare(x, y)[:2]
+                kind = "paired over the same val videos" if same_videos else "unpaired"
                 parts.append(
-                    f"{protocol}: {_pct(x)} vs {_pct(y)}, difference {diff * 100:+.1f} ± {se * 100:.1f} -> {decided}"
+                    f"{protocol}: {_pct(x)} vs {_pct(y)}, difference {diff * 100:+.1f} ± {se * 100:.2f} ({kind}) "
+                    f"-> {rank_verdict(diff, se)}"
                 )
+        if r.get("explained_fp16") and ref.get("explained_fp16"):
+            mine, theirs = r["explained_fp16"]["mean"], ref["explained_fp16"]["mean"]
+            parts.append(f"explains {mine:.1%} of the fp16 targets' variance on held-out videos (fp16: {theirs:.1%})")
         lines.append(f"5. {r['row']} vs fp16 full rank: {size}; " + "; ".join(parts))
     return lines
+
+
+def rank_verdict(diff: float, se: float) -> str:
+    """Decided only where the interval difference ± 2 s.e. lies on one side of −1 point."""
+    limit = -RANK_GOAL["points_lost"]
+    if diff - 2 * se >= limit:
+        return "keeps the accuracy within 1 point"
+    if diff + 2 * se < limit:
+        return "loses more than 1 point"
+    return "undecided (the interval holds both)"
 
 
 def format_table(result: dict) -> str:

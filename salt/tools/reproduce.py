@@ -93,19 +93,29 @@ class Reproduction:
             teacher = plan.floor_encoder(cfg.floor_seeds[0])
             if not teacher.exists():
                 self._probe(f"floor_seed{cfg.floor_seeds[0]}", None, cfg.floor_seeds[0])
+        elif cfg.rank_teacher == "supervised":  # the calibration's ceiling, frozen
+            teacher = self.out / "supervised" / "supervised.pt"
+            self._train_and_probe(plan.teacher_step("supervised", cfg.supervised_steps, "supervised"), "supervised.pt")
         else:
             teacher = self.out / cfg.rank_teacher / "teacher.pt"
             step = plan.teacher_step(cfg.rank_teacher, plan.teacher_steps(cfg.rank_teacher))
             self._train_and_probe(step, "teacher.pt")
         self._students(cfg.rank_teacher, teacher)  # the fp16 full-rank row (kept steps are skipped)
+        # Every row's student is also scored against the fp16 targets of val videos it never saw.
+        self.chain.run(plan.heldout_cache_step(cfg.rank_teacher, teacher))
+        heldout = plan.heldout_dir(cfg.rank_teacher)
+        prefix = plan.student_prefix(cfg.rank_teacher)
+        for seed in cfg.seeds:
+            self.chain.run(plan.score_step(f"{prefix}_seed{seed}", heldout))
         source = plan.cache_dir(cfg.rank_teacher)
         for label, rank in plan.rank_variants():
             self.chain.run(plan.compact_step(source, label, rank))
         for seed in cfg.seeds:  # seed by seed: a chain stopped early still has one run of every row
             for label, _ in plan.rank_variants():
-                name = f"{plan.student_prefix(cfg.rank_teacher)}_{label}_seed{seed}"
+                name = f"{prefix}_{label}_seed{seed}"
                 step = plan.student_step(name, Path(f"{source}_{label}"), seed, cfg.student_steps, views=cfg.views)
                 self._train_and_probe(step, "student.pt")
+                self.chain.run(plan.score_step(name, heldout))
 
     def _probe(self, name: str, encoder: Path | None, seed: int = 0) -> None:
         for step in self.plan.probe_steps(name, encoder, seed):

@@ -25,7 +25,7 @@ CLAIMS = (
     "dtype",
     "rank",
 )
-RANK_TEACHERS = ("teacher", "weak_teacher", "random_teacher")
+RANK_TEACHERS = ("teacher", "weak_teacher", "random_teacher", "supervised")
 PROTOCOLS = ("linear", "attentive")
 
 
@@ -38,6 +38,7 @@ class SyntheticSetConfig:
     tubelet: int = 1  # clip frames the scene holds still (1: motion visible inside a tubelet of 2)
     waves: int = 2  # sinusoids per scene texture
     blobs: int = 0
+    val_fraction: float = 0.25  # share of the videos in val.csv (a larger val set: smaller probe errors)
 
 
 @dataclass

@@ -25,6 +25,9 @@ def _sets(pairs: list[str]) -> list[str]:
     return [item for pair in pairs for item in ("--set", pair)]
 
 
+HELDOUT_VIDEOS = 512  # val videos the students are scored on against the fp16 targets (one view each)
+
+
 class ChainPlan:
     """Names, folders and the argv of every step of the chain, and its planned FLOPs."""
 
@@ -66,6 +69,7 @@ class ChainPlan:
             tubelet=data.tubelet,
             waves=data.waves,
             blobs=data.blobs,
+            val_fraction=data.val_fraction,
             frames=cfg.frames,
             frame_step=cfg.frame_step,
         )
@@ -155,6 +159,32 @@ class ChainPlan:
             no_progress=True,
         )
         return Step(f"{name}_views{views}", salt_command("cache-latents", *options))
+
+    def heldout_dir(self, teacher: str) -> Path:
+        return self.out / f"{self.cache_dir(teacher).name}_heldout"
+
+    def heldout_cache_step(self, teacher: str, checkpoint: Path) -> Step:
+        """The teacher's fp16 latents of val videos (one view each), which no student trains on."""
+        cfg = self.cfg
+        options = _options(
+            teacher=checkpoint,
+            data=self.data / "val.csv",
+            out=self.heldout_dir(teacher),
+            views=1,
+            max_videos=HELDOUT_VIDEOS,
+            frames=cfg.frames,
+            frame_step=cfg.frame_step,
+            size=cfg.size,
+            batch_size=cfg.batch_size,
+            workers=cfg.workers,
+            shard_videos=cfg.shard_videos,
+            no_progress=True,
+        )
+        return Step(self.heldout_dir(teacher).name, salt_command("cache-latents", *options))
+
+    def score_step(self, student: str, heldout: Path) -> Step:
+        argv = salt_command("score-student", self.out / student, "--cache", heldout)
+        return Step(f"score_{student}", argv + ["--out", str(self.out / "scores" / f"{student}.json")])
 
     def compact_step(self, source: Path, label: str, rank: int) -> Step:
         options = _options(out=f"{source}_{label}", rank=rank, dtype=self.cfg.rank_dtype, no_progress=True)

@@ -85,12 +85,20 @@ class ClaimsTable:
         for row in self.rows:
             if row["row"] == student_row(teacher):
                 row["cache"] = cache_size(source)
+                row["explained_fp16"] = self.explained(row["runs"])
         for variant, rank in plan.rank_variants():
             before = len(self.rows)
             name = f"{student_row(teacher)}, {self.cfg.rank_dtype} " + (f"rank {rank}" if rank else "full rank")
             self.add("rank", name, [f"{prefix}_{variant}_seed{seed}" for seed in self.cfg.seeds])
             if len(self.rows) > before:
                 self.rows[-1]["cache"] = cache_size(self.out / f"{source.name}_{variant}")
+                self.rows[-1]["explained_fp16"] = self.explained(self.rows[-1]["runs"])
+
+    def explained(self, runs: list[str]) -> dict | None:
+        """The share of the fp16 targets' variance each run explains on held-out videos (salt score-student)."""
+        scores = [self.out / "scores" / f"{run}.json" for run in runs]
+        found = [json.loads(path.read_text())["explained_variance"] for path in scores if path.exists()]
+        return {"per_run": found, "mean": mean(found)} if found else None
 
     def probe_records(self, names: list[str]) -> dict[str, dict[str, dict]]:
         records = {}
