@@ -202,12 +202,21 @@ def _read_rows(path: Path) -> list[dict]:
     return rows
 
 
+def _points(rows: list[dict], store: str, cost: str) -> list[tuple[int, float]]:
+    """(samples, cost) of a store's rows; a write is compared only among caches written with tars."""
+    return sorted(
+        (r["samples"], r[cost])
+        for r in rows
+        if r["store"] == store and r.get(cost, 0) > 0 and (cost != "write_s" or r["real"])
+    )
+
+
 def exponents(rows: list[dict]) -> dict[str, dict[str, float]]:
     """Per store and cost: the slope of log(cost) against log(samples) (least squares)."""
     fitted: dict[str, dict[str, float]] = {}
     for store in sorted({r["store"] for r in rows}):
         for cost in COSTS:
-            points = [(r["samples"], r[cost]) for r in rows if r["store"] == store and r.get(cost, 0) > 0]
+            points = _points(rows, store, cost)
             if len({n for n, _ in points}) >= 2:
                 x, y = np.log([n for n, _ in points]), np.log([c for _, c in points])
                 fitted.setdefault(store, {})[cost] = float(np.polyfit(x, y, 1)[0])
@@ -222,10 +231,11 @@ def picture(rows: list[dict], path: Path) -> None:
 
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for store, axis in zip(("local", "s3"), axes):
-        for cost in COSTS:
-            points = sorted((r["samples"], r[cost]) for r in rows if r["store"] == store and r.get(cost, 0) > 0)
+        for i, cost in enumerate(COSTS):
+            points = _points(rows, store, cost)
             if len(points) >= 2 and not cost.endswith("_mb"):
-                axis.loglog(*zip(*points), marker="o", label=cost.removesuffix("_s"))
+                style = {"marker": "os^"[i // 10], "linestyle": "-" if i < 10 else "--"}  # 10 colours repeat
+                axis.loglog(*zip(*points), label=cost.removesuffix("_s"), **style)
         axis.set(title=f"{store}: seconds against samples", xlabel="samples in the cache", ylabel="seconds")
         axis.grid(True, which="both", alpha=0.3)
     axes[0].legend(fontsize=7, ncol=2)
