@@ -143,13 +143,18 @@ class ChainPlan:
         return Step(name, argv, str(self.out / name))
 
     def cache_step(self, name: str, teacher: Path, views: int, dtype: str = "fp16") -> Step:
+        options = self._cache_latents(teacher, self.data / "train.csv", self.out / name, views, dtype=dtype)
+        return Step(f"{name}_views{views}", salt_command("cache-latents", *options))
+
+    def _cache_latents(self, teacher: Path, data: Path, out: Path, views: int, **extra) -> list[str]:
+        """`salt cache-latents` options at the chain's geometry (`extra` after --views)."""
         cfg = self.cfg
-        options = _options(
+        return _options(
             teacher=teacher,
-            data=self.data / "train.csv",
-            out=self.out / name,
+            data=data,
+            out=out,
             views=views,
-            dtype=dtype,
+            **extra,
             frames=cfg.frames,
             frame_step=cfg.frame_step,
             size=cfg.size,
@@ -158,28 +163,14 @@ class ChainPlan:
             shard_videos=cfg.shard_videos,
             no_progress=True,
         )
-        return Step(f"{name}_views{views}", salt_command("cache-latents", *options))
 
     def heldout_dir(self, teacher: str) -> Path:
         return self.out / f"{self.cache_dir(teacher).name}_heldout"
 
     def heldout_cache_step(self, teacher: str, checkpoint: Path) -> Step:
         """The teacher's fp16 latents of val videos (one view each), which no student trains on."""
-        cfg = self.cfg
-        options = _options(
-            teacher=checkpoint,
-            data=self.data / "val.csv",
-            out=self.heldout_dir(teacher),
-            views=1,
-            max_videos=HELDOUT_VIDEOS,
-            frames=cfg.frames,
-            frame_step=cfg.frame_step,
-            size=cfg.size,
-            batch_size=cfg.batch_size,
-            workers=cfg.workers,
-            shard_videos=cfg.shard_videos,
-            no_progress=True,
-        )
+        out = self.heldout_dir(teacher)
+        options = self._cache_latents(checkpoint, self.data / "val.csv", out, 1, max_videos=HELDOUT_VIDEOS)
         return Step(self.heldout_dir(teacher).name, salt_command("cache-latents", *options))
 
     def score_step(self, student: str, heldout: Path) -> Step:
