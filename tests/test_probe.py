@@ -44,9 +44,10 @@ def test_multi_view_averaging():
         "top1": 1.0,
         "videos": 2,
         "confusion": [[1, 0], [0, 1]],
+        "correct": "11",  # per video, in video-id order: what paired comparisons of two probes read
     }
     single = view_averaged_accuracy(probabilities[[0, 3]], labels[[0, 3]], videos[[0, 3]])
-    assert single["top1"] == 0.5
+    assert single["top1"] == 0.5 and single["correct"] == "01"
     assert single["confusion"] == [[1, 0], [1, 0]]  # [true][predicted]: video 0 (label 1) taken for class 0
 
 
