@@ -43,7 +43,7 @@ def test_verdicts_judge_calibration_then_each_claim():
 
 
 def test_rank_verdicts_decide_the_one_point_goal_only_where_the_interval_allows():
-    reference = row("teacher", "SALT student of the teacher", ["a"], probes(a=(0.30, 0.40)), 1.0)
+    reference = row("teacher", "SALT student of the teacher", ["a", "a2"], probes(a=(0.30, 0.40), a2=(0.31, 0.40)), 1.0)
     reference["cache"] = {"latent_kb": 100.0, "frame_kb": 20.0, "explained": 1.0}
     close = row("rank", "rank 16", ["b"], probes(b=(0.30, 0.40)), 1.0)
     close["cache"] = {"latent_kb": 10.0, "frame_kb": 20.0, "explained": 0.97}
@@ -52,8 +52,30 @@ def test_rank_verdicts_decide_the_one_point_goal_only_where_the_interval_allows(
     lines = rank_verdicts([reference, close, far], "SALT student of the teacher")
     assert len(lines) == 2 and "0.25x the fp16 cache's bytes (latents alone 0.10x)" in lines[0] and "97.0%" in lines[0]
     assert "undecided" in lines[0]  # 400 val videos: +-2 s.e. spans more than a point either way
-    assert "linear: 10.0%" in lines[1] and "loses more than 1 point" in lines[1] and "(unpaired)" in lines[1]
+    assert "linear: 10.0% ± 1.5 vs 30.5%" in lines[1] and "(unpaired)" in lines[1]
+    assert "run-to-run spread (0.7 points, 1 d.o.f.)" in lines[1] and "loses more than 1 point" in lines[1]
     assert rank_verdicts([close], "SALT student of the teacher") == []
+    # One run a row: however far apart, two single runs decide nothing.
+    single = row("teacher", "SALT student of the teacher", ["a"], probes(a=(0.30, 0.40)), 1.0)
+    single["cache"] = reference["cache"]
+    lines = rank_verdicts([single, far], "SALT student of the teacher")
+    assert "-> undecided (one run a row: the run-to-run spread is not measured)" in lines[0]
+    assert "loses" not in lines[0]
+
+
+def test_a_spread_between_runs_of_one_row_outweighs_a_paired_difference():
+    """Two runs of the reference 16 points apart (a student that took off late): a row 16 points
+    below it, paired over 10 000 val videos (± 0.5), is undecided, not a loss."""
+    reference = row("teacher", "ref", ["a", "a2"], probes(a=(0.52, 0.77), a2=(0.36, 0.76)), 1.0)
+    reference["cache"] = {"latent_kb": 100.0, "frame_kb": 20.0, "explained": 1.0}
+    compact = row("rank", "int8", ["b"], probes(b=(0.36, 0.76)), 1.0)
+    compact["cache"] = {"latent_kb": 50.0, "frame_kb": 20.0, "explained": 1.0}
+    for record in (reference, compact):
+        for stats in record["by_protocol"].values():
+            stats["se_mean"] = 0.005
+    (line,) = rank_verdicts([reference, compact], "ref")
+    assert "linear: 36.0% ± 0.5 vs 44.0% ± 0.5, difference -8.0 ± 0.71 (unpaired)" in line
+    assert "run-to-run spread (11.3 points, 1 d.o.f.)" in line and "undecided (the interval holds both)" in line
 
 
 def test_a_paired_comparison_over_the_same_videos_decides_what_an_unpaired_one_cannot():
@@ -65,13 +87,15 @@ def test_a_paired_comparison_over_the_same_videos_decides_what_an_unpaired_one_c
         return {"b": {"linear": {"best": best, "val_videos": len(correct), "val_video_ids": ids}}}
 
     ids = list(range(2000))
-    reference = row("teacher", "ref", ["b"], probe("1" * 800 + "0" * 1200, ids), 1.0)
+    twice = probe("1" * 800 + "0" * 1200, ids)
+    reference = row("teacher", "ref", ["b", "c"], {"b": twice["b"], "c": twice["b"]}, 1.0)  # two runs alike
     reference["cache"] = {"latent_kb": 100.0, "frame_kb": 20.0, "explained": 1.0}
     compact = row("rank", "rank 16", ["b"], probe("1" * 795 + "0" * 1205, ids), 1.0)
     compact["cache"] = {"latent_kb": 10.0, "frame_kb": 20.0, "explained": 0.97}
     (line,) = rank_verdicts([reference, compact], "ref")
-    assert "difference -0.2 ± 0.11 (paired over the same val videos) -> keeps the accuracy within 1 point" in line
+    assert "difference -0.2 ± 0.11 (paired over the same val videos)" in line
+    assert "run-to-run spread (0.0 points, 1 d.o.f.) ± 0.11 -> keeps the accuracy within 1 point" in line
     other_videos = row("rank", "rank 16", ["b"], probe("1" * 795 + "0" * 1205, [i + 1 for i in ids]), 1.0)
     other_videos["cache"] = compact["cache"]
     (line,) = rank_verdicts([reference, other_videos], "ref")
-    assert "(unpaired) -> undecided" in line
+    assert "(unpaired); with the run-to-run spread" in line and "-> undecided" in line

@@ -175,15 +175,39 @@ def rank_verdicts(rows: list[dict], reference: str) -> list[str]:
                 same_videos = paired(x, y)
                 diff, se = same_videos if same_videos else compare(x, y)[:2]
                 kind = "paired over the same val videos" if same_videos else "unpaired"
+                spread = run_spread([ref, *(q for q in rows if q["group"] == "rank")], protocol)
+                if spread is None:
+                    verdict = " -> undecided (one run a row: the run-to-run spread is not measured)"
+                else:
+                    total = math.sqrt(se**2 + spread[0] ** 2 * (1 / len(x["top1"]) + 1 / len(y["top1"])))
+                    verdict = (
+                        f"; with the run-to-run spread ({spread[0] * 100:.1f} points, {spread[1]} d.o.f.) "
+                        f"± {total * 100:.2f} -> {rank_verdict(diff, total)}"
+                    )
                 parts.append(
-                    f"{protocol}: {_pct(x)} vs {_pct(y)}, difference {diff * 100:+.1f} ± {se * 100:.2f} ({kind}) "
-                    f"-> {rank_verdict(diff, se)}"
+                    f"{protocol}: {_pct(x)} vs {_pct(y)}, difference {diff * 100:+.1f} ± {se * 100:.2f} ({kind})"
+                    + verdict
                 )
         if r.get("explained_fp16") and ref.get("explained_fp16"):
             mine, theirs = r["explained_fp16"]["mean"], ref["explained_fp16"]["mean"]
             parts.append(f"explains {mine:.1%} of the fp16 targets' variance on held-out videos (fp16: {theirs:.1%})")
         lines.append(f"5. {r['row']} vs fp16 full rank: {size}; " + "; ".join(parts))
     return lines
+
+
+def run_spread(rows: list[dict], protocol: str) -> tuple[float, int] | None:
+    """(standard deviation of top-1 between runs of one row, pooled over the rows with two or
+    more runs; its degrees of freedom), or None where no row has two runs. Students of nearly
+    the same targets can differ by many points (the step at which one takes off varies), so a
+    difference between two rows is judged against this spread, not the val videos' alone."""
+    groups = [
+        r["by_protocol"][protocol]["top1"] for r in rows if len(r["by_protocol"].get(protocol, {}).get("top1", [])) > 1
+    ]
+    dof = sum(len(g) - 1 for g in groups)
+    if not dof:
+        return None
+    squares = sum(sum((t - mean(g)) ** 2 for t in g) for g in groups)
+    return math.sqrt(squares / dof), dof
 
 
 def rank_verdict(diff: float, se: float) -> str:
