@@ -6,7 +6,10 @@ protocol it holds every run's val top-1 and that accuracy's binomial standard er
 val videos; the row's error is that of the mean of its runs (independent val samples),
 sqrt(sum se_i²) / k. A comparison holds when the difference exceeds twice its standard error
 sqrt(se_a² + se_b²), fails when it is below minus twice that, and is within noise otherwise.
-The seed spread is listed beside it: with 2 seeds it is a weak estimate and not used.
+The seed spread is listed beside it: with 2 seeds it is a weak estimate and not used. The rank
+verdicts (claim 5) are the exception: students of nearly the same targets were seen 16 points
+apart, so there a difference is judged against the val videos' error and the run-to-run spread
+pooled over the rows with two or more runs, and stays undecided where no row has two.
 """
 
 from __future__ import annotations
