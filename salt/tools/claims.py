@@ -9,7 +9,8 @@ sqrt(se_a² + se_b²), fails when it is below minus twice that, and is within no
 The seed spread is listed beside it: with 2 seeds it is a weak estimate and not used. The rank
 verdicts (claim 5) are the exception: students of nearly the same targets were seen 16 points
 apart, so there a difference is judged against the val videos' error and the run-to-run spread
-pooled over the rows with two or more runs, and stays undecided where no row has two.
+pooled over the rows with two or more runs (the interval's width from Student's t at the
+spread's degrees of freedom), and stays undecided where no row has two.
 """
 
 from __future__ import annotations
@@ -183,9 +184,10 @@ def rank_verdicts(rows: list[dict], reference: str) -> list[str]:
                     verdict = " -> undecided (one run a row: the run-to-run spread is not measured)"
                 else:
                     total = math.sqrt(se**2 + spread[0] ** 2 * (1 / len(x["top1"]) + 1 / len(y["top1"])))
+                    factor = t_quantile_975(spread[1])
                     verdict = (
                         f"; with the run-to-run spread ({spread[0] * 100:.1f} points, {spread[1]} d.o.f.) "
-                        f"± {total * 100:.2f} -> {rank_verdict(diff, total)}"
+                        f"± {total * 100:.2f}, interval ± {factor:.2g} of that -> {rank_verdict(diff, total, factor)}"
                     )
                 parts.append(
                     f"{protocol}: {_pct(x)} vs {_pct(y)}, difference {diff * 100:+.1f} ± {se * 100:.2f} ({kind})"
@@ -213,12 +215,21 @@ def run_spread(rows: list[dict], protocol: str) -> tuple[float, int] | None:
     return math.sqrt(squares / dof), dof
 
 
-def rank_verdict(diff: float, se: float) -> str:
-    """Decided only where the interval difference ± 2 s.e. lies on one side of −1 point."""
+# Student's t, two-sided 95 %, by degrees of freedom (a spread from few runs is itself uncertain).
+_T975 = (12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23, 2.20, 2.18, 2.16, 2.14, 2.13)
+
+
+def t_quantile_975(dof: int) -> float:
+    """The 97.5 % quantile of Student's t with `dof` degrees of freedom (2.0 from 30 on, ~2.1 between)."""
+    return _T975[dof - 1] if dof <= len(_T975) else 2.1 if dof < 30 else 2.0
+
+
+def rank_verdict(diff: float, se: float, factor: float = 2.0) -> str:
+    """Decided only where the interval difference ± factor × s.e. lies on one side of −1 point."""
     limit = -RANK_GOAL["points_lost"]
-    if diff - 2 * se >= limit:
+    if diff - factor * se >= limit:
         return "keeps the accuracy within 1 point"
-    if diff + 2 * se < limit:
+    if diff + factor * se < limit:
         return "loses more than 1 point"
     return "undecided (the interval holds both)"
 
