@@ -54,7 +54,7 @@ def test_rank_verdicts_decide_the_one_point_goal_only_where_the_interval_allows(
     assert len(lines) == 2 and "0.25x the fp16 cache's bytes (latents alone 0.10x)" in lines[0] and "97.0%" in lines[0]
     assert "undecided" in lines[0]  # 400 val videos: +-2 s.e. spans more than a point either way
     assert "linear: 10.0% ± 1.5 vs 30.5%" in lines[1] and "(unpaired)" in lines[1]
-    assert "run-to-run spread (0.6 points, 3 d.o.f.)" in lines[1] and "interval ± 3.2 of that" in lines[1]
+    assert "run-to-run spread (0.6 points, 3 d.o.f.)" in lines[1] and "interval ± 3.2 s.e. (Student's t)" in lines[1]
     assert "loses more than 1 point" in lines[1]
     assert rank_verdicts([close], "SALT student of the teacher") == []
     # One run a row: however far apart, two single runs decide nothing.
@@ -77,7 +77,7 @@ def test_a_spread_between_runs_of_one_row_outweighs_a_paired_difference():
             stats["se_mean"] = 0.005
     (line,) = rank_verdicts([reference, compact], "ref")
     assert "linear: 36.0% ± 0.5 vs 44.0% ± 0.5, difference -8.0 ± 0.71 (unpaired)" in line
-    assert "run-to-run spread (11.3 points, 1 d.o.f.)" in line and "interval ± 13 of that" in line
+    assert "run-to-run spread (11.3 points, 1 d.o.f.)" in line and "interval ± 13 s.e. (Student's t)" in line
     assert "undecided (the interval holds both)" in line
 
 
@@ -97,7 +97,10 @@ def test_a_paired_comparison_over_the_same_videos_decides_what_an_unpaired_one_c
     compact["cache"] = {"latent_kb": 10.0, "frame_kb": 20.0, "explained": 0.97}
     (line,) = rank_verdicts([reference, compact], "ref")
     assert "difference -0.2 ± 0.11 (paired over the same val videos)" in line
-    assert "run-to-run spread (0.0 points, 3 d.o.f.) ± 0.11, interval ± 3.2 of that -> keeps the accuracy" in line
+    assert (
+        "run-to-run spread (0.0 points, 3 d.o.f.) ± 0.11, interval ± 3.2 s.e. (Student's t) -> keeps the accuracy"
+        in line
+    )
     other_videos = row("rank", "rank 16", ["b"], probe("1" * 795 + "0" * 1205, [i + 1 for i in ids]), 1.0)
     other_videos["cache"] = compact["cache"]
     (line,) = rank_verdicts([reference, other_videos], "ref")

@@ -187,7 +187,8 @@ def rank_verdicts(rows: list[dict], reference: str) -> list[str]:
                     factor = t_quantile_975(spread[1])
                     verdict = (
                         f"; with the run-to-run spread ({spread[0] * 100:.1f} points, {spread[1]} d.o.f.) "
-                        f"± {total * 100:.2f}, interval ± {factor:.2g} of that -> {rank_verdict(diff, total, factor)}"
+                        f"± {total * 100:.2f}, interval ± {factor:.2g} s.e. (Student's t) "
+                        f"-> {rank_verdict(diff, total, factor)}"
                     )
                 parts.append(
                     f"{protocol}: {_pct(x)} vs {_pct(y)}, difference {diff * 100:+.1f} ± {se * 100:.2f} ({kind})"
