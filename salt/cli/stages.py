@@ -133,11 +133,11 @@ def cache_latents_command(**options) -> None:
 def compact_cache_command(source, out, rank, dtype, codec, fit_samples, format_, overwrite, no_progress) -> None:
     """Shrink a cache without the teacher: low-rank targets (a basis stored once) and/or int8.
 
-    Which rank: none below full rank is shown to keep a student's accuracy (docs/results.md,
-    "Smaller caches, decided?": undecided, students' run-to-run spread ~9 points). Keep full
-    rank (int8: 0.57x the fp16 bytes) where a student must match; D/4 (0.18x: 2.9 TB for a
-    Kinetics-710 ViT-L cache) only where storage forces it: its students explained less of the
-    fp16 targets there.
+    Which rank: no compacted cache is shown to keep a student's accuracy (docs/results.md,
+    "Smaller caches, decided?": undecided, the students' run-to-run spread is ~10 points, and
+    every compacted student there probed below both fp16 ones). Keep the fp16 cache where a
+    student must match; compact (int8 full rank: 0.57x the bytes; D/4: 0.18x, 2.9 TB for a
+    Kinetics-710 ViT-L cache) only where storage forces it, and check against an fp16 student.
 
     Example: salt compact-cache cache/syn --out cache/syn_int8 --dtype int8
     """
