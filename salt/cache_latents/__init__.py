@@ -8,7 +8,7 @@
     local.py       the local engine: DataLoader decode workers, the teacher in this process
     ray_engine.py  the Ray engine: Ray Data decode workers and teacher actors over a cluster
     teacher.py     the teacher forward both engines run
-    locks.py       OutputLock (one writer per output and rank) and file_lock
+    locks.py       OutputLock (one writer per output and rank)
 
 Names are imported lazily, so `salt --help` and the CLI's option table cost no torch import.
 """
@@ -20,7 +20,6 @@ import importlib
 _EXPORTS = {
     "CacheJob": "job",
     "OutputLock": "locks",
-    "file_lock": "locks",
     "CachePlan": "shards",
     "ShardAssembler": "shards",
     "plan_missing": "shards",

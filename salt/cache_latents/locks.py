@@ -1,14 +1,12 @@
 """Locks between writers of one cache output.
 
 `OutputLock`: one live writer per (output, rank), across hosts that share the folder
-(`salt.runtime.locks.HolderLock`; on an object store, a lock object naming host and pid). `file_lock`: a short
-critical section between processes of this machine (ranks creating or growing the Zarr store).
+(`salt.runtime.locks.HolderLock`; on an object store, a lock object naming host and pid). A short
+critical section between processes of this machine is `salt.latents.storage.file_lock`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import os
 import socket
@@ -82,15 +80,3 @@ def _alive(owner: dict) -> bool:
     except PermissionError:
         return True
     return True
-
-
-@contextlib.contextmanager
-def file_lock(path: Path):
-    """An advisory lock between processes on this machine (held while the block runs)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

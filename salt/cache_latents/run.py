@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from salt.cache_latents.job import CacheJob
-from salt.cache_latents.locks import OutputLock, file_lock
+from salt.cache_latents.locks import OutputLock
 from salt.cache_latents.merge import TooManySkipped, forget_shards_with_skips, merge
 from salt.cache_latents.shards import CachePlan, ShardAssembler, check_settings, done_ids, plan_missing, rank_of
 from salt.latents import LatentCodec, ZarrCacheWriter, storage
@@ -129,7 +129,7 @@ def _settings(job: CacheJob, encoder, arch: dict, view: ViewConfig, codec: Laten
 def _zarr_writer(job: CacheJob, out: Path, videos: int, grid, view: ViewConfig, codec: LatentCodec, dim: int):
     if "zarr" not in job.formats:
         return None
-    with file_lock(out / "locks" / "zarr.lock"):  # ranks create or grow the store one at a time
+    with storage.file_lock(out / "locks" / "zarr.lock"):  # ranks create or grow the store one at a time
         return ZarrCacheWriter.open(
             out / "cache.zarr",
             num_videos=videos,

@@ -79,7 +79,7 @@ def reader_manifest(cache: Path | str) -> tuple[Manifest, np.ndarray]:
         return _parsed(cache)
     path = folder / f"{manifest_identity(cache)}.idx"
     if not path.exists():
-        with _locked(path.with_suffix(".lock")):
+        with storage.file_lock(path.with_suffix(".lock")):
             if not path.exists():  # another process may have written it while this one waited
                 _write(path, *_parsed(cache))
                 _prune(folder, keep=path)
@@ -130,22 +130,6 @@ def _mapped(path: Path) -> tuple[Manifest, np.ndarray]:
     columns = {name: data[i * shards : (i + 1) * shards] for i, name in enumerate(COLUMNS)}
     manifest = Manifest(**{**header, "shards": ShardTable(columns)})
     return manifest, data[len(COLUMNS) * shards :]
-
-
-@contextlib.contextmanager
-def _locked(path: Path):
-    """An exclusive lock across the node's processes while one of them writes the index."""
-    try:
-        import fcntl
-    except ImportError:  # no POSIX locks: two writers write the same bytes, the rename is atomic
-        yield
-        return
-    with open(path, "a+b") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _prune(folder: Path, keep: Path) -> None:

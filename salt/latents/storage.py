@@ -15,6 +15,7 @@ its done mark, the manifest last; readers ignore a tar without its index.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from pathlib import Path
@@ -227,3 +228,22 @@ def remove_tree(path: str | Path) -> None:
     fs, inner = filesystem(str(path))
     if fs.exists(inner):
         fs.rm(inner, recursive=True)
+
+
+@contextlib.contextmanager
+def file_lock(path: Path):
+    """An advisory lock between processes of this machine, held while the block runs (a local
+    path; its folder is made). Without POSIX locks (Windows) the block runs unlocked: callers
+    write whole files by rename, so two writers at once write the same bytes."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
